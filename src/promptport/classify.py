@@ -1,0 +1,234 @@
+"""Verbalizer classification with an optional soft prompt, computing logits only where needed.
+
+A causal LM answers at the last real token of `template(x)`. We run the base transformer, pick that
+one hidden state per example, and project it onto only the vocabulary rows we need (the label words,
+or the full vocabulary for distillation/transfer) -- never the full vocabulary at every position.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from promptport.data import TextDataset
+from promptport.errors import BadInput
+from promptport.tasks import Task
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: token id lists (unpadded) and labels."""
+
+    input_ids: list[list[int]]
+    labels: torch.Tensor | None
+    n_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, idx) -> "Encoded":
+        idx = list(idx)
+        return Encoded([self.input_ids[i] for i in idx], None if self.labels is None else self.labels[idx],
+                       0)
+
+
+def encode(tokenizer, task: Task, ds: TextDataset, max_length: int = 256) -> Encoded:
+    """Tokenise template(x); over-long inputs lose text tokens from the left, never the template."""
+    texts = ds.texts(task)
+    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+    names = list(ds.fields)
+    ids_out, n_trunc = [], 0
+    for i, ids in enumerate(enc["input_ids"]):
+        if len(ids) > max_length:
+            ids = _truncate_text_left(task, {n: ds.fields[n][i] for n in names}, ids, enc["offset_mapping"][i],
+                                      max_length)
+            n_trunc += 1
+        ids_out.append(list(ids))
+    labels = None if ds.labels is None else torch.tensor(ds.labels, dtype=torch.long)
+    return Encoded(ids_out, labels, n_trunc)
+
+
+def _truncate_text_left(task: Task, fields: dict, ids: list[int], offsets, max_length: int) -> list[int]:
+    # Locate the longest field's character span in the formatted string, then drop its first tokens.
+    longest = max(fields, key=lambda f: len(fields[f]))
+    prefix = task.template.split("{" + longest + "}")[0].format_map({k: fields[k] for k in fields})
+    start, end = len(prefix), len(prefix) + len(fields[longest])
+    in_span = [j for j, (a, b) in enumerate(offsets) if b > start and a < end and b > a]
+    excess = len(ids) - max_length
+    drop = set(in_span[:excess])
+    kept = [t for j, t in enumerate(ids) if j not in drop]
+    return kept[-max_length:] if len(kept) > max_length else kept
+
+
+def collate(ids: list[list[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), n), dtype=torch.long)
+    for i, x in enumerate(ids):
+        if padding_side == "right":
+            input_ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        else:
+            input_ids[i, n - len(x):] = torch.tensor(x)
+            mask[i, n - len(x):] = 1
+    return input_ids, mask
+
+
+def label_word_ids(tokenizer, task: Task) -> list[list[int]]:
+    """First sub-token of each label word, per class (skipping a lone word-boundary marker)."""
+    out = []
+    for c in task.classes:
+        ids = []
+        for w in task.verbalizer[c]:
+            toks = tokenizer(w, add_special_tokens=False)["input_ids"]
+            if not toks:
+                raise BadInput("verbalizer", f"label word {w!r} tokenises to nothing")
+            if len(toks) > 1 and not tokenizer.decode(toks[:1]).strip():
+                toks = toks[1:]
+            ids.append(toks[0])
+        out.append(ids)
+    flat = [t for ids in out for t in ids]
+    if len(set(flat)) < len(flat):
+        raise BadInput("verbalizer", "two label words share their first token; class scores would tie")
+    return out
+
+
+class Verbalizer:
+    """Maps logits over the label-word rows to class scores (mean over each class's words)."""
+
+    def __init__(self, tokenizer, task: Task):
+        per_class = label_word_ids(tokenizer, task)
+        self.token_ids = torch.tensor(sorted({t for ids in per_class for t in ids}))
+        pos = {t: i for i, t in enumerate(self.token_ids.tolist())}
+        m = torch.zeros(len(per_class), len(self.token_ids))
+        for c, ids in enumerate(per_class):
+            for t in ids:
+                m[c, pos[t]] = 1.0 / len(ids)
+        self.average = m  # [C, U]
+        self.per_class = per_class
+
+    def scores(self, word_logits: torch.Tensor) -> torch.Tensor:
+        """[B, U] logits of the label-word rows -> [B, C] class scores."""
+        return word_logits @ self.average.to(word_logits.dtype).T
+
+    def scores_from_vocab(self, vocab_logits: torch.Tensor) -> torch.Tensor:
+        return self.scores(vocab_logits[..., self.token_ids.to(vocab_logits.device)])
+
+
+def answer_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """Last-layer hidden state at the answer position (last real token), with the soft prompt in front.
+
+    `prompt` is [n, H] (shared) or [B, n, H] (one copy per example, for per-example gradients).
+    Position ids come from the attention mask, so left and right padding give the same result.
+    """
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = attention_mask
+    if prompt is not None:
+        b = input_ids.shape[0]
+        p = prompt.unsqueeze(0).expand(b, -1, -1) if prompt.dim() == 2 else prompt
+        embeds = torch.cat([p.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([torch.ones(b, p.shape[1], dtype=mask.dtype, device=mask.device), mask], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def project(model, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """LM-head logits for the given vocabulary rows only (all rows if token_ids is None)."""
+    head = model.get_output_embeddings()
+    w, b = head.weight, getattr(head, "bias", None)
+    if token_ids is not None:
+        token_ids = token_ids.to(w.device)
+        w = w[token_ids]
+        b = None if b is None else b[token_ids]
+    return F.linear(hidden.to(w.dtype), w, b)
+
+
+class PromptClassifier:
+    """A frozen causal LM + task verbalizer; the soft prompt is passed per call so it can be trained."""
+
+    def __init__(self, model, tokenizer, task: Task, max_length: int = 256):
+        self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
+        self.verbalizer = Verbalizer(tokenizer, task)
+        self.padding_side = getattr(tokenizer, "padding_side", "right")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, ds: TextDataset) -> Encoded:
+        return encode(self.tokenizer, self.task, ds, self.max_length)
+
+    def batch(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, mask = collate(ids, self.tokenizer.pad_token_id, self.padding_side)
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def class_logits(self, input_ids, attention_mask, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        h = answer_hidden(self.model, input_ids, attention_mask, prompt)
+        return self.verbalizer.scores(project(self.model, h, self.verbalizer.token_ids))
+
+    def vocab_logits(self, input_ids, attention_mask, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        return project(self.model, answer_hidden(self.model, input_ids, attention_mask, prompt))
+
+    def loss(self, input_ids, attention_mask, labels, prompt=None, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(self.class_logits(input_ids, attention_mask, prompt).float(), labels,
+                               reduction=reduction)
+
+    @torch.inference_mode()
+    def predict_logits(self, enc: Encoded, prompt: torch.Tensor | None = None, batch_size: int = 32,
+                       progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
+        """Class scores for every example; batches are formed by length to waste little on padding."""
+        order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
+        out = torch.empty(len(enc), len(self.task.classes))
+        p = None if prompt is None else prompt.detach().to(self.device)
+        bar = _progress(math.ceil(len(enc) / batch_size), desc, progress, unit="batch")
+        for start in range(0, len(enc), batch_size):
+            idx = order[start: start + batch_size]
+            input_ids, mask = self.batch([enc.input_ids[i] for i in idx])
+            out[torch.as_tensor(idx)] = self.class_logits(input_ids, mask, p).float().cpu()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out
+
+    def evaluate(self, enc: Encoded, prompt: torch.Tensor | None = None, batch_size: int = 32,
+                 progress: bool = False) -> dict:
+        t0 = time.perf_counter()
+        logits = self.predict_logits(enc, prompt, batch_size, progress)
+        secs = time.perf_counter() - t0
+        if enc.labels is None:
+            raise BadInput("data", "evaluation needs labels")
+        return dict(classification_metrics(enc.labels.numpy(), logits.argmax(-1).numpy(),
+                                           len(self.task.classes)),
+                    seconds=round(secs, 3), examples_per_s=round(len(enc) / max(secs, 1e-9), 2),
+                    n_truncated=enc.n_truncated)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    labels = list(range(n_classes))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "n": int(len(y_true)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "predicted_class_counts": np.bincount(y_pred, minlength=n_classes).tolist(),
+    }
+
+
+def _progress(total: int, desc: str, enabled: bool, unit: str = "it"):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)

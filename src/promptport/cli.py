@@ -1,0 +1,223 @@
+"""The `promptport` command line: a thin layer over the Python API.
+
+Every command accepts `--config FILE` (YAML with the same keys as the options; options given on the
+command line win), `--seed` and `--device`. Exit codes: 0 ok, 1 failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+import yaml
+from click.core import ParameterSource
+from rich.console import Console
+
+from promptport.errors import BadInput, PromptportError
+
+
+def out() -> Console:
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def err() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="promptport")
+def app():
+    """Private soft-prompt transfer (POST): distil a teacher LLM, tune a soft prompt privately on the
+    student, transfer it to the teacher with public data only.
+
+    \b
+    Quick start (offline, embedded teacher and data):
+      promptport evaluate --task rt_snippets --out runs/eval
+
+    Every command takes --config FILE (YAML, same keys as its options; the command line wins),
+    --seed and --device. Exit codes: 0 ok, 1 failed, 2 bad input.
+    """
+
+
+def common(f):
+    """--seed, --device, --config on every command, and --config merged into the options."""
+    f = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="YAML file with the same keys as the options (dashes or underscores); "
+                          "options on the command line win.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (CUDA when present).")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True,
+                     help="Random seed; the same seed gives the same result.")(f)
+
+    @functools.wraps(f)
+    @click.pass_context
+    def wrapper(ctx, **kwargs):
+        from promptport.runtime import quiet_libraries
+
+        quiet_libraries()
+        return f(**apply_config(ctx, kwargs))
+
+    return wrapper
+
+
+def model_option(name="--model", default="smollm2-135m-instruct", help_extra=""):
+    return click.option(name, "-m" if name == "--model" else None, default=default, show_default=True,
+                        help="Embedded default 'smollm2-135m-instruct', a local Hugging Face model folder, or a "
+                             "hub id (needs network)." + help_extra)
+
+
+task_option = click.option("--task", "-t", default="rt_snippets", show_default=True,
+                           help="Built-in task name (see `promptport tasks`) or a task YAML file.")
+data_option = click.option("--data", default=None, help="Folder with split files (train/dev/test .csv|.tsv|"
+                           ".jsonl[.gz]), one file, or a hub data set id. Default: the task's own source.")
+column_options = [
+    click.option("--text-column", default=None, help="Text column in your data files (default: the task's)."),
+    click.option("--label-column", default=None, help="Label column in your data files (default: label)."),
+]
+
+
+def options(*opts):
+    def deco(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+def apply_config(ctx: click.Context, values: dict) -> dict:
+    """Fill options not given on the command line from the --config YAML, refusing unknown keys."""
+    path = values.get("config")
+    if not path:
+        return values
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise BadInput("config", f"cannot read '{path}': {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BadInput("config", f"'{path}' must be a mapping of option names to values")
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise BadInput(str(key), f"unknown key in {path}{hint}")
+        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            try:
+                values[name] = None if value is None else params[name].type_cast_value(ctx, value)
+            except click.BadParameter as e:
+                raise BadInput(str(key), e.format_message()) from None
+    return values
+
+
+@app.command("evaluate")
+@model_option()
+@task_option
+@data_option
+@click.option("--prompt", type=click.Path(path_type=Path), default=None,
+              help="Prompt artifact directory (or its .safetensors). Default: zero-shot.")
+@click.option("--split", default="validation", show_default=True, help="train, validation (alias dev) or test.")
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/evaluate"),
+              show_default=True, help="Output directory for metrics.json.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per forward pass.")
+@click.option("--max-length", type=int, default=256, show_default=True,
+              help="Token limit per input; longer texts lose tokens from the left, the template is kept.")
+@options(*column_options)
+@common
+def evaluate_cmd(**v):
+    """Accuracy and macro-F1, zero-shot or with a soft prompt; writes OUT/metrics.json.
+
+    \b
+    Examples:
+      promptport evaluate --task rt_snippets --out runs/zs          (offline default)
+      promptport evaluate --task sst2 --data path/to/sst2 --split dev --prompt runs/tune/prompt
+    """
+    from promptport.evaluate import evaluate
+
+    r = evaluate(v["model"], v["task"], data=v["data"], split=v["split"],
+                 prompt=str(v["prompt"]) if v["prompt"] else None, limit=v["limit"], out=v["out_dir"],
+                 batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"], device=v["device"],
+                 text_column=v["text_column"], label_column=v["label_column"], progress=True)
+    out().print(f"evaluate: {r['task']}/{r['split']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
+                f"(n={r['n']}, {r['seconds']:.1f}s, {r['examples_per_s']:.1f} ex/s) -> "
+                f"{Path(v['out_dir']) / 'metrics.json'}")
+
+
+@app.command("export")
+@click.argument("prompt", type=click.Path(path_type=Path))
+@click.option("--peft", type=click.Path(path_type=Path), required=True,
+              help="Write a PEFT prompt-tuning adapter folder here.")
+@click.option("--base-model", default=None,
+              help="base_model_name_or_path for the adapter config (default: the prompt's model).")
+@common
+def export_cmd(**v):
+    """Export a prompt as a PEFT adapter that `PeftModel.from_pretrained(model, DIR)` loads."""
+    from promptport.fileio import check_writable_dir
+    from promptport.prompt import export_peft, load_prompt
+
+    check_writable_dir(v["peft"], "peft")
+    art = load_prompt(v["prompt"])
+    export_peft(art, v["peft"], v["base_model"])
+    out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {v['peft']}")
+
+
+@app.command("tasks")
+def tasks_cmd():
+    """List the built-in tasks with their templates and label words."""
+    from rich.table import Table
+
+    from promptport.tasks import builtin_tasks
+
+    t = Table(title="built-in tasks (add your own with a YAML file: --task my_task.yaml)")
+    for col in ("task", "template", "label words", "source"):
+        t.add_column(col)
+    for name, task in builtin_tasks().items():
+        words = ", ".join(f"{c}={'/'.join(w.strip() for w in task.verbalizer[c])}" for c in task.classes)
+        src = f"embedded:{task.embedded}" if task.embedded else (task.hub.path if task.hub else "-")
+        t.add_row(name, task.template.replace("\n", "\\n"), words, src)
+    out().print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
+    debug = os.environ.get("PROMPTPORT_DEBUG") == "1"
+    try:
+        rv = app.main(args=argv, prog_name="promptport", standalone_mode=False)
+        return int(rv or 0) if isinstance(rv, int) else 0
+    except click.exceptions.UsageError as e:
+        err().print(f"error: {e.format_message()}", highlight=False, markup=False)
+        if e.ctx is not None:
+            err().print(f"(see `{e.ctx.command_path} --help`)", highlight=False, markup=False)
+        return 2
+    except click.exceptions.Abort:
+        err().print("aborted", highlight=False)
+        return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except PromptportError as e:
+        if debug:
+            raise
+        err().print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err().print("interrupted", highlight=False)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence for users
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        err().print(f"error: unexpected {type(e).__name__}: {msg} (PROMPTPORT_DEBUG=1 shows the traceback)",
+                  highlight=False, markup=False, soft_wrap=True)
+        return 1
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

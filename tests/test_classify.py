@@ -1,0 +1,88 @@
+import torch
+
+from promptport.classify import PromptClassifier, answer_hidden, collate, project
+from promptport.data import TextDataset
+from promptport.tasks import get_task
+
+TEXTS = ["the movie was great", "a terrible boring film with bad acting and a thin plot", "ok",
+         "i loved every minute of it , the jokes land"]
+
+
+def _clf(lm, padding_side="right"):
+    lm.tokenizer.padding_side = padding_side
+    return PromptClassifier(lm.model, lm.tokenizer, get_task("sst2"))
+
+
+def _ds(texts=TEXTS):
+    return TextDataset({"text": list(texts)}, [1, 0, 1, 1][: len(texts)], "mem", "validation")
+
+
+def test_batched_equals_unbatched_both_padding_sides(tiny_lm):
+    prompt = torch.randn(5, lm_hidden(tiny_lm)) * 0.1
+    results = []
+    for side in ("right", "left"):
+        clf = _clf(tiny_lm, side)
+        enc = clf.encode(_ds())
+        with torch.no_grad():
+            for p in (None, prompt):
+                batched = clf.class_logits(*clf.batch(enc.input_ids), p)
+                single = torch.cat([clf.class_logits(*clf.batch([x]), p) for x in enc.input_ids])
+                torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+                results.append(batched)
+    torch.testing.assert_close(results[0], results[2], atol=1e-5, rtol=1e-5)  # right vs left, no prompt
+    torch.testing.assert_close(results[1], results[3], atol=1e-5, rtol=1e-5)  # right vs left, prompt
+    tiny_lm.tokenizer.padding_side = "right"
+
+
+def lm_hidden(lm):
+    return lm.model.get_input_embeddings().weight.shape[1]
+
+
+def test_answer_logits_match_full_forward(tiny_lm):
+    """Our restricted projection equals the model's own full logits at the last real token."""
+    clf = _clf(tiny_lm)
+    enc = clf.encode(_ds())
+    ids, mask = clf.batch(enc.input_ids)
+    with torch.no_grad():
+        ours = clf.vocab_logits(ids, mask)
+        for i, x in enumerate(enc.input_ids):
+            full = tiny_lm.model(input_ids=torch.tensor([x])).logits[0, -1]
+            torch.testing.assert_close(ours[i], full, atol=1e-5, rtol=1e-5)
+        words = project(tiny_lm.model, answer_hidden(tiny_lm.model, ids, mask), clf.verbalizer.token_ids)
+        torch.testing.assert_close(words, ours[:, clf.verbalizer.token_ids])
+
+
+def test_per_example_prompt_copies_equal_shared(tiny_lm):
+    clf = _clf(tiny_lm)
+    enc = clf.encode(_ds())
+    ids, mask = clf.batch(enc.input_ids)
+    p = torch.randn(3, lm_hidden(tiny_lm))
+    with torch.no_grad():
+        a = clf.class_logits(ids, mask, p)
+        b = clf.class_logits(ids, mask, p.unsqueeze(0).expand(len(enc), -1, -1).clone())
+    torch.testing.assert_close(a, b)
+
+
+def test_truncation_keeps_template_and_counts(tiny_lm):
+    clf = PromptClassifier(tiny_lm.model, tiny_lm.tokenizer, get_task("sst2"), max_length=20)
+    long = " ".join(["great"] * 50) + " ending"
+    enc = clf.encode(_ds([long, "ok"]))
+    assert enc.n_truncated == 1 and len(enc.input_ids[0]) <= 20
+    text = tiny_lm.tokenizer.decode(enc.input_ids[0])
+    assert text.startswith("Review:") and text.endswith("ending\nSentiment:")
+
+
+def test_collate_padding_sides():
+    ids, mask = collate([[5, 6, 7], [8]], pad_id=0, padding_side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_evaluate_sorted_batches_return_input_order(tiny_lm):
+    clf = _clf(tiny_lm)
+    enc = clf.encode(_ds())
+    a = clf.predict_logits(enc, batch_size=3)
+    with torch.no_grad():
+        b = torch.cat([clf.class_logits(*clf.batch([x])) for x in enc.input_ids])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    m = clf.evaluate(enc, batch_size=2)
+    assert m["n"] == 4 and 0 <= m["accuracy"] <= 1 and "macro_f1" in m

@@ -1,0 +1,97 @@
+import gzip
+import json
+
+import pytest
+
+from promptport.data import load_embedded_text, load_split
+from promptport.errors import BadInput
+from promptport.tasks import builtin_tasks, get_task
+
+
+def test_builtin_tasks_are_valid():
+    tasks = builtin_tasks()
+    for name in ["sst2", "imdb", "rotten_tomatoes", "agnews", "tweet_eval", "mpqa", "arisetv", "dbpedia",
+                 "financial_phrasebank", "snli", "boolq", "rt_snippets"]:
+        assert name in tasks
+        t = tasks[name]
+        assert t.template_fields and set(t.verbalizer) == set(t.classes)
+
+
+def test_unknown_task_suggests_closest():
+    with pytest.raises(BadInput, match="did you mean 'sst2'"):
+        get_task("sst3")
+
+
+def test_user_task_from_yaml(tmp_path):
+    f = tmp_path / "spam.yaml"
+    f.write_text("description: Is the mail spam?\ntemplate: \"Mail: {text}\\nSpam:\"\n"
+                 "columns: {text: [body]}\nclasses: [ham, spam]\nverbalizer: {ham: [' no'], spam: [' yes']}\n")
+    t = get_task(str(f))
+    assert t.name == "spam" and t.format(text="hi") == "Mail: hi\nSpam:"
+
+
+def test_user_task_bad_field_is_named(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("description: x\ntemplate: \"{text}:\"\ncolumns: {text: [t]}\nclasses: [a, b]\n"
+                 "verbalizer: {a: [' a']}\n")
+    with pytest.raises(BadInput, match="verbalizer"):
+        get_task(str(f))
+
+
+def test_folder_split_files_and_dev_alias(sst_like_dir):
+    t = get_task("sst2")
+    dev = load_split(t, str(sst_like_dir), "validation")
+    assert len(dev) == 8 and dev.labels[:2] == [1, 0]
+    assert len(load_split(t, str(sst_like_dir), "dev")) == 8
+    assert len(load_split(t, str(sst_like_dir), "train", limit=3)) == 3
+
+
+def test_jsonl_gz_and_csv(tmp_path):
+    t = get_task("imdb")
+    p = tmp_path / "train.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        for i in range(5):
+            f.write(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n")
+    ds = load_split(t, str(p), "train")
+    assert ds.fields["text"][3] == "review 3" and ds.labels == [0, 1, 0, 1, 0]
+    c = tmp_path / "my.csv"
+    c.write_text('body,sentiment\n"great, really",pos\nawful,neg\n')
+    ds = load_split(t, str(c), "test", text_column="body", label_column="sentiment")
+    assert ds.fields["text"] == ["great, really", "awful"] and ds.labels == [1, 0]
+
+
+def test_missing_column_is_named(tmp_path):
+    c = tmp_path / "dev.csv"
+    c.write_text("body,label\nhello,1\n")
+    with pytest.raises(BadInput, match="no 'text' column"):
+        load_split(get_task("sst2"), str(tmp_path), "dev")
+
+
+def test_label_outside_verbalizer(tmp_path):
+    c = tmp_path / "dev.tsv"
+    c.write_text("sentence\tlabel\nfine\t1\nodd\t7\n")
+    with pytest.raises(BadInput, match=r"dev.tsv:3: label '7'"):
+        load_split(get_task("sst2"), str(tmp_path), "dev")
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n")
+    with pytest.raises(BadInput, match="no examples"):
+        load_split(get_task("sst2"), str(tmp_path), "dev")
+
+
+def test_missing_split_file(sst_like_dir):
+    with pytest.raises(BadInput, match="no file for split 'test'"):
+        load_split(get_task("sst2"), str(sst_like_dir), "test")
+
+
+def test_embedded_default_splits_are_disjoint_and_offline():
+    t = get_task("rt_snippets")
+    parts = {s: load_split(t, None, s) for s in ("train", "validation", "test")}
+    sets = {s: set(d.fields["text"]) for s, d in parts.items()}
+    assert len(parts["train"]) > 9000 and 1000 < len(parts["validation"]) < 1600
+    assert not sets["train"] & sets["validation"] and not sets["train"] & sets["test"]
+    assert set(parts["train"].labels) == {0, 1}
+    plots = load_embedded_text("rt_plots")
+    assert len(plots) > 1000 and not set(plots) & sets["train"]
+    assert len(load_embedded_text("headlines", limit=10)) == 10
