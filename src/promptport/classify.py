@@ -184,16 +184,19 @@ class PromptClassifier:
 
     @torch.inference_mode()
     def predict_logits(self, enc: Encoded, prompt: torch.Tensor | None = None, batch_size: int = 32,
-                       progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
-        """Class scores for every example; batches are formed by length to waste little on padding."""
+                       progress: bool = False, desc: str = "evaluate", vocab: bool = False) -> torch.Tensor:
+        """Class scores (or full-vocabulary answer logits if `vocab`) for every example, in input order;
+        batches are formed by length to waste little on padding."""
         order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
-        out = torch.empty(len(enc), len(self.task.classes))
+        width = self.model.get_output_embeddings().weight.shape[0] if vocab else len(self.task.classes)
+        out = torch.empty(len(enc), width)
         p = None if prompt is None else prompt.detach().to(self.device)
+        fn = self.vocab_logits if vocab else self.class_logits
         bar = _progress(math.ceil(len(enc) / batch_size), desc, progress, unit="batch")
         for start in range(0, len(enc), batch_size):
             idx = order[start: start + batch_size]
             input_ids, mask = self.batch([enc.input_ids[i] for i in idx])
-            out[torch.as_tensor(idx)] = self.class_logits(input_ids, mask, p).float().cpu()
+            out[torch.as_tensor(idx)] = fn(input_ids, mask, p).float().cpu()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
