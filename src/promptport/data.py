@@ -307,3 +307,49 @@ def load_split(task: Task, data: str | None, split: str = "validation", *, limit
     if require_labels and ds.labels is None:
         raise BadInput("data", f"{ds.source}: no label column")
     return ds
+
+
+# ---------------------------------------------------------------- unlabelled public text
+
+TEXT_COLUMNS = ["text", "sentence", "content", "review", "description", "Text", "Excerpt", "Title"]
+
+
+def load_texts(source: str, *, text_column: str | None = None, split: str = "train",
+               limit: int | None = None) -> tuple[list[str], str]:
+    """Unlabelled text from `embedded:NAME`, a file, a folder of split files, or a hub data set.
+
+    Labels are never read: this is how provider-side stages take public data. Returns (texts, source id).
+    """
+    if source.startswith("embedded:"):
+        name = source.split(":", 1)[1]
+        return load_embedded_text(name, limit), source
+    p = Path(source).expanduser()
+    if p.is_dir() or p.is_file():
+        path = find_split_file(p, split) if p.is_dir() else p
+        out: list[str] = []
+        col = None
+        for _, row in read_rows(path):
+            if col is None:
+                cands = [text_column] if text_column else TEXT_COLUMNS
+                col = next((c for c in cands if c in row), None)
+                if col is None:
+                    raise BadInput("public_data", f"{path}: no text column (tried {cands}; has {list(row)})")
+            t = (row.get(col) or "").strip()
+            if t:
+                out.append(t)
+            if limit is not None and len(out) >= limit:
+                break
+        return out, str(path)
+    if source.startswith((".", "/", "~")):
+        raise BadInput("public_data", f"'{source}' does not exist")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # noqa: BLE001 - many failure types, one message
+        raise BadInput("public_data", f"cannot load hub data set '{source}': {str(e).splitlines()[0]}") from None
+    col = text_column or next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
+    if col is None:
+        raise BadInput("public_data", f"hub data set '{source}' has no text column (has {ds.column_names})")
+    texts = [str(t).strip() for t in ds[col][: limit or len(ds)] if str(t).strip()]
+    return texts, f"hub:{source}"
