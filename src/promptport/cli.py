@@ -182,6 +182,63 @@ def tasks_cmd():
     out().print(t)
 
 
+@app.command("transfer")
+@click.option("--prompt", type=click.Path(path_type=Path), required=True,
+              help="The user's prompt artifact (tuned on the student).")
+@model_option("--student", default=None, help_extra=" The model the prompt was tuned on.")
+@model_option("--teacher", help_extra=" The model to transfer to.")
+@click.option("--public-data", required=True,
+              help="Public text only: embedded:rt_plots | embedded:headlines | embedded:speeches, a file or folder "
+                   "(labels ignored), or a hub data set id.")
+@click.option("--public-text-column", default=None, help="Text column of the public data files.")
+@click.option("--method", type=click.Choice(["post", "output", "shift", "direct"]), default="post",
+              show_default=True, help="post: both KL terms; output / shift: one term (ablations); direct: p_s "
+                                      "unchanged.")
+@click.option("--alpha", default="0.5", show_default=True,
+              help="Weight of the shift term in [0, 1], or 'auto' (from public-data agreement).")
+@click.option("--temperature", "-T", type=float, default=2.0, show_default=True, help="Softmax temperature.")
+@click.option("--init", type=click.Choice(["copy", "text"]), default="copy", show_default=True,
+              help="Start p_t from a copy of p_s, or from the task description's embeddings.")
+@click.option("--n-public", type=int, default=1000, show_default=True, help="Number of public examples used.")
+@click.option("--steps", type=int, default=None, help="Optimiser steps (default: --epochs over the public set).")
+@click.option("--epochs", type=float, default=2.0, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--task", default=None, help="Override the task (default: the template/verbalizer stored in the "
+                                           "prompt).")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/transfer"),
+              show_default=True)
+@common
+def transfer_cmd(**v):
+    """Provider side: transfer a user's prompt from the student to the teacher with public data only.
+
+    \b
+    Example:
+      promptport transfer --prompt runs/tune/prompt --student runs/distill/student \\
+          --teacher smollm2-135m-instruct --public-data embedded:rt_plots --out runs/transfer
+    """
+    from promptport.transfer import TransferConfig, transfer
+
+    if v["student"] is None:
+        raise BadInput("student", "give the model the prompt was tuned on (--student)")
+    alpha = v["alpha"]
+    if alpha != "auto":
+        try:
+            alpha = float(alpha)
+        except ValueError:
+            raise BadInput("alpha", f"must be a number in [0, 1] or 'auto', got '{alpha}'") from None
+    cfg = TransferConfig(method=v["method"], alpha=alpha, temperature=v["temperature"], init=v["init"],
+                         n_public=v["n_public"], steps=v["steps"], epochs=v["epochs"], lr=v["lr"],
+                         batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"])
+    r = transfer(v["prompt"], v["student"], v["teacher"], public_data=v["public_data"], out=v["out_dir"], cfg=cfg,
+                 task=v["task"], public_text_column=v["public_text_column"], device=v["device"], progress=True)
+    best = r["best"] or {}
+    out().print(f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
+                f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "
+                f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
     debug = os.environ.get("PROMPTPORT_DEBUG") == "1"

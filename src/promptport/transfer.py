@@ -1,0 +1,353 @@
+"""POST transfer (provider, step 3): train a teacher prompt p_t so that the teacher with p_t behaves like
+the student with the user's prompt p_s, using public data only.
+
+For a public input x, at the answer position over the full vocabulary, with s = student(x),
+s_p = student(p_s + x), t = teacher(x), t_p = teacher(p_t + x):
+
+    loss = alpha * T^2 * KL(softmax((s_p - s)/T) || softmax((t_p - t)/T))      # copy the prompt's effect
+         + (1 - alpha) * T^2 * KL(softmax(s_p/T) || softmax(t_p/T))             # copy the prompted output
+
+s, s_p and t do not depend on p_t: they are computed once (cached), so a step costs one teacher
+forward+backward with the prompt.
+
+The firewall: `transfer()` takes the prompt artifact, the student, the teacher and a public text source.
+It has no parameter through which private data could enter, and it selects its checkpoint on held-out
+*public* examples (transfer loss), never on task labels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from promptport.classify import Encoded, PromptClassifier
+from promptport.data import TextDataset, load_texts
+from promptport.errors import BadInput
+from promptport.fileio import append_jsonl, check_writable_dir, write_json
+from promptport.manifest import write_manifest
+from promptport.models import LoadedModel, load_model
+from promptport.prompt import (PromptArtifact, check_compatible, init_prompt_embeddings, load_prompt,
+                               make_metadata, save_prompt)
+from promptport.runtime import seed_everything, versions
+from promptport.tasks import Task, get_task, task_from_dict
+
+METHODS = ("post", "output", "shift", "direct")
+
+
+@dataclass
+class TransferConfig:
+    method: str = "post"  # post (both terms) | output (2nd term) | shift (1st term) | direct (p_s unchanged)
+    alpha: float | str = 0.5  # or "auto": from public-data agreement, see auto_alpha()
+    temperature: float = 2.0
+    init: str = "copy"  # copy of p_s (possible: the student keeps the teacher's width) | text
+    n_public: int = 1000
+    heldout_fraction: float = 0.1
+    steps: int | None = None  # default: epochs over the training part of the public set
+    epochs: float = 2.0
+    lr: float = 1e-3
+    batch_size: int = 16
+    max_length: int = 128
+    eval_every: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise BadInput("method", f"unknown method '{self.method}' (choose {', '.join(METHODS)})")
+        if not (self.alpha == "auto" or isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0):
+            raise BadInput("alpha", f"must be in [0, 1] or 'auto', got {self.alpha!r}")
+        if self.temperature <= 0:
+            raise BadInput("temperature", f"must be > 0, got {self.temperature}")
+        if self.init not in ("copy", "text"):
+            raise BadInput("init", f"must be copy or text, got '{self.init}'")
+        for name in ("n_public", "batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise BadInput(name, f"must be positive, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 0:
+            raise BadInput("steps", f"must be >= 0, got {self.steps}")
+        if not 0.0 < self.heldout_fraction < 0.9:
+            raise BadInput("heldout_fraction", f"must be in (0, 0.9), got {self.heldout_fraction}")
+        if self.lr <= 0:
+            raise BadInput("lr", f"must be > 0, got {self.lr}")
+
+
+def transfer_loss(t_p: torch.Tensor, s_p: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float,
+                  temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """The POST objective over full-vocabulary answer logits ([B, V] each); only t_p carries gradient."""
+    T = temperature
+
+    def kl(target_logits, pred_logits):
+        p_log = F.log_softmax(target_logits.float() / T, -1)
+        q_log = F.log_softmax(pred_logits.float() / T, -1)
+        return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+    per_example = torch.zeros(t_p.shape[0], device=t_p.device)
+    if alpha > 0:
+        per_example = per_example + alpha * T * T * kl(s_p - s, t_p - t)
+    if alpha < 1:
+        per_example = per_example + (1 - alpha) * T * T * kl(s_p, t_p)
+    return per_example.mean() if reduction == "mean" else per_example
+
+
+def method_alpha(method: str, alpha: float) -> float:
+    return {"post": alpha, "output": 0.0, "shift": 1.0}[method]
+
+
+@dataclass
+class TransferCache:
+    """Fixed answer-position logits of the public examples: s, s_p (student) and t (teacher)."""
+
+    s: torch.Tensor
+    s_p: torch.Tensor
+    t: torch.Tensor
+    seconds: float = 0.0
+
+
+def build_cache(student: PromptClassifier, teacher: PromptClassifier, p_s: torch.Tensor, s_enc: Encoded,
+                t_enc: Encoded, batch_size: int = 32, progress: bool = False) -> TransferCache:
+    t0 = time.perf_counter()
+    s = student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True)
+    s_p = student.predict_logits(s_enc, p_s, batch_size, progress, "cache student+prompt", vocab=True)
+    t = teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True)
+    return TransferCache(s, s_p, t, time.perf_counter() - t0)
+
+
+def auto_alpha(cache: TransferCache, verbalizer_ids: torch.Tensor, average: torch.Tensor) -> tuple[float, dict]:
+    """The paper's heuristic on public data only: a higher alpha when the teacher's zero-shot is strong,
+    a lower one when the student's prompted predictions are stronger.
+
+    Without labels we measure the teacher's zero-shot strength as its agreement with the prompted
+    student (the user's prompt defines the task), and the prompted student's strength as 1:
+    alpha = agree / (agree + 1), in [0, 0.5]; a teacher that already agrees fully gets 0.5 (equal terms).
+    """
+    def classes(v):
+        return (v[:, verbalizer_ids] @ average.T).argmax(-1)
+
+    agree = float((classes(cache.t) == classes(cache.s_p)).float().mean())
+    student_shift = float((classes(cache.s) != classes(cache.s_p)).float().mean())
+    alpha = agree / (agree + 1.0)
+    return alpha, {"teacher_zero_shot_agreement_with_prompted_student": agree,
+                   "fraction_changed_by_prompt_on_student": student_shift}
+
+
+def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
+    """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
+    if len(task.template_fields) != 1:
+        raise BadInput("public_data", f"task template has fields {task.template_fields}; public transfer data "
+                                      "needs a single-field template")
+    uniq = list(dict.fromkeys(t for t in texts if t.strip()))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))[:n]
+    if len(order) < 2:
+        raise BadInput("public_data", f"need at least 2 distinct public texts, got {len(uniq)}")
+    return TextDataset({task.template_fields[0]: [uniq[i] for i in order]}, None, "public", "public")
+
+
+def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -> Task:
+    """The template/verbalizer travel with the prompt, so the provider needs no task registry entry."""
+    if task is not None:
+        return get_task(task)
+    t = artifact.meta.get("task")
+    if not t:
+        raise BadInput("prompt", "prompt metadata has no task; pass --task")
+    try:
+        return get_task(t["name"])
+    except BadInput:
+        return task_from_dict({"name": t["name"], "description": t.get("description", t["name"]),
+                               "template": t["template"], "classes": t["classes"], "verbalizer": t["verbalizer"],
+                               "columns": {f: [f] for f in _fields(t["template"])}}, source="prompt.task")
+
+
+def _fields(template: str) -> list[str]:
+    import string
+
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+@dataclass
+class TransferResult:
+    embeddings: torch.Tensor
+    alpha: float
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    cache_seconds: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+
+
+def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCache, p_s: torch.Tensor,
+                   cfg: TransferConfig, *, alpha: float, init_embeddings: torch.Tensor | None = None,
+                   metrics_path: Path | None = None, progress: bool = False) -> TransferResult:
+    """Optimise p_t against the cached targets; keep the p_t with the lowest held-out public loss."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = len(t_enc)
+    perm = torch.randperm(n, generator=g)
+    n_held = max(1, int(round(n * cfg.heldout_fraction)))
+    held, train = perm[:n_held], perm[n_held:]
+    p_t = torch.nn.Parameter((p_s if init_embeddings is None else init_embeddings).detach().clone().float()
+                             .to(teacher.device))
+    opt = torch.optim.Adam([p_t], lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * steps_per_epoch)))
+    eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
+    dev = teacher.device
+
+    def heldout_loss() -> float:
+        losses = []
+        with torch.inference_mode():
+            for i in range(0, n_held, cfg.batch_size * 2):
+                idx = held[i: i + cfg.batch_size * 2]
+                ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
+                t_p = teacher.vocab_logits(ids, mask, p_t.detach())
+                losses.append(transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev),
+                                            cache.t[idx].to(dev), alpha, cfg.temperature, "none"))
+        return float(torch.cat(losses).mean())
+
+    history = [{"step": 0, "heldout_loss": heldout_loss()}]
+    best = dict(history[0])
+    best_emb = p_t.detach().clone()
+    t0, tokens = time.perf_counter(), 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="transfer", unit="step", dynamic_ncols=True, leave=False)
+    order = train[torch.randperm(len(train), generator=g)]
+    pos = 0
+    for step in range(1, total + 1):
+        if pos + cfg.batch_size > len(order):
+            order, pos = train[torch.randperm(len(train), generator=g)], 0
+        idx = order[pos: pos + cfg.batch_size]
+        pos += cfg.batch_size
+        ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
+        t_p = teacher.vocab_logits(ids, mask, p_t)
+        loss = transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev), cache.t[idx].to(dev), alpha,
+                             cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tokens += int(mask.sum()) + p_t.shape[0] * len(idx)
+        rec = {"step": step, "loss": float(loss.detach())}
+        if step % eval_every == 0 or step == total:
+            rec["heldout_loss"] = heldout_loss()
+            if rec["heldout_loss"] < best["heldout_loss"]:
+                best = {"step": step, "heldout_loss": rec["heldout_loss"]}
+                best_emb = p_t.detach().clone()
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(rec)
+        if metrics_path is not None:
+            append_jsonl(metrics_path, rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens / max(rec['seconds'], 1e-9):.0f}")
+    if bar is not None:
+        bar.close()
+    return TransferResult(best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens)
+
+
+def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, teacher: str | LoadedModel, *,
+             public_data: str, out: str | Path, cfg: TransferConfig | None = None, task: str | Task | None = None,
+             public_text_column: str | None = None, device: str = "cpu", progress: bool = False) -> dict:
+    """Transfer a user's prompt from the student to the teacher with public data only.
+
+    Writes OUT/prompt/ (the teacher prompt artifact), OUT/metrics.json, OUT/metrics.jsonl and
+    OUT/manifest.json (inputs with fingerprints: the prompt artifact and the public source only).
+    """
+    cfg = cfg or TransferConfig()
+    cfg.validate()
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    out = check_writable_dir(out)
+    artifact = prompt if isinstance(prompt, PromptArtifact) else load_prompt(prompt)
+    the_task = task_from_prompt(artifact, task)
+    texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
+    pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
+
+    s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
+    t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
+    check_compatible(artifact, s_lm.info)
+    if cfg.init == "copy" or cfg.method == "direct":
+        if artifact.hidden_size != t_lm.info.hidden_size:
+            raise BadInput("prompt", f"copy init needs the teacher's width: prompt has hidden size "
+                                     f"{artifact.hidden_size}, teacher '{t_lm.info.model_id}' has "
+                                     f"{t_lm.info.hidden_size} (use --init text)")
+    if s_lm.info.tokenizer_fingerprint != t_lm.info.tokenizer_fingerprint:
+        raise BadInput("student", "student and teacher use different tokenizers")
+
+    s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
+    t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)
+    s_enc, t_enc = s_clf.encode(pub), t_clf.encode(pub)
+    p_s = artifact.embeddings
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics_path.unlink()
+    alpha_info: dict = {}
+    if cfg.method == "direct":
+        emb, alpha, res = p_s.clone(), float("nan"), None
+    else:
+        cache = build_cache(s_clf, t_clf, p_s, s_enc, t_enc, progress=progress)
+        if cfg.alpha == "auto":
+            alpha, alpha_info = auto_alpha(cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average)
+        else:
+            alpha = float(cfg.alpha)
+        init = None
+        if cfg.init == "text":
+            init = init_prompt_embeddings(t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text",
+                                          the_task.description)
+        res = train_transfer(t_clf, t_enc, cache, p_s, cfg, alpha=method_alpha(cfg.method, alpha),
+                             init_embeddings=init, metrics_path=metrics_path, progress=progress)
+        emb = res.embeddings
+
+    training = {"stage": "transfer", "method": cfg.method, "config": asdict(cfg), "alpha_used": alpha,
+                "alpha_auto": alpha_info or None, "public_source": source_id, "n_public": len(pub),
+                "source_prompt_sha256": artifact.meta.get("sha256"), "student": s_lm.info.model_id}
+    if res is not None:
+        training.update(steps=res.steps, best=res.best, seconds=round(res.seconds, 3),
+                        cache_seconds=round(res.cache_seconds, 3), tokens=res.tokens)
+    meta = make_metadata(model_info=t_lm.info, task=the_task, init=cfg.init if cfg.method != "direct" else "copy",
+                         training=training, privacy=artifact.meta.get("privacy"), n_tokens=int(emb.shape[0]),
+                         extra={"transferred_from": artifact.meta.get("model")})
+    save_prompt(out / "prompt", emb, meta)
+    wall = time.perf_counter() - t_start
+    result = {
+        "stage": "transfer",
+        "method": cfg.method,
+        "alpha": alpha,
+        "alpha_auto": alpha_info or None,
+        "n_public": len(pub),
+        "public_source": source_id,
+        "steps": 0 if res is None else res.steps,
+        "best": None if res is None else res.best,
+        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
+        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
+        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
+        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
+        "tokens": 0 if res is None else res.tokens,
+        "tokens_per_s": None if res is None or res.seconds == 0 else round(res.tokens / res.seconds, 1),
+        "wall_seconds": round(wall, 3),
+        "config": asdict(cfg),
+        "versions": versions(),
+    }
+    write_json(out / "metrics.json", result)
+    write_manifest(out, stage="transfer", config=asdict(cfg),
+                   inputs={"prompt": _fingerprint_prompt(prompt, artifact), "public_data": {"source": source_id,
+                           "n_examples": len(pub)}, "student": s_lm.info.to_dict(), "teacher": t_lm.info.to_dict()},
+                   outputs=[out / "prompt" / "prompt.safetensors", out / "prompt" / "prompt.json",
+                            out / "metrics.json"], seconds=wall)
+    return result
+
+
+def _fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
+    info = {"n_tokens": artifact.n_tokens, "hidden_size": artifact.hidden_size,
+            "sha256": (artifact.meta.get("sha256") or {}).get("prompt.safetensors")}
+    if not isinstance(prompt, PromptArtifact):
+        info["path"] = str(prompt)
+    return info
