@@ -64,7 +64,8 @@ def common(f):
 
 
 def model_option(name="--model", default="smollm2-135m-instruct", help_extra=""):
-    return click.option(name, "-m" if name == "--model" else None, default=default, show_default=True,
+    decls = (name, "-m") if name == "--model" else (name,)
+    return click.option(*decls, default=default, show_default=default is not None,
                         help="Embedded default 'smollm2-135m-instruct', a local Hugging Face model folder, or a "
                              "hub id (needs network)." + help_extra)
 
