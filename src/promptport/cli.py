@@ -240,6 +240,49 @@ def transfer_cmd(**v):
                 f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}")
 
 
+@app.command("run")
+@click.option("--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+@click.option("--run-dir", default=None, help="Override the config's run_dir.")
+@click.option("--seed", type=int, default=None, help="Override the config's seed.")
+@click.option("--device", default=None, help="Override the config's device (cpu, cuda, auto).")
+@click.option("--with-teacher-tuning", is_flag=True, default=None,
+              help="Also tune a prompt directly on the teacher with the private data (the expensive, non-private "
+                   "reference POST avoids) and report its cost.")
+def run_cmd(run_config, run_dir, seed, device, with_teacher_tuning):
+    """The whole pipeline: distil -> tune [DP] -> transfer -> evaluate -> report, one sub-directory per stage.
+
+    Stages already complete (same config and inputs, verified checksums) are reused. With no --config
+    it runs the embedded default offline: SmolLM2-135M teacher, 2-layer student, Rotten Tomatoes
+    snippets as the private task, movie plot summaries as public data.
+
+    \b
+    Examples:
+      promptport run                                   (embedded default, ~30 min on 2 cores)
+      promptport run --config configs/sst2-smollm2.yaml --run-dir runs/sst2
+    """
+    from promptport.pipeline import DEFAULT_CONFIG, load_run_config, run_pipeline
+    from promptport.runtime import quiet_libraries
+
+    quiet_libraries()
+    cfg = load_run_config(run_config or DEFAULT_CONFIG, {"run_dir": run_dir, "seed": seed, "device": device,
+                                                         "with_teacher_tuning": with_teacher_tuning})
+    r = run_pipeline(cfg, log=lambda m: err().print(m, markup=False))
+    out().print(f"run: {r['summary']} -> {Path(cfg.run_dir) / 'report.html'}")
+
+
+@app.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_cmd(run_dir):
+    """Rebuild RUN_DIR/report.md and RUN_DIR/report.html from the run's files."""
+    from promptport.report import build_report
+
+    if not (run_dir / "results.json").is_file():
+        raise BadInput("run_dir", f"{run_dir} has no results.json (not a finished run)")
+    md, page = build_report(run_dir)
+    out().print(f"report: {md} and {page}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
     debug = os.environ.get("PROMPTPORT_DEBUG") == "1"

@@ -1,0 +1,308 @@
+"""`promptport run`: the whole POST pipeline from one YAML file, one sub-directory per stage.
+
+    distill (provider) -> tune [DP] (user) -> transfer (provider, public data only) -> evaluate -> report
+
+Each stage writes a manifest (config, inputs with fingerprints, outputs with sha256, timings); a stage
+whose manifest is complete for the same config and inputs is reused, not recomputed. The provider-side
+stages receive paths to the student, the teacher, the prompt artifact and the public source only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from promptport.errors import BadInput
+from promptport.fileio import check_writable_dir, read_json, write_json
+from promptport.manifest import is_complete, read_manifest, write_manifest
+from promptport.models import DEFAULT_MODEL
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class RunConfig(BaseModel):
+    """Keys of a run YAML. Sections (distill, tune, dp, transfer, audit) take the options of their stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "cpu"
+    teacher: str = DEFAULT_MODEL
+    student: str | None = None  # an existing student; skips distillation
+    task: str = "rt_snippets"
+    private_data: str | None = None  # default: the task's own source (embedded for rt_snippets)
+    train_split: str = "train"
+    val_split: str = "validation"
+    eval_split: str = "test"
+    train_limit: int | None = None
+    val_limit: int | None = None
+    eval_limit: int | None = None
+    public_data: str = "embedded:rt_plots"
+    public_text_column: str | None = None
+    allow_overlap: bool = False
+    distill: dict[str, Any] = {}
+    tune: dict[str, Any] = {}
+    dp: dict[str, Any] | None = None
+    transfer: dict[str, Any] = {}
+    with_teacher_tuning: bool = False
+    audit: dict[str, Any] | None = None
+    eval_batch_size: int = 32
+
+
+def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise BadInput("config", f"cannot read '{path}': {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise BadInput("config", f"'{path}' must be a mapping")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = [k for k in data if k not in RunConfig.model_fields]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(RunConfig.model_fields), n=1)
+        raise BadInput(unknown[0], "unknown key in run config" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    try:
+        cfg = RunConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise BadInput(".".join(str(x) for x in err["loc"]), err["msg"]) from None
+    return cfg
+
+
+def section(cls_or_fn, values: dict, name: str, drop: tuple[str, ...] = ()) -> dict:
+    """Check a config section's keys against a stage's dataclass fields or function parameters."""
+    if dataclasses.is_dataclass(cls_or_fn):
+        valid = [f.name for f in dataclasses.fields(cls_or_fn)]
+    else:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls_or_fn).parameters]
+    valid = [v for v in valid if v not in drop]
+    for k in values:
+        if k not in valid:
+            close = difflib.get_close_matches(k, valid, n=1)
+            raise BadInput(f"{name}.{k}", "unknown key" + (f" (did you mean '{close[0]}'?)" if close else
+                                                            f" (valid: {', '.join(valid)})"))
+    return dict(values)
+
+
+def _text_hashes(texts) -> set[str]:
+    return {hashlib.sha256(" ".join(t.split()).lower().encode()).hexdigest() for t in texts}
+
+
+def check_overlap(private_texts: list[str], public_texts: list[str], allow: bool) -> int:
+    """Exact duplicates (whitespace/case-normalised) between private and public data are refused."""
+    n = len(_text_hashes(private_texts) & _text_hashes(public_texts))
+    if n and not allow:
+        raise BadInput("public_data", f"{n} public examples are exact duplicates of private training examples; "
+                                      "use another public source or set allow_overlap: true")
+    return n
+
+
+def _stage(run_dir: Path, name: str) -> Path:
+    d = run_dir / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
+    """Run (or resume) every stage; returns results.json's content."""
+    from promptport.classify import PromptClassifier
+    from promptport.data import load_split, load_texts
+    from promptport.models import load_model
+    from promptport.prompt import load_prompt
+    from promptport.report import bootstrap_ci, build_report
+    from promptport.runtime import seed_everything, versions
+    from promptport.tasks import get_task
+    from promptport.transfer import TransferConfig, transfer
+    from promptport.tune import TuneConfig, tune
+
+    t_run = time.perf_counter()
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    seed_everything(cfg.seed)
+    task = get_task(cfg.task)
+    # Validate every section before any work so a typo fails in a second, not after an hour.
+    tune_opts = section(TuneConfig, cfg.tune, "tune", drop=("dp",))
+    transfer_opts = section(TransferConfig, cfg.transfer, "transfer")
+    dp_cfg = None
+    if cfg.dp is not None:
+        from promptport.privacy import DPConfig
+
+        dp_cfg = DPConfig(**section(DPConfig, cfg.dp, "dp"))
+    tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
+    xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
+    xcfg.validate()
+
+    # Private data is read here only to check it against the public source; it never goes to transfer.
+    private_train = load_split(task, cfg.private_data, cfg.train_split, limit=cfg.train_limit)
+    public_texts, public_id = load_texts(cfg.public_data, text_column=cfg.public_text_column)
+    n_overlap = check_overlap([t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap)
+    del private_train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg.model_dump())
+    costs: list[dict] = []
+
+    # 1. distil (provider)
+    if cfg.student is not None:
+        student_path = cfg.student
+    else:
+        from promptport.distill import distill
+
+        d_dir = _stage(run_dir, "distill")
+        d_opts = section(distill, cfg.distill, "distill", drop=("teacher", "out", "seed", "device", "progress"))
+        inputs = {"teacher": cfg.teacher}
+        key_cfg = {**d_opts, "seed": cfg.seed}
+        if not is_complete(d_dir, key_cfg, inputs):
+            log(f"[distill] {cfg.teacher} -> student ({d_opts})")
+            t0 = time.perf_counter()
+            distill(teacher=cfg.teacher, out=d_dir, seed=cfg.seed, device=cfg.device, progress=progress, **d_opts)
+            write_manifest(d_dir, stage="distill", config=key_cfg, inputs=inputs,
+                           outputs=[p for p in d_dir.rglob("*") if p.is_file() and p.name != "manifest.json"
+                                    and "checkpoint" not in p.parts], seconds=time.perf_counter() - t0,
+                           extra={"side": "provider"})
+        else:
+            log("[distill] reused")
+        student_path = str(d_dir / "student")
+        dm = read_json(d_dir / "metrics.json") if (d_dir / "metrics.json").is_file() else {}
+        costs.append({"stage": "distill", "side": "provider", "seconds": read_manifest(d_dir)["seconds"],
+                      "tokens": dm.get("tokens_trained", "-"), "notes": "once per teacher, shared by all users"})
+
+    # 2. tune (user, private data)
+    u_dir = _stage(run_dir, "tune")
+    inputs = {"student": student_path, "task": task.name, "private_data": cfg.private_data or "task default",
+              "limits": [cfg.train_limit, cfg.val_limit]}
+    key_cfg = dataclasses.asdict(tcfg)
+    if not is_complete(u_dir, key_cfg, inputs):
+        log(f"[tune] prompt on the student with private data{' (DP-SGD)' if dp_cfg else ''}")
+        t0 = time.perf_counter()
+        tune(student_path, task, data=cfg.private_data, out=u_dir, train_split=cfg.train_split,
+             val_split=cfg.val_split, train_limit=cfg.train_limit, val_limit=cfg.val_limit, cfg=tcfg,
+             device=cfg.device, progress=progress)
+        write_manifest(u_dir, stage="tune", config=key_cfg, inputs=inputs,
+                       outputs=[u_dir / "prompt" / "prompt.safetensors", u_dir / "prompt" / "prompt.json",
+                                u_dir / "metrics.json"], seconds=time.perf_counter() - t0, extra={"side": "user"})
+    else:
+        log("[tune] reused")
+    um = read_json(u_dir / "metrics.json")
+    costs.append({"stage": "tune (student)", "side": "user", "seconds": read_manifest(u_dir)["seconds"],
+                  "tokens": um.get("tokens", "-"), "notes": "private data stays here"})
+
+    # 3. transfer (provider, public data only): receives the prompt artifact, never the private data
+    x_dir = _stage(run_dir, "transfer")
+    inputs = {"prompt": str(u_dir / "prompt"), "student": student_path, "teacher": cfg.teacher,
+              "public_data": cfg.public_data, "prompt_sha256": read_manifest(u_dir)["outputs"]["prompt/prompt.safetensors"]}
+    key_cfg = dataclasses.asdict(xcfg)
+    if not is_complete(x_dir, key_cfg, inputs):
+        log(f"[transfer] {xcfg.method}, alpha={xcfg.alpha}, {xcfg.n_public} public examples from {public_id}")
+        t0 = time.perf_counter()
+        transfer(u_dir / "prompt", student_path, cfg.teacher, public_data=cfg.public_data, out=x_dir, cfg=xcfg,
+                 public_text_column=cfg.public_text_column, device=cfg.device, progress=progress)
+        m = read_manifest(x_dir)
+        write_manifest(x_dir, stage="transfer", config=key_cfg, inputs=inputs,
+                       outputs=[x_dir / p for p in m["outputs"]], seconds=time.perf_counter() - t0,
+                       extra={"side": "provider", "stage_inputs": m["inputs"]})
+    else:
+        log("[transfer] reused")
+    xm = read_json(x_dir / "metrics.json")
+    costs.append({"stage": "transfer", "side": "provider", "seconds": read_manifest(x_dir)["seconds"],
+                  "tokens": xm.get("tokens", "-"), "notes": f"{xm['n_public']} public examples"})
+
+    # 3b. optional reference: prompt tuning directly on the teacher with private data (what POST avoids)
+    tt_dir = None
+    if cfg.with_teacher_tuning:
+        tt_dir = _stage(run_dir, "teacher-tuning")
+        inputs = {"teacher": cfg.teacher, "task": task.name, "private_data": cfg.private_data or "task default"}
+        key_cfg = dataclasses.asdict(tcfg)
+        if not is_complete(tt_dir, key_cfg, inputs):
+            log("[teacher-tuning] non-private reference: prompt tuning on the teacher itself")
+            t0 = time.perf_counter()
+            tune(cfg.teacher, task, data=cfg.private_data, out=tt_dir, train_split=cfg.train_split,
+                 val_split=cfg.val_split, train_limit=cfg.train_limit, val_limit=cfg.val_limit, cfg=tcfg,
+                 device=cfg.device, progress=progress)
+            write_manifest(tt_dir, stage="teacher-tuning", config=key_cfg, inputs=inputs,
+                           outputs=[tt_dir / "prompt" / "prompt.safetensors", tt_dir / "metrics.json"],
+                           seconds=time.perf_counter() - t0, extra={"side": "user+provider"})
+        costs.append({"stage": "tune (teacher, reference)", "side": "reference",
+                      "seconds": read_manifest(tt_dir)["seconds"],
+                      "tokens": read_json(tt_dir / "metrics.json").get("tokens", "-"),
+                      "notes": "needs private data on the teacher"})
+
+    # 4. evaluate every baseline on the private task's evaluation split (user side; never used for selection)
+    e_dir = _stage(run_dir, "evaluate")
+    prompts = {"student_prompt": ("student", u_dir / "prompt"), "direct_transfer": ("teacher", u_dir / "prompt"),
+               "post_transfer": ("teacher", x_dir / "prompt"), "teacher_zero_shot": ("teacher", None),
+               "student_zero_shot": ("student", None)}
+    if tt_dir is not None:
+        prompts["teacher_tuned"] = ("teacher", tt_dir / "prompt")
+    inputs = {k: (m, None if p is None else read_json(Path(p) / "prompt.json").get("sha256")) for k, (m, p) in
+              prompts.items()}
+    key_cfg = {"split": cfg.eval_split, "limit": cfg.eval_limit, "task": task.name}
+    if not is_complete(e_dir, key_cfg, inputs):
+        log(f"[evaluate] {len(prompts)} baselines on {task.name}/{cfg.eval_split}")
+        t0 = time.perf_counter()
+        ds = load_split(task, cfg.private_data, cfg.eval_split, limit=cfg.eval_limit)
+        models = {"teacher": load_model(cfg.teacher, device=cfg.device),
+                  "student": load_model(student_path, device=cfg.device)}
+        max_len = tcfg.max_length
+        clfs = {k: PromptClassifier(m.model, m.tokenizer, task, max_len) for k, m in models.items()}
+        encs = {k: c.encode(ds) for k, c in clfs.items()}
+        base = {}
+        for name, (which, p) in prompts.items():
+            emb = None if p is None else load_prompt(p).embeddings
+            logits = clfs[which].predict_logits(encs[which], emb, cfg.eval_batch_size, progress, desc=name)
+            y_pred = logits.argmax(-1).numpy()
+            y = encs[which].labels.numpy()
+            from promptport.classify import classification_metrics
+
+            m = classification_metrics(y, y_pred, len(task.classes))
+            m.update(bootstrap_ci(y, y_pred, len(task.classes), seed=cfg.seed))
+            np.savez(e_dir / f"{name}.npz", y_true=y, y_pred=y_pred, logits=logits.numpy())
+            base[name] = m
+            log(f"  {name:18s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+        write_json(e_dir / "metrics.json", {"split": cfg.eval_split, "n": len(ds), "baselines": base})
+        write_manifest(e_dir, stage="evaluate", config=key_cfg, inputs=inputs,
+                       outputs=[e_dir / "metrics.json"] + [e_dir / f"{k}.npz" for k in prompts],
+                       seconds=time.perf_counter() - t0, extra={"side": "user"})
+    else:
+        log("[evaluate] reused")
+    base = read_json(e_dir / "metrics.json")["baselines"]
+
+    audit_summary = None
+    if cfg.audit is not None:
+        from promptport import audit as audit_mod
+
+        audit_summary = audit_mod.run_for_pipeline(run_dir, cfg, student_path, tcfg, log=log)
+
+    privacy = read_json(u_dir / "prompt" / "prompt.json").get("privacy")
+    post, direct, zs = base["post_transfer"], base["direct_transfer"], base["teacher_zero_shot"]
+    summary = (f"POST transfer: {post['accuracy']:.4f} accuracy on {task.name}/{cfg.eval_split} "
+               f"(teacher zero-shot {zs['accuracy']:.4f}, direct transfer {direct['accuracy']:.4f}, "
+               f"student + prompt {base['student_prompt']['accuracy']:.4f})"
+               + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP"))
+    results = {
+        "summary": summary,
+        "eval_split": cfg.eval_split,
+        "baselines": base,
+        "privacy": privacy,
+        "costs": costs,
+        "audit": audit_summary,
+        "info": {"task": task.name, "teacher": cfg.teacher, "student": student_path, "public_data": public_id,
+                 "public_overlap_with_private": n_overlap, "seed": cfg.seed,
+                 "run_seconds": round(time.perf_counter() - t_run, 1), **{k: v for k, v in versions().items()
+                                                                         if k in ("promptport", "torch", "transformers")}},
+    }
+    write_json(run_dir / "results.json", results)
+    build_report(run_dir)
+    return results
