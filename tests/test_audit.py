@@ -1,0 +1,219 @@
+"""LiRA audit: statistic, attacks (checked against an independent TF Privacy-semantics reference), metrics,
+empirical epsilon, storage/resume, report, and end-to-end leakage on a tiny model (leaky vs. DP)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from promptport import audit as A
+
+# ------------------------------------------------------------------ reference (TF Privacy semantics)
+# An independent, loop-based re-implementation of tensorflow_privacy advanced_mia.compute_score_lira
+# (read from tensorflow/privacy, privacy_tests/membership_inference_attack/advanced_mia.py): per-example
+# median over shadows, np.std (ddof 0) per example or over all residuals (fix_variance), Gaussian
+# log-pdf with std + 1e-30; option 'both' returns -(log_pr_in - log_pr_out), 'out' returns log_pr_out,
+# i.e. members score *low* there. TF Privacy's options are 'both'/'in'/'out' (there is no 'offset' or
+# 'online' option name): online LiRA = 'both', offline = 'out'.
+
+
+def tfp_compute_score_lira(stat_target, stat_in, stat_out, option="both", fix_variance=False):
+    avg_in = np.array([np.median(s) for s in stat_in])
+    avg_out = np.array([np.median(s) for s in stat_out])
+    if fix_variance:
+        std_in = np.std(np.concatenate([s - m for s, m in zip(stat_in, avg_in)]))
+        std_out = np.std(np.concatenate([s - m for s, m in zip(stat_out, avg_out)]))
+    else:
+        std_in = np.array([np.std(s) for s in stat_in])
+        std_out = np.array([np.std(s) for s in stat_out])
+    out = []
+    for i, t in enumerate(stat_target):
+        si = std_in if np.ndim(std_in) == 0 else std_in[i]
+        so = std_out if np.ndim(std_out) == 0 else std_out[i]
+        lp_in = stats.norm.logpdf(t, avg_in[i], si + 1e-30)
+        lp_out = stats.norm.logpdf(t, avg_out[i], so + 1e-30)
+        out.append(-(lp_in - lp_out) if option == "both" else lp_out)
+    return np.array(out)
+
+
+def tfp_logit_statistic(logits, labels, small_value=1e-45):
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    n = len(labels)
+    p_true = p[range(n), labels].copy()
+    p[range(n), labels] = 0
+    return np.log(p_true + small_value) - np.log(p.sum(1) + small_value)
+
+
+@pytest.fixture()
+def fixture_stats():
+    """8 references, 30 examples, irregular IN/OUT counts (>= 2 each), IN shifted up."""
+    rng = np.random.default_rng(7)
+    r, p = 8, 30
+    masks = rng.random((r, p)) < 0.5
+    masks[:2], masks[2:4] = True, False  # guarantee >= 2 of each per example
+    ref = rng.normal(0, 1, (r, p)) + 1.5 * masks + rng.normal(0, 2, p)
+    target = rng.normal(0, 1.5, p)
+    return target, ref, masks
+
+
+@pytest.mark.parametrize("attack,variance,option,fix", [
+    ("online", "per-example", "both", False), ("online", "global", "both", True),
+    ("offline-logpdf", "per-example", "out", False), ("offline-logpdf", "global", "out", True)])
+def test_lira_matches_tf_privacy_reference(fixture_stats, attack, variance, option, fix):
+    target, ref, masks = fixture_stats
+    stat_in = [ref[masks[:, j], j] for j in range(ref.shape[1])]
+    stat_out = [ref[~masks[:, j], j] for j in range(ref.shape[1])]
+    want = -tfp_compute_score_lira(target, stat_in, stat_out, option, fix)  # ours: members score high
+    got = A.lira_scores(target, ref, masks, attack, variance)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_lira_hand_computed_values():
+    # IN refs 2, 4, 3 (median 3), OUT refs 0, -1, 1 (median 0); both std sqrt(2/3); target 1.
+    ref = np.array([[2.0], [4.0], [3.0], [0.0], [-1.0], [1.0]])
+    m = np.array([[1], [1], [1], [0], [0], [0]], dtype=bool)
+    t = np.array([1.0])
+    s2 = 2 / 3
+    assert A.lira_scores(t, ref, m, "online", "per-example")[0] == pytest.approx(-(4 - 1) / (2 * s2), abs=1e-12)
+    want_lp = -0.5 * np.log(2 * np.pi * s2) - 1 / (2 * s2)
+    assert A.lira_scores(t, ref, m, "offline-logpdf", "per-example")[0] == pytest.approx(-want_lp, abs=1e-12)
+    assert np.exp(A.lira_scores(t, ref, m, "offline-cdf", "per-example")[0]) == pytest.approx(
+        stats.norm.cdf(1 / np.sqrt(s2)), abs=1e-12)
+    assert A.lira_scores(t, ref, m, "global-threshold")[0] == 1.0
+
+
+def test_offline_variants_differ_on_the_low_side():
+    """logpdf is two-sided (a far-too-low statistic looks like a member), cdf is one-sided."""
+    ref = np.array([[0.0, 0.0], [1.0, 1.0], [-1.0, -1.0], [5.0, 5.0]])
+    m = np.array([[0, 0], [0, 0], [0, 0], [1, 1]], dtype=bool)
+    t = np.array([-6.0, 6.0])
+    lp = A.lira_scores(t, ref, m, "offline-logpdf", "per-example")
+    cdf = A.lira_scores(t, ref, m, "offline-cdf", "per-example")
+    assert lp[0] == pytest.approx(lp[1])
+    assert cdf[1] > cdf[0] + 10
+
+
+def test_logit_confidence_matches_reference_and_is_stable():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (50, 4))
+    labels = rng.integers(0, 4, 50)
+    np.testing.assert_allclose(A.logit_confidence(logits, labels), tfp_logit_statistic(logits, labels),
+                               rtol=1e-9, atol=1e-9)
+    extreme = np.array([[800.0, 0.0], [0.0, 800.0], [30.0, 29.0]], dtype=np.float32)
+    got = A.logit_confidence(extreme, np.array([0, 0, 0]))
+    np.testing.assert_allclose(got, [800.0, -800.0, 1.0], atol=1e-9)
+    # [N, P, C] logits with [1, P] labels broadcast over shadows
+    three = rng.normal(size=(3, 5, 2))
+    y = rng.integers(0, 2, 5)
+    np.testing.assert_allclose(A.logit_confidence(three, y[None]), three[..., :][np.arange(3)[:, None],
+                               np.arange(5), y] - three[np.arange(3)[:, None], np.arange(5), 1 - y])
+
+
+def test_masks_balanced_and_deterministic():
+    m = A.make_masks(16, 101, seed=3)
+    assert m.shape == (16, 101) and (m.sum(0) == 8).all()
+    assert np.array_equal(m, A.make_masks(16, 101, seed=3))
+    assert not np.array_equal(m, A.make_masks(16, 101, seed=4))
+    assert 30 < m.sum(1).mean() < 70
+
+
+def test_parse_shadow_ids():
+    assert A.parse_shadow_ids("0-3,7", 8) == [0, 1, 2, 3, 7]
+    assert A.parse_shadow_ids(None, 3) == [0, 1, 2]
+    for bad in ("3-1", "x", "0-8"):
+        with pytest.raises(A.BadInput, match="shadow_ids"):
+            A.parse_shadow_ids(bad, 8)
+
+
+# ------------------------------------------------------------------ metrics and epsilon
+
+def synthetic(n=16, p=200, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = A.make_masks(n, p, seed=seed)
+    difficulty = rng.normal(0, 2, p)
+    stat = difficulty + rng.normal(0, 1, (n, p)) + shift * masks
+    return stat, masks
+
+
+def test_leave_one_out_finds_leak_and_not_noise():
+    stat, masks = synthetic(shift=2.0)
+    for attack in ("online", "offline-cdf", "offline-logpdf"):
+        s = A.leave_one_out(stat, masks, attack, "global")
+        assert A.roc_metrics(s, masks)["auc"] > 0.8, attack
+    # per-example calibration beats the global threshold when examples differ in difficulty
+    online = A.roc_metrics(A.leave_one_out(stat, masks, "online", "global"), masks)["auc"]
+    assert online > A.roc_metrics(A.leave_one_out(stat, masks, "global-threshold"), masks)["auc"] + 0.05
+    stat0, masks0 = synthetic(shift=0.0, seed=1)
+    s0 = A.leave_one_out(stat0, masks0, "online", "global")
+    m0, ci = A.roc_metrics(s0, masks0), A.bootstrap_intervals(s0, masks0, n_boot=200)
+    assert ci["auc"][0] <= 0.5 <= ci["auc"][1]
+    assert ci["auc"][0] <= m0["auc"] <= ci["auc"][1]
+
+
+def test_roc_metrics_perfect_and_inverted():
+    members = np.array([0, 0, 1, 1], dtype=bool)
+    m = A.roc_metrics(np.array([0.0, 1.0, 2.0, np.inf]), members)
+    assert m["auc"] == 1.0 and m["balanced_accuracy"] == 1.0 and m[A.tpr_key(0.001)] == 1.0
+    assert A.roc_metrics(np.array([3.0, 2.0, 1.0, 0.0]), members)["auc"] == 0.0
+
+
+def test_empirical_epsilon():
+    assert A.empirical_epsilon([0.1], [0.5], 0.0) == pytest.approx(np.log(5))
+    assert A.empirical_epsilon([0.5], [0.95], 0.0) == pytest.approx(np.log(0.5 / 0.05))
+    assert A.empirical_epsilon([0.0, 0.3, 1.0], [0.0, 0.3, 1.0], 1e-5) == 0.0  # chance line
+    # a perfect attack: the point estimate skips zero denominators, the Clopper-Pearson bound is finite
+    assert A.empirical_epsilon([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5) == 0.0
+    cp = A.empirical_epsilon([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5, n_neg=1000, n_pos=1000, confidence=0.95)
+    assert np.log(100) < cp < np.log(1000)
+    # the high-confidence version is never above the point estimate
+    pt = A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5)
+    assert A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5, n_neg=500, n_pos=500, confidence=0.95) < pt
+
+
+# ------------------------------------------------------------------ storage, report, summary
+
+def _spec(sst_like_dir, **kw):
+    d = dict(model="unused-for-this-test", task="sst2", data=str(sst_like_dir), split="train", pool_size=20,
+             n_shadows=6, tune={"n_tokens": 4, "epochs": 1.0, "dp": None})
+    d.update(kw)
+    return A.AuditSpec(**d)
+
+
+def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
+    out = tmp_path / "aud"
+    spec = _spec(sst_like_dir)
+    task, pool, masks, labels = A.prepare(out, spec)
+    assert len(pool) == 20 and masks.shape == (6, 20) and (masks.sum(0) == 3).all()
+    assert np.array_equal(A.prepare(out, spec)[2], masks)  # re-opening is idempotent
+    with pytest.raises(A.BadInput, match="another configuration"):
+        A.prepare(out, _spec(sst_like_dir, pool_size=16))
+    rng = np.random.default_rng(0)
+    for s in range(4):  # a leaky fake: members get a confident correct logit
+        logits = rng.normal(0, 0.3, (20, 2))
+        logits[np.arange(20), labels] += 2.0 * masks[s]
+        A.save_shadow(out, s, logits, masks[s], {"seconds": 1.0})
+    assert A.finished_shadows(out, 6) == [0, 1, 2, 3]
+    r = A.audit(out, None, shadow_ids="0-3", resume=True)  # nothing to train: all four are finished
+    assert r["trained"] == [] and r["skipped"] == [0, 1, 2, 3] and r["summary"] is None
+    with pytest.raises(A.BadInput, match="--resume"):
+        A.train_shadows(out, spec, shadow_ids=[2])
+    bad = np.zeros((20, 2))
+    A.save_shadow(out, 4, bad, ~masks[4], {})
+    with pytest.raises(A.PromptportError, match="does not belong"):
+        A.load_shadows(out)
+    A.shadow_path(out, 4).unlink()
+    summary = A.build_report(out, n_boot=50)
+    assert summary["n_shadows"] == 4 and summary["auc"] > 0.9 and summary["theoretical_epsilon"] is None
+    assert set(summary["attacks"]) == {A.attack_key(a, v) for a, v in A.REPORT_ATTACKS}
+    for key, rel in summary["files"].items():
+        assert (out / rel).is_file(), key
+    assert (out / "report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (out / "report" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 20
+    assert A.audit_summary(out) == json.loads((out / "report" / "report.json").read_text())
+    assert not (out / "manifest.json").exists()  # only a complete audit gets a stage manifest
+    assert "AUC" in A.format_summary(summary)
