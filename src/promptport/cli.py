@@ -148,6 +148,96 @@ def evaluate_cmd(**v):
                 f"{Path(v['out_dir']) / 'metrics.json'}")
 
 
+@app.command("tune")
+@model_option()
+@task_option
+@data_option
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/tune"),
+              show_default=True, help="Output directory: prompt/, metrics.json, metrics.jsonl, checkpoint/.")
+@click.option("--train-split", default="train", show_default=True, help="Split to train on.")
+@click.option("--val-split", default="validation", show_default=True,
+              help="Split for evaluation, early stopping and picking the best prompt; 'none' for no validation "
+                   "(the last prompt is kept).")
+@click.option("--test-split", default=None, help="Also evaluate the final prompt on this split (never used for "
+                                                 "selection). Default: no test evaluation.")
+@click.option("--train-limit", type=int, default=None, help="Train on a random subset of N examples (seeded).")
+@click.option("--val-limit", type=int, default=None, help="Validate on a random subset of N examples (seeded).")
+@click.option("--resume", is_flag=True, help="Continue the run checkpointed in OUT/checkpoint exactly (same command).")
+@click.option("--n-tokens", type=int, default=20, show_default=True, help="Number of virtual tokens.")
+@click.option("--init", type=click.Choice(["text", "vocab", "random"]), default="text", show_default=True,
+              help="Initial prompt: embeddings of a text, of random vocabulary tokens, or random.")
+@click.option("--init-text", default=None, help="Text for --init text (default: the task's description).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", type=float, default=3e-2, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="linear",
+              show_default=True, help="Learning-rate schedule after warm-up.")
+@click.option("--warmup-steps", type=int, default=0, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the training data.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=16, show_default=True,
+              help="Examples per forward pass (DP: the expected batch is batch-size x grad-accum).")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Forward passes per optimizer step.")
+@click.option("--eval-every", type=int, default=None, help="Evaluate every N steps (default: every epoch).")
+@click.option("--patience", type=int, default=None, help="Stop after N evaluations without improvement.")
+@click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N steps (default: at evaluations).")
+@click.option("--max-length", type=int, default=128, show_default=True,
+              help="Token limit per input; longer texts lose tokens from the left, the template is kept.")
+@click.option("--eval-batch-size", type=int, default=32, show_default=True)
+@click.option("--dp", is_flag=True, help="Train with DP-SGD (Poisson sampling, per-example clipping, Gaussian noise).")
+@click.option("--epsilon", type=float, default=None, help="DP: target epsilon for the whole run (needs --dp).")
+@click.option("--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N).")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm C.")
+@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True,
+              help="DP: privacy accountant (Opacus); PRV falls back to RDP with a warning where it fails.")
+@click.option("--secure-rng", is_flag=True, help="DP: draw noise and batches from the OS's CSPRNG (not reproducible).")
+@options(*column_options)
+@common
+def tune_cmd(**v):
+    """Tune a soft prompt on a frozen model, optionally with DP-SGD; writes OUT/prompt and OUT/metrics.json.
+
+    \b
+    Examples:
+      promptport tune --task rt_snippets --out runs/tune                       (offline default)
+      promptport tune --task sst2 --data path/to/sst2 --train-limit 2000 --out runs/sst2
+      promptport tune --task sst2 --data path/to/sst2 --dp --epsilon 8 --delta 1e-5 --out runs/sst2-dp
+      promptport tune ... --resume                                            (continue after a crash)
+    """
+    from promptport.privacy import DPConfig
+    from promptport.tune import TuneConfig, tune
+
+    dp_fields = {"epsilon": v["epsilon"], "delta": v["delta"]}
+    if v["dp"]:
+        if v["epsilon"] is None:
+            raise BadInput("epsilon", "--dp needs a target --epsilon")
+        dp = DPConfig(epsilon=v["epsilon"], delta=v["delta"], max_grad_norm=v["max_grad_norm"],
+                      accountant=v["accountant"], secure_rng=v["secure_rng"])
+    else:
+        given = [k for k, x in dp_fields.items() if x is not None] + (["secure_rng"] if v["secure_rng"] else [])
+        if given:
+            raise BadInput(given[0], "is a DP setting: add --dp")
+        dp = None
+    cfg = TuneConfig(n_tokens=v["n_tokens"], init=v["init"], init_text=v["init_text"], optimizer=v["optimizer"],
+                     lr=v["lr"], weight_decay=v["weight_decay"], schedule=v["schedule"],
+                     warmup_steps=v["warmup_steps"], epochs=v["epochs"], max_steps=v["max_steps"],
+                     batch_size=v["batch_size"], grad_accum=v["grad_accum"], eval_every=v["eval_every"],
+                     patience=v["patience"], max_length=v["max_length"], eval_batch_size=v["eval_batch_size"],
+                     seed=v["seed"], dp=dp, checkpoint_every=v["checkpoint_every"])
+    val_split = None if (v["val_split"] or "").lower() in ("", "none") else v["val_split"]
+    m = tune(v["model"], v["task"], data=v["data"], out=v["out_dir"], train_split=v["train_split"],
+             val_split=val_split, test_split=v["test_split"], train_limit=v["train_limit"],
+             val_limit=v["val_limit"], cfg=cfg, device=v["device"], resume=v["resume"], progress=True,
+             text_column=v["text_column"], label_column=v["label_column"],
+             echo=lambda s: out().print(s, markup=False))
+    parts = [f"train {m['train_accuracy']:.4f}"]
+    if m["val_accuracy"] is not None:
+        parts.append(f"val {m['val_accuracy']:.4f} (best step {m['best']['step']})")
+    if m["test_accuracy"] is not None:
+        parts.append(f"test {m['test_accuracy']:.4f}")
+    out().print(f"tune: {m['task']} accuracy {', '.join(parts)}; {m['steps']} steps, {m['examples_per_s']:.1f} ex/s, "
+                f"{m['wall_seconds']:.1f}s -> {Path(v['out_dir']) / 'prompt'}", markup=False)
+
+
 @app.command("export")
 @click.argument("prompt", type=click.Path(path_type=Path))
 @click.option("--peft", type=click.Path(path_type=Path), required=True,
