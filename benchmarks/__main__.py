@@ -1,0 +1,53 @@
+"""`python -m benchmarks --suite quick|full [--only NAME]`: run each benchmark in its own process,
+print a table, and keep each one's JSON in benchmarks/results/NAME.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+# name -> module; each module is runnable (`python -m benchmarks.NAME --suite ...`) and prints its JSON last.
+BENCHMARKS = {
+    "eval_throughput": "benchmarks.eval_throughput",
+    "transfer_step": "benchmarks.transfer_step",
+}
+RATIO_FIELDS = ["speedup_vs_hf", "transfer_overhead", "speedup_vs_peft", "dp_overhead", "speedup_vs_opacus",
+                "user_speedup", "post_speedup", "mfu"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)")
+    args = ap.parse_args(argv)
+    names = args.only or list(BENCHMARKS)
+    rows, failed = [], 0
+    for name in names:
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", BENCHMARKS[name], "--suite", args.suite], capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+        lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
+        for ln in lines[:-1]:
+            print(ln)
+        try:
+            res = json.loads(lines[-1]) if p.returncode == 0 and lines else None
+        except json.JSONDecodeError:
+            res = None
+        if res is None:
+            failed += 1
+            print(f"{name}: FAILED (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
+            rows.append((name, "FAILED", secs, ""))
+            continue
+        ratios = ", ".join(f"{k}={res[k]}" for k in RATIO_FIELDS if k in res)
+        rows.append((name, ratios, secs, f"{res.get('peak_rss_mb', '?')} MB"))
+    print(f"\n{'benchmark':18s} {'seconds':>8s} {'peak RSS':>10s}  ratios")
+    for name, ratios, secs, rss in rows:
+        print(f"{name:18s} {secs:8.1f} {rss:>10s}  {ratios}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Evaluation throughput: ours (length-bucketed batches, logits only at the answer position and only for
+the label words) vs a plain Hugging Face loop (padded batches, full logits everywhere)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import SHARED, finish, setup, student_from_teacher, target
+
+
+def hf_loop(model, tok, texts, word_ids, batch_size):
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            b = tok(texts[i: i + batch_size], return_tensors="pt", padding=True)
+            logits = model(**b).logits  # [B, L, V]
+            last = b["attention_mask"].sum(-1) - 1
+            preds.append(logits[torch.arange(len(last)), last][:, word_ids].argmax(-1))
+    return torch.cat(preds)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap.add_argument("--n", type=int, default=None, help="examples (default: quick 256, full all 872)")
+    args = ap.parse_args(argv)
+    setup()
+    from promptport.classify import PromptClassifier
+    from promptport.data import TextDataset, load_split
+    from promptport.models import load_model
+    from promptport.tasks import get_task
+
+    task = get_task("sst2")
+    n = args.n or (256 if args.suite == "quick" else 872)
+    if (SHARED / "sst2").is_dir():
+        ds = load_split(task, str(SHARED / "sst2"), "validation", limit=n)
+    else:
+        ds = load_split(get_task("rt_snippets"), None, "validation", limit=n)
+        ds = TextDataset(ds.fields, ds.labels, ds.source, ds.split)
+    teacher = load_model()
+    tok = teacher.tokenizer
+    rows = {}
+    for name, model in (("student_2l", student_from_teacher(teacher.model, 2)), ("teacher", teacher.model)):
+        clf = PromptClassifier(model, tok, task, max_length=128)
+        enc = clf.encode(ds)
+        texts = ds.texts(task)
+        word_ids = clf.verbalizer.token_ids
+        ours_pred = clf.predict_logits(enc, batch_size=32).argmax(-1)  # warm-up + correctness reference
+        t0 = time.perf_counter()
+        ours_pred = clf.predict_logits(enc, batch_size=32).argmax(-1)
+        ours = time.perf_counter() - t0
+        hf_pred = hf_loop(model, tok, texts[:32], word_ids, 32)  # warm-up
+        t0 = time.perf_counter()
+        hf_pred = hf_loop(model, tok, texts, word_ids, 32)
+        hf = time.perf_counter() - t0
+        agree = float((hf_pred == ours_pred).float().mean())
+        rows[name] = {"ours_examples_per_s": round(len(texts) / ours, 2), "hf_examples_per_s": round(len(texts) / hf, 2),
+                      "speedup_vs_hf": round(hf / ours, 3), "prediction_agreement": agree, "n": len(texts)}
+        print(f"eval_throughput {name:10s} ours {len(texts) / ours:7.1f} ex/s  hf {len(texts) / hf:7.1f} ex/s  "
+              f"speedup {hf / ours:.2f}x  agreement {agree:.3f}")
+    finish("eval_throughput", {"suite": args.suite, "data": ds.source, "results": rows,
+                               "speedup_vs_hf": rows["student_2l"]["speedup_vs_hf"],
+                               "speedup_vs_hf_teacher": rows["teacher"]["speedup_vs_hf"],
+                               "target_student": target(rows["student_2l"]["speedup_vs_hf"], 2.0)})
+
+
+if __name__ == "__main__":
+    main()
