@@ -144,6 +144,12 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
     xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
     xcfg.validate()
+    dcfg = None
+    if cfg.student is None:
+        from promptport.distill import DistillConfig
+
+        dcfg = DistillConfig(**{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")})
+        dcfg.check()
 
     # Private data is read here only to check it against the public source; it never goes to transfer.
     private_train = load_split(task, cfg.private_data, cfg.train_split, limit=cfg.train_limit)
@@ -161,17 +167,16 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         from promptport.distill import distill
 
         d_dir = _stage(run_dir, "distill")
-        d_opts = section(distill, cfg.distill, "distill", drop=("teacher", "out", "seed", "device", "progress"))
         inputs = {"teacher": cfg.teacher}
-        key_cfg = {**d_opts, "seed": cfg.seed}
+        key_cfg = dcfg.to_dict()
         if not is_complete(d_dir, key_cfg, inputs):
-            log(f"[distill] {cfg.teacher} -> student ({d_opts})")
+            log(f"[distill] {cfg.teacher} -> {dcfg.layers}-layer student")
             t0 = time.perf_counter()
-            distill(teacher=cfg.teacher, out=d_dir, seed=cfg.seed, device=cfg.device, progress=progress, **d_opts)
+            distill(cfg.teacher, d_dir, dcfg, resume=(d_dir / "checkpoint").is_dir(), device=cfg.device,
+                    progress=progress)
             write_manifest(d_dir, stage="distill", config=key_cfg, inputs=inputs,
-                           outputs=[p for p in d_dir.rglob("*") if p.is_file() and p.name != "manifest.json"
-                                    and "checkpoint" not in p.parts], seconds=time.perf_counter() - t0,
-                           extra={"side": "provider"})
+                           outputs=[p for p in (d_dir / "student").rglob("*") if p.is_file()] + [d_dir / "metrics.json"],
+                           seconds=time.perf_counter() - t0, extra={"side": "provider"})
         else:
             log("[distill] reused")
         student_path = str(d_dir / "student")

@@ -1,0 +1,87 @@
+"""`promptport run` end to end on tiny models: stages, manifests, reuse, report, bad config."""
+
+import json
+
+import pytest
+
+from conftest import build_tiny_llama
+from promptport.cli import main
+from promptport.errors import BadInput
+from promptport.pipeline import check_overlap, load_run_config, run_pipeline
+
+
+@pytest.fixture()
+def private_dir(sst_like_dir):
+    (sst_like_dir / "test.tsv").write_text("sentence\tlabel\n" + "the jokes land\t1\nbad acting\t0\n" * 4)
+    return sst_like_dir
+
+
+@pytest.fixture()
+def public_file(tmp_path):
+    f = tmp_path / "public.txt"
+    f.write_text("\n".join(f"news item {i} about the market and the weather" for i in range(40)) + "\n")
+    return f
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("student"), layers=2, seed=1)
+
+
+def _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, **kw):
+    base = dict(run_dir=str(tmp_path / "run"), teacher=str(tiny_model_dir), student=str(student_dir), task="sst2",
+                private_data=str(private_dir), public_data=str(public_file), eval_split="test",
+                tune={"n_tokens": 4, "epochs": 1, "batch_size": 4, "lr": 0.05, "max_length": 32},
+                transfer={"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32})
+    base.update(kw)
+    return load_run_config(None, base)
+
+
+def test_run_end_to_end_and_reuse(tmp_path, tiny_model_dir, student_dir, private_dir, public_file):
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
+    logs = []
+    r = run_pipeline(cfg, progress=False, log=logs.append)
+    run = tmp_path / "run"
+    for stage in ("tune", "transfer", "evaluate"):
+        m = json.loads((run / stage / "manifest.json").read_text())
+        assert m["status"] == "complete" and m["outputs"]
+    assert set(r["baselines"]) == {"teacher_zero_shot", "student_zero_shot", "student_prompt", "direct_transfer",
+                                   "post_transfer"}
+    for b in r["baselines"].values():
+        assert b["n"] == 8 and b["accuracy_ci"][0] <= b["accuracy"] <= b["accuracy_ci"][1]
+    html = (run / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html and "POST" in html
+    assert (run / "report.md").read_text().startswith("# promptport run")
+    # the transfer stage's manifest names only public inputs and the prompt artifact
+    tm = json.loads((run / "transfer" / "manifest.json").read_text())
+    assert str(private_dir) not in json.dumps(tm)
+    # second run: every stage reused
+    logs.clear()
+    run_pipeline(cfg, progress=False, log=logs.append)
+    assert sum("reused" in ln for ln in logs) == 3
+
+
+def test_run_refuses_overlapping_public_data(tmp_path, tiny_model_dir, student_dir, private_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, private_dir / "train.tsv")
+    with pytest.raises(BadInput, match="exact duplicates"):
+        run_pipeline(cfg, progress=False, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    assert check_overlap(["A  b"], ["a b"], allow=True) == 1
+
+
+def test_unknown_keys_named_with_closest(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("tune:\n  learning_rate: 0.1\n")
+    with pytest.raises(BadInput, match=r"tune.learning_rate: unknown key"):
+        run_pipeline(load_run_config(f), progress=False, log=lambda m: None)
+    f.write_text("trasnfer: {}\n")
+    rc = main(["run", "--config", str(f)])
+    assert rc == 2 and "did you mean 'transfer'" in capsys.readouterr().err
+
+
+def test_report_command_rebuilds(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys):
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
+    run_pipeline(cfg, progress=False, log=lambda m: None)
+    (tmp_path / "run" / "report.html").unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report.html").is_file()
