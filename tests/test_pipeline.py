@@ -85,3 +85,13 @@ def test_report_command_rebuilds(tmp_path, tiny_model_dir, student_dir, private_
     (tmp_path / "run" / "report.html").unlink()
     assert main(["report", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_sweep_alpha_adds_curve(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys):
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
+    run_pipeline(cfg, progress=False, log=lambda m: None)
+    assert main(["sweep-alpha", str(tmp_path / "run"), "--alphas", "0,1"]) == 0
+    res = json.loads((tmp_path / "run" / "sweep-alpha" / "results.json").read_text())
+    assert [r["alpha"] for r in res["results"]] == [0.0, 1.0]
+    assert "Alpha sweep" in (tmp_path / "run" / "report.html").read_text()
+    assert main(["sweep-alpha", str(tmp_path / "run"), "--alphas", "2"]) == 2

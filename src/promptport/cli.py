@@ -373,6 +373,28 @@ def report_cmd(run_dir):
     out().print(f"report: {md} and {page}")
 
 
+@app.command("sweep-alpha")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--alphas", default="0,0.25,0.5,0.75,1", show_default=True, help="Comma-separated values in [0, 1].")
+def sweep_alpha_cmd(run_dir, alphas):
+    """Transfer a finished run's prompt with several alphas and add the accuracy curve to its report.
+
+    The curve is reported, not used to choose alpha (that would select on the private test split).
+    """
+    from promptport.pipeline import sweep_alpha
+    from promptport.runtime import quiet_libraries
+
+    quiet_libraries()
+    try:
+        values = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise BadInput("alphas", f"must be comma-separated numbers, got '{alphas}'") from None
+    r = sweep_alpha(run_dir, values, log=lambda m: err().print(m, markup=False))
+    best = max(r["results"], key=lambda x: x["accuracy"])
+    out().print(f"sweep-alpha: {len(values)} transfers; highest accuracy {best['accuracy']:.4f} at alpha "
+                f"{best['alpha']:g} -> {run_dir / 'sweep-alpha' / 'results.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
     debug = os.environ.get("PROMPTPORT_DEBUG") == "1"

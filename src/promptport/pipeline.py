@@ -311,3 +311,48 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     write_json(run_dir / "results.json", results)
     build_report(run_dir)
     return results
+
+
+def sweep_alpha(run_dir: str | Path, alphas: list[float], *, progress: bool = True, log=print) -> dict:
+    """Transfer the run's user prompt once per alpha and evaluate each teacher prompt (reported, never used
+    to pick alpha: choosing alpha on the private test split would be test-set selection)."""
+    from promptport.classify import PromptClassifier, classification_metrics
+    from promptport.data import load_split
+    from promptport.models import load_model
+    from promptport.prompt import load_prompt
+    from promptport.tasks import get_task
+    from promptport.transfer import TransferConfig, transfer
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "tune" / "prompt").is_dir():
+        raise BadInput("run_dir", f"{run_dir} is not a run with a tuned prompt (run `promptport run` first)")
+    for a in alphas:
+        if not 0.0 <= a <= 1.0:
+            raise BadInput("alphas", f"every alpha must be in [0, 1], got {a}")
+    cfg = RunConfig(**read_json(run_dir / "config.json"))
+    task = get_task(cfg.task)
+    student_path = cfg.student or str(run_dir / "distill" / "student")
+    teacher, student = load_model(cfg.teacher, device=cfg.device), load_model(student_path, device=cfg.device)
+    ds = load_split(task, cfg.private_data, cfg.eval_split, limit=cfg.eval_limit)
+    clf = PromptClassifier(teacher.model, teacher.tokenizer, task, cfg.transfer.get("max_length", 128))
+    enc = clf.encode(ds)
+    out_dir = run_dir / "sweep-alpha"
+    rows = []
+    for a in alphas:
+        xcfg = TransferConfig(**{"seed": cfg.seed, **cfg.transfer, "alpha": a, "method": "post"})
+        r = transfer(run_dir / "tune" / "prompt", student, teacher, public_data=cfg.public_data,
+                     out=out_dir / f"alpha-{a:g}", cfg=xcfg, public_text_column=cfg.public_text_column,
+                     progress=progress)
+        logits = clf.predict_logits(enc, load_prompt(out_dir / f"alpha-{a:g}" / "prompt").embeddings,
+                                    cfg.eval_batch_size, progress)
+        m = classification_metrics(enc.labels.numpy(), logits.argmax(-1).numpy(), len(task.classes))
+        rows.append({"alpha": a, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                     "heldout_loss": (r["best"] or {}).get("heldout_loss")})
+        log(f"  alpha {a:g}: accuracy {m['accuracy']:.4f}")
+    result = {"split": cfg.eval_split, "results": rows}
+    write_json(out_dir / "results.json", result)
+    if (run_dir / "results.json").is_file():
+        from promptport.report import build_report
+
+        build_report(run_dir)
+    return result
