@@ -95,3 +95,23 @@ def test_sweep_alpha_adds_curve(tmp_path, tiny_model_dir, student_dir, private_d
     assert [r["alpha"] for r in res["results"]] == [0.0, 1.0]
     assert "Alpha sweep" in (tmp_path / "run" / "report.html").read_text()
     assert main(["sweep-alpha", str(tmp_path / "run"), "--alphas", "2"]) == 2
+
+
+def test_report_html_renders_in_headless_chromium(tmp_path, tiny_model_dir, student_dir, private_dir, public_file):
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
+    run_pipeline(cfg, progress=False, log=lambda m: None)
+    page = tmp_path / "run" / "report.html"
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and "<table>" in dom.stdout and "Teacher zero-shot" in dom.stdout
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
