@@ -115,3 +115,16 @@ def test_report_html_renders_in_headless_chromium(tmp_path, tiny_model_dir, stud
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["default", "sst2-smollm2", "sst2-gpt2xl", "sst2-llama2-7b"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    from promptport.pipeline import stage_configs
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    tcfg, xcfg, dcfg, dp = stage_configs(cfg)
+    assert tcfg.n_tokens > 0 and xcfg.method == "post"
+    if "gpt2xl" in name or "llama" in name:
+        assert tcfg.n_tokens == 100 and xcfg.steps == 6000 and dp.epsilon == 8

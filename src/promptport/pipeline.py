@@ -117,23 +117,11 @@ def _stage(run_dir: Path, name: str) -> Path:
     return d
 
 
-def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
-    """Run (or resume) every stage; returns results.json's content."""
-    from promptport.classify import PromptClassifier
-    from promptport.data import load_split, load_texts
-    from promptport.models import load_model
-    from promptport.prompt import load_prompt
-    from promptport.report import bootstrap_ci, build_report
-    from promptport.runtime import seed_everything, versions
-    from promptport.tasks import get_task
-    from promptport.transfer import TransferConfig, transfer
-    from promptport.tune import TuneConfig, tune
+def stage_configs(cfg: RunConfig):
+    """Build and validate every stage's config before any work, so a typo fails in a second."""
+    from promptport.transfer import TransferConfig
+    from promptport.tune import TuneConfig
 
-    t_run = time.perf_counter()
-    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
-    seed_everything(cfg.seed)
-    task = get_task(cfg.task)
-    # Validate every section before any work so a typo fails in a second, not after an hour.
     tune_opts = section(TuneConfig, cfg.tune, "tune", drop=("dp",))
     transfer_opts = section(TransferConfig, cfg.transfer, "transfer")
     dp_cfg = None
@@ -150,6 +138,26 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
 
         dcfg = DistillConfig(**{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")})
         dcfg.check()
+    return tcfg, xcfg, dcfg, dp_cfg
+
+
+def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
+    """Run (or resume) every stage; returns results.json's content."""
+    from promptport.classify import PromptClassifier
+    from promptport.data import load_split, load_texts
+    from promptport.models import load_model
+    from promptport.prompt import load_prompt
+    from promptport.report import bootstrap_ci, build_report
+    from promptport.runtime import seed_everything, versions
+    from promptport.tasks import get_task
+    from promptport.transfer import transfer
+    from promptport.tune import tune
+
+    t_run = time.perf_counter()
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    seed_everything(cfg.seed)
+    task = get_task(cfg.task)
+    tcfg, xcfg, dcfg, dp_cfg = stage_configs(cfg)
 
     # Private data is read here only to check it against the public source; it never goes to transfer.
     private_train = load_split(task, cfg.private_data, cfg.train_split, limit=cfg.train_limit)
