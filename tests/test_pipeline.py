@@ -128,3 +128,23 @@ def test_shipped_configs_validate(name):
     assert tcfg.n_tokens > 0 and xcfg.method == "post"
     if "gpt2xl" in name or "llama" in name:
         assert tcfg.n_tokens == 100 and xcfg.steps == 6000 and dp.epsilon == 8
+
+
+def test_second_process_on_same_run_dir_refuses(tmp_path):
+    import subprocess
+    import sys
+
+    from promptport.errors import PromptportError
+    from promptport.fileio import dir_lock
+
+    d = tmp_path / "run"
+    with dir_lock(d):
+        with pytest.raises(PromptportError, match=r"in use by another promptport process \(pid \d+\)"):
+            with dir_lock(d):
+                pass
+        code = ("import sys\nfrom promptport.fileio import dir_lock\n"
+                f"try:\n    dir_lock({str(d)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)\n")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert p.returncode == 3 and "in use" in p.stdout
+    with dir_lock(d):  # released: usable again
+        pass

@@ -82,3 +82,28 @@ def check_writable_dir(path: str | os.PathLike, field: str = "out") -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BadInput(field, f"'{path}' is not writable")
     return p
+
+
+@contextlib.contextmanager
+def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[None]:
+    """One writer per directory: a second command refuses at once, naming the owner's pid."""
+    from filelock import FileLock, Timeout
+
+    from promptport.errors import PromptportError
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(d / ".promptport.lock"))
+    owner = d / ".promptport.lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pid = owner.read_text().strip() if owner.exists() else "unknown"
+        raise PromptportError(f"{what} {d} is in use by another promptport process (pid {pid}); "
+                              "wait for it to finish or use another directory") from None
+    try:
+        owner.write_text(str(os.getpid()))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

@@ -142,7 +142,26 @@ def stage_configs(cfg: RunConfig):
 
 
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
-    """Run (or resume) every stage; returns results.json's content."""
+    """Run (or resume) every stage; returns results.json's content. One process per run directory."""
+    check_writable_dir(cfg.run_dir, "run_dir")
+    stage_configs(cfg)  # fail on a bad config before creating anything
+    from promptport.fileio import dir_lock
+
+    existed = Path(cfg.run_dir).exists()
+    try:
+        with dir_lock(cfg.run_dir):
+            return _run_pipeline(cfg, progress=progress, log=log)
+    except BadInput:
+        # Bad input found before any stage wrote: leave no half-made run directory behind.
+        d = Path(cfg.run_dir)
+        if not existed and d.is_dir() and all(p.name.startswith(".promptport.lock") for p in d.iterdir()):
+            import shutil
+
+            shutil.rmtree(d)
+        raise
+
+
+def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     from promptport.classify import PromptClassifier
     from promptport.data import load_split, load_texts
     from promptport.models import load_model
