@@ -395,6 +395,92 @@ def sweep_alpha_cmd(run_dir, alphas):
                 f"{best['alpha']:g} -> {run_dir / 'sweep-alpha' / 'results.json'}")
 
 
+@app.command("distill")
+@model_option("--teacher", help_extra=" The model to distil.")
+@click.option("--student", default=None,
+              help="Continue from an existing student folder (same teacher tokenizer) instead of a fresh cut.")
+@click.option("--layers", type=int, default=4, show_default=True, help="Student depth (layers kept).")
+@click.option("--strategy", type=click.Choice(["first-last", "uniform"]), default="first-last", show_default=True,
+              help="first-last: first ceil(k/2) + last floor(k/2) layers; uniform: evenly spread layers.")
+@click.option("--corpus", "-c", multiple=True,
+              help="LM distillation text (repeatable): embedded:rt_plots|headlines|speeches, a .txt/.jsonl/.csv"
+                   "[.gz] file, a folder with a train file, or a hub data set id. Default: the three embedded texts.")
+@click.option("--max-tokens", type=int, default=100_000, show_default=True, help="Corpus tokens to train on.")
+@click.option("--block-size", type=int, default=128, show_default=True, help="Tokens per packed block.")
+@click.option("--heldout-blocks", type=int, default=16, show_default=True, help="Blocks held out for evaluation.")
+@click.option("--teacher-samples", type=int, default=0, show_default=True,
+              help="Also train on N sequences sampled from the teacher (sequence-level distillation).")
+@click.option("--temperature", "-T", type=float, default=2.0, show_default=True, help="Distillation temperature.")
+@click.option("--alpha-ce", type=float, default=1.0, show_default=True, help="Weight of T^2*KL on LM tokens.")
+@click.option("--alpha-lm", type=float, default=0.0, show_default=True, help="Weight of causal-LM cross-entropy.")
+@click.option("--alpha-cos", type=float, default=1.0, show_default=True,
+              help="Weight of 1-cosine between teacher and student last hidden states.")
+@click.option("--alpha-task", type=float, default=0.0, show_default=True,
+              help="Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.")
+@click.option("--task-template", default=None, help="Task whose template formats the public examples (e.g. sst2).")
+@click.option("--task-data", multiple=True,
+              help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are ignored).")
+@click.option("--task-examples", type=int, default=4000, show_default=True, help="Public task examples to cache.")
+@click.option("--prefix-prob", type=float, default=0.5, show_default=True,
+              help="Share of task examples with a prompt-like prefix (task descriptions, public snippets).")
+@click.option("--topk", type=int, default=64, show_default=True, help="Teacher logits cached per LM position.")
+@click.option("--epochs", type=float, default=2.0, show_default=True, help="Passes over the cached data.")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="LM blocks per step (all processes).")
+@click.option("--task-batch-size", type=int, default=32, show_default=True, help="Task examples per step.")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per step.")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="AdamW peak learning rate.")
+@click.option("--warmup", type=float, default=0.05, show_default=True, help="Warm-up share of the steps.")
+@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine", show_default=True)
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.")
+@click.option("--train-embeddings", is_flag=True,
+              help="Also train embeddings/LM head (default: frozen, shared with the teacher, not stored).")
+@click.option("--eval-every", type=int, default=0, show_default=True, help="Held-out evaluation every N steps.")
+@click.option("--save-every", type=int, default=50, show_default=True, help="Checkpoint every N steps.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint (exactly).")
+@click.option("--time-budget", type=float, default=None, help="Stop (and save the student) after this many seconds.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/distill"),
+              show_default=True, help="Output: OUT/student, OUT/metrics.json, OUT/metrics.jsonl, OUT/checkpoint.")
+@common
+def distill_cmd(**v):
+    """Distil the teacher into a small student (same width and tokenizer, fewer layers).
+
+    The teacher's outputs are cached once; the student then trains from the cache for several epochs.
+    Runs on several processes under `accelerate launch` (DDP) unchanged.
+
+    \b
+    Examples:
+      promptport distill --layers 2 --max-tokens 50000 --out runs/distill        (offline default)
+      promptport distill --layers 4 --corpus imdb/train.jsonl.gz --alpha-task 1 \\
+          --task-template sst2 --task-data imdb/train.jsonl.gz --out runs/distill-task
+      accelerate launch --multi_gpu --num_processes 2 -m promptport.cli distill --out runs/ddp
+    """
+    from promptport.distill import DEFAULT_CORPUS, DistillConfig, distill
+
+    cfg = DistillConfig(
+        layers=v["layers"], strategy=v["strategy"], corpus=list(v["corpus"]) or list(DEFAULT_CORPUS),
+        max_tokens=v["max_tokens"], block_size=v["block_size"], heldout_blocks=v["heldout_blocks"],
+        teacher_samples=v["teacher_samples"], temperature=v["temperature"], alpha_ce=v["alpha_ce"],
+        alpha_lm=v["alpha_lm"], alpha_cos=v["alpha_cos"], alpha_task=v["alpha_task"],
+        task_template=v["task_template"], task_data=list(v["task_data"]), task_examples=v["task_examples"],
+        prefix_prob=v["prefix_prob"], topk=v["topk"], epochs=v["epochs"], max_steps=v["max_steps"],
+        batch_size=v["batch_size"], task_batch_size=v["task_batch_size"], grad_accum=v["grad_accum"], lr=v["lr"],
+        warmup=v["warmup"], schedule=v["schedule"], precision=v["precision"],
+        freeze_embeddings=not v["train_embeddings"], eval_every=v["eval_every"], save_every=v["save_every"],
+        seed=v["seed"])
+    r = distill(v["teacher"], v["out_dir"], cfg, student=v["student"], resume=v["resume"], device=v["device"],
+                progress=True, time_budget_s=v["time_budget"])
+    if r.get("rank", 0) != 0 or "after" not in r:
+        return
+    b, a, pc = r["before"] or {}, r["after"] or {}, r["parameters"]
+    kl = f"KL {b.get('kl_per_token', float('nan')):.3g} -> {a.get('kl_per_token', float('nan')):.3g}, " \
+        if "kl_per_token" in a else ""
+    out().print(f"distill: {len(r['layers'])}-layer student (layers {r['layers']}), {kl}"
+                f"own params {pc['own'] / 1e6:.1f}M ({pc['own_ratio_to_teacher']:.1%} of the teacher), "
+                f"{r['tokens_trained']} tokens in {r['wall_seconds']:.0f}s -> {r['student']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
     debug = os.environ.get("PROMPTPORT_DEBUG") == "1"

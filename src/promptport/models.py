@@ -185,6 +185,12 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kind, where = model_location(spec)
+    # --- distilled students (promptport.distill): own layers + a reference to the teacher they came from
+    if kind == "local" and (Path(where) / "student.json").is_file():
+        from promptport.distill import load_student
+
+        return load_student(where, dtype=dtype, device=device, padding_side=padding_side)
+    # --- end students
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
         model = AutoModelForCausalLM.from_pretrained(where, dtype=resolve_dtype(dtype), config=config,
