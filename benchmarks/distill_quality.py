@@ -117,8 +117,8 @@ def tune_and_evaluate(student_dir: str, teacher, sst_dir: Path, args) -> dict:
     out = {"tune": {"steps": res.steps, "seconds": round(tune_s, 1), "step_seconds_estimate": round(step_s, 3),
                     "lr": args.tune_lr, "batch_size": args.tune_batch, "n_tokens": args.tune_tokens,
                     "train_examples": len(train), "selection": res.best, "bf16": args.tune_bf16,
-                    "history": [{k: h[k] for k in h if k in ("step", "val_accuracy", "loss", "train_loss")}
-                                for h in res.history][-12:]}}
+                    "val_curve": [[h["step"], h["val_accuracy"]] for h in res.history if h.get("type") == "eval"],
+                    "final_train_loss": next((h["loss"] for h in reversed(res.history) if "loss" in h), None)}}
     t0 = time.perf_counter()
     out["student_zero_shot"] = s_clf.evaluate(dev)["accuracy"]
     out["student_prompt"] = s_clf.evaluate(dev, prompt)["accuracy"]

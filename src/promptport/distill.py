@@ -1005,10 +1005,11 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
             "config": cfg.to_dict(), "versions": versions(),
         }
         write_json(out / "metrics.json", result)
-        for f in out.glob("teacher_cache.*.safetensors"):
-            if key not in f.name:
-                f.unlink()
     acc.wait_for_everyone()
+    if acc.is_main_process:  # a finished run needs no cache; an interrupted one keeps it for --resume
+        for f in out.glob("teacher_cache.*.safetensors"):
+            if stopped_early is False or key not in f.name:
+                f.unlink()
     return result if result is not None else {"stage": "distill", "rank": rank}
 
 
