@@ -217,3 +217,43 @@ def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
     assert A.audit_summary(out) == json.loads((out / "report" / "report.json").read_text())
     assert not (out / "manifest.json").exists()  # only a complete audit gets a stage manifest
     assert "AUC" in A.format_summary(summary)
+
+
+# ------------------------------------------------------------------ end to end on a tiny model
+
+def _random_label_data(root, n=40, seed=0):
+    """Distinct random word strings with random labels: only memorisation can fit them."""
+    from conftest import CORPUS
+
+    words = sorted(set(CORPUS.split()))
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = {" ".join(rng.choice(words, 6)): int(rng.integers(0, 2)) for _ in range(n)}
+    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows.items()))
+    return root
+
+
+def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys):
+    from promptport.cli import main
+
+    data = _random_label_data(tmp_path / "d", n=16)
+    out = tmp_path / "aud"
+    base = ["audit", "--model", tiny_model_dir, "--task", "sst2", "--data", data, "--pool-size", 12,
+            "--shadows", 4, "--n-tokens", 2, "--max-steps", 2, "--batch-size", 4, "--n-boot", 20, "--out", out]
+    assert main([str(a) for a in base + ["--shadow-ids", "0-1"]]) == 0
+    text = capsys.readouterr().out
+    assert "2/4 finished" in text and not (out / "report").exists()
+    assert main([str(a) for a in base + ["--shadow-ids", "1-2"]]) == 2  # shadow 1 exists: needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([str(a) for a in base + ["--lr", "0.5", "--resume"]]) == 2  # another configuration, same OUT
+    assert "another configuration" in capsys.readouterr().err
+    assert main(["audit", "--out", str(out), "--resume"]) == 0  # settings come from OUT
+    text = capsys.readouterr().out
+    assert text.startswith("audit: online/global AUC"), text
+    summary = A.audit_summary(out)
+    assert summary["n_shadows"] == 4 and summary["shadow_ids"] == [0, 1, 2, 3]
+    assert (out / "manifest.json").is_file() and A.roc_plot_path(out).is_file()
+    assert main(["audit", "--out", str(out), "--report-only", "--n-boot", "10"]) == 0
+    assert main(["audit", "--out", str(tmp_path / "nothing"), "--report-only"]) == 2
+    assert main([str(a) for a in base[:-2] + ["--epsilon", "1", "--out", tmp_path / "x"]]) == 2
+    assert "add --dp" in capsys.readouterr().err

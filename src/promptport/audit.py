@@ -378,16 +378,43 @@ def _spec_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 # ------------------------------------------------------------------------------------------ shadow training
 
 def tune_config_from_spec(spec: AuditSpec):
-    from promptport.privacy import DPConfig
     from promptport.tune import TuneConfig
 
-    d = dict(spec.tune)
-    dp = d.pop("dp", None)
-    names = {f.name for f in fields(TuneConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise BadInput("tune", f"unknown tuning settings {', '.join(unknown)}")
-    return TuneConfig(**d, dp=DPConfig(**dp) if dp else None)
+    return TuneConfig.from_dict(spec.tune)
+
+
+TUNE_OPTIONS = ("n_tokens", "init", "init_text", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
+                "epochs", "max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size")
+DP_OPTIONS = ("epsilon", "delta", "max_grad_norm", "accountant")
+
+
+def tune_settings(values: dict, given: set[str] | None = None, like: str | Path | None = None) -> dict:
+    """The shadows' tuning settings (a TuneConfig dict) from command-line values; with `like`, from a prompt
+    artifact's recorded configuration, overridden by the options in `given` (set on the command line)."""
+    given = set(values) if given is None else set(given)
+    base: dict = {}
+    if like is not None:
+        from promptport.prompt import load_prompt
+
+        cfg = ((load_prompt(like).meta.get("training") or {}).get("config"))
+        if not isinstance(cfg, dict):
+            raise BadInput("like", f"'{like}' records no tuning configuration (was it made by promptport tune?)")
+        base = dict(cfg)
+    tune = {k: values[k] for k in TUNE_OPTIONS if k in values and (not base or k in given)}
+    tune = {**{k: v for k, v in base.items() if k in TUNE_OPTIONS}, **tune}
+    dp_given = [k for k in DP_OPTIONS if k in given and values.get(k) is not None and k in ("epsilon", "delta")]
+    if values.get("dp"):
+        if values.get("epsilon") is None and not (base.get("dp") or {}).get("epsilon"):
+            raise BadInput("epsilon", "--dp needs a target --epsilon")
+        dp = dict(base.get("dp") or {})
+        dp.update({k: values[k] for k in DP_OPTIONS if k in values and (k in given or k not in dp)})
+        tune["dp"] = {k: v for k, v in dp.items() if k in DP_OPTIONS + ("secure_rng",)}
+    elif dp_given:
+        raise BadInput(dp_given[0], "is a DP setting: add --dp")
+    else:
+        tune["dp"] = base.get("dp") if base and "dp" not in given else None
+    tune["seed"] = int(values.get("seed", 0) or 0)
+    return tune
 
 
 def _json_safe(x):
@@ -493,13 +520,15 @@ def train_shadows(out: str | Path, spec: AuditSpec, *, shadow_ids: list[int] | N
 # ------------------------------------------------------------------------------------------ report
 
 def theoretical_epsilon(spec: AuditSpec, infos: list[dict]) -> tuple[float | None, float | None]:
-    """(epsilon, delta) the shadows were trained to; None epsilon = no DP (no guarantee)."""
+    """(epsilon, delta) the shadows were trained to (the largest over shadows, as accounted by the tuner);
+    (None, None) without DP: no guarantee."""
     dp = (spec.tune or {}).get("dp")
     if not dp:
         return None, None
-    eps = [i["privacy"].get("epsilon") for i in infos if isinstance(i.get("privacy"), dict)
-           and i["privacy"].get("epsilon") is not None]
-    return (max(eps) if eps else float(dp["epsilon"])), float(dp["delta"])
+    priv = [i["privacy"] for i in infos if isinstance(i.get("privacy"), dict) and i["privacy"].get("epsilon")]
+    eps = max([float(q["epsilon"]) for q in priv], default=float(dp["epsilon"]))
+    delta = max([float(q["delta"]) for q in priv if q.get("delta") is not None], default=dp.get("delta"))
+    return eps, delta
 
 
 def attack_key(attack: str, variance: str | None) -> str:

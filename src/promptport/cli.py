@@ -481,6 +481,106 @@ def distill_cmd(**v):
                 f"{r['tokens_trained']} tokens in {r['wall_seconds']:.0f}s -> {r['student']}")
 
 
+@app.command("audit")
+@model_option(help_extra=" The model the audited prompts are tuned on (normally the student).")
+@task_option
+@data_option
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/audit"),
+              show_default=True, help="Audit directory: audit.json, masks, shadows/, report/.")
+@click.option("--shadows", "n_shadows", type=int, default=16, show_default=True,
+              help="Number of shadow prompts; each pool example is IN for half of them.")
+@click.option("--pool-size", type=int, default=500, show_default=True,
+              help="Audit pool: N examples drawn (seeded) from --split.")
+@click.option("--split", default="train", show_default=True, help="Split the audit pool is drawn from.")
+@click.option("--shadow-ids", default=None,
+              help="Train only these shadows, e.g. 0-7 or 0,3,8-9 (spread one audit over processes or machines "
+                   "sharing OUT). Default: all.")
+@click.option("--resume", is_flag=True, help="Keep finished shadows in OUT and train only the missing ones.")
+@click.option("--report-only", is_flag=True,
+              help="Train nothing; score the finished shadows of OUT (at least 3) and write the report.")
+@click.option("--like", "like_prompt", type=click.Path(path_type=Path), default=None,
+              help="Audit the configuration of this prompt artifact: its tuning settings (prompt.json) replace "
+                   "the tuning options below unless they are given on the command line.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option("--audit-delta", type=float, default=None,
+              help="delta for the empirical epsilon lower bound (default: the DP delta, else 1e-5).")
+@click.option("--n-tokens", type=int, default=20, show_default=True, help="Tuning: number of virtual tokens.")
+@click.option("--init", type=click.Choice(["text", "vocab", "random"]), default="text", show_default=True,
+              help="Tuning: initial prompt.")
+@click.option("--init-text", default=None, help="Tuning: text for --init text (default: the task's description).")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", type=float, default=3e-2, show_default=True, help="Tuning: learning rate.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="linear",
+              show_default=True)
+@click.option("--warmup-steps", type=int, default=0, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True,
+              help="Tuning: passes over each shadow's training half.")
+@click.option("--max-steps", type=int, default=None, help="Tuning: optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True, help="Token limit per input.")
+@click.option("--eval-batch-size", type=int, default=32, show_default=True)
+@click.option("--dp", is_flag=True, help="Audit DP-SGD training (needs --epsilon).")
+@click.option("--epsilon", type=float, default=None, help="DP: target epsilon of each shadow's training run.")
+@click.option("--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N).")
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm.")
+@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, help="Model weights dtype: float32 or bfloat16.")
+@options(*column_options)
+@common
+def audit_cmd(**v):
+    """LiRA membership-inference audit: how much does a prompt tuned this way leak about its training data?
+
+    Trains N shadow prompts, each on a random half of an audit pool with exactly the given tuning
+    configuration (DP or not), keeps every pool example's logits under every shadow, then attacks each
+    shadow in turn with the others as references (online and offline LiRA, global threshold). Writes
+    OUT/report/report.json (AUC, balanced accuracy, TPR at 0.1% and 1% FPR with bootstrap intervals,
+    theoretical vs. empirical epsilon), roc.png, roc.csv and scores.csv.
+
+    \b
+    Examples:
+      promptport audit --model runs/distill/student --task sst2 --data path/to/sst2 --shadows 16 \\
+          --epochs 2 --out runs/audit
+      promptport audit ... --dp --epsilon 8 --out runs/audit-dp8
+      promptport audit ... --shadow-ids 0-7 --out shared/audit     (one machine; 8-15 on another)
+      promptport audit --out runs/audit --resume                    (continue; settings come from OUT)
+      promptport audit --out runs/audit --report-only
+    """
+    from promptport.audit import AuditSpec, audit, build_report, format_summary, read_spec, tune_settings
+
+    ctx = click.get_current_context()
+    defaults = {p.name: p.get_default(ctx) for p in ctx.command.params}
+    given = {k for k in v if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
+             or v[k] != defaults.get(k)}  # the second: values from --config
+    spec_file = Path(v["out_dir"]) / "audit.json"
+    if v["report_only"]:
+        s = build_report(v["out_dir"], n_boot=v["n_boot"], delta=v["audit_delta"], seed=v["seed"])
+        out().print(format_summary(s) + f" -> {Path(v['out_dir']) / 'report'}", markup=False)
+        return
+    if v["resume"] and spec_file.is_file() and not given & set(_AUDIT_SPEC_OPTIONS):
+        spec = read_spec(v["out_dir"])  # `audit --out DIR --resume`: the settings live in DIR
+    else:
+        tune = tune_settings(v, given, like=v["like_prompt"])
+        spec = AuditSpec(model=v["model"], task=v["task"], data=v["data"], split=v["split"],
+                         pool_size=v["pool_size"], n_shadows=v["n_shadows"], seed=v["seed"], dtype=v["dtype"],
+                         text_column=v["text_column"], label_column=v["label_column"], tune=tune)
+    r = audit(v["out_dir"], spec, shadow_ids=v["shadow_ids"], resume=v["resume"], n_boot=v["n_boot"],
+              delta=v["audit_delta"], device=v["device"], progress=True)
+    if r["summary"] is None:
+        out().print(f"audit: trained {len(r['trained'])} shadow(s) ({len(r['skipped'])} already done); "
+                    f"{len(r['finished'])}/{r['n_shadows']} finished in {v['out_dir']} -- the report is written "
+                    "when all are (or use --report-only)", markup=False)
+        return
+    out().print(format_summary(r["summary"]) + f" -> {Path(v['out_dir']) / 'report'}", markup=False)
+
+
+_AUDIT_SPEC_OPTIONS = ("model", "seed", "task", "data", "pool_size", "n_shadows", "split", "like_prompt", "n_tokens", "init",
+                       "init_text", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "epochs",
+                       "max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "dp", "epsilon",
+                       "delta", "max_grad_norm", "accountant", "dtype", "text_column", "label_column")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit 2 for bad input, no tracebacks unless PROMPTPORT_DEBUG=1."""
     debug = os.environ.get("PROMPTPORT_DEBUG") == "1"
