@@ -19,6 +19,7 @@ publish one example in the clear and still claim (epsilon, delta)-DP.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -99,34 +100,61 @@ def compute_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, 
     return epsilon_of_history([(sigma, sample_rate, steps)], delta, accountant)
 
 
-def _bisect_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
-                  rel_tol: float) -> float:
-    """Smallest sigma (up to rel_tol in epsilon) whose epsilon does not exceed the target."""
-    def eps(s):
-        return compute_epsilon(s, sample_rate, steps, delta, accountant)
+def _solve_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                 rel_tol: float) -> float:
+    """Smallest sigma (up to rel_tol in epsilon) whose epsilon does not exceed the target.
 
-    hi = 1.0
-    while eps(hi) > epsilon:
-        hi *= 2
-        if hi > MAX_SIGMA:
-            raise BadInput("epsilon", f"epsilon={epsilon} cannot be reached with {steps} steps at sampling rate "
-                                      f"{sample_rate:.4g} and delta={delta:.3g} under the {accountant} accountant, "
-                                      "even with overwhelming noise; raise epsilon or delta, or train fewer steps "
-                                      "or with a smaller batch")
-    lo = hi / 2
-    while lo > 1e-3 and eps(lo) <= epsilon:
-        hi, lo = lo, lo / 2
-    # eps(lo) > epsilon >= eps(hi); shrink until eps(hi) is within rel_tol below the target
-    for _ in range(60):
-        e_hi = eps(hi)
-        if e_hi >= epsilon * (1 - rel_tol):
+    epsilon(sigma) is decreasing; we bracket the target by doubling/halving sigma, then run the Illinois
+    variant of regula falsi on log epsilon against log sigma (nearly linear there), keeping the bracket,
+    so that a handful of accountant calls suffice. The answer is always the bracket's feasible end.
+    """
+    def f(log_s: float) -> float:
+        return math.log(compute_epsilon(math.exp(log_s), sample_rate, steps, delta, accountant)) - math.log(epsilon)
+
+    def unreachable():
+        return BadInput("epsilon", f"epsilon={epsilon} cannot be reached with {steps} steps at sampling rate "
+                                   f"{sample_rate:.4g} and delta={delta:.3g} under the {accountant} accountant, "
+                                   "even with overwhelming noise; raise epsilon or delta, or train fewer steps "
+                                   "or with a smaller batch")
+
+    # bracket: lo infeasible (f > 0), hi feasible (f <= 0)
+    hi, f_hi = 0.0, f(0.0)
+    if f_hi > 0:
+        lo, f_lo = hi, f_hi
+        while f_hi > 0:
+            lo, f_lo = hi, f_hi
+            hi += math.log(2)
+            if hi > math.log(MAX_SIGMA):
+                raise unreachable()
+            f_hi = f(hi)
+    else:
+        lo, f_lo = hi, f_hi
+        while f_lo <= 0:
+            hi, f_hi = lo, f_lo
+            lo -= math.log(2)
+            if lo < math.log(1e-3):
+                return math.exp(hi)
+            f_lo = f(lo)
+    target_gap = math.log(1 - rel_tol)  # accept f in [log(1 - rel_tol), 0]
+    side = 0
+    for _ in range(100):
+        if f_hi >= target_gap:
             break
-        mid = (lo + hi) / 2
-        if eps(mid) <= epsilon:
-            hi = mid
+        x = hi - f_hi * (hi - lo) / (f_hi - f_lo)  # secant point, inside (lo, hi)
+        if not (min(lo, hi) < x < max(lo, hi)):
+            x = (lo + hi) / 2
+        fx = f(x)
+        if fx <= 0:
+            hi, f_hi = x, fx
+            if side == -1:
+                f_lo /= 2  # Illinois: keep the stale end from stalling the secant
+            side = -1
         else:
-            lo = mid
-    return hi
+            lo, f_lo = x, fx
+            if side == 1:
+                f_hi /= 2
+            side = 1
+    return math.exp(hi)
 
 
 def calibrate_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv",
@@ -149,13 +177,19 @@ def calibrate_sigma(epsilon: float, delta: float, sample_rate: float, steps: int
         raise BadInput("accountant", f"unknown accountant '{accountant}' (choose {', '.join(ACCOUNTANTS)})")
     if accountant == "prv":
         try:
-            return _bisect_sigma(epsilon, delta, sample_rate, steps, "prv", rel_tol), "prv"
+            return _calibrated(epsilon, delta, sample_rate, steps, "prv", rel_tol), "prv"
         except BadInput:
             raise
         except Exception as e:  # noqa: BLE001 - PRV's numerics fail in several ways (ValueError, overflow...)
             warnings.warn(f"PRV accountant failed ({type(e).__name__}: {str(e)[:120]}); "
                           "calibrating and accounting with RDP instead", RuntimeWarning, stacklevel=2)
-    return _bisect_sigma(epsilon, delta, sample_rate, steps, "rdp", rel_tol), "rdp"
+    return _calibrated(epsilon, delta, sample_rate, steps, "rdp", rel_tol), "rdp"
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(epsilon, delta, sample_rate, steps, accountant, rel_tol) -> float:
+    # cached: LiRA shadows and resumed runs ask for the same calibration many times
+    return _solve_sigma(epsilon, delta, sample_rate, steps, accountant, rel_tol)
 
 
 class PrivacyLedger:
@@ -275,7 +309,7 @@ def clip_per_example(per_example_grads: torch.Tensor, max_grad_norm: float) -> t
     is min(1, C / norm), so a clipped gradient's norm is at most C (up to float rounding).
     """
     b = per_example_grads.shape[0]
-    g = per_example_grads.reshape(b, -1).float()
+    g = per_example_grads.reshape(b, math.prod(per_example_grads.shape[1:])).float()
     norms = g.norm(dim=1)
     factor = (max_grad_norm / norms.clamp(min=1e-12)).clamp(max=1.0)
     summed = (factor.unsqueeze(1) * g).sum(0) if b else g.new_zeros(g.shape[1])
@@ -328,7 +362,7 @@ def privacy_statement(*, dp: DPConfig, n_train: int, sigma: float, sample_rate: 
     selection = ("The prompt returned is the one with the best validation accuracy among the evaluated "
                  f"checkpoints ({n_validation} validation examples). Those validation examples are NOT "
                  "protected by this guarantee: the selection itself was not made private. Use a public "
-                 "validation set, or --no-validation, if they must be protected."
+                 "validation set, or no validation (--val-split none), if they must be protected."
                  if model_selection_on_validation else
                  "No model selection on validation data: the prompt is the last DP-SGD iterate.")
     return {
