@@ -148,3 +148,17 @@ def test_second_process_on_same_run_dir_refuses(tmp_path):
         assert p.returncode == 3 and "in use" in p.stdout
     with dir_lock(d):  # released: usable again
         pass
+
+
+def test_run_with_audit_section(tmp_path, tiny_model_dir, student_dir, private_dir, public_file):
+    # a bigger private train split so the audit pool has room
+    rows = "".join(f"review number {i} {'great' if i % 2 else 'terrible'}\t{i % 2}\n" for i in range(40))
+    (private_dir / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file,
+               audit={"pool_size": 12, "n_shadows": 4})
+    r = run_pipeline(cfg, progress=False, log=lambda m: None)
+    assert 0.0 <= r["audit"]["auc"] <= 1.0
+    assert "Membership-inference" in (tmp_path / "run" / "report.html").read_text()
+    bad = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, audit={"shadowz": 3})
+    with pytest.raises(BadInput, match="audit.shadowz"):
+        run_pipeline(bad, progress=False, log=lambda m: None)

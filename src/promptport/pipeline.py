@@ -132,6 +132,11 @@ def stage_configs(cfg: RunConfig):
     tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
     xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
     xcfg.validate()
+    if cfg.audit is not None:
+        from promptport.audit import AuditSpec
+
+        AuditSpec(model="-", task=cfg.task, **section(AuditSpec, cfg.audit, "audit",
+                                                      drop=("model", "task", "data", "split", "seed", "tune"))).validate()
     dcfg = None
     if cfg.student is None:
         from promptport.distill import DistillConfig
@@ -313,9 +318,21 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
 
     audit_summary = None
     if cfg.audit is not None:
-        from promptport import audit as audit_mod
+        # The user's own leakage audit of their tuning configuration (user side, private data).
+        from promptport.audit import SPEC_FILE, AuditSpec, audit, format_summary
 
-        audit_summary = audit_mod.run_for_pipeline(run_dir, cfg, student_path, tcfg, log=log)
+        a_dir = run_dir / "audit"
+        spec = AuditSpec(model=student_path, task=task.name, data=cfg.private_data, split=cfg.train_split,
+                         seed=cfg.seed, tune=dataclasses.asdict(tcfg), **cfg.audit)
+        spec.validate()
+        log(f"[audit] LiRA with {spec.n_shadows} shadow prompts on a pool of {spec.pool_size}")
+        t0 = time.perf_counter()
+        r = audit(a_dir, spec, resume=(a_dir / SPEC_FILE).exists(), device=cfg.device, progress=progress)
+        audit_summary = r["summary"]
+        if audit_summary:
+            log("  " + format_summary(audit_summary))
+        costs.append({"stage": "audit (LiRA shadows)", "side": "user", "seconds": round(time.perf_counter() - t0, 1),
+                      "notes": f"{spec.n_shadows} shadows"})
 
     privacy = read_json(u_dir / "prompt" / "prompt.json").get("privacy")
     post, direct, zs = base["post_transfer"], base["direct_transfer"], base["teacher_zero_shot"]

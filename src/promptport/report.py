@@ -95,6 +95,9 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
         ax.set_xlabel("alpha")
         ax.set_ylabel("teacher + p_t accuracy")
         plots["alpha_sweep"] = _png(fig)
+    roc = run_dir / "audit" / "report" / "roc.png"
+    if roc.is_file():
+        plots["audit_roc"] = base64.b64encode(roc.read_bytes()).decode()
     return plots
 
 
@@ -164,7 +167,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             md += [_table_md(s[1], s[2]), ""]
             body.append(_table_html(s[1], s[2]))
     captions = {"accuracy": "Accuracy per method", "transfer_loss": "Transfer loss",
-                "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)"}
+                "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)",
+                "audit_roc": "Membership-inference ROC (log-log)"}
     for name, b64 in plots.items():
         (run_dir / "plots").mkdir(exist_ok=True)
         (run_dir / "plots" / f"{name}.png").write_bytes(base64.b64decode(b64))
