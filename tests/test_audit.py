@@ -161,6 +161,20 @@ def test_roc_metrics_perfect_and_inverted():
     assert A.roc_metrics(np.array([3.0, 2.0, 1.0, 0.0]), members)["auc"] == 0.0
 
 
+def test_fast_roc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=500), 1)  # many ties
+    members = rng.random(500) < 0.4
+    fpr, tpr, _ = roc_curve(members, scores, drop_intermediate=False)
+    f2, t2 = A.roc_curve_fast(scores, members)
+    np.testing.assert_allclose(f2, fpr)
+    np.testing.assert_allclose(t2, tpr)
+    fast, slow = A.roc_metrics(scores, members, fast=True), A.roc_metrics(scores, members)
+    assert fast == pytest.approx(slow) and slow["auc"] == pytest.approx(roc_auc_score(members, scores))
+
+
 def test_empirical_epsilon():
     assert A.empirical_epsilon([0.1], [0.5], 0.0) == pytest.approx(np.log(5))
     assert A.empirical_epsilon([0.5], [0.95], 0.0) == pytest.approx(np.log(0.5 / 0.05))
@@ -233,7 +247,7 @@ def _random_label_data(root, n=40, seed=0):
     return root
 
 
-def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys):
+def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys, one_thread):
     from promptport.cli import main
 
     data = _random_label_data(tmp_path / "d", n=16)
@@ -247,7 +261,7 @@ def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main([str(a) for a in base + ["--lr", "0.5", "--resume"]]) == 2  # another configuration, same OUT
     assert "another configuration" in capsys.readouterr().err
-    assert main(["audit", "--out", str(out), "--resume"]) == 0  # settings come from OUT
+    assert main(["audit", "--out", str(out), "--resume", "--n-boot", "20"]) == 0  # settings come from OUT
     text = capsys.readouterr().out
     assert text.startswith("audit: online/global AUC"), text
     summary = A.audit_summary(out)
@@ -257,3 +271,80 @@ def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys):
     assert main(["audit", "--out", str(tmp_path / "nothing"), "--report-only"]) == 2
     assert main([str(a) for a in base[:-2] + ["--epsilon", "1", "--out", tmp_path / "x"]]) == 2
     assert "add --dp" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def memorising_model(tmp_path_factory):
+    """A 2-layer random Llama with larger initial weights (initializer_range 0.2): unlike the conftest model,
+    whose answer states are nearly identical across inputs, a 16-token prompt can memorise random labels."""
+    import torch
+    from conftest import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("memorising-llama")
+    tok = build_tokenizer(path)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=None, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models gain nothing from a second thread, and a busy shared machine makes two spin-wait."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _leak_audit(model_dir, tmp_path, dp):
+    data = _random_label_data(tmp_path / "d", n=24, seed=1)
+    tune = {"n_tokens": 16, "init": "random", "lr": 0.1, "epochs": 30.0, "batch_size": 6, "schedule": "constant",
+            "max_length": 64, "dp": dp}
+    spec = A.AuditSpec(model=str(model_dir), task="sst2", data=str(data), pool_size=24, n_shadows=6, tune=tune)
+    return A.audit(tmp_path / "aud", spec, n_boot=200)["summary"]
+
+
+def test_leaky_configuration_is_detected(memorising_model, tmp_path, one_thread):
+    s = _leak_audit(memorising_model, tmp_path, None)
+    assert s["shadow_accuracy_in"] > 0.95  # it memorised its (random) training labels ...
+    assert s["shadow_accuracy_out"] < 0.75  # ... which cannot generalise
+    assert s["auc_ci"][0] > 0.65, s["auc_ci"]
+    assert s["theoretical_epsilon"] is None and s["empirical_epsilon"] > 0.5
+
+
+def test_dp_at_small_epsilon_is_not_detected(memorising_model, tmp_path, one_thread):
+    # RDP: calibrating sigma with the PRV accountant takes seconds per shadow; the audit is the same
+    s = _leak_audit(memorising_model, tmp_path, {"epsilon": 1.0, "delta": 1e-3, "accountant": "rdp"})
+    assert s["auc_ci"][0] <= 0.5 <= s["auc_ci"][1], s["auc_ci"]
+    assert s["theoretical_epsilon"] == pytest.approx(1.0, rel=0.05) and s["delta"] == 1e-3
+
+
+def test_tune_settings_from_a_prompt_and_the_command_line(tmp_path):
+    import torch
+
+    from promptport.prompt import save_prompt
+
+    cfg = {"n_tokens": 7, "lr": 0.5, "epochs": 3.0, "batch_size": 4, "patience": 2,
+           "dp": {"epsilon": 2.0, "delta": None, "max_grad_norm": 0.5, "accountant": "rdp", "secure_rng": False}}
+    save_prompt(tmp_path / "p", torch.zeros(7, 4), {"training": {"config": cfg}})
+    values = {"n_tokens": 20, "lr": 0.03, "epochs": 1.0, "batch_size": 16, "dp": False, "epsilon": None,
+              "delta": None, "max_grad_norm": 1.0, "accountant": "prv", "seed": 3}
+    t = A.tune_settings(values, given={"lr"}, like=tmp_path / "p")
+    assert (t["n_tokens"], t["epochs"], t["batch_size"], t["lr"], t["seed"]) == (7, 3.0, 4, 0.03, 3)
+    assert t["dp"]["epsilon"] == 2.0 and t["dp"]["max_grad_norm"] == 0.5 and "patience" not in t
+    t = A.tune_settings(dict(values, dp=True, epsilon=8.0), given={"dp", "epsilon"}, like=tmp_path / "p")
+    assert t["dp"]["epsilon"] == 8.0 and t["dp"]["accountant"] == "rdp"
+    plain = A.tune_settings(values)
+    assert plain["dp"] is None and plain["n_tokens"] == 20
+    with pytest.raises(A.BadInput, match="epsilon"):
+        A.tune_settings(dict(values, dp=True))
+    save_prompt(tmp_path / "q", torch.zeros(2, 4), {})
+    with pytest.raises(A.BadInput, match="like"):
+        A.tune_settings(values, like=tmp_path / "q")
