@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/promptport evaluate --task rt_snippets --out runs/demo/evaluate
+	$(VENV)/bin/promptport run --run-dir runs/demo
 
 test: setup
 	bash scripts/pytest.sh $(PY)

@@ -129,3 +129,18 @@ def test_width_mismatch_with_copy_init(pair, user_prompt, public_file, tmp_path,
     wide = load_model(str(tiny_model_dir_wide))
     with pytest.raises(BadInput, match="hidden size"):
         transfer(user_prompt, student, wide, public_data=str(public_file), out=tmp_path / "w")
+
+
+def test_transfer_cli(pair, user_prompt, public_file, tmp_path, capsys, tiny_model_dir):
+    from promptport.cli import main
+
+    teacher, student = pair
+    student_dir = student.model.config._name_or_path or None
+    args = ["transfer", "--prompt", str(user_prompt), "--student", str(student_dir), "--teacher", str(tiny_model_dir),
+            "--public-data", str(public_file), "--n-public", "20", "--steps", "2", "--batch-size", "4",
+            "--out", str(tmp_path / "cli")]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "transfer: post alpha=0.500" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "prompt" / "prompt.safetensors").is_file()
+    assert main(args[:-2] + ["--alpha", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "alpha" in capsys.readouterr().err and not (tmp_path / "bad").exists()
