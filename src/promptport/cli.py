@@ -6,18 +6,17 @@ command line win), `--seed` and `--device`. Exit codes: 0 ok, 1 failed, 2 bad in
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import sys
 from pathlib import Path
 
 import click
-import yaml
 from click.core import ParameterSource
 from rich.console import Console
 
-from promptport.errors import BadInput, PromptportError
+from promptport.errors import BadInput, PromptportError, unknown_key
+from promptport.fileio import read_yaml_mapping
 
 
 def out() -> Console:
@@ -93,19 +92,12 @@ def apply_config(ctx: click.Context, values: dict) -> dict:
     path = values.get("config")
     if not path:
         return values
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise BadInput("config", f"cannot read '{path}': {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise BadInput("config", f"'{path}' must be a mapping of option names to values")
+    data = read_yaml_mapping(path)
     params = {p.name: p for p in ctx.command.params if p.name != "config"}
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise BadInput(str(key), f"unknown key in {path}{hint}")
+            raise unknown_key(str(key), params, str(path))
         if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
             try:
                 values[name] = None if value is None else params[name].type_cast_value(ctx, value)

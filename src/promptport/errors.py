@@ -17,3 +17,12 @@ class BadInput(PromptportError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+def unknown_key(field: str, valid, where: str = "") -> BadInput:
+    """A BadInput for a key nobody reads, naming the closest valid key (typos are the usual cause)."""
+    import difflib
+
+    close = difflib.get_close_matches(field.rsplit(".", 1)[-1], list(valid), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
+    return BadInput(field, f"unknown key{' in ' + where if where else ''}{hint}")

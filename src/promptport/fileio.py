@@ -107,3 +107,18 @@ def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def read_yaml_mapping(path: str | os.PathLike, field: str = "config") -> dict:
+    """A YAML file that must hold a mapping, read with safe loading (no Python tags)."""
+    import yaml
+
+    from promptport.errors import BadInput
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise BadInput(field, f"cannot read '{path}': {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BadInput(field, f"'{path}' must be a mapping of keys to values")
+    return data

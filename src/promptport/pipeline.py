@@ -10,18 +10,16 @@ stages receive paths to the student, the teacher, the prompt artifact and the pu
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from promptport.errors import BadInput
-from promptport.fileio import check_writable_dir, read_json, write_json
+from promptport.errors import BadInput, unknown_key
+from promptport.fileio import check_writable_dir, read_json, read_yaml_mapping, write_json
 from promptport.manifest import is_complete, read_manifest, write_manifest
 from promptport.models import DEFAULT_MODEL
 
@@ -59,20 +57,12 @@ class RunConfig(BaseModel):
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise BadInput("config", f"cannot read '{path}': {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise BadInput("config", f"'{path}' must be a mapping")
+    data = read_yaml_mapping(path) if path is not None else {}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = [k for k in data if k not in RunConfig.model_fields]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(RunConfig.model_fields), n=1)
-        raise BadInput(unknown[0], "unknown key in run config" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise unknown_key(unknown[0], RunConfig.model_fields, "run config")
     try:
         cfg = RunConfig(**data)
     except ValidationError as e:
@@ -92,9 +82,7 @@ def section(cls_or_fn, values: dict, name: str, drop: tuple[str, ...] = ()) -> d
     valid = [v for v in valid if v not in drop]
     for k in values:
         if k not in valid:
-            close = difflib.get_close_matches(k, valid, n=1)
-            raise BadInput(f"{name}.{k}", "unknown key" + (f" (did you mean '{close[0]}'?)" if close else
-                                                            f" (valid: {', '.join(valid)})"))
+            raise unknown_key(f"{name}.{k}", valid)
     return dict(values)
 
 
