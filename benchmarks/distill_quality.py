@@ -114,6 +114,11 @@ def tune_and_evaluate(student_dir: str, teacher, sst_dir: Path, args) -> dict:
         res = train_prompt(s_clf, train, val, cfg, init_embeddings=init, progress=args.progress)
     tune_s = time.perf_counter() - t0
     prompt = res.embeddings
+    from promptport.prompt import make_metadata, save_prompt
+
+    save_prompt(Path(args.work) / f"prompt-{Path(student_dir).parent.name}", prompt,
+                make_metadata(model_info=student.info, task=task, init="text", n_tokens=prompt.shape[0],
+                              training={"steps": res.steps, "lr": args.tune_lr, "batch_size": args.tune_batch}))
     out = {"tune": {"steps": res.steps, "seconds": round(tune_s, 1), "step_seconds_estimate": round(step_s, 3),
                     "lr": args.tune_lr, "batch_size": args.tune_batch, "n_tokens": args.tune_tokens,
                     "train_examples": len(train), "selection": res.best, "bf16": args.tune_bf16,
@@ -195,7 +200,8 @@ def main(argv=None) -> dict:
                             batch_size=args.batch_size, task_batch_size=args.task_batch_size, precision="bf16",
                             save_every=100, seed=args.seed)
         out_dir = work / f"distill-{args.layers}{args.strategy}-s{args.seed}"
-        remaining = args.distill_budget - (time.perf_counter() - t0)
+        # keep ~3% of the budget for the final held-out evaluation and saving the student
+        remaining = args.distill_budget * 0.97 - (time.perf_counter() - t0)
         m = distill(teacher, out_dir, cfg, progress=args.progress, time_budget_s=remaining,
                     resume=(out_dir / "checkpoint" / "state.json").is_file())
         m["wall_seconds_with_data_prep"] = round(time.perf_counter() - t0, 1)

@@ -908,8 +908,10 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     local_lm = cfg.batch_size // world
     local_task = cfg.task_batch_size // world
     fwd.train()
+    step_s = 0.0
     while step < total_steps:
-        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+        t_step = time.perf_counter()
+        if time_budget_s is not None and t_step - t_start + step_s > time_budget_s:  # the next step must fit
             stopped_early = True
             break
         lm_idx = stream_indices(n_lm, cfg.batch_size, step, cfg.seed, 0)[rank * local_lm:(rank + 1) * local_lm] \
@@ -952,6 +954,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        step_s = time.perf_counter() - t_step
         trained_tokens += tokens_per_step_total
         if world > 1:
             vals = acc.reduce(torch.tensor([sums[k] for k in sorted(sums)]), reduction="mean")
