@@ -9,13 +9,19 @@ import subprocess
 import sys
 import time
 
-# name -> module; each module is runnable (`python -m benchmarks.NAME --suite ...`) and prints its JSON last.
+# name -> (module, suites it belongs to, whether it takes --suite). Each module is runnable on its own
+# (`python -m benchmarks.NAME`) and prints its JSON as the last line. The quality benchmarks (distill,
+# tune, transfer, audit on SST-2) take tens of minutes each and need ../shared/data: full suite only.
 BENCHMARKS = {
-    "eval_throughput": "benchmarks.eval_throughput",
-    "transfer_step": "benchmarks.transfer_step",
+    "eval_throughput": ("benchmarks.eval_throughput", ("quick", "full"), True),
+    "transfer_step": ("benchmarks.transfer_step", ("quick", "full"), True),
+    "distill_quality": ("benchmarks.distill_quality", ("full",), True),
+    "tune_sst2": ("benchmarks.tune_sst2", ("full",), False),
+    "post_sst2": ("benchmarks.post_sst2", ("full",), True),
+    "audit_sst2": ("benchmarks.audit_sst2", ("full",), False),
 }
 RATIO_FIELDS = ["speedup_vs_hf", "transfer_overhead", "speedup_vs_peft", "dp_overhead", "speedup_vs_opacus",
-                "user_speedup", "post_speedup", "mfu"]
+                "user_speedup", "post_speedup", "mfu", "kl_reduction", "auc"]
 
 
 def main(argv=None) -> int:
@@ -23,11 +29,13 @@ def main(argv=None) -> int:
     ap.add_argument("--suite", choices=["quick", "full"], default="quick")
     ap.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)")
     args = ap.parse_args(argv)
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [n for n, (_, suites, _) in BENCHMARKS.items() if args.suite in suites]
     rows, failed = [], 0
     for name in names:
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", BENCHMARKS[name], "--suite", args.suite], capture_output=True, text=True)
+        module, _, takes_suite = BENCHMARKS[name]
+        cmd = [sys.executable, "-m", module] + (["--suite", args.suite] if takes_suite else [])
+        p = subprocess.run(cmd, capture_output=True, text=True)
         secs = time.perf_counter() - t0
         lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
         for ln in lines[:-1]:
