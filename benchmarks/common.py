@@ -77,27 +77,6 @@ def finish(name: str, result: dict) -> dict:
 
 def student_from_teacher(teacher, layers: int = 2):
     """A plain first-last extraction (no training): throughput does not depend on distillation quality."""
-    try:
-        from promptport.distill import extract_student  # the distillation module's own extraction
+    from promptport.distill import extract_student, num_layers, select_layers
 
-        return extract_student(teacher, layers=layers, strategy="first-last")
-    except ImportError:
-        import copy
-
-        cfg = copy.deepcopy(teacher.config)
-        n = cfg.num_hidden_layers
-        keep = list(range(layers // 2)) + list(range(n - (layers - layers // 2), n))
-        cfg.num_hidden_layers = layers
-        student = type(teacher)(cfg)
-        sd = teacher.state_dict()
-        new = {}
-        for k, v in sd.items():
-            if ".layers." in k:
-                i = int(k.split(".layers.")[1].split(".")[0])
-                if i in keep:
-                    new[k.replace(f".layers.{i}.", f".layers.{keep.index(i)}.")] = v
-            else:
-                new[k] = v
-        student.load_state_dict(new, strict=False)
-        student.tie_weights()
-        return student.eval().requires_grad_(False)
+    return extract_student(teacher, select_layers(num_layers(teacher), layers, "first-last")).eval().requires_grad_(False)
