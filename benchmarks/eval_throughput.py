@@ -11,14 +11,14 @@ import torch
 from benchmarks.common import SHARED, finish, setup, student_from_teacher, target
 
 
-def hf_loop(model, tok, texts, word_ids, batch_size):
+def hf_loop(model, tok, texts, verbalizer, batch_size):
     preds = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             b = tok(texts[i: i + batch_size], return_tensors="pt", padding=True)
             logits = model(**b).logits  # [B, L, V]
             last = b["attention_mask"].sum(-1) - 1
-            preds.append(logits[torch.arange(len(last)), last][:, word_ids].argmax(-1))
+            preds.append(verbalizer.scores_from_vocab(logits[torch.arange(len(last)), last]).argmax(-1))
     return torch.cat(preds)
 
 
@@ -47,14 +47,13 @@ def main(argv=None):
         clf = PromptClassifier(model, tok, task, max_length=128)
         enc = clf.encode(ds)
         texts = ds.texts(task)
-        word_ids = clf.verbalizer.token_ids
         ours_pred = clf.predict_logits(enc, batch_size=32).argmax(-1)  # warm-up + correctness reference
         t0 = time.perf_counter()
         ours_pred = clf.predict_logits(enc, batch_size=32).argmax(-1)
         ours = time.perf_counter() - t0
-        hf_pred = hf_loop(model, tok, texts[:32], word_ids, 32)  # warm-up
+        hf_pred = hf_loop(model, tok, texts[:32], clf.verbalizer, 32)  # warm-up
         t0 = time.perf_counter()
-        hf_pred = hf_loop(model, tok, texts, word_ids, 32)
+        hf_pred = hf_loop(model, tok, texts, clf.verbalizer, 32)
         hf = time.perf_counter() - t0
         agree = float((hf_pred == ours_pred).float().mean())
         rows[name] = {"ours_examples_per_s": round(len(texts) / ours, 2), "hf_examples_per_s": round(len(texts) / hf, 2),
