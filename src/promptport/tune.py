@@ -583,7 +583,6 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
     val = _subset(enc["validation"], val_limit, cfg.seed, "val_limit") if "validation" in enc else None
     cfg.validate(len(train))
-    out.mkdir(parents=True, exist_ok=True)
     res = train_prompt(clf, train, val, cfg, checkpoint_dir=out / "checkpoint", resume=resume,
                        metrics_path=out / "metrics.jsonl", progress=progress)
 
