@@ -1,13 +1,15 @@
 """SST-2 prompt tuning on the real model: zero-shot vs prompt tuning vs DP prompt tuning (epsilon = 8).
 
-    python benchmarks/tune_sst2.py [--model smollm2-135m-instruct] [--minutes 6] [--train-limit 20000]
+    python benchmarks/tune_sst2.py [--model smollm2-135m-instruct] [--minutes 10] [--train-limit 20000]
 
 Protocol (one process, the model is loaded once):
   1. the private training set: `--train-limit` examples drawn (seeded) from SST-2 train;
   2. zero-shot accuracy of the same model on the full dev set (872 sentences);
   3. a short probe times the non-DP and the DP step on the same batch (the DP step-time ratio);
-  4. non-DP prompt tuning for `--minutes` of training compute (steps = budget x measured speed);
-  5. DP prompt tuning (Poisson sampling, clipping, noise calibrated to epsilon/delta) with the same compute;
+  4. non-DP prompt tuning: `--max-steps` steps of `--batch-size` (fewer if `--minutes` of training at the
+     probed speed cannot fit them);
+  5. DP prompt tuning (Poisson sampling, clipping, noise calibrated to epsilon/delta): `--dp-max-steps` steps of
+     expected batch `--dp-batch-size`, the same number of examples;
   6. both final prompts on the full dev set. No validation-based selection: the prompt is the last iterate,
      so the DP prompt's guarantee covers everything it was chosen with and dev is never seen in training.
 
@@ -39,7 +41,8 @@ SHARED = Path(os.environ.get("PROMPTPORT_SHARED_DATA", ROOT / ".." / "shared" / 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model to tune on (teacher or a student dir)")
-    ap.add_argument("--minutes", type=float, default=6.0, help="training compute budget per tuning run (minutes)")
+    ap.add_argument("--minutes", type=float, default=10.0,
+                    help="training compute budget per tuning run (minutes): caps the steps at budget x measured speed")
     ap.add_argument("--train-limit", type=int, default=20000, help="size N of the private training set")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune_sst2.json")
     ap.add_argument("--data", type=Path, default=SHARED / "sst2")
@@ -49,15 +52,15 @@ def parse(argv=None):
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.03, help="Adam lr, non-DP")
     ap.add_argument("--batch-size", type=int, default=16, help="non-DP batch")
-    ap.add_argument("--dp-lr", type=float, default=0.03, help="Adam lr, DP")
+    ap.add_argument("--dp-lr", type=float, default=0.05, help="Adam lr, DP")
     ap.add_argument("--dp-batch-size", type=int, default=64, help="DP expected batch (physical batch 16)")
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--accountant", default="prv", choices=["prv", "rdp"])
     ap.add_argument("--dev-limit", type=int, default=None, help="evaluate on the first N dev sentences only")
-    ap.add_argument("--max-steps", type=int, default=None, help="non-DP steps (default: from the time budget)")
-    ap.add_argument("--dp-max-steps", type=int, default=None, help="DP steps (default: from the time budget)")
+    ap.add_argument("--max-steps", type=int, default=100, help="non-DP steps (fewer if the budget runs out)")
+    ap.add_argument("--dp-max-steps", type=int, default=25, help="DP steps (fewer if the budget runs out)")
     ap.add_argument("--skip", action="append", default=[], choices=["dp", "nondp"])
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -153,10 +156,12 @@ def main(argv=None) -> dict:
     common = dict(n_tokens=a.n_tokens, init="text", optimizer="adam", schedule="linear", max_length=a.max_length,
                   seed=a.seed, eval_batch_size=32)
     if "nondp" not in a.skip:
-        steps = a.max_steps or max(1, int(budget_examples // a.batch_size))
+        steps = max(1, min(a.max_steps, int(budget_examples // a.batch_size)))
+        result["non_dp_steps_capped_by_budget"] = steps < a.max_steps
         result["non_dp"] = run("non-DP", TuneConfig(lr=a.lr, batch_size=a.batch_size, max_steps=steps, **common))
     if "dp" not in a.skip:
-        steps = a.dp_max_steps or max(1, int(budget_examples // a.dp_batch_size))
+        steps = max(1, min(a.dp_max_steps, int(budget_examples // a.dp_batch_size)))
+        result["dp_steps_capped_by_budget"] = steps < a.dp_max_steps
         micro = a.batch_size
         accum = max(1, math.ceil(a.dp_batch_size / micro))
         dp = DPConfig(epsilon=a.epsilon, delta=a.delta, max_grad_norm=a.max_grad_norm, accountant=a.accountant)
