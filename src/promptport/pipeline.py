@@ -172,7 +172,8 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     tcfg, xcfg, dcfg, dp_cfg = stage_configs(cfg)
 
     # Private data is read here only to check it against the public source; it never goes to transfer.
-    private_train = load_split(task, cfg.private_data, cfg.train_split, limit=cfg.train_limit)
+    # the whole split: tune() draws its train_limit subset at random, so any row may be trained on
+    private_train = load_split(task, cfg.private_data, cfg.train_split)
     public_texts, public_id = load_texts(cfg.public_data, text_column=cfg.public_text_column)
     n_overlap = check_overlap([t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap)
     del private_train
