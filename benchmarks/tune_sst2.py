@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-SHARED = Path(os.environ.get("PROMPTPORT_SHARED_DATA", ROOT / ".." / "shared" / "data")).resolve()
+from benchmarks.common import SHARED  # noqa: E402  (one definition of where the shared data sets live)
 
 
 def parse(argv=None):
