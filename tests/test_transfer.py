@@ -97,7 +97,7 @@ def test_firewall_signature_and_manifest(pair, user_prompt, public_file, tmp_pat
     """No parameter through which private data can enter; the manifest lists public inputs only."""
     params = set(inspect.signature(transfer).parameters)
     assert params == {"prompt", "student", "teacher", "public_data", "out", "cfg", "task", "public_text_column",
-                      "device", "progress"}
+                      "device", "progress", "resume"}
     teacher, student = pair
     transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "f",
              cfg=TransferConfig(n_public=20, steps=2, batch_size=4))

@@ -292,6 +292,8 @@ def tasks_cmd():
                                            "prompt).")
 @click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/transfer"),
               show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted transfer from OUT/checkpoint/ (same result "
+                                             "as an uninterrupted run).")
 @common
 def transfer_cmd(**v):
     """Provider side: transfer a user's prompt from the student to the teacher with public data only.
@@ -315,7 +317,8 @@ def transfer_cmd(**v):
                          n_public=v["n_public"], steps=v["steps"], epochs=v["epochs"], lr=v["lr"],
                          batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"])
     r = transfer(v["prompt"], v["student"], v["teacher"], public_data=v["public_data"], out=v["out_dir"], cfg=cfg,
-                 task=v["task"], public_text_column=v["public_text_column"], device=v["device"], progress=True)
+                 task=v["task"], public_text_column=v["public_text_column"], device=v["device"], progress=True,
+                 resume=v["resume"])
     best = r["best"] or {}
     out().print(f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
                 f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "

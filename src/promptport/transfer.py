@@ -17,7 +17,10 @@ It has no parameter through which private data could enter, and it selects its c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from promptport.classify import Encoded, PromptClassifier
 from promptport.data import TextDataset, load_texts
 from promptport.errors import BadInput
-from promptport.fileio import append_jsonl, check_writable_dir, write_json
+from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
 from promptport.manifest import write_manifest
 from promptport.models import LoadedModel, load_model
 from promptport.prompt import (PromptArtifact, check_compatible, init_prompt_embeddings, load_prompt,
@@ -38,6 +41,7 @@ from promptport.runtime import seed_everything, versions
 from promptport.tasks import Task, get_task, task_from_dict
 
 METHODS = ("post", "output", "shift", "direct")
+CHECKPOINT_FILE = "checkpoint.pt"  # OUT/checkpoint/: p_t, optimiser, data order and RNG at each evaluation
 
 
 @dataclass
@@ -183,8 +187,13 @@ class TransferResult:
 
 def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCache, p_s: torch.Tensor,
                    cfg: TransferConfig, *, alpha: float, init_embeddings: torch.Tensor | None = None,
-                   metrics_path: Path | None = None, progress: bool = False) -> TransferResult:
-    """Optimise p_t against the cached targets; keep the p_t with the lowest held-out public loss."""
+                   metrics_path: Path | None = None, progress: bool = False, checkpoint_dir: Path | None = None,
+                   resume: bool = False) -> TransferResult:
+    """Optimise p_t against the cached targets; keep the p_t with the lowest held-out public loss.
+
+    With `checkpoint_dir` the loop state is saved atomically at every held-out evaluation; `resume`
+    continues from it exactly (a crash costs at most `eval_every` steps, never a different result).
+    """
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
     perm = torch.randperm(n, generator=g)
@@ -209,18 +218,55 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
                                             cache.t[idx].to(dev), alpha, cfg.temperature, "none"))
         return float(torch.cat(losses).mean())
 
-    history = [{"step": 0, "heldout_loss": heldout_loss()}]
-    best = dict(history[0])
-    best_emb = p_t.detach().clone()
-    t0, tokens = time.perf_counter(), 0
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    identity = json.dumps({"config": asdict(cfg), "alpha": alpha, "n": n, "total": total,
+                           "p_s": hashlib.sha256(p_s.detach().float().cpu().numpy().tobytes()).hexdigest(),
+                           "targets": hashlib.sha256(b"".join(x.float().cpu().numpy().tobytes()
+                                                              for x in (cache.s, cache.s_p, cache.t))).hexdigest()},
+                          sort_keys=True)
+    t0, tokens, start = time.perf_counter(), 0, 1
+    if resume and ckpt is not None and ckpt.is_file():
+        try:
+            st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is the user's to remove
+            raise BadInput("resume", f"cannot read {ckpt}: {str(e).splitlines()[0]}") from None
+        if st.get("identity") != identity:
+            raise BadInput("resume", f"{ckpt} was made by a different transfer (other prompt, public data or "
+                                     "settings); start a fresh run in another output directory")
+        with torch.no_grad():
+            p_t.copy_(st["p_t"].to(dev))
+        opt.load_state_dict(st["optimizer"])
+        g.set_state(st["generator"])
+        order, pos, start, tokens = st["order"], int(st["pos"]), int(st["step"]) + 1, int(st["tokens"])
+        history, best, best_emb = json.loads(st["history"]), json.loads(st["best"]), st["best_emb"].to(dev)
+        if metrics_path is not None and metrics_path.exists():
+            with open(metrics_path, "r+b") as f:  # forget lines written after the checkpoint
+                f.truncate(int(st["metrics_offset"]))
+    else:
+        if metrics_path is not None and metrics_path.exists():
+            metrics_path.write_text("")
+        history = [{"step": 0, "heldout_loss": heldout_loss()}]
+        best = dict(history[0])
+        best_emb = p_t.detach().clone()
+        order = train[torch.randperm(len(train), generator=g)]
+        pos = 0
+
+    def save_checkpoint(step: int) -> None:
+        offset = metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
+        state = {"identity": identity, "step": step, "p_t": p_t.detach().cpu().clone(), "optimizer": opt.state_dict(),
+                 "generator": g.get_state(), "order": order.clone(), "pos": pos, "tokens": tokens,
+                 "history": json.dumps(history), "best": json.dumps(best), "best_emb": best_emb.cpu().clone(),
+                 "metrics_offset": offset}
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="transfer", unit="step", dynamic_ncols=True, leave=False)
-    order = train[torch.randperm(len(train), generator=g)]
-    pos = 0
-    for step in range(1, total + 1):
+        bar = tqdm(total=total, initial=start - 1, desc="transfer", unit="step", dynamic_ncols=True, leave=False)
+    for step in range(start, total + 1):
         if pos + cfg.batch_size > len(order):
             order, pos = train[torch.randperm(len(train), generator=g)], 0
         idx = order[pos: pos + cfg.batch_size]
@@ -243,6 +289,8 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         history.append(rec)
         if metrics_path is not None:
             append_jsonl(metrics_path, rec)
+        if ckpt is not None and "heldout_loss" in rec:
+            save_checkpoint(step)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens / max(rec['seconds'], 1e-9):.0f}")
@@ -253,11 +301,14 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
 
 def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, teacher: str | LoadedModel, *,
              public_data: str, out: str | Path, cfg: TransferConfig | None = None, task: str | Task | None = None,
-             public_text_column: str | None = None, device: str = "cpu", progress: bool = False) -> dict:
+             public_text_column: str | None = None, device: str = "cpu", progress: bool = False,
+             resume: bool = False) -> dict:
     """Transfer a user's prompt from the student to the teacher with public data only.
 
     Writes OUT/prompt/ (the teacher prompt artifact), OUT/metrics.json, OUT/metrics.jsonl and
     OUT/manifest.json (inputs with fingerprints: the prompt artifact and the public source only).
+    `resume`: continue from OUT/checkpoint/ (left by an interrupted run) to the same result; without it
+    an old checkpoint is discarded.
     """
     cfg = cfg or TransferConfig()
     cfg.validate()
@@ -287,8 +338,11 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
 
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():
-        metrics_path.unlink()
+    ckpt_dir = out / "checkpoint"
+    if not resume:
+        if metrics_path.exists():
+            metrics_path.unlink()
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     alpha_info: dict = {}
     if cfg.method == "direct":
         emb, alpha, res = p_s.clone(), float("nan"), None
@@ -303,7 +357,8 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
             init = init_prompt_embeddings(t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text",
                                           the_task.description)
         res = train_transfer(t_clf, t_enc, cache, p_s, cfg, alpha=method_alpha(cfg.method, alpha),
-                             init_embeddings=init, metrics_path=metrics_path, progress=progress)
+                             init_embeddings=init, metrics_path=metrics_path, progress=progress,
+                             checkpoint_dir=ckpt_dir, resume=resume)
         emb = res.embeddings
 
     training = {"stage": "transfer", "method": cfg.method, "config": asdict(cfg), "alpha_used": alpha,
@@ -342,6 +397,7 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
                            "n_examples": len(pub)}, "student": s_lm.info.to_dict(), "teacher": t_lm.info.to_dict()},
                    outputs=[out / "prompt" / "prompt.safetensors", out / "prompt" / "prompt.json",
                             out / "metrics.json"], seconds=wall)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifacts are complete
     return result
 
 
