@@ -155,6 +155,25 @@ def test_kd_kl_full_topk_and_masking():
     assert not torch.allclose(distill_loss(cfg, s_logits=s3, s_hidden=h_s, **kw)["ce"], a["ce"])
 
 
+def test_label_term_is_kl_between_class_distributions():
+    torch.manual_seed(1)
+    s, t = torch.randn(3, 50), torch.randn(3, 50) * 2
+    m = torch.zeros(2, 50)
+    m[0, [4, 7]] = 0.5  # class 0: mean of two label words
+    m[1, 9] = 1.0
+    cfg = DistillConfig(alpha_ce=0, alpha_cos=0, alpha_task=0, alpha_label=2.0)
+    terms = distill_loss(cfg, s_answer=s, t_answer=t, label_matrix=m)
+    sc, tc = s @ m.T, t @ m.T
+    ref = (torch.softmax(tc, -1) * (torch.log_softmax(tc, -1) - torch.log_softmax(sc, -1))).sum(-1).mean() * 2.0
+    torch.testing.assert_close(terms["label"], ref)
+    assert "task" not in terms
+    s2 = s.clone()
+    s2[:, 20:] += 10 * torch.randn(3, 30)  # tokens that are no label word: no effect on the label term
+    torch.testing.assert_close(distill_loss(cfg, s_answer=s2, t_answer=t, label_matrix=m)["label"], ref)
+    with pytest.raises(BadInput, match="task_template"):
+        DistillConfig(alpha_ce=0, alpha_cos=0, alpha_label=1.0).check()
+
+
 # ---------------------------------------------------------------- corpus
 
 def test_corpus_packing_and_bad_corpora(tiny_lm, tmp_path, text_file):
@@ -179,15 +198,16 @@ def test_corpus_packing_and_bad_corpora(tiny_lm, tmp_path, text_file):
 
 def test_distill_trains_saves_and_reloads(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "run"
-    r = distill(str(tiny_model_dir), out, tiny_cfg(text_file, max_steps=12))
+    r = distill(str(tiny_model_dir), out, tiny_cfg(text_file, max_steps=12, alpha_label=1.0))
     assert r["after"]["kl_per_token"] < r["before"]["kl_per_token"]
     assert r["after"]["answer_kl"] < r["before"]["answer_kl"]
+    assert 0 <= r["after"]["answer_class_agreement"] <= 1
     for key in ("student_ppl", "teacher_ppl", "kl_per_token", "top1_agreement"):
         assert key in r["before"] and key in r["after"]
     assert r["parameters"]["own"] < r["parameters"]["total"] < r["parameters"]["teacher_total"]
     assert r["tokens_trained"] > 0 and r["steps"] == 12
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == list(range(1, 13)) and all("task" in x and "ce" in x for x in lines)
+    assert [x["step"] for x in lines] == list(range(1, 13)) and all("task" in x and "ce" in x and "label" in x for x in lines)
     w = student_weights(out / "student")
     assert not any("embed" in k or "lm_head" in k for k in w)
     assert sum(v.numel() for v in w.values()) == r["parameters"]["own"]

@@ -412,6 +412,9 @@ def sweep_alpha_cmd(run_dir, alphas):
               help="Weight of 1-cosine between teacher and student last hidden states.")
 @click.option("--alpha-task", type=float, default=0.0, show_default=True,
               help="Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.")
+@click.option("--alpha-label", type=float, default=0.0, show_default=True,
+              help="Weight of KL between teacher and student class distributions (the task's label words) at "
+                   "the answer position of the same public examples: what a classifier on the student reads.")
 @click.option("--task-template", default=None, help="Task whose template formats the public examples (e.g. sst2).")
 @click.option("--task-data", multiple=True,
               help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are ignored).")
@@ -458,7 +461,7 @@ def distill_cmd(**v):
         max_tokens=v["max_tokens"], block_size=v["block_size"], heldout_blocks=v["heldout_blocks"],
         teacher_samples=v["teacher_samples"], temperature=v["temperature"], alpha_ce=v["alpha_ce"],
         alpha_lm=v["alpha_lm"], alpha_cos=v["alpha_cos"], alpha_task=v["alpha_task"],
-        task_template=v["task_template"], task_data=list(v["task_data"]), task_examples=v["task_examples"],
+        alpha_label=v["alpha_label"], task_template=v["task_template"], task_data=list(v["task_data"]), task_examples=v["task_examples"],
         prefix_prob=v["prefix_prob"], topk=v["topk"], epochs=v["epochs"], max_steps=v["max_steps"],
         batch_size=v["batch_size"], task_batch_size=v["task_batch_size"], grad_accum=v["grad_accum"], lr=v["lr"],
         warmup=v["warmup"], schedule=v["schedule"], precision=v["precision"],

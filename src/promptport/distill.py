@@ -440,8 +440,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def distill_loss(cfg: "DistillConfig", *, s_logits=None, t_topv=None, t_topi=None, t_lse=None, input_ids=None, mask=None,
                  s_hidden=None, t_hidden=None, s_answer=None, t_answer=None, s_answer_h=None,
-                 t_answer_h=None) -> dict[str, torch.Tensor]:
-    """The weighted terms: alpha_ce*KL + alpha_lm*CE + alpha_cos*(1-cos) on LM blocks, alpha_task*KL at answers.
+                 t_answer_h=None, label_matrix=None) -> dict[str, torch.Tensor]:
+    """The weighted terms: alpha_ce*KL + alpha_lm*CE + alpha_cos*(1-cos) on LM blocks, alpha_task*KL at answers,
+    alpha_label*KL between the class distributions the task's label words give at answers.
+
+    `label_matrix` [C, V] maps vocabulary logits to class scores (the task's verbalizer); the label term is
+    what a classifier built on the student reads, which the full-vocabulary KL weighs as a few tokens of 49k.
 
     Padding (mask == 0) is excluded from every term; the LM term predicts token t+1 from position t.
     """
@@ -461,6 +465,10 @@ def distill_loss(cfg: "DistillConfig", *, s_logits=None, t_topv=None, t_topi=Non
         if cfg.alpha_cos and s_answer_h is not None:
             cos = F.cosine_similarity(s_answer_h.float(), t_answer_h.float(), dim=-1)
             terms["task_cos"] = cfg.alpha_cos * (1 - cos).mean()
+    if s_answer is not None and cfg.alpha_label and label_matrix is not None:
+        s_cls = s_answer.float() @ label_matrix.T
+        t_cls = t_answer.float() @ label_matrix.T
+        terms["label"] = cfg.alpha_label * kd_kl(s_cls, t_cls, 1.0).mean()
     terms["total"] = sum(terms.values()) if terms else torch.zeros(())
     return terms
 
@@ -483,6 +491,7 @@ class DistillConfig:
     alpha_lm: float = 0.0
     alpha_cos: float = 1.0
     alpha_task: float = 0.0
+    alpha_label: float = 0.0
     task_template: str | None = None
     task_data: list[str] = field(default_factory=list)
     task_examples: int = 4000
@@ -517,7 +526,8 @@ class DistillConfig:
         for name in ("temperature", "lr"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("alpha_ce", "alpha_lm", "alpha_cos", "alpha_task", "weight_decay", "max_grad_norm"):
+        for name in ("alpha_ce", "alpha_lm", "alpha_cos", "alpha_task", "alpha_label", "weight_decay",
+                     "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise BadInput(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "task_batch_size", "grad_accum", "topk", "max_tokens"):
@@ -525,17 +535,21 @@ class DistillConfig:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise BadInput("warmup", f"is a fraction of the steps in [0, 1), got {self.warmup}")
-        if self.alpha_task and not self.task_template:
-            raise BadInput("task_template", "alpha_task > 0 needs a task template (e.g. sst2)")
-        if self.alpha_task and not self.task_data:
-            raise BadInput("task_data", "alpha_task > 0 needs public task data (a file, folder, hub id or "
-                                        "embedded:NAME)")
-        if not (self.alpha_ce or self.alpha_lm or self.alpha_cos or self.alpha_task):
+        if self.uses_task and not self.task_template:
+            raise BadInput("task_template", "alpha_task/alpha_label > 0 needs a task template (e.g. sst2)")
+        if self.uses_task and not self.task_data:
+            raise BadInput("task_data", "alpha_task/alpha_label > 0 needs public task data (a file, folder, hub id "
+                                        "or embedded:NAME)")
+        if not (self.alpha_ce or self.alpha_lm or self.alpha_cos or self.uses_task):
             raise BadInput("alpha_ce", "all loss weights are zero; nothing to train")
         if self.max_steps is not None and self.max_steps <= 0:
             raise BadInput("max_steps", f"must be positive, got {self.max_steps}")
         if self.epochs <= 0:
             raise BadInput("epochs", f"must be positive, got {self.epochs}")
+
+    @property
+    def uses_task(self) -> bool:
+        return bool(self.alpha_task or self.alpha_label)
 
     @property
     def uses_lm(self) -> bool:
@@ -607,6 +621,16 @@ def cache_answers(teacher, ids: list[list[int]], pad_id: int, precision: str, ba
     return {"task_logits": logits_all, "task_hidden": hid_all}
 
 
+def verbalizer_matrix(tokenizer, task, vocab_size: int) -> torch.Tensor:
+    """[C, V]: vocabulary logits -> the task's class scores (the mean over each class's label words)."""
+    from promptport.classify import Verbalizer
+
+    verb = Verbalizer(tokenizer, task)
+    m = torch.zeros(len(task.classes), vocab_size)
+    m[:, verb.token_ids] = verb.average
+    return m
+
+
 def _cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -662,9 +686,11 @@ def make_scheduler(optimizer, cfg: DistillConfig, total_steps: int):
 
 @torch.inference_mode()
 def evaluate_student(student, teacher, heldout: torch.Tensor | None, task_ids: list[list[int]] | None, pad_id: int,
-                     precision: str = "fp32", batch_size: int = 8) -> dict:
+                     precision: str = "fp32", batch_size: int = 8, label_matrix: torch.Tensor | None = None) -> dict:
     """Held-out text: perplexities, KL(teacher||student) per token (T=1, full vocabulary), top-1 agreement;
-    and at the answer position of held-out task examples: KL and top-1 agreement."""
+    at the answer position of held-out task examples: KL, top-1 agreement and (with `label_matrix`, the task's
+    verbalizer) how often the student picks the teacher's class -- the closest label-free proxy of
+    whether a classifier on the student behaves like one on the teacher."""
     from promptport.classify import answer_hidden, project
 
     dev = next(student.parameters()).device
@@ -688,7 +714,7 @@ def evaluate_student(student, teacher, heldout: torch.Tensor | None, task_ids: l
         out = {"student_ppl": _safe_exp(nll_s / n), "teacher_ppl": _safe_exp(nll_t / n),
                "kl_per_token": kl / n_pos, "top1_agreement": agree / n_pos, "heldout_tokens": int(n_pos)}
     if task_ids:
-        kl_a = agree_a = 0.0
+        kl_a = agree_a = agree_c = 0.0
         for start in range(0, len(task_ids), 32):
             input_ids, mask = collate(task_ids[start: start + 32], pad_id, "right")
             input_ids, mask = input_ids.to(dev), mask.to(dev)
@@ -698,8 +724,13 @@ def evaluate_student(student, teacher, heldout: torch.Tensor | None, task_ids: l
             s_lp, t_lp = F.log_softmax(s, -1), F.log_softmax(t, -1)
             kl_a += (t_lp.exp() * (t_lp - s_lp)).sum().item()
             agree_a += (s.argmax(-1) == t.argmax(-1)).sum().item()
+            if label_matrix is not None:
+                lm = label_matrix.to(s.dtype)
+                agree_c += ((s @ lm.T).argmax(-1) == (t @ lm.T).argmax(-1)).sum().item()
         out.update(answer_kl=kl_a / len(task_ids), answer_top1_agreement=agree_a / len(task_ids),
                    answer_examples=len(task_ids))
+        if label_matrix is not None:
+            out["answer_class_agreement"] = agree_c / len(task_ids)
     return out
 
 
@@ -780,7 +811,8 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                               heldout_blocks=cfg.heldout_blocks, seed=cfg.seed, extra_texts=extra)
     task = task_train = task_held = None
     task_meta = None
-    if cfg.alpha_task:
+    label_matrix = class_matrix = None
+    if cfg.uses_task:
         task = get_task(cfg.task_template)
         pairs, used = read_corpus_texts(cfg.task_data)
         ids, task_meta, _ = build_task_examples(tok, task, [x for _, x in pairs],
@@ -792,6 +824,8 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                                         "(held out)")
         task_held, task_train = ids[: cfg.task_heldout], ids[cfg.task_heldout:]
         task_meta["sources"] = used
+        class_matrix = verbalizer_matrix(tok, task, tmodel.get_output_embeddings().weight.shape[0]).to(acc.device)
+        label_matrix = class_matrix if cfg.alpha_label else None
     elif corpus is None:
         raise BadInput("alpha_task", "with alpha_ce = alpha_lm = alpha_cos = 0 the task term is the only one")
 
@@ -869,7 +903,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
 
     def run_eval() -> dict:
         return evaluate_student(smodel, tmodel, corpus.heldout if corpus is not None else None, task_held,
-                                tok.pad_token_id, cfg.precision)
+                                tok.pad_token_id, cfg.precision, label_matrix=class_matrix)
 
     before = None
     if acc.is_main_process:
@@ -941,7 +975,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                 if tk_idx is not None:
                     st = torch.as_tensor(tsel)
                     kwargs.update(s_answer=al, t_answer=cache["task_logits"][st], s_answer_h=ah,
-                                  t_answer_h=cache["task_hidden"][st])
+                                  t_answer_h=cache["task_hidden"][st], label_matrix=label_matrix)
                 terms = distill_loss(cfg, **kwargs)
                 acc.backward(terms["total"] / cfg.grad_accum)
             for k, v in terms.items():
