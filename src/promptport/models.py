@@ -76,8 +76,13 @@ def cache_root() -> Path:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """cpu, cuda[:i] or auto (CUDA when present); under a multi-process launcher 'cuda' means this process's GPU."""
+    from promptport.distributed import local_device
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(local_device("cuda") if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.device(local_device(device))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput("device", f"'{device}' requested but CUDA is not available; use --device cpu or auto")
     if device not in ("cpu",) and not device.startswith("cuda"):

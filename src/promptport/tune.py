@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from promptport.classify import Encoded, PromptClassifier
+from promptport.distributed import SINGLE, Single
 from promptport.errors import BadInput
 from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
 from promptport.privacy import (DPConfig, PoissonSampler, PrivacyLedger, SecureRNG, calibrate_sigma,
@@ -166,32 +167,41 @@ def per_example_gradients(clf: PromptClassifier, prompt: torch.Tensor, enc: Enco
 
 
 def mean_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx: list[int],
-                  batch_size: int) -> tuple[torch.Tensor, float]:
-    """Non-DP gradient: the gradient of the mean loss over `idx` (in chunks of batch_size), and that loss."""
+                  batch_size: int, dist: Single = SINGLE) -> tuple[torch.Tensor, float]:
+    """Non-DP gradient: the gradient of the mean loss over `idx` (in chunks of batch_size), and that loss.
+
+    With several processes each computes its shard of `idx` and the sums are all-reduced, so every
+    process gets the gradient a single process would compute on the whole batch."""
     p = prompt.detach().requires_grad_()
-    total = 0.0
-    for chunk in _chunks(list(idx), batch_size):
+    total = torch.zeros((), dtype=torch.float64)
+    for chunk in _chunks(dist.shard(idx), batch_size):
         ids, mask, y = _batch(clf, enc, chunk)
         loss = clf.loss(ids, mask, y, p, reduction="sum") / len(idx)
         loss.backward()
         total += float(loss.detach())
-    return p.grad, total
+    grad = p.grad if p.grad is not None else torch.zeros_like(p)
+    return dist.sum(grad), float(dist.sum(total))
 
 
 def dp_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx: list[int], batch_size: int, *,
-                max_grad_norm: float, sigma: float, expected_batch_size: float, generator) -> tuple[torch.Tensor,
-                                                                                                    dict]:
+                max_grad_norm: float, sigma: float, expected_batch_size: float, generator,
+                dist: Single = SINGLE) -> tuple[torch.Tensor, dict]:
     """DP-SGD gradient of one Poisson batch `idx` (possibly empty): clip each example's gradient, sum,
-    add N(0, (sigma C)^2), divide by the expected batch size. Returns (gradient, stats)."""
+    add N(0, (sigma C)^2), divide by the expected batch size. Returns (gradient, stats).
+
+    With several processes each clips its shard, the clipped sums are all-reduced, and the noise is
+    rank 0's (broadcast), so the noise is added once, exactly as in a single process."""
     clipped = torch.zeros_like(prompt, dtype=torch.float32)
-    loss_sum, norms = 0.0, []
-    for chunk in _chunks(list(idx), batch_size):
+    loss_sum, norms = torch.zeros((), dtype=torch.float64), []
+    for chunk in _chunks(dist.shard(idx), batch_size):
         g, losses = per_example_gradients(clf, prompt, enc, chunk)
         s, n = clip_per_example(g, max_grad_norm)
         clipped += s
         loss_sum += float(losses.sum())
-        norms.append(n)
-    grad = noisy_average(clipped, max_grad_norm, sigma, expected_batch_size, generator)
+        norms.append(n.detach().cpu())
+    clipped, loss_sum = dist.sum(clipped), float(dist.sum(loss_sum))
+    grad = dist.broadcast(noisy_average(clipped, max_grad_norm, sigma, expected_batch_size, generator))
+    norms = [n for part in dist.gather_objects([norms]) for n in part] if dist.world > 1 else norms
     norms_t = torch.cat(norms) if norms else torch.zeros(0)
     stats = {"loss": loss_sum / len(idx) if idx else None, "batch_size": len(idx),
              "grad_norm_median": float(norms_t.median()) if len(norms_t) else None,
@@ -279,8 +289,8 @@ def data_fingerprint(enc: Encoded | None) -> str | None:
 class _Run:
     """All state of one training run that a checkpoint must carry."""
 
-    def __init__(self, clf, train, val, cfg, init_embeddings):
-        self.clf, self.train, self.val, self.cfg = clf, train, val, cfg
+    def __init__(self, clf, train, val, cfg, init_embeddings, dist: Single = SINGLE):
+        self.clf, self.train, self.val, self.cfg, self.dist = clf, train, val, cfg, dist
         n = len(train)
         self.total = cfg.total_steps(n)
         self.per_epoch = cfg.steps_per_epoch(n)
@@ -373,14 +383,16 @@ class _Run:
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
         if self.dp is None:
-            idx = self.sampler.sample(cfg.logical_batch)
-            grad, loss = mean_gradient(self.clf, self.prompt, self.train, idx, cfg.batch_size)
+            idx = self.dist.broadcast_object(self.sampler.sample(cfg.logical_batch))
+            grad, loss = mean_gradient(self.clf, self.prompt, self.train, idx, cfg.batch_size, self.dist)
             stats = {"loss": loss, "batch_size": len(idx)}
         else:
-            idx = self.sampler.sample()
+            # every process samples (keeping its sampler state in step); rank 0's batch is the batch
+            idx = self.dist.broadcast_object([int(i) for i in self.sampler.sample()])
             grad, stats = dp_gradient(self.clf, self.prompt, self.train, idx, cfg.batch_size,
                                       max_grad_norm=self.dp.max_grad_norm, sigma=self.sigma,
-                                      expected_batch_size=cfg.logical_batch, generator=self.noise_rng)
+                                      expected_batch_size=cfg.logical_batch, generator=self.noise_rng,
+                                      dist=self.dist)
             self.ledger.step(self.sigma, self.q)
         self.prompt.grad = grad.to(self.prompt.dtype)
         lr = self.opt.param_groups[0]["lr"]
@@ -429,13 +441,17 @@ def _save_checkpoint(run: _Run, ckpt_dir: Path, metrics_path: Path | None) -> No
 
 def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg: TuneConfig, *,
                  init_embeddings: torch.Tensor | None = None, checkpoint_dir: Path | None = None,
-                 resume: bool = False, metrics_path: Path | None = None, progress: bool = False) -> TuneResult:
+                 resume: bool = False, metrics_path: Path | None = None, progress: bool = False,
+                 dist: Single = SINGLE) -> TuneResult:
     """Train a soft prompt on a frozen model; returns the best prompt by validation accuracy (or the last).
 
     The model is never reloaded or modified: call this many times on one `PromptClassifier`.
     With `cfg.dp`, training is DP-SGD with Poisson sampling and the result carries a privacy statement.
     With `checkpoint_dir`, the full state (prompt, optimiser, schedule, samplers' RNG, privacy ledger) is
     saved atomically at every evaluation/`checkpoint_every` steps; `resume=True` continues from it exactly.
+    With `dist` (a `promptport.distributed` group) the batches are split over processes and the gradients
+    summed; only the main process writes files. Each process evaluates the whole validation split, so
+    best-prompt selection needs no communication.
     """
     check_frozen(clf.model)
     if train.labels is None:
@@ -449,7 +465,8 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
     if ckpt_file is not None and ckpt_file.exists() and not resume:
         raise BadInput("resume", f"{ckpt_file} exists from an earlier run: pass resume=True (--resume) to continue "
                                  "it, or use another output directory")
-    run = _Run(clf, train, val, cfg, init_embeddings)
+    dist.barrier()  # no process may write a checkpoint before every process has checked for one
+    run = _Run(clf, train, val, cfg, init_embeddings, dist)
     resumed_from = None
     if resume and ckpt_file is not None and ckpt_file.exists():
         try:
@@ -458,12 +475,14 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
             raise BadInput("resume", f"cannot read {ckpt_file}: {str(e).splitlines()[0]}") from None
         run.load_state_dict(state)
         resumed_from = run.step
-        if metrics_path is not None and metrics_path.exists():
+        if metrics_path is not None and metrics_path.exists() and dist.is_main:
             with open(metrics_path, "r+b") as f:  # forget lines written after the checkpoint
                 f.truncate(run.metrics_offset)
-    elif metrics_path is not None:
+    elif metrics_path is not None and dist.is_main:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
+    if not dist.is_main:  # the main process writes checkpoints and metrics
+        ckpt_dir = metrics_path = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -482,7 +501,7 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
         log({"type": "resume", "step": resumed_from})
 
     bar = None
-    if progress:
+    if progress and dist.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=run.total, initial=run.step, desc="tune" + (" (DP)" if run.dp else ""), unit="step",
@@ -553,8 +572,12 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
          text_column: str | None = None, label_column: str | None = None, train_eval_limit: int | None = 2000,
          echo=None) -> dict:
     """Prompt tuning as a stage: writes OUT/prompt/ (artifact), OUT/metrics.json, OUT/metrics.jsonl and
-    OUT/checkpoint/. The test split is only evaluated when named. Returns the metrics dict."""
+    OUT/checkpoint/. The test split is only evaluated when named. Returns the metrics dict.
+
+    Under `accelerate launch --num_processes N` the training batches are split over the N processes
+    (same result as one process); the main process writes the outputs."""
     from promptport.classify import PromptClassifier
+    from promptport.distributed import group
     from promptport.data import canonical_split, load_split
     from promptport.models import LoadedModel, load_model
     from promptport.prompt import make_metadata, save_prompt
@@ -583,8 +606,9 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
     val = _subset(enc["validation"], val_limit, cfg.seed, "val_limit") if "validation" in enc else None
     cfg.validate(len(train))
+    dist = group(device)
     res = train_prompt(clf, train, val, cfg, checkpoint_dir=out / "checkpoint", resume=resume,
-                       metrics_path=out / "metrics.jsonl", progress=progress)
+                       metrics_path=out / "metrics.jsonl", progress=progress, dist=dist)
 
     results = {}
     train_eval = _subset(train, train_eval_limit, cfg.seed + 7, "train_eval_limit")
@@ -600,7 +624,6 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
                 "examples_per_s": res.examples_per_s}
     meta = make_metadata(model_info=lm.info, task=the_task, init=cfg.init, training=training, privacy=res.privacy,
                          n_tokens=int(res.embeddings.shape[0]))
-    save_prompt(out / "prompt", res.embeddings, meta)
     metrics = {
         "stage": "tune",
         "task": the_task.name,
@@ -623,9 +646,13 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
         "privacy": res.privacy,
         "prompt": str(out / "prompt"),
         "config": cfg.to_dict(),
+        "processes": dist.world,
         "versions": versions(),
     }
-    write_json(out / "metrics.json", metrics)
-    if echo is not None and res.privacy is not None:
-        echo(format_statement(res.privacy))
+    if dist.is_main:
+        save_prompt(out / "prompt", res.embeddings, meta)
+        write_json(out / "metrics.json", metrics)
+        if echo is not None and res.privacy is not None:
+            echo(format_statement(res.privacy))
+    dist.barrier()
     return metrics
