@@ -193,7 +193,14 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
 
     With `checkpoint_dir` the loop state is saved atomically at every held-out evaluation; `resume`
     continues from it exactly (a crash costs at most `eval_every` steps, never a different result).
+    Under `accelerate launch --num_processes N` every batch (and the held-out set) is split over the
+    processes and the gradients summed: the same steps as one process; the main process writes.
     """
+    from promptport.distributed import group
+
+    dist = group(teacher.device)
+    if not dist.is_main:
+        metrics_path = None
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
     perm = torch.randperm(n, generator=g)
@@ -208,15 +215,33 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
     dev = teacher.device
 
     def heldout_loss() -> float:
-        losses = []
+        total = torch.zeros((), dtype=torch.float64)
+        mine = torch.as_tensor(dist.shard(held.tolist()), dtype=torch.long)
         with torch.inference_mode():
-            for i in range(0, n_held, cfg.batch_size * 2):
-                idx = held[i: i + cfg.batch_size * 2]
+            for i in range(0, len(mine), cfg.batch_size * 2):
+                idx = mine[i: i + cfg.batch_size * 2]
                 ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
                 t_p = teacher.vocab_logits(ids, mask, p_t.detach())
-                losses.append(transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev),
-                                            cache.t[idx].to(dev), alpha, cfg.temperature, "none"))
-        return float(torch.cat(losses).mean())
+                total += float(transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev),
+                                             cache.t[idx].to(dev), alpha, cfg.temperature, "none").double().sum())
+        return float(dist.sum(total)) / n_held
+
+    def step_loss(idx: torch.Tensor) -> tuple[float, int]:
+        """Backpropagate this process's share of the batch's mean loss into p_t; sum over processes."""
+        mine = torch.as_tensor(dist.shard(idx.tolist()), dtype=torch.long)
+        local = torch.zeros(2, dtype=torch.float64)  # [loss share, real tokens]
+        if len(mine):
+            ids, mask = teacher.batch([t_enc.input_ids[j] for j in mine])
+            t_p = teacher.vocab_logits(ids, mask, p_t)
+            loss = transfer_loss(t_p, cache.s_p[mine].to(dev), cache.s[mine].to(dev), cache.t[mine].to(dev),
+                                 alpha, cfg.temperature, "none").sum() / len(idx)
+            loss.backward()
+            local += torch.tensor([float(loss.detach()), float(mask.sum())], dtype=torch.float64)
+        if p_t.grad is None:
+            p_t.grad = torch.zeros_like(p_t)
+        p_t.grad = dist.sum(p_t.grad)
+        both = dist.sum(local)
+        return float(both[0]), int(both[1])
 
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     identity = json.dumps({"config": asdict(cfg), "alpha": alpha, "n": n, "total": total,
@@ -262,7 +287,7 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
             torch.save(state, tmp)
 
     bar = None
-    if progress:
+    if progress and dist.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=start - 1, desc="transfer", unit="step", dynamic_ncols=True, leave=False)
@@ -271,15 +296,11 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
             order, pos = train[torch.randperm(len(train), generator=g)], 0
         idx = order[pos: pos + cfg.batch_size]
         pos += cfg.batch_size
-        ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
-        t_p = teacher.vocab_logits(ids, mask, p_t)
-        loss = transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev), cache.t[idx].to(dev), alpha,
-                             cfg.temperature)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, n_tok = step_loss(idx)
         opt.step()
-        tokens += int(mask.sum()) + p_t.shape[0] * len(idx)
-        rec = {"step": step, "loss": float(loss.detach())}
+        tokens += n_tok + p_t.shape[0] * len(idx)
+        rec = {"step": step, "loss": loss}
         if step % eval_every == 0 or step == total:
             rec["heldout_loss"] = heldout_loss()
             if rec["heldout_loss"] < best["heldout_loss"]:
@@ -289,7 +310,7 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         history.append(rec)
         if metrics_path is not None:
             append_jsonl(metrics_path, rec)
-        if ckpt is not None and "heldout_loss" in rec:
+        if ckpt is not None and "heldout_loss" in rec and dist.is_main:
             save_checkpoint(step)
         if bar is not None:
             bar.update(1)
@@ -340,8 +361,7 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     metrics_path = out / "metrics.jsonl"
     ckpt_dir = out / "checkpoint"
     if not resume:
-        if metrics_path.exists():
-            metrics_path.unlink()
+        metrics_path.unlink(missing_ok=True)  # (several processes may race to it)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     alpha_info: dict = {}
     if cfg.method == "direct":
