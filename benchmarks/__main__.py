@@ -3,11 +3,12 @@ print a table, and keep each one's JSON in benchmarks/results/NAME.json."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
+
+from benchmarks.common import load_average, parser
 
 # name -> (module, suites it belongs to, whether it takes --suite). Each module is runnable on its own
 # (`python -m benchmarks.NAME`) and prints its JSON as the last line. The quality benchmarks (distill,
@@ -15,6 +16,11 @@ import time
 BENCHMARKS = {
     "eval_throughput": ("benchmarks.eval_throughput", ("quick", "full"), True),
     "transfer_step": ("benchmarks.transfer_step", ("quick", "full"), True),
+    "tune_throughput": ("benchmarks.tune_throughput", ("quick", "full"), True),
+    "dp_overhead": ("benchmarks.dp_overhead", ("quick", "full"), True),
+    "user_vs_teacher": ("benchmarks.user_vs_teacher", ("quick", "full"), True),
+    "distill_throughput": ("benchmarks.distill_throughput", ("quick", "full"), True),
+    "profile_steps": ("benchmarks.profile_steps", ("full",), True),
     "distill_quality": ("benchmarks.distill_quality", ("full",), True),
     "tune_sst2": ("benchmarks.tune_sst2", ("full",), False),
     "post_sst2": ("benchmarks.post_sst2", ("full",), True),
@@ -25,8 +31,7 @@ RATIO_FIELDS = ["speedup_vs_hf", "transfer_overhead", "speedup_vs_peft", "dp_ove
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap = parser(__doc__)
     ap.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)")
     args = ap.parse_args(argv)
     names = args.only or [n for n, (_, suites, _) in BENCHMARKS.items() if args.suite in suites]
@@ -47,13 +52,14 @@ def main(argv=None) -> int:
         if res is None:
             failed += 1
             print(f"{name}: FAILED (exit {p.returncode})\n{p.stderr[-2000:]}", file=sys.stderr)
-            rows.append((name, "FAILED", secs, ""))
+            rows.append((name, "FAILED", secs, "", ""))
             continue
         ratios = ", ".join(f"{k}={res[k]}" for k in RATIO_FIELDS if k in res)
-        rows.append((name, ratios, secs, f"{res.get('peak_rss_mb', '?')} MB"))
-    print(f"\n{'benchmark':18s} {'seconds':>8s} {'peak RSS':>10s}  ratios")
-    for name, ratios, secs, rss in rows:
-        print(f"{name:18s} {secs:8.1f} {rss:>10s}  {ratios}")
+        load = res.get("machine", {}).get("load_average_end") or load_average() or ["?"]
+        rows.append((name, ratios, secs, f"{res.get('peak_rss_mb', '?')} MB", f"{load[0]}"))
+    print(f"\n{'benchmark':18s} {'seconds':>8s} {'peak RSS':>10s} {'load':>5s}  ratios")
+    for name, ratios, secs, rss, load in rows:
+        print(f"{name:18s} {secs:8.1f} {rss:>10s} {load:>5s}  {ratios}")
     return 1 if failed else 0
 
 
