@@ -1,6 +1,6 @@
 """LiRA audit on SST-2: membership leakage of prompt tuning without DP and with DP at epsilon = 8.
 
-    python benchmarks/audit_sst2.py [--student DIR] [--pool-size 500] [--shadows 16] [--epochs 4]
+    python -m benchmarks.audit_sst2 [--student DIR] [--pool-size 500] [--shadows 16] [--epochs 4]
 
 Protocol (one process; the model is loaded once and shared by both audits):
   1. the model: `--student DIR` (a distilled student from `promptport distill`), else a *plain extracted*
@@ -20,7 +20,6 @@ Needs the shared SST-2 files (../shared/data/sst2 or PROMPTPORT_SHARED_DATA).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,15 +28,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import SHARED  # noqa: E402  (one definition of where the shared data sets live)
+from benchmarks.common import RESULTS, SHARED, parser
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, suite=None)
     ap.add_argument("--student", default=None, help="a distilled student folder (default: plain extraction)")
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--layers", type=int, default=4, help="layers of the plain extracted student")
@@ -55,7 +50,7 @@ def parse(argv=None):
                     help="stop training new shadows after this wall time and report the finished ones (partial)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "promptport-audit-sst2")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "audit_sst2.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "audit_sst2.json")
     return ap.parse_args(argv)
 
 

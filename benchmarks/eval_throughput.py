@@ -3,12 +3,11 @@ the label words) vs a plain Hugging Face loop (padded batches, full logits every
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from benchmarks.common import SHARED, finish, setup, student_from_teacher, target
+from benchmarks.common import finish, parser, sentiment_split, setup, student_from_teacher, target
 
 
 def hf_loop(model, tok, texts, verbalizer, batch_size):
@@ -23,24 +22,15 @@ def hf_loop(model, tok, texts, verbalizer, batch_size):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
+    ap = parser(__doc__, model=True)
     ap.add_argument("--n", type=int, default=None, help="examples (default: quick 256, full all 872)")
     args = ap.parse_args(argv)
     setup()
     from promptport.classify import PromptClassifier
-    from promptport.data import TextDataset, load_split
     from promptport.models import load_model
-    from promptport.tasks import get_task
 
-    task = get_task("sst2")
-    n = args.n or (256 if args.suite == "quick" else 872)
-    if (SHARED / "sst2").is_dir():
-        ds = load_split(task, str(SHARED / "sst2"), "validation", limit=n)
-    else:
-        ds = load_split(get_task("rt_snippets"), None, "validation", limit=n)
-        ds = TextDataset(ds.fields, ds.labels, ds.source, ds.split)
-    teacher = load_model()
+    task, ds = sentiment_split("validation", args.n or (256 if args.suite == "quick" else 872))
+    teacher = load_model(args.model)
     tok = teacher.tokenizer
     rows = {}
     for name, model in (("student_2l", student_from_teacher(teacher.model, 2)), ("teacher", teacher.model)):

@@ -6,27 +6,23 @@ over the vocabulary at one position per example, so it should cost about the sam
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from benchmarks.common import finish, setup, target, time_fn
+from benchmarks.common import finish, interleaved, paired_ratio, parser, setup, target
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", choices=["quick", "full"], default="quick")
-    args = ap.parse_args(argv)
+    args = parser(__doc__, model=True).parse_args(argv)
     setup()
     from promptport.classify import PromptClassifier
-    from promptport.data import load_split, load_embedded_text, TextDataset
+    from promptport.data import TextDataset, load_embedded_text
     from promptport.models import load_model
     from promptport.prompt import init_prompt_embeddings
     from promptport.tasks import get_task
     from promptport.transfer import transfer_loss
 
     task = get_task("rt_snippets")
-    lm = load_model()
+    lm = load_model(args.model)
     clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=64)
     bs, n_tok = 8, 20
     texts = load_embedded_text("rt_plots", limit=bs)
@@ -52,16 +48,11 @@ def main(argv=None):
         loss.backward()
         opt.step()
 
-    reps = 3 if args.suite == "quick" else 7
-    # interleave the two so drifting machine load hits both alike
-    tu, tr = [], []
-    for _ in range(reps):
-        tu.append(time_fn(tune_step, repeats=1, warmup=1)["median_s"])
-        tr.append(time_fn(transfer_step, repeats=1, warmup=1)["median_s"])
-    import statistics
-
-    tune_s, transfer_s = statistics.median(tu), statistics.median(tr)
-    ratio = transfer_s / tune_s
+    # interleaved so drifting machine load hits both alike; the ratio is the median of per-round ratios
+    timings = interleaved({"tune": tune_step, "transfer": transfer_step}, repeats=3 if args.suite == "quick" else 7)
+    tu, tr = timings["tune"]["times_s"], timings["transfer"]["times_s"]
+    tune_s, transfer_s = timings["tune"]["median_s"], timings["transfer"]["median_s"]
+    ratio = paired_ratio(timings, "transfer", "tune")
     tokens = int(mask.sum()) + n_tok * bs
     print(f"transfer_step tune {tune_s:.3f}s  transfer {transfer_s:.3f}s  overhead {ratio:.3f}x  "
           f"({tokens / transfer_s:.0f} tokens/s)")

@@ -1,6 +1,6 @@
 """SST-2 prompt tuning on the real model: zero-shot vs prompt tuning vs DP prompt tuning (epsilon = 8).
 
-    python benchmarks/tune_sst2.py [--model smollm2-135m-instruct] [--minutes 10] [--train-limit 20000]
+    python -m benchmarks.tune_sst2 [--model smollm2-135m-instruct] [--minutes 10] [--train-limit 20000]
 
 Protocol (one process, the model is loaded once):
   1. the private training set: `--train-limit` examples drawn (seeded) from SST-2 train;
@@ -19,7 +19,6 @@ Needs the shared SST-2 files (../shared/data/sst2 or PROMPTPORT_SHARED_DATA).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,20 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import SHARED  # noqa: E402  (one definition of where the shared data sets live)
+from benchmarks.common import RESULTS, SHARED, parser
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, suite=None)
     ap.add_argument("--model", default="smollm2-135m-instruct", help="model to tune on (teacher or a student dir)")
     ap.add_argument("--minutes", type=float, default=10.0,
                     help="training compute budget per tuning run (minutes): caps the steps at budget x measured speed")
     ap.add_argument("--train-limit", type=int, default=20000, help="size N of the private training set")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tune_sst2.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "tune_sst2.json")
     ap.add_argument("--data", type=Path, default=SHARED / "sst2")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, cores))")
