@@ -479,22 +479,54 @@ def train_shadows(out: str | Path, spec: AuditSpec, *, shadow_ids: list[int] | N
     The model is loaded once; each shadow is a fresh prompt trained by `tune.train_prompt` on its IN
     subset with the audited configuration and its own seed. A finished shadow file is never recomputed
     when `resume` is set; without it, an existing one is an error (so nothing is silently mixed).
+
+    Under `accelerate launch --num_processes N` the shadows are dealt out to the processes (shadow s to
+    process s mod N among those to train); each shadow depends only on its seed, so the files are the
+    ones a single process writes. The returned timings cover all processes.
     """
-    from promptport.classify import PromptClassifier
-    from promptport.models import LoadedModel, load_model
-    from promptport.runtime import seed_everything
-    from promptport.tune import train_prompt
+    from promptport.distributed import group
 
     out = Path(out)
-    task, pool, masks, labels = prepare(out, spec)
+    dist = group(device)
+    with dist.main_first():  # the main process writes spec and masks; the others then read and check them
+        task, pool, masks, labels = prepare(out, spec)
     cfg = tune_config_from_spec(spec)
     ids = list(range(spec.n_shadows)) if shadow_ids is None else list(shadow_ids)
     done = [s for s in ids if shadow_path(out, s).is_file()]
+    dist.barrier()  # every process has listed the finished shadows before any writes a new one
     if done and not resume:
         raise BadInput("out", f"shadow {done[0]} already exists in '{out}'; pass --resume to keep the finished "
                               "shadows, or choose another --out")
     todo = [s for s in ids if s not in done]
     timings = {"trained": [], "skipped": done, "seconds": []}
+    if not todo:
+        return timings
+    if dist.world > 1:
+        mine = todo[dist.rank::dist.world]
+        mine_timings = _train_shadow_list(out, spec, mine, task, pool, masks, labels, cfg, lm, device,
+                                          progress and dist.is_main)
+        parts = dist.gather_objects([mine_timings])
+        dist.barrier()
+        for part in parts:
+            timings["trained"] += part["trained"]
+            timings["seconds"] += part["seconds"]
+        order = np.argsort(timings["trained"], kind="stable")
+        timings["trained"] = [timings["trained"][i] for i in order]
+        timings["seconds"] = [timings["seconds"][i] for i in order]
+        return timings
+    return dict(timings, **_train_shadow_list(out, spec, todo, task, pool, masks, labels, cfg, lm, device,
+                                              progress))
+
+
+def _train_shadow_list(out: Path, spec: AuditSpec, todo: list[int], task, pool, masks, labels, cfg, lm, device,
+                       progress: bool) -> dict:
+    """Train the shadows `todo` in this process; returns {"trained", "seconds"}."""
+    from promptport.classify import PromptClassifier
+    from promptport.models import LoadedModel, load_model
+    from promptport.runtime import seed_everything
+    from promptport.tune import train_prompt
+
+    timings = {"trained": [], "seconds": []}
     if not todo:
         return timings
     lm = lm if isinstance(lm, LoadedModel) else load_model(spec.model, dtype=spec.dtype, device=device)
@@ -699,7 +731,14 @@ def audit(out: str | Path, spec: AuditSpec | None = None, *, shadow_ids: list[in
     finished = finished_shadows(out, spec.n_shadows)
     summary = None
     if report and len(finished) == spec.n_shadows:
-        summary = build_report(out, n_boot=n_boot, delta=delta, seed=spec.seed)
+        from promptport.distributed import group
+
+        dist = group(device)  # under a launcher: the main process writes the report, the others read it
+        if dist.is_main:
+            summary = build_report(out, n_boot=n_boot, delta=delta, seed=spec.seed)
+        dist.barrier()
+        if not dist.is_main:
+            summary = read_json(out / REPORT_DIR / "report.json")
     return {**timings, "finished": finished, "n_shadows": spec.n_shadows,
             "wall_seconds": round(time.perf_counter() - t0, 3), "summary": summary}
 
