@@ -315,10 +315,12 @@ TEXT_COLUMNS = ["text", "sentence", "content", "review", "description", "Text", 
 
 
 def load_texts(source: str, *, text_column: str | None = None, split: str = "train",
-               limit: int | None = None) -> tuple[list[str], str]:
+               limit: int | None = None, max_chars: int | None = None) -> tuple[list[str], str]:
     """Unlabelled text from `embedded:NAME`, a file, a folder of split files, or a hub data set.
 
     Labels are never read: this is how provider-side stages take public data. Returns (texts, source id).
+    `max_chars`: stop reading once the texts hold this many characters (files are streamed, so a corpus
+    larger than memory is never loaded whole).
     """
     if source.startswith("embedded:"):
         name = source.split(":", 1)[1]
@@ -327,7 +329,7 @@ def load_texts(source: str, *, text_column: str | None = None, split: str = "tra
     if p.is_dir() or p.is_file():
         path = find_split_file(p, split) if p.is_dir() else p
         out: list[str] = []
-        col = None
+        col, n_chars = None, 0
         for _, row in read_rows(path):
             if col is None:
                 cands = [text_column] if text_column else TEXT_COLUMNS
@@ -337,7 +339,8 @@ def load_texts(source: str, *, text_column: str | None = None, split: str = "tra
             t = (row.get(col) or "").strip()
             if t:
                 out.append(t)
-            if limit is not None and len(out) >= limit:
+                n_chars += len(t)
+            if (limit is not None and len(out) >= limit) or (max_chars is not None and n_chars >= max_chars):
                 break
         return out, str(path)
     if source.startswith((".", "/", "~")):
@@ -351,5 +354,15 @@ def load_texts(source: str, *, text_column: str | None = None, split: str = "tra
     col = text_column or next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
     if col is None:
         raise BadInput("public_data", f"hub data set '{source}' has no text column (has {ds.column_names})")
-    texts = [str(t).strip() for t in ds[col][: limit or len(ds)] if str(t).strip()]
+    if max_chars is None:
+        texts = [str(t).strip() for t in ds[col][: limit or len(ds)] if str(t).strip()]
+        return texts, f"hub:{source}"
+    texts, n_chars = [], 0
+    for row in ds.select_columns([col]):  # rows come lazily from Arrow's memory map
+        t = str(row[col]).strip()
+        if t:
+            texts.append(t)
+            n_chars += len(t)
+        if (limit is not None and len(texts) >= limit) or n_chars >= max_chars:
+            break
     return texts, f"hub:{source}"
