@@ -84,6 +84,19 @@ def check_writable_dir(path: str | os.PathLike, field: str = "out") -> Path:
     return p
 
 
+def inside(root: str | os.PathLike, path: str | os.PathLike, field: str) -> Path:
+    """`path` (relative to `root`) resolved with symlinks followed; refused unless it stays inside `root`, so
+    neither a `..`, an absolute path nor a planted symlink can make a command write elsewhere."""
+    from promptport.errors import BadInput
+
+    base = Path(root).expanduser().resolve()
+    target = (base / Path(path).expanduser()).resolve()
+    if target != base and base not in target.parents:
+        raise BadInput(field, f"'{path}' resolves to {target}, outside the run directory {base}; "
+                              "everything a run writes stays inside its run directory")
+    return target
+
+
 @contextlib.contextmanager
 def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Iterator[None]:
     """One writer per directory: a second command refuses at once, naming the owner's pid."""

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from promptport.errors import BadInput, unknown_key
-from promptport.fileio import check_writable_dir, read_json, read_yaml_mapping, write_json
+from promptport.fileio import check_writable_dir, inside, read_json, read_yaml_mapping, write_json
 from promptport.manifest import is_complete, read_manifest, write_manifest
 from promptport.models import DEFAULT_MODEL
 
@@ -54,6 +54,7 @@ class RunConfig(BaseModel):
     with_teacher_tuning: bool = False
     audit: dict[str, Any] | None = None
     eval_batch_size: int = 32
+    check_resources: bool = True  # refuse a run that would not fit in memory or on disk (promptport.resources)
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
@@ -99,10 +100,39 @@ def check_overlap(private_texts: list[str], public_texts: list[str], allow: bool
     return n
 
 
+STAGE_DIRS = ("distill", "tune", "transfer", "teacher-tuning", "evaluate", "audit", "sweep-alpha")
+
+
 def _stage(run_dir: Path, name: str) -> Path:
-    d = run_dir / name
+    d = inside(run_dir, name, f"run_dir/{name}")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _attempt(stage_dir: Path, stage: str, config: dict, inputs: dict) -> bool:
+    """Whether this stage resumes: True when an interrupted attempt with the same config and inputs left it
+    (a 'running' manifest); otherwise checkpoints left by another configuration are removed, so a changed
+    config starts afresh instead of failing on a foreign checkpoint."""
+    import shutil
+
+    from promptport.manifest import MANIFEST, config_key
+
+    key = config_key(config, inputs)
+    m = read_manifest(stage_dir)
+    if m and m.get("status") == "running" and m.get("key") == key:
+        return True
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+        shutil.rmtree(stage_dir / name, ignore_errors=True)
+    write_json(stage_dir / MANIFEST, {"stage": stage, "status": "running", "key": key})
+    return False
+
+
+def check_stage_dirs(run_dir: str | Path) -> None:
+    """Before any work: every stage sub-directory that already exists must resolve inside the run directory
+    (a symlink planted in a shared run directory must not redirect a stage's writes)."""
+    for name in STAGE_DIRS:
+        if (Path(run_dir) / name).exists() or (Path(run_dir) / name).is_symlink():
+            inside(run_dir, name, f"run_dir/{name}")
 
 
 def stage_configs(cfg: RunConfig):
@@ -137,7 +167,11 @@ def stage_configs(cfg: RunConfig):
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     """Run (or resume) every stage; returns results.json's content. One process per run directory."""
     check_writable_dir(cfg.run_dir, "run_dir")
-    stage_configs(cfg)  # fail on a bad config before creating anything
+    tcfg, xcfg, dcfg, _ = stage_configs(cfg)  # fail on a bad config before creating anything
+    check_stage_dirs(cfg.run_dir)
+    from promptport.resources import preflight
+
+    preflight(cfg, tcfg, xcfg, dcfg)
     from promptport.fileio import dir_lock
 
     existed = Path(cfg.run_dir).exists()
@@ -193,8 +227,9 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         if not is_complete(d_dir, key_cfg, inputs):
             log(f"[distill] {cfg.teacher} -> {dcfg.layers}-layer student")
             t0 = time.perf_counter()
-            distill(cfg.teacher, d_dir, dcfg, resume=(d_dir / "checkpoint").is_dir(), device=cfg.device,
-                    progress=progress)
+            again = _attempt(d_dir, "distill", key_cfg, inputs)
+            has_ckpt = any((d_dir / c / "state.json").is_file() for c in ("checkpoint", "checkpoint.old"))
+            distill(cfg.teacher, d_dir, dcfg, resume=again and has_ckpt, device=cfg.device, progress=progress)
             write_manifest(d_dir, stage="distill", config=key_cfg, inputs=inputs,
                            outputs=[p for p in (d_dir / "student").rglob("*") if p.is_file()] + [d_dir / "metrics.json"],
                            seconds=time.perf_counter() - t0, extra={"side": "provider"})
@@ -215,7 +250,7 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         t0 = time.perf_counter()
         tune(student_path, task, data=cfg.private_data, out=u_dir, train_split=cfg.train_split,
              val_split=cfg.val_split, train_limit=cfg.train_limit, val_limit=cfg.val_limit, cfg=tcfg,
-             device=cfg.device, progress=progress)
+             device=cfg.device, progress=progress, resume=_attempt(u_dir, "tune", key_cfg, inputs))
         write_manifest(u_dir, stage="tune", config=key_cfg, inputs=inputs,
                        outputs=[u_dir / "prompt" / "prompt.safetensors", u_dir / "prompt" / "prompt.json",
                                 u_dir / "metrics.json"], seconds=time.perf_counter() - t0, extra={"side": "user"})
@@ -234,7 +269,8 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         log(f"[transfer] {xcfg.method}, alpha={xcfg.alpha}, {xcfg.n_public} public examples from {public_id}")
         t0 = time.perf_counter()
         transfer(u_dir / "prompt", student_path, cfg.teacher, public_data=cfg.public_data, out=x_dir, cfg=xcfg,
-                 public_text_column=cfg.public_text_column, device=cfg.device, progress=progress)
+                 public_text_column=cfg.public_text_column, device=cfg.device, progress=progress,
+                 resume=_attempt(x_dir, "transfer", key_cfg, inputs))
         m = read_manifest(x_dir)
         write_manifest(x_dir, stage="transfer", config=key_cfg, inputs=inputs,
                        outputs=[x_dir / p for p in m["outputs"]], seconds=time.perf_counter() - t0,
@@ -256,7 +292,8 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
             t0 = time.perf_counter()
             tune(cfg.teacher, task, data=cfg.private_data, out=tt_dir, train_split=cfg.train_split,
                  val_split=cfg.val_split, train_limit=cfg.train_limit, val_limit=cfg.val_limit, cfg=tcfg,
-                 device=cfg.device, progress=progress)
+                 device=cfg.device, progress=progress,
+                 resume=_attempt(tt_dir, "teacher-tuning", key_cfg, inputs))
             write_manifest(tt_dir, stage="teacher-tuning", config=key_cfg, inputs=inputs,
                            outputs=[tt_dir / "prompt" / "prompt.safetensors", tt_dir / "metrics.json"],
                            seconds=time.perf_counter() - t0, extra={"side": "user+provider"})
@@ -310,7 +347,7 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         # The user's own leakage audit of their tuning configuration (user side, private data).
         from promptport.audit import SPEC_FILE, AuditSpec, audit, format_summary
 
-        a_dir = run_dir / "audit"
+        a_dir = inside(run_dir, "audit", "run_dir/audit")
         spec = AuditSpec(model=student_path, task=task.name, data=cfg.private_data, split=cfg.train_split,
                          seed=cfg.seed, tune=dataclasses.asdict(tcfg), **cfg.audit)
         spec.validate()
@@ -369,7 +406,7 @@ def sweep_alpha(run_dir: str | Path, alphas: list[float], *, progress: bool = Tr
     ds = load_split(task, cfg.private_data, cfg.eval_split, limit=cfg.eval_limit)
     clf = PromptClassifier(teacher.model, teacher.tokenizer, task, cfg.transfer.get("max_length", 128))
     enc = clf.encode(ds)
-    out_dir = run_dir / "sweep-alpha"
+    out_dir = inside(run_dir, "sweep-alpha", "run_dir/sweep-alpha")
     rows = []
     for a in alphas:
         xcfg = TransferConfig(**{"seed": cfg.seed, **cfg.transfer, "alpha": a, "method": "post"})
