@@ -45,9 +45,6 @@ LAYER_PATHS = {
     "gemma": "model.layers", "gemma2": "model.layers", "gemma3_text": "model.layers", "phi3": "model.layers",
     "olmo": "model.layers", "olmo2": "model.layers", "granite": "model.layers", "smollm3": "model.layers",
     "gpt2": "transformer.h",
-    # masked LMs: the answer is read at the template's mask token (promptport.classify)
-    "roberta": "roberta.encoder.layer", "xlm-roberta": "roberta.encoder.layer", "camembert": "roberta.encoder.layer",
-    "bert": "bert.encoder.layer",
 }
 EMBEDDED_TEXTS = ("rt_plots", "headlines", "speeches")
 DEFAULT_CORPUS = ("embedded:rt_plots", "embedded:headlines", "embedded:speeches")
@@ -787,11 +784,6 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     teacher_spec = t.info.model_id if isinstance(teacher, LoadedModel) else teacher
     tmodel, tok = t.model, t.tokenizer
     n_teacher = num_layers(tmodel)
-    from promptport.classify import is_masked_lm, template_for
-
-    if cfg.alpha_lm and is_masked_lm(tmodel):
-        raise BadInput("alpha_lm", "the LM term is next-token cross-entropy; a masked-LM teacher distils with "
-                                   "alpha_ce, alpha_cos and the task terms")
     ckpt_dir = out / "checkpoint"
     state = None
     if resume:
@@ -837,7 +829,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     task_meta = None
     label_matrix = class_matrix = None
     if cfg.uses_task:
-        task = template_for(get_task(cfg.task_template), tok, is_masked_lm(tmodel))  # MLM: mask-token slot
+        task = get_task(cfg.task_template)
         pairs, used = read_corpus_texts(cfg.task_data)
         ids, task_meta, _ = build_task_examples(tok, task, [x for _, x in pairs],
                                                 n=cfg.task_examples + cfg.task_heldout,
