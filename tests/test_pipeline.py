@@ -110,8 +110,13 @@ def test_report_html_renders_in_headless_chromium(tmp_path, tiny_model_dir, stud
     shot = tmp_path / "shot.png"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and "<table>" in dom.stdout and "Teacher zero-shot" in dom.stdout
+    page_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln
+                   or "Failed to load resource" in ln]
+    assert not page_errors, page_errors  # the page's own errors; dbus noise of a headless box is not the page's
+    assert "<img" in dom.stdout and 'src="http' not in dom.stdout  # self-contained: plots inline, nothing fetched
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
