@@ -35,6 +35,16 @@ def parser(doc: str | None, suite: str | None = "quick", model: bool = False) ->
     return ap
 
 
+def prompt_parser(doc: str | None) -> argparse.ArgumentParser:
+    """`parser(doc, model=True)` plus the prompt-tuning shape every step benchmark shares: the default run's
+    batch of 16, 20 prompt tokens, inputs cut at 96 tokens (configs/default.yaml)."""
+    ap = parser(doc, model=True)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--n-tokens", type=int, default=20)
+    ap.add_argument("--max-length", type=int, default=96)
+    return ap
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -149,3 +159,11 @@ def sentiment_split(split: str, limit: int):
         return task, load_split(task, str(SHARED / "sst2"), split, limit=limit)
     task = get_task("rt_snippets")
     return task, load_split(task, None, split, limit=limit)
+
+
+def default_distill_config(**overrides):
+    """The default run's distillation recipe (the pipeline's own default config), with `overrides`."""
+    from promptport.distill import DistillConfig
+    from promptport.pipeline import DEFAULT_CONFIG, load_run_config
+
+    return DistillConfig(**{**load_run_config(DEFAULT_CONFIG).distill, **overrides})

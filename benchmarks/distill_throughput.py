@@ -1,8 +1,8 @@
 """Distillation throughput: tokens/s of the teacher cache pass and of student training from the cache,
 and the FLOP/s they achieve as a fraction of this machine's matmul peak measured in the same run.
 
-Runs `promptport.distill.distill` itself with the default run's recipe (configs/default.yaml: 4-layer
-first-last student, KD + hidden-cosine on LM blocks and the task-aware term at answer positions, bf16
+Runs `promptport.distill.distill` itself with the default run's recipe (configs/default.yaml: its
+first-last student, KD + hidden-cosine on LM blocks and the task-aware terms at answer positions, bf16
 autocast, frozen embeddings) on a small corpus and a fixed number of steps; step times come from its
 metrics.jsonl (the first step is the warm-up and is dropped).
 
@@ -26,9 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import finish, matmul_peak, parser, setup, target
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import default_distill_config, finish, matmul_peak, parser, setup, target
 
 
 def step_times(metrics_jsonl: Path, tokens_per_step: float) -> list[float]:
@@ -44,18 +42,14 @@ def main(argv=None):
     ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: the recipe's (bf16)")
     args = ap.parse_args(argv)
     setup()
-    from promptport.distill import DistillConfig, distill
-    from promptport.fileio import read_yaml_mapping
+    from promptport.distill import distill
     from promptport.models import load_model
 
     quick = args.suite == "quick"
     steps = args.steps or (8 if quick else 40)
-    recipe = dict(read_yaml_mapping(ROOT / "configs" / "default.yaml")["distill"])
-    recipe.update(max_tokens=4096 if quick else 32768, heldout_blocks=2, task_examples=256 if quick else 2000,
-                  task_heldout=8, max_steps=steps, eval_every=0, save_every=0)
-    if args.precision:
-        recipe["precision"] = args.precision
-    cfg = DistillConfig(**recipe)
+    cfg = default_distill_config(max_tokens=4096 if quick else 32768, heldout_blocks=2,
+                                 task_examples=256 if quick else 2000, task_heldout=8, max_steps=steps,
+                                 eval_every=0, save_every=0, **({"precision": args.precision} if args.precision else {}))
     lm = load_model(args.model)
     hidden = lm.model.get_input_embeddings().weight.shape[1]
     vocab = lm.model.get_output_embeddings().weight.shape[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import (finish, interleaved, paired_ratio, parser, sentiment_split, setup,
+from benchmarks.common import (finish, interleaved, paired_ratio, prompt_parser, sentiment_split, setup,
                                student_from_teacher, target)
 
 NOISE, CLIP = 1.0, 1.0
@@ -104,11 +104,7 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
 
 
 def main(argv=None):
-    ap = parser(__doc__, model=True)
-    ap.add_argument("--batch-size", type=int, default=16, help="physical DP batch (tune_sst2's DP runs use 16)")
-    ap.add_argument("--n-tokens", type=int, default=20)
-    ap.add_argument("--max-length", type=int, default=96)
-    args = ap.parse_args(argv)
+    args = prompt_parser(__doc__).parse_args(argv)  # --batch-size: the physical DP batch (tune_sst2 uses 16)
     setup()
     from promptport.models import load_model
 

@@ -4,7 +4,7 @@ time written to benchmarks/results/profile_steps.json (what benchmarks/README.md
   tune      our prompt-tuning step on the 2-layer student and on the teacher (tune.mean_gradient + Adam)
   dp        our DP-SGD step on the 2-layer student (tune.dp_gradient + Adam)
   transfer  a POST transfer step on the teacher (vocab_logits at the answer position + transfer_loss)
-  distill   a distillation step of the default recipe's 4-layer student from cached teacher targets
+  distill   a distillation step of the default recipe's student (configs/default.yaml) from cached targets
             (distill.StudentForward + distill_loss + backward + AdamW), bf16 autocast
 
 Each stage runs one warm-up step, then one profiled step. Shares are of the profiled step's total self
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import finish, parser, sentiment_split, setup, student_from_teacher
+from benchmarks.common import default_distill_config, finish, prompt_parser, sentiment_split, setup, student_from_teacher
 
 
 def profile(fn, top: int) -> dict:
@@ -33,9 +33,7 @@ def profile(fn, top: int) -> dict:
 
 
 def main(argv=None):
-    ap = parser(__doc__, model=True)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--n-tokens", type=int, default=20)
+    ap = prompt_parser(__doc__)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--stage", action="append", choices=["tune", "dp", "transfer", "distill"],
                     help="profile only this stage (repeatable; default all)")
@@ -43,8 +41,7 @@ def main(argv=None):
     setup()
     from promptport.classify import PromptClassifier
     from promptport.data import load_embedded_text
-    from promptport.distill import (DistillConfig, StudentForward, distill_loss, extract_student, num_layers,
-                                    select_layers, set_trainable)
+    from promptport.distill import StudentForward, distill_loss, extract_student, num_layers, select_layers, set_trainable
     from promptport.models import load_model
     from promptport.prompt import init_prompt_embeddings
     from promptport.transfer import public_dataset, transfer_loss
@@ -58,7 +55,7 @@ def main(argv=None):
     out = {}
 
     def prompt_step(model, dp: bool):
-        clf = PromptClassifier(model, lm.tokenizer, task, max_length=96)
+        clf = PromptClassifier(model, lm.tokenizer, task, max_length=args.max_length)
         enc = clf.encode(ds)
         p = torch.nn.Parameter(init_prompt_embeddings(model, lm.tokenizer, args.n_tokens, "text", task.description))
         opt = torch.optim.Adam([p], lr=1e-3)
@@ -80,7 +77,7 @@ def main(argv=None):
     if "dp" in stages:
         out["dp_student_2l"] = profile(prompt_step(student, True), args.top)
     if "transfer" in stages:
-        clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=96)
+        clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=args.max_length)
         enc = clf.encode(public_dataset(task, load_embedded_text("rt_plots"), args.batch_size, 0))
         ids, mask = clf.batch(enc.input_ids)
         p = torch.nn.Parameter(init_prompt_embeddings(lm.model, lm.tokenizer, args.n_tokens, "text", task.description))
@@ -94,7 +91,7 @@ def main(argv=None):
             opt.step()
         out["transfer_teacher"] = profile(transfer_step, args.top)
     if "distill" in stages:
-        cfg = DistillConfig(alpha_task=1.0, task_template=task.name, task_data=["embedded:rt_plots"])
+        cfg = default_distill_config(task_template=task.name)
         smodel = extract_student(lm.model, select_layers(num_layers(lm.model), cfg.layers, cfg.strategy)).float()
         set_trainable(smodel, cfg.freeze_embeddings)
         fwd = StudentForward(smodel).train()
@@ -122,12 +119,13 @@ def main(argv=None):
             torch.nn.utils.clip_grad_norm_([q for q in smodel.parameters() if q.requires_grad], cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        out["distill_student_4l"] = profile(distill_step, args.top)
+        out[f"distill_student_{cfg.layers}l"] = profile(distill_step, args.top)
     for name, r in out.items():
         head = ", ".join(f"{e['op']} {e['share']:.0%}" for e in r["top"][:4])
         print(f"profile_steps {name:18s} {r['total_self_cpu_ms']:9.1f} ms self CPU: {head}", flush=True)
     finish("profile_steps", {"suite": args.suite, "model": lm.info.model_id, "batch_size": args.batch_size,
-                             "prompt_tokens": args.n_tokens, "stages": out})
+                             "prompt_tokens": args.n_tokens, "distill_layers": cfg.layers if "distill" in stages else None,
+                             "stages": out})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import (finish, interleaved, paired_ratio, parser, sentiment_split, setup,
+from benchmarks.common import (finish, interleaved, paired_ratio, prompt_parser, sentiment_split, setup,
                                student_from_teacher, target)
 
 TARGETS = {"student_2l": 1.5, "teacher": 1.1}
@@ -69,11 +69,7 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
 
 
 def main(argv=None):
-    ap = parser(__doc__, model=True)
-    ap.add_argument("--batch-size", type=int, default=16, help="the default tuning batch (configs/default.yaml)")
-    ap.add_argument("--n-tokens", type=int, default=20)
-    ap.add_argument("--max-length", type=int, default=96)
-    args = ap.parse_args(argv)
+    args = prompt_parser(__doc__).parse_args(argv)
     setup()
     from promptport.models import load_model
 

@@ -25,18 +25,15 @@ import math
 
 import torch
 
-from benchmarks.common import (finish, interleaved, paired_ratio, parser, sentiment_split, setup,
+from benchmarks.common import (finish, interleaved, paired_ratio, prompt_parser, sentiment_split, setup,
                                student_from_teacher, target, time_fn)
 
 N_PRIVATE = 10_000
 
 
 def main(argv=None):
-    ap = parser(__doc__, model=True)
+    ap = prompt_parser(__doc__)
     ap.add_argument("--steps", type=int, default=None, help="tuning steps per run (default: quick 3, full 10)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--n-tokens", type=int, default=20)
-    ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--n-probe", type=int, default=32, help="public examples to time the transfer cache on")
     args = ap.parse_args(argv)
     setup()
