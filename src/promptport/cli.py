@@ -479,6 +479,34 @@ def distill_cmd(**v):
                 f"{r['tokens_trained']} tokens in {r['wall_seconds']:.0f}s -> {r['student']}")
 
 
+@app.command("plan")
+@click.option("--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+@click.option("--teacher", default=None, help="Override the config's teacher (a model folder, hub id or the default).")
+@click.option("--layers", type=int, default=None, help="Override the student depth (default: the config's).")
+@click.option("--device", default=None, help="Plan for this device (cpu, cuda, auto); default: the config's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(run_config, teacher, layers, device, as_json):
+    """Parameters and expected peak memory of each stage of a run, from the model configs only.
+
+    Reads config.json files (no weights are loaded or downloaded) and warns when the teacher or a stage
+    will not fit the free memory of the device. Exit code 0 even with warnings.
+
+    \b
+    Examples:
+      promptport plan                                        (the embedded default run)
+      promptport plan --config configs/sst2-gpt2xl.yaml --device cuda
+      promptport plan --config configs/sst2-llama2-7b.yaml --teacher path/to/llama2-config-folder
+    """
+    from promptport.pipeline import DEFAULT_CONFIG
+    from promptport.plan import estimate_run, format_plan, plan_json
+    from promptport.runtime import quiet_libraries
+
+    quiet_libraries()
+    p = estimate_run(run_config or DEFAULT_CONFIG, device=device, teacher=teacher, layers=layers)
+    out().print(plan_json(p) if as_json else format_plan(p), markup=False, soft_wrap=True)
+
+
 @app.command("audit")
 @model_option(help_extra=" The model the audited prompts are tuned on (normally the student).")
 @task_option
