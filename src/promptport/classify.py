@@ -1,8 +1,10 @@
 """Verbalizer classification with an optional soft prompt, computing logits only where needed.
 
-A causal LM answers at the last real token of `template(x)`. We run the base transformer, pick that
-one hidden state per example, and project it onto only the vocabulary rows we need (the label words,
-or the full vocabulary for distillation/transfer) -- never the full vocabulary at every position.
+A causal LM answers at the last real token of `template(x)`; a masked LM (RoBERTa family) at the mask
+token of the template (`{text} It was <mask>.`; a template without `<mask>` gets one appended). We run
+the base transformer, pick that one hidden state per example, and project it onto only the vocabulary
+rows we need (the label words, or the full vocabulary for distillation/transfer) -- never the full
+vocabulary at every position.
 """
 
 from __future__ import annotations
@@ -120,29 +122,86 @@ class Verbalizer:
         return self.scores(vocab_logits[..., self.token_ids.to(vocab_logits.device)])
 
 
+MASK_PLACEHOLDER = "<mask>"
+
+
+def is_masked_lm(model) -> bool:
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def template_for(task: Task, tokenizer, masked: bool) -> Task:
+    """The task as a model of this kind answers it: a masked LM needs its mask token in the template
+    (`<mask>` is replaced by the tokenizer's own; none given -> appended); a causal LM must not get one."""
+    if not masked:
+        if MASK_PLACEHOLDER in task.template:
+            raise BadInput("task", f"template {task.template!r} has a {MASK_PLACEHOLDER} answer slot: it needs a "
+                                   "masked-LM model (RoBERTa family)")
+        return task
+    mask = getattr(tokenizer, "mask_token", None)
+    if not mask:
+        raise BadInput("model", "a masked-LM model needs a tokenizer with a mask token")
+    template = (task.template.replace(MASK_PLACEHOLDER, mask) if MASK_PLACEHOLDER in task.template
+                else task.template.rstrip() + " " + mask)
+    return task.model_copy(update={"template": template})
+
+
+def _position_ids(model, mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from the attention mask (left and right padding give the same result); RoBERTa-style
+    embeddings count from padding_idx + 1, as `create_position_ids_from_input_ids` does."""
+    pad = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    if pad is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        return mask.cumsum(-1) * mask + pad
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def answer_index(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] answer position: a masked LM's (last) mask token, else the last real token."""
+    mask_id = getattr(model.config, "mask_token_id", None) if is_masked_lm(model) else None
+    if mask_id is not None:
+        hit = (input_ids == mask_id) & (mask > 0)
+        if not bool(hit.any(-1).all()):
+            raise BadInput("task", "an input has no mask token (answer slot) left; raise max_length")
+        return input_ids.shape[1] - 1 - hit.flip(-1).int().argmax(-1)
+    return mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+
+
 def answer_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   prompt: torch.Tensor | None = None) -> torch.Tensor:
-    """Last-layer hidden state at the answer position (last real token), with the soft prompt in front.
+    """Last-layer hidden state at the answer position, with the soft prompt in front.
 
     `prompt` is [n, H] (shared) or [B, n, H] (one copy per example, for per-example gradients).
-    Position ids come from the attention mask, so left and right padding give the same result.
     """
     embeds = model.get_input_embeddings()(input_ids)
     mask = attention_mask
+    answer = answer_index(model, input_ids, attention_mask)
     if prompt is not None:
         b = input_ids.shape[0]
         p = prompt.unsqueeze(0).expand(b, -1, -1) if prompt.dim() == 2 else prompt
         embeds = torch.cat([p.to(embeds.dtype), embeds], dim=1)
         mask = torch.cat([torch.ones(b, p.shape[1], dtype=mask.dtype, device=mask.device), mask], dim=1)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
+        answer = answer + p.shape[1]
+    out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(model, mask))
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer]
+
+
+def _head_transform(model):
+    """The MLM head's dense + activation + norm before the vocabulary projection (RoBERTa, BERT); None for
+    causal LMs, whose head is the projection alone."""
+    head = getattr(model, "lm_head", None)
+    if head is not None and hasattr(head, "dense") and hasattr(head, "layer_norm"):
+        return lambda h: head.layer_norm(F.gelu(head.dense(h)))
+    cls = getattr(model, "cls", None)
+    if cls is not None and hasattr(getattr(cls, "predictions", None), "transform"):
+        return cls.predictions.transform
+    return None
 
 
 def project(model, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """LM-head logits for the given vocabulary rows only (all rows if token_ids is None)."""
+    transform = _head_transform(model)
+    if transform is not None:
+        hidden = transform(hidden)
     head = model.get_output_embeddings()
     w, b = head.weight, getattr(head, "bias", None)
     if token_ids is not None:
@@ -156,6 +215,7 @@ class PromptClassifier:
     """A frozen causal LM + task verbalizer; the soft prompt is passed per call so it can be trained."""
 
     def __init__(self, model, tokenizer, task: Task, max_length: int = 256):
+        task = template_for(task, tokenizer, is_masked_lm(model))
         self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
         self.verbalizer = Verbalizer(tokenizer, task)
         self.padding_side = getattr(tokenizer, "padding_side", "right")

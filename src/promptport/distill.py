@@ -13,7 +13,6 @@ epochs from the cache. Training runs under `accelerate` so the same code scales 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -45,6 +44,9 @@ LAYER_PATHS = {
     "gemma": "model.layers", "gemma2": "model.layers", "gemma3_text": "model.layers", "phi3": "model.layers",
     "olmo": "model.layers", "olmo2": "model.layers", "granite": "model.layers", "smollm3": "model.layers",
     "gpt2": "transformer.h",
+    # masked LMs: the answer is read at the template's mask token (promptport.classify)
+    "roberta": "roberta.encoder.layer", "xlm-roberta": "roberta.encoder.layer", "camembert": "roberta.encoder.layer",
+    "bert": "bert.encoder.layer",
 }
 EMBEDDED_TEXTS = ("rt_plots", "headlines", "speeches")
 DEFAULT_CORPUS = ("embedded:rt_plots", "embedded:headlines", "embedded:speeches")
@@ -246,10 +248,8 @@ class Corpus:
     meta: dict
 
 
-def read_corpus_texts(sources: list[str], max_texts: int | None = None,
-                      max_chars: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
-    """(source, text) pairs from `embedded:NAME`, local text/JSONL/CSV files or folders, or hub data sets;
-    each source is read (streaming) until `max_chars` characters at most."""
+def read_corpus_texts(sources: list[str], max_texts: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """(source, text) pairs from `embedded:NAME`, local text/JSONL/CSV files or folders, or hub data sets."""
     from promptport.data import load_texts
 
     pairs, used = [], []
@@ -258,7 +258,7 @@ def read_corpus_texts(sources: list[str], max_texts: int | None = None,
             raise BadInput("corpus", f"unknown embedded text '{s}' (known: "
                                      f"{', '.join('embedded:' + n for n in EMBEDDED_TEXTS)})")
         try:
-            texts, src = load_texts(s, limit=max_texts, max_chars=max_chars)
+            texts, src = load_texts(s, limit=max_texts)
         except BadInput as e:
             raise BadInput("corpus", str(e)) from None
         texts = [clean_text(t) for t in texts]
@@ -286,27 +286,17 @@ def pack_blocks(token_lists: list[list[int]], block_size: int, sep_id: int | Non
     return torch.tensor(flat[: n * block_size], dtype=torch.long).view(n, block_size)
 
 
-CORPUS_READ_CHARS = 1 << 28  # characters read per corpus source at least (~256 MB of text)
-
-
-def corpus_char_budget(need_tokens: int) -> int:
-    """Characters to read per source: 64 per needed token (BPE tokens average 3-5), at least 256M."""
-    return max(64 * need_tokens, CORPUS_READ_CHARS)
-
-
 def build_corpus(tokenizer, sources: list[str], *, block_size: int = 128, max_tokens: int = 100_000,
                  heldout_blocks: int = 16, seed: int = 0, extra_texts: list[tuple[str, str]] | None = None) -> Corpus:
     """Shuffle the documents of all sources (seeded), tokenise until `max_tokens`, pack, hold out blocks."""
     if block_size < 2:
         raise BadInput("block_size", f"must be at least 2 tokens, got {block_size}")
-    need = max_tokens + heldout_blocks * block_size
-    # big corpora are streamed and cut: a source is read until it alone could give `need` tokens many times
-    # over (shuffling then mixes documents from well beyond the first few), never loaded whole
-    pairs, used = read_corpus_texts(sources, max_chars=corpus_char_budget(need)) if sources else ([], [])
+    pairs, used = read_corpus_texts(sources) if sources else ([], [])
     pairs += extra_texts or []
     if not pairs:
         raise BadInput("corpus", f"the corpus is empty ({', '.join(sources) or 'no sources'})")
     order = np.random.default_rng(seed).permutation(len(pairs))
+    need = max_tokens + heldout_blocks * block_size
     token_lists, counts, n_tok = [], {}, 0
     for start in range(0, len(order), 512):  # tokenise lazily: big corpora are cut at max_tokens
         chunk = [pairs[i] for i in order[start: start + 512]]
@@ -784,12 +774,14 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     teacher_spec = t.info.model_id if isinstance(teacher, LoadedModel) else teacher
     tmodel, tok = t.model, t.tokenizer
     n_teacher = num_layers(tmodel)
+    from promptport.classify import is_masked_lm, template_for
+
+    if cfg.alpha_lm and is_masked_lm(tmodel):
+        raise BadInput("alpha_lm", "the LM term is next-token cross-entropy; a masked-LM teacher distils with "
+                                   "alpha_ce, alpha_cos and the task terms")
     ckpt_dir = out / "checkpoint"
     state = None
     if resume:
-        if not ckpt_dir.exists() and (out / "checkpoint.old" / "state.json").is_file():
-            with contextlib.suppress(FileNotFoundError):  # another rank of the same launch may have done it
-                os.replace(out / "checkpoint.old", ckpt_dir)  # killed between the two renames of a swap
         if not (ckpt_dir / "state.json").is_file():
             raise BadInput("resume", f"no checkpoint in {ckpt_dir}")
         state = read_json(ckpt_dir / "state.json")
@@ -829,7 +821,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     task_meta = None
     label_matrix = class_matrix = None
     if cfg.uses_task:
-        task = get_task(cfg.task_template)
+        task = template_for(get_task(cfg.task_template), tok, is_masked_lm(tmodel))  # MLM: mask-token slot
         pairs, used = read_corpus_texts(cfg.task_data)
         ids, task_meta, _ = build_task_examples(tok, task, [x for _, x in pairs],
                                                 n=cfg.task_examples + cfg.task_heldout,

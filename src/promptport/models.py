@@ -186,8 +186,8 @@ def load_tokenizer(spec: str, padding_side: str = "right"):
 
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
                padding_side: str = "right") -> LoadedModel:
-    """Load a causal LM and its tokenizer, frozen and in eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Load a causal LM (or a masked LM: RoBERTa family) and its tokenizer, frozen and in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     kind, where = model_location(spec)
     # --- distilled students (promptport.distill): own layers + a reference to the teacher they came from
@@ -198,15 +198,24 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32
     # --- end students
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=resolve_dtype(dtype), config=config,
-                                                     local_files_only=kind != "hub")
+        auto = AutoModelForMaskedLM if is_masked_lm_config(config) else AutoModelForCausalLM
+        model = auto.from_pretrained(where, dtype=resolve_dtype(dtype), config=config, local_files_only=kind != "hub")
     except (OSError, ValueError, KeyError) as e:
         raise BadInput("model", f"cannot load '{spec}': {str(e).splitlines()[0]}") from e
     tok = load_tokenizer(spec, padding_side=padding_side)
+    if is_masked_lm_config(config):
+        model.config.mask_token_id = tok.mask_token_id  # the answer slot (classify.answer_index)
     model.to(resolve_device(device)).eval()
     freeze(model)
     model_id = EMBEDDED_MODELS[ALIASES.get(spec, spec)].name if kind == "embedded" else spec
     return LoadedModel(model=model, tokenizer=tok, info=describe(model, tok, model_id))
+
+
+def is_masked_lm_config(config) -> bool:
+    """A masked-LM checkpoint (RoBERTa, BERT families): its answer is read at the mask token."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForMaskedLM") for a in archs) or (
+        not archs and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "bert"))
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
