@@ -13,6 +13,7 @@ epochs from the cache. Training runs under `accelerate` so the same code scales 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -248,8 +249,10 @@ class Corpus:
     meta: dict
 
 
-def read_corpus_texts(sources: list[str], max_texts: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
-    """(source, text) pairs from `embedded:NAME`, local text/JSONL/CSV files or folders, or hub data sets."""
+def read_corpus_texts(sources: list[str], max_texts: int | None = None,
+                      max_chars: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """(source, text) pairs from `embedded:NAME`, local text/JSONL/CSV files or folders, or hub data sets;
+    each source is read (streaming) until `max_chars` characters at most."""
     from promptport.data import load_texts
 
     pairs, used = [], []
@@ -258,7 +261,7 @@ def read_corpus_texts(sources: list[str], max_texts: int | None = None) -> tuple
             raise BadInput("corpus", f"unknown embedded text '{s}' (known: "
                                      f"{', '.join('embedded:' + n for n in EMBEDDED_TEXTS)})")
         try:
-            texts, src = load_texts(s, limit=max_texts)
+            texts, src = load_texts(s, limit=max_texts, max_chars=max_chars)
         except BadInput as e:
             raise BadInput("corpus", str(e)) from None
         texts = [clean_text(t) for t in texts]
@@ -286,17 +289,27 @@ def pack_blocks(token_lists: list[list[int]], block_size: int, sep_id: int | Non
     return torch.tensor(flat[: n * block_size], dtype=torch.long).view(n, block_size)
 
 
+CORPUS_READ_CHARS = 1 << 28  # characters read per corpus source at least (~256 MB of text)
+
+
+def corpus_char_budget(need_tokens: int) -> int:
+    """Characters to read per source: 64 per needed token (BPE tokens average 3-5), at least 256M."""
+    return max(64 * need_tokens, CORPUS_READ_CHARS)
+
+
 def build_corpus(tokenizer, sources: list[str], *, block_size: int = 128, max_tokens: int = 100_000,
                  heldout_blocks: int = 16, seed: int = 0, extra_texts: list[tuple[str, str]] | None = None) -> Corpus:
     """Shuffle the documents of all sources (seeded), tokenise until `max_tokens`, pack, hold out blocks."""
     if block_size < 2:
         raise BadInput("block_size", f"must be at least 2 tokens, got {block_size}")
-    pairs, used = read_corpus_texts(sources) if sources else ([], [])
+    need = max_tokens + heldout_blocks * block_size
+    # big corpora are streamed and cut: a source is read until it alone could give `need` tokens many times
+    # over (shuffling then mixes documents from well beyond the first few), never loaded whole
+    pairs, used = read_corpus_texts(sources, max_chars=corpus_char_budget(need)) if sources else ([], [])
     pairs += extra_texts or []
     if not pairs:
         raise BadInput("corpus", f"the corpus is empty ({', '.join(sources) or 'no sources'})")
     order = np.random.default_rng(seed).permutation(len(pairs))
-    need = max_tokens + heldout_blocks * block_size
     token_lists, counts, n_tok = [], {}, 0
     for start in range(0, len(order), 512):  # tokenise lazily: big corpora are cut at max_tokens
         chunk = [pairs[i] for i in order[start: start + 512]]
@@ -782,6 +795,9 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     ckpt_dir = out / "checkpoint"
     state = None
     if resume:
+        if not ckpt_dir.exists() and (out / "checkpoint.old" / "state.json").is_file():
+            with contextlib.suppress(FileNotFoundError):  # another rank of the same launch may have done it
+                os.replace(out / "checkpoint.old", ckpt_dir)  # killed between the two renames of a swap
         if not (ckpt_dir / "state.json").is_file():
             raise BadInput("resume", f"no checkpoint in {ckpt_dir}")
         state = read_json(ckpt_dir / "state.json")
