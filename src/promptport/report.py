@@ -70,9 +70,9 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
         ax.barh([BASELINE_LABELS[k].split(" (")[0] for k in names], accs, xerr=err, color="#4C72B0", capsize=3)
         ax.invert_yaxis()
         ax.set_xlabel("accuracy (95% bootstrap interval)")
-        ax.set_xlim(0, 1)
-        for i, a in enumerate(accs):
-            ax.text(a + 0.01, i, f"{a:.3f}", va="center", fontsize=8)
+        ax.set_xlim(0, 1.08)
+        for i, k in enumerate(names):  # the value right of its interval, so the whisker never hides it
+            ax.text(base[k]["accuracy_ci"][1] + 0.01, i, f"{accs[i]:.3f}", va="center", fontsize=8)
         plots["accuracy"] = _png(fig)
     curve = run_dir / "transfer" / "metrics.jsonl"
     if curve.is_file():
