@@ -201,6 +201,10 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
 
     t_run = time.perf_counter()
     run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    if run_dir.is_dir():  # temp files of atomic writes cut short by a kill; we hold the lock, no one else writes
+        for stale in run_dir.rglob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink()
     seed_everything(cfg.seed)
     task = get_task(cfg.task)
     tcfg, xcfg, dcfg, dp_cfg = stage_configs(cfg)
