@@ -58,6 +58,8 @@ class RunConfig(BaseModel):
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """A validated run config from YAML plus overrides. `path=None` reads no file (RunConfig's defaults plus
+    the overrides); the embedded offline default that `promptport run` uses is `load_run_config(DEFAULT_CONFIG)`."""
     data = read_yaml_mapping(path) if path is not None else {}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
