@@ -11,7 +11,7 @@ from promptport.errors import BadInput
 from promptport.models import load_model
 from promptport.prompt import init_prompt_embeddings, load_prompt, make_metadata, save_prompt
 from promptport.tasks import get_task
-from promptport.transfer import TransferConfig, transfer, transfer_loss
+from promptport.transfer import TransferConfig, transfer, transfer_loss, transfer_many
 
 
 def test_loss_matches_hand_computation():
@@ -97,7 +97,10 @@ def test_firewall_signature_and_manifest(pair, user_prompt, public_file, tmp_pat
     """No parameter through which private data can enter; the manifest lists public inputs only."""
     params = set(inspect.signature(transfer).parameters)
     assert params == {"prompt", "student", "teacher", "public_data", "out", "cfg", "task", "public_text_column",
-                      "device", "progress", "resume"}
+                      "device", "progress", "resume", "shared"}  # shared: the unprompted public-data logits
+    assert set(inspect.signature(transfer_many).parameters) == {
+        "prompts", "student", "teacher", "public_data", "out", "cfg", "task", "public_text_column", "device",
+        "progress"}
     teacher, student = pair
     transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "f",
              cfg=TransferConfig(n_public=20, steps=2, batch_size=4))
@@ -105,6 +108,23 @@ def test_firewall_signature_and_manifest(pair, user_prompt, public_file, tmp_pat
     assert set(m["inputs"]) == {"prompt", "public_data", "student", "teacher"}
     assert m["inputs"]["public_data"]["source"] == str(public_file)
     assert set(m["outputs"]) >= {"prompt/prompt.safetensors", "metrics.json"}
+
+
+def test_many_prompts_share_the_public_cache_and_equal_single_runs(pair, user_prompt, public_file, tmp_path):
+    teacher, student = pair
+    g = torch.Generator().manual_seed(7)
+    emb = init_prompt_embeddings(student.model, student.tokenizer, 4, "random", generator=g) * 5
+    second = save_prompt(tmp_path / "bob", emb, make_metadata(model_info=student.info, task=get_task("sst2"),
+                                                              init="random", n_tokens=4))
+    cfg = TransferConfig(n_public=30, steps=3, batch_size=8, lr=5e-2)
+    m = transfer_many([user_prompt, second], student, teacher, public_data=str(public_file), out=tmp_path / "many",
+                      cfg=cfg)
+    assert [r["unprompted_cache_shared"] for r in m["runs"]] == [False, True] and m["distinct_public_caches"] == 1
+    alone = transfer(second, student, teacher, public_data=str(public_file), out=tmp_path / "alone", cfg=cfg)
+    assert alone["unprompted_cache_shared"] is False
+    torch.testing.assert_close(load_prompt(tmp_path / "many" / "01-bob" / "prompt").embeddings,
+                               load_prompt(tmp_path / "alone" / "prompt").embeddings)
+    assert json.loads((tmp_path / "many" / "summary.json").read_text())["prompts"] == 2
 
 
 def test_auto_alpha_in_range(pair, user_prompt, public_file, tmp_path):
@@ -144,3 +164,7 @@ def test_transfer_cli(pair, user_prompt, public_file, tmp_path, capsys, tiny_mod
     assert (tmp_path / "cli" / "prompt" / "prompt.safetensors").is_file()
     assert main(args[:-2] + ["--alpha", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "alpha" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    two = args[:-2] + ["--prompt", str(user_prompt), "--out", str(tmp_path / "two")]
+    assert main(two) == 0, capsys.readouterr().err
+    assert "2 prompts, 1 reused the shared public-data cache" in capsys.readouterr().out
+    assert (tmp_path / "two" / "01-user_prompt" / "prompt" / "prompt.safetensors").is_file()

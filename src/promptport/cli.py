@@ -266,8 +266,10 @@ def tasks_cmd():
 
 
 @app.command("transfer")
-@click.option("--prompt", type=click.Path(path_type=Path), required=True,
-              help="The user's prompt artifact (tuned on the student).")
+@click.option("--prompt", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="The user's prompt artifact (tuned on the student). Repeat it to transfer several users' "
+                   "prompts in one job: the models load once and the unprompted public-data logits are shared "
+                   "(OUT/NN-NAME/ per prompt, OUT/summary.json).")
 @model_option("--student", default=None, help_extra=" The model the prompt was tuned on.")
 @model_option("--teacher", help_extra=" The model to transfer to.")
 @click.option("--public-data", required=True,
@@ -302,6 +304,7 @@ def transfer_cmd(**v):
     Example:
       promptport transfer --prompt runs/tune/prompt --student runs/distill/student \\
           --teacher smollm2-135m-instruct --public-data embedded:rt_plots --out runs/transfer
+      promptport transfer --prompt alice/prompt --prompt bob/prompt ...   (several users, one job)
     """
     from promptport.transfer import TransferConfig, transfer
 
@@ -316,9 +319,21 @@ def transfer_cmd(**v):
     cfg = TransferConfig(method=v["method"], alpha=alpha, temperature=v["temperature"], init=v["init"],
                          n_public=v["n_public"], steps=v["steps"], epochs=v["epochs"], lr=v["lr"],
                          batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"])
-    r = transfer(v["prompt"], v["student"], v["teacher"], public_data=v["public_data"], out=v["out_dir"], cfg=cfg,
-                 task=v["task"], public_text_column=v["public_text_column"], device=v["device"], progress=True,
-                 resume=v["resume"])
+    if len(v["prompt"]) > 1:
+        from promptport.transfer import transfer_many
+
+        if v["resume"]:
+            raise BadInput("resume", "resume one prompt's transfer at a time (its OUT/NN-NAME directory)")
+        m = transfer_many(list(v["prompt"]), v["student"], v["teacher"], public_data=v["public_data"],
+                          out=v["out_dir"], cfg=cfg, task=v["task"], public_text_column=v["public_text_column"],
+                          device=v["device"], progress=True)
+        shared = sum(r["unprompted_cache_shared"] for r in m["runs"])
+        out().print(f"transfer: {m['prompts']} prompts, {shared} reused the shared public-data cache "
+                    f"-> {Path(v['out_dir']) / 'summary.json'}")
+        return
+    r = transfer(v["prompt"][0], v["student"], v["teacher"], public_data=v["public_data"], out=v["out_dir"],
+                 cfg=cfg, task=v["task"], public_text_column=v["public_text_column"], device=v["device"],
+                 progress=True, resume=v["resume"])
     best = r["best"] or {}
     out().print(f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
                 f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "

@@ -113,11 +113,17 @@ class TransferCache:
 
 
 def build_cache(student: PromptClassifier, teacher: PromptClassifier, p_s: torch.Tensor, s_enc: Encoded,
-                t_enc: Encoded, batch_size: int = 32, progress: bool = False) -> TransferCache:
+                t_enc: Encoded, batch_size: int = 32, progress: bool = False,
+                unprompted: tuple[torch.Tensor, torch.Tensor] | None = None) -> TransferCache:
+    """`unprompted`: (s, t) already computed for the same public examples (shared by several prompts)."""
     t0 = time.perf_counter()
-    s = student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True)
+    if unprompted is None:
+        s = student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True)
     s_p = student.predict_logits(s_enc, p_s, batch_size, progress, "cache student+prompt", vocab=True)
-    t = teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True)
+    if unprompted is None:
+        t = teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True)
+    else:
+        s, t = unprompted
     return TransferCache(s, s_p, t, time.perf_counter() - t0)
 
 
@@ -323,13 +329,15 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
 def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, teacher: str | LoadedModel, *,
              public_data: str, out: str | Path, cfg: TransferConfig | None = None, task: str | Task | None = None,
              public_text_column: str | None = None, device: str = "cpu", progress: bool = False,
-             resume: bool = False) -> dict:
+             resume: bool = False, shared: dict | None = None) -> dict:
     """Transfer a user's prompt from the student to the teacher with public data only.
 
     Writes OUT/prompt/ (the teacher prompt artifact), OUT/metrics.json, OUT/metrics.jsonl and
     OUT/manifest.json (inputs with fingerprints: the prompt artifact and the public source only).
     `resume`: continue from OUT/checkpoint/ (left by an interrupted run) to the same result; without it
     an old checkpoint is discarded.
+    `shared`: a dict kept across calls with the same student and teacher (see `transfer_many`): the
+    unprompted student and teacher logits of a public set are computed once and reused.
     """
     cfg = cfg or TransferConfig()
     cfg.validate()
@@ -364,10 +372,18 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
         metrics_path.unlink(missing_ok=True)  # (several processes may race to it)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     alpha_info: dict = {}
+    cache_shared = False
     if cfg.method == "direct":
         emb, alpha, res = p_s.clone(), float("nan"), None
     else:
-        cache = build_cache(s_clf, t_clf, p_s, s_enc, t_enc, progress=progress)
+        key = (the_task.template, source_id, len(pub), cfg.seed, cfg.max_length, s_lm.info.embedding_fingerprint,
+               s_lm.info.model_id, t_lm.info.model_id)
+        hit = shared is not None and key in shared
+        cache = build_cache(s_clf, t_clf, p_s, s_enc, t_enc, progress=progress,
+                            unprompted=shared[key] if hit else None)
+        if shared is not None:
+            shared[key] = (cache.s, cache.t)
+        cache_shared = bool(hit)
         if cfg.alpha == "auto":
             alpha, alpha_info = auto_alpha(cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average)
         else:
@@ -405,6 +421,7 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
         "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
         "train_seconds": 0.0 if res is None else round(res.seconds, 3),
         "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
+        "unprompted_cache_shared": cache_shared,
         "tokens": 0 if res is None else res.tokens,
         "tokens_per_s": None if res is None or res.seconds == 0 else round(res.tokens / res.seconds, 1),
         "wall_seconds": round(wall, 3),
@@ -419,6 +436,36 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
                             out / "metrics.json"], seconds=wall)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifacts are complete
     return result
+
+
+def transfer_many(prompts: list[str | Path | PromptArtifact], student: str | LoadedModel, teacher: str | LoadedModel,
+                  *, public_data: str, out: str | Path, cfg: TransferConfig | None = None,
+                  task: str | Task | None = None, public_text_column: str | None = None, device: str = "cpu",
+                  progress: bool = False) -> dict:
+    """Several users' prompts in one provider job: the models load once, and the unprompted student and
+    teacher logits of the public set are computed once per task template and reused, so each further
+    prompt costs one student pass with its prompt plus its training. Each prompt gets its own
+    OUT/NN-NAME/ transfer directory (as `transfer` writes it); OUT/summary.json lists them."""
+    if not prompts:
+        raise BadInput("prompt", "give at least one prompt")
+    out = check_writable_dir(out)
+    s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
+    t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
+    shared: dict = {}
+    runs = []
+    for i, p in enumerate(prompts):
+        name = "prompt" if isinstance(p, PromptArtifact) else Path(p).name
+        sub = out / f"{i:02d}-{name}"
+        r = transfer(p, s_lm, t_lm, public_data=public_data, out=sub, cfg=cfg, task=task,
+                     public_text_column=public_text_column, device=device, progress=progress, shared=shared)
+        runs.append({"prompt": str(p) if not isinstance(p, PromptArtifact) else None, "out": str(sub),
+                     "alpha": r["alpha"], "steps": r["steps"], "cache_seconds": r["cache_seconds"],
+                     "train_seconds": r["train_seconds"], "wall_seconds": r["wall_seconds"],
+                     "unprompted_cache_shared": r["unprompted_cache_shared"]})
+    summary = {"stage": "transfer-many", "prompts": len(runs), "runs": runs,
+               "distinct_public_caches": len(shared)}
+    write_json(out / "summary.json", summary)
+    return summary
 
 
 def _fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
