@@ -48,6 +48,15 @@ def build_tiny_llama(path: Path, hidden: int = 64, layers: int = 4, seed: int = 
     return path
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny models gain nothing from a second thread, and a busy shared machine makes two spin-wait."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

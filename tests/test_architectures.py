@@ -14,12 +14,7 @@ from conftest import CORPUS, build_tokenizer
 from promptport.pipeline import load_run_config, run_pipeline
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def build_tiny_roberta(path: Path, layers: int = 4, hidden: int = 64, seed: int = 0) -> Path:

@@ -292,15 +292,6 @@ def memorising_model(tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models gain nothing from a second thread, and a busy shared machine makes two spin-wait."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _leak_audit(model_dir, tmp_path, dp):
