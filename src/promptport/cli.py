@@ -340,9 +340,13 @@ def transfer_cmd(**v):
                 f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}")
 
 
+run_config_option = click.option(
+    "--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+
+
 @app.command("run")
-@click.option("--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+@run_config_option
 @click.option("--run-dir", default=None, help="Override the config's run_dir.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--device", default=None, help="Override the config's device (cpu, cuda, auto).")
@@ -495,8 +499,7 @@ def distill_cmd(**v):
 
 
 @app.command("plan")
-@click.option("--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+@run_config_option
 @click.option("--teacher", default=None, help="Override the config's teacher (a model folder, hub id or the default).")
 @click.option("--layers", type=int, default=None, help="Override the student depth (default: the config's).")
 @click.option("--device", default=None, help="Plan for this device (cpu, cuda, auto); default: the config's.")
