@@ -100,7 +100,10 @@ else:
     from promptport.transfer import TransferConfig, transfer
     transfer(sys.argv[4], student, "smollm2-135m-instruct", public_data=sys.argv[5], out=out,
              cfg=TransferConfig(n_public=48, steps=2, batch_size=16, max_length=96))
-print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM is this process's own high-water mark; ru_maxrss is not: Linux carries the parent's peak RSS
+# across fork/vfork + exec, so under a big pytest process it reports the parent's peak.
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss": hwm * 1024, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
