@@ -148,6 +148,8 @@ def stage_configs(cfg: RunConfig):
     if cfg.dp is not None:
         from promptport.privacy import DPConfig
 
+        if cfg.dp.get("epsilon") is None:
+            raise BadInput("dp.epsilon", "DP-SGD needs a target epsilon (e.g. dp: {epsilon: 8})")
         dp_cfg = DPConfig(**section(DPConfig, cfg.dp, "dp"))
     tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
     xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
@@ -169,11 +171,11 @@ def stage_configs(cfg: RunConfig):
 def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     """Run (or resume) every stage; returns results.json's content. One process per run directory."""
     check_writable_dir(cfg.run_dir, "run_dir")
-    tcfg, xcfg, dcfg, _ = stage_configs(cfg)  # fail on a bad config before creating anything
+    stage_configs(cfg)  # fail on a bad config before creating anything
     check_stage_dirs(cfg.run_dir)
     from promptport.resources import preflight
 
-    preflight(cfg, tcfg, xcfg, dcfg)
+    preflight(cfg)
     from promptport.fileio import dir_lock
 
     existed = Path(cfg.run_dir).exists()

@@ -1,10 +1,11 @@
-"""Resource estimates and the pre-flight check: refuse, before anything is written, a run that would not
-fit in the machine's memory or disk, instead of failing hours in.
+"""The pre-flight check: refuse, before anything is written, a run that would not fit in the machine's
+memory or disk, instead of failing hours in.
 
-The estimates come from parameter counts (models built on PyTorch's meta device: no weights loaded) times
-bytes per value, plus the caches and the largest activations of each stage. They are deliberately simple
-upper-ish bounds for the dominant terms, not a profiler; `promptport plan` can reuse `estimate_run`.
-Skip the check with PROMPTPORT_SKIP_RESOURCE_CHECK=1 or `check_resources: false` in the run config.
+Memory comes from `promptport plan` (`plan.estimate_run`: per-stage peaks from parameter counts on the meta
+device, caches, activations, optimiser); this module adds what the run writes to disk (the distillation
+teacher cache and checkpoints dominate) and compares both with what is available. Stages whose manifest in
+the run directory is already complete cost nothing. Skip the check with PROMPTPORT_SKIP_RESOURCE_CHECK=1 or
+`check_resources: false` in the run config.
 """
 
 from __future__ import annotations
@@ -21,21 +22,11 @@ SKIP_ENV = "PROMPTPORT_SKIP_RESOURCE_CHECK"
 
 
 @dataclass
-class ModelShape:
-    """What the estimates need of a model: counted on the meta device from its config alone."""
-
-    params: int
-    layer_params: int  # in one transformer layer (the unit a student keeps or drops)
-    hidden: int
-    layers: int
-    vocab: int
-
-
-@dataclass
 class Estimate:
-    memory: dict[str, int] = field(default_factory=dict)  # peak bytes per stage, with its main terms
+    memory: dict[str, int] = field(default_factory=dict)  # peak bytes per stage still to run
     disk: dict[str, int] = field(default_factory=dict)  # bytes written per item
-    unknown: list[str] = field(default_factory=list)  # models whose size could not be read offline
+    available_memory: int | None = None  # as `plan` sees the run's device (free GPU memory or RAM)
+    unknown: str | None = None  # why nothing could be estimated (a model's config not readable offline)
 
     @property
     def peak_memory(self) -> tuple[str, int]:
@@ -46,82 +37,36 @@ class Estimate:
         return sum(self.disk.values())
 
 
-def model_shape(spec: str) -> ModelShape | None:
-    """Parameter count and sizes of a model from its config only (no weights read); None when the config is
-    not available offline (a hub id not in the local cache, an embedded model not yet converted)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from promptport.models import cache_root, resolve_source
-
-    try:
-        kind, where = resolve_source(spec)
-    except BadInput:
-        return None
-    if kind == "embedded":
-        where = str(cache_root() / "models" / where)
-        if not (Path(where) / "config.json").is_file():
-            return None
-    try:
-        cfg = AutoConfig.from_pretrained(where, local_files_only=True)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(cfg)
-    except Exception:  # noqa: BLE001 - unknown size: the check skips it rather than guess
-        return None
-    emb = model.get_input_embeddings().weight
-    params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
-    n_layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers]
-    layer_params = sum(p.numel() for p in stacks[0][0].parameters()) if stacks and n_layers else 0
-    return ModelShape(params=params, layer_params=layer_params, hidden=int(emb.shape[1]), layers=n_layers,
-                      vocab=int(emb.shape[0]))
-
-
-def estimate_run(cfg, tcfg=None, xcfg=None, dcfg=None) -> Estimate:
-    """Peak memory per stage and disk written by `promptport run` with this RunConfig (stage configs as
-    built by `pipeline.stage_configs`). Stages whose manifest in the run directory is complete are free."""
+def estimate_run(cfg) -> Estimate:
+    """Peak memory per stage (from `plan.estimate_run`) and disk written by `promptport run` with this
+    RunConfig, leaving out stages that are already complete in its run directory."""
+    from promptport import plan
     from promptport.manifest import read_manifest
+    from promptport.pipeline import stage_configs
 
-    if tcfg is None:
-        from promptport.pipeline import stage_configs
-
-        tcfg, xcfg, dcfg, _ = stage_configs(cfg)
+    _, _, dcfg, _ = stage_configs(cfg)
     est = Estimate()
-    teacher = model_shape(cfg.teacher)
-    if teacher is None:
-        est.unknown.append(cfg.teacher)
+    try:
+        p = plan.estimate_run(cfg)
+    except BadInput as e:  # e.g. a hub model not in the local cache: unknown, so not refused
+        est.unknown = str(e)
         return est
-    f32 = 4
     run_dir = Path(cfg.run_dir)
 
     def done(stage: str) -> bool:
         m = read_manifest(run_dir / stage) if (run_dir / stage).is_dir() else None
         return bool(m and m.get("status") == "complete")
 
-    t_weights = teacher.params * f32
-    H, V = teacher.hidden, teacher.vocab
+    est.memory = {k: int(v["peak_bytes"]) for k, v in p["stages"].items() if not done(k)}
+    est.available_memory = p.get("available_bytes")
     if dcfg is not None and not done("distill"):
-        own = teacher.layer_params * dcfg.layers  # the student's own (trained) layers
-        lm_tokens = dcfg.max_tokens if (dcfg.alpha_ce or dcfg.alpha_lm or dcfg.alpha_cos) else 0
-        cache = lm_tokens * (dcfg.topk * (2 + 4) + 4 + (2 * H if dcfg.alpha_cos else 0))
-        cache += (dcfg.task_examples if dcfg.alpha_task else 0) * (V + H) * 2
-        acts = (dcfg.batch_size * dcfg.block_size + dcfg.task_batch_size) * (3 * V + 16 * H * dcfg.layers) * f32
-        est.memory["distill"] = t_weights + own * f32 * 4 + cache + acts  # weights, grads, AdamW m and v
+        t = plan.model_shape(cfg.teacher)
+        own = t.with_layers(dcfg.layers).params - t.embedding_params  # the student's trained weights
+        cache = (dcfg.max_tokens if dcfg.uses_lm else 0) * (dcfg.topk * (2 + 4) + 4 + (2 * t.hidden if dcfg.alpha_cos
+                                                                                      else 0))
+        cache += (dcfg.task_examples if dcfg.alpha_task else 0) * (t.vocab + t.hidden) * 2
         est.disk["distill: teacher cache"] = cache
-        est.disk["distill: checkpoints (two during a swap) and student"] = own * f32 * (3 * 2 + 1)
-        student_params = teacher.params - teacher.layer_params * (teacher.layers - dcfg.layers)
-    else:
-        s = model_shape(cfg.student) if cfg.student else None
-        student_params = s.params if s is not None else teacher.params
-    s_weights = student_params * f32
-    tune_acts = tcfg.batch_size * tcfg.max_length * (16 * H * teacher.layers + 3 * V) * f32
-    est.memory["tune"] = s_weights + tune_acts
-    if cfg.with_teacher_tuning:
-        est.memory["teacher-tuning"] = t_weights + tune_acts
-    if not done("transfer"):
-        est.memory["transfer"] = (t_weights + s_weights + 3 * xcfg.n_public * V * f32
-                                  + xcfg.batch_size * xcfg.max_length * (16 * H * teacher.layers + 3 * V) * f32)
-    est.memory["evaluate"] = t_weights + s_weights + cfg.eval_batch_size * tcfg.max_length * 16 * H * f32
+        est.disk["distill: checkpoints (two during a swap) and student"] = own * 4 * (3 * 2 + 1)
     est.disk["prompts, metrics, reports"] = 16 * 1024 ** 2
     return est
 
@@ -145,12 +90,14 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def preflight(cfg, tcfg=None, xcfg=None, dcfg=None) -> Estimate | None:
+def preflight(cfg) -> Estimate | None:
     """BadInput('resources', ...) when the run's estimated peak memory or disk exceeds what is available."""
     if os.environ.get(SKIP_ENV, "").strip() not in ("", "0") or not getattr(cfg, "check_resources", True):
         return None
-    est = estimate_run(cfg, tcfg, xcfg, dcfg)
+    est = estimate_run(cfg)
     mem, disk = available(cfg.run_dir)
+    if est.available_memory is not None and not str(cfg.device).startswith("cpu"):
+        mem = est.available_memory  # the GPU's free memory
     stage, peak = est.peak_memory
     hint = f"; lower the sizes (max_tokens, task_examples, n_public, batch sizes) or set {SKIP_ENV}=1 to run anyway"
     if peak > mem:
