@@ -7,12 +7,12 @@ autocast, frozen embeddings) on a small corpus and a fixed number of steps; step
 metrics.jsonl (the first step is the warm-up and is dropped).
 
 FLOPs are counted, not measured:
-  training  = 6 * N_own * tokens + 2 * N_head * (positions whose LM-head logits are computed)
+  training  = 6 * N_own * tokens + 4 * N_head * (positions whose LM-head logits are computed)
   cache     = 2 * N_teacher * tokens + 2 * N_head * (positions whose LM-head logits are computed)
 N_own: the student's trainable (non-embedding) parameters; N_teacher: the teacher's non-embedding
-parameters; N_head = vocabulary x hidden (the tied, frozen head). The head's input-gradient (another
-2 * N_head per position in training) and attention's sequence-length terms are not counted, so the
-figures are a slight underestimate. `mfu` divides training FLOP/s by the median rate of a large matmul
+parameters; N_head = vocabulary x hidden (the tied, frozen head): its forward and its input-gradient
+(needed to train the layers below it; no weight gradient) are 4 * N_head per position. Attention's
+sequence-length terms are not counted, so the figures are a slight underestimate. `mfu` divides training FLOP/s by the median rate of a large matmul
 in the precision training runs in (bf16), timed just before and after; fractions of the float32 peak
 are given too.
 """
@@ -72,7 +72,7 @@ def main(argv=None):
     task_tok_mean = (tok_step - lm_tok) / cfg.task_batch_size if cfg.alpha_task else 0.0
     head_pos_step = lm_tok + (cfg.task_batch_size if cfg.alpha_task else 0)
     n_own = m["parameters"]["own"]
-    flops_step = 6 * n_own * tok_step + 2 * n_head * head_pos_step
+    flops_step = 6 * n_own * tok_step + 4 * n_head * head_pos_step
     step_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
     lm_cache_tok = m["corpus"]["train_tokens"] if m.get("corpus") else 0
     n_task = (m["task_aware"]["examples"] - cfg.task_heldout) if m.get("task_aware") else 0
@@ -108,8 +108,9 @@ def main(argv=None):
     finish("distill_throughput", {
         "suite": args.suite, "model": lm.info.model_id, "precision": cfg.precision, "recipe": "configs/default.yaml",
         "config": cfg.to_dict(),
-        "flops_formula": "training 6*N_own*tokens + 2*N_head*head_positions; cache 2*N_teacher*tokens + "
-                         "2*N_head*head_positions (head input-gradient and attention terms not counted)",
+        "flops_formula": "training 6*N_own*tokens + 4*N_head*head_positions (frozen head: forward + input "
+                         "gradient); cache 2*N_teacher*tokens + 2*N_head*head_positions (attention terms not "
+                         "counted)",
         **res, "mfu_of": f"median {key} matmul rate (2048^3), before and after the run",
         "mfu": round(mfu, 4), "mfu_cache": round(cache_rate / peak[key], 4), "target": target(mfu, 0.35)})
 
