@@ -167,3 +167,20 @@ def test_run_with_audit_section(tmp_path, tiny_model_dir, student_dir, private_d
     bad = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, audit={"shadowz": 3})
     with pytest.raises(BadInput, match="audit.shadowz"):
         run_pipeline(bad, progress=False, log=lambda m: None)
+
+
+def test_bootstrap_ci_equals_a_per_resample_sklearn_loop():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from promptport.report import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    for n_classes, n in ((2, 40), (4, 25)):  # 4 classes, 25 examples: some resamples miss a class
+        y, yhat = rng.integers(0, n_classes, n), rng.integers(0, n_classes, n)
+        got = bootstrap_ci(y, yhat, n_classes, n_boot=200, seed=5)
+        idx = np.random.default_rng(5).integers(0, n, size=(200, n))
+        f1s = [f1_score(y[i], yhat[i], labels=list(range(n_classes)), average="macro", zero_division=0) for i in idx]
+        accs = [(y[i] == yhat[i]).mean() for i in idx]
+        np.testing.assert_allclose(got["macro_f1_ci"], [np.percentile(f1s, 2.5), np.percentile(f1s, 97.5)], rtol=1e-12)
+        np.testing.assert_allclose(got["accuracy_ci"], [np.percentile(accs, 2.5), np.percentile(accs, 97.5)])

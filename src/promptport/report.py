@@ -28,16 +28,28 @@ BASELINE_LABELS = {
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals for accuracy and macro-F1 (resampling examples)."""
-    from sklearn.metrics import f1_score
+    """Percentile bootstrap intervals for accuracy and macro-F1 (resampling examples).
 
+    All resamples at once: per-resample true-positive / predicted / actual counts per class come from
+    one bincount over (resample, class), then F1 = 2 TP / (predicted + actual) (0 where both are 0, as
+    sklearn's zero_division=0); equal to sklearn's f1_score per resample (tested), ~100x faster."""
     rng = np.random.default_rng(seed)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n = len(y_true)
     idx = rng.integers(0, n, size=(n_boot, n))
     correct = (y_true == y_pred).astype(float)
     accs = correct[idx].mean(1)
-    labels = list(range(n_classes))
-    f1s = np.array([f1_score(y_true[i], y_pred[i], labels=labels, average="macro", zero_division=0) for i in idx])
+    t, p = y_true[idx], y_pred[idx]
+    rows = np.arange(n_boot)[:, None] * n_classes
+
+    def counts(cls, weights=None):
+        return np.bincount((rows + cls).ravel(), weights=None if weights is None else weights.ravel(),
+                           minlength=n_boot * n_classes).reshape(n_boot, n_classes)
+
+    tp = counts(t, (t == p).astype(float))
+    denom = counts(t) + counts(p)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
+    f1s = f1.mean(1)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {"accuracy_ci": [float(np.percentile(accs, lo)), float(np.percentile(accs, hi))],
             "macro_f1_ci": [float(np.percentile(f1s, lo)), float(np.percentile(f1s, hi))], "level": level,
