@@ -406,7 +406,11 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     meta = make_metadata(model_info=t_lm.info, task=the_task, init=cfg.init if cfg.method != "direct" else "copy",
                          training=training, privacy=artifact.meta.get("privacy"), n_tokens=int(emb.shape[0]),
                          extra={"transferred_from": artifact.meta.get("model")})
-    save_prompt(out / "prompt", emb, meta)
+    from promptport.distributed import group
+
+    is_main = group(t_lm.model.device).is_main  # under a launcher every process holds the same p_t
+    if is_main:
+        save_prompt(out / "prompt", emb, meta)
     wall = time.perf_counter() - t_start
     result = {
         "stage": "transfer",
@@ -428,6 +432,8 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
         "config": asdict(cfg),
         "versions": versions(),
     }
+    if not is_main:
+        return result
     write_json(out / "metrics.json", result)
     write_manifest(out, stage="transfer", config=asdict(cfg),
                    inputs={"prompt": _fingerprint_prompt(prompt, artifact), "public_data": {"source": source_id,
