@@ -156,14 +156,14 @@ def test_label_term_is_kl_between_class_distributions():
     m[0, [4, 7]] = 0.5  # class 0: mean of two label words
     m[1, 9] = 1.0
     cfg = DistillConfig(alpha_ce=0, alpha_cos=0, alpha_task=0, alpha_label=2.0)
-    terms = distill_loss(cfg, s_answer=s, t_answer=t, label_matrix=m)
+    terms = distill_loss(cfg, s_answer=s, t_answer=t, class_scores=lambda v: v @ m.T)
     sc, tc = s @ m.T, t @ m.T
     ref = (torch.softmax(tc, -1) * (torch.log_softmax(tc, -1) - torch.log_softmax(sc, -1))).sum(-1).mean() * 2.0
     torch.testing.assert_close(terms["label"], ref)
     assert "task" not in terms
     s2 = s.clone()
     s2[:, 20:] += 10 * torch.randn(3, 30)  # tokens that are no label word: no effect on the label term
-    torch.testing.assert_close(distill_loss(cfg, s_answer=s2, t_answer=t, label_matrix=m)["label"], ref)
+    torch.testing.assert_close(distill_loss(cfg, s_answer=s2, t_answer=t, class_scores=lambda v: v @ m.T)["label"], ref)
     with pytest.raises(BadInput, match="task_template"):
         DistillConfig(alpha_ce=0, alpha_cos=0, alpha_label=1.0).check()
 

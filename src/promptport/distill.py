@@ -456,12 +456,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def distill_loss(cfg: "DistillConfig", *, s_logits=None, t_topv=None, t_topi=None, t_lse=None, input_ids=None, mask=None,
                  s_hidden=None, t_hidden=None, s_answer=None, t_answer=None, s_answer_h=None,
-                 t_answer_h=None, label_matrix=None) -> dict[str, torch.Tensor]:
+                 t_answer_h=None, class_scores=None) -> dict[str, torch.Tensor]:
     """The weighted terms: alpha_ce*KL + alpha_lm*CE + alpha_cos*(1-cos) on LM blocks, alpha_task*KL at answers,
     alpha_label*KL between the class distributions the task's label words give at answers.
 
-    `label_matrix` [C, V] maps vocabulary logits to class scores (the task's verbalizer); the label term is
-    what a classifier built on the student reads, which the full-vocabulary KL weighs as a few tokens of 49k.
+    `class_scores` maps [B, V] vocabulary logits to [B, C] class scores (the task's
+    `Verbalizer.scores_from_vocab`); the label term is what a classifier built on the student reads, which
+    the full-vocabulary KL weighs as a few tokens of 49k.
 
     Padding (mask == 0) is excluded from every term; the LM term predicts token t+1 from position t.
     """
@@ -481,9 +482,8 @@ def distill_loss(cfg: "DistillConfig", *, s_logits=None, t_topv=None, t_topi=Non
         if cfg.alpha_cos and s_answer_h is not None:
             cos = F.cosine_similarity(s_answer_h.float(), t_answer_h.float(), dim=-1)
             terms["task_cos"] = cfg.alpha_cos * (1 - cos).mean()
-    if s_answer is not None and cfg.alpha_label and label_matrix is not None:
-        s_cls = s_answer.float() @ label_matrix.T
-        t_cls = t_answer.float() @ label_matrix.T
+    if s_answer is not None and cfg.alpha_label and class_scores is not None:
+        s_cls, t_cls = class_scores(s_answer.float()), class_scores(t_answer.float())
         terms["label"] = cfg.alpha_label * kd_kl(s_cls, t_cls, 1.0).mean()
     terms["total"] = sum(terms.values()) if terms else torch.zeros(())
     return terms
@@ -637,16 +637,6 @@ def cache_answers(teacher, ids: list[list[int]], pad_id: int, precision: str, ba
     return {"task_logits": logits_all, "task_hidden": hid_all}
 
 
-def verbalizer_matrix(tokenizer, task, vocab_size: int) -> torch.Tensor:
-    """[C, V]: vocabulary logits -> the task's class scores (the mean over each class's label words)."""
-    from promptport.classify import Verbalizer
-
-    verb = Verbalizer(tokenizer, task)
-    m = torch.zeros(len(task.classes), vocab_size)
-    m[:, verb.token_ids] = verb.average
-    return m
-
-
 def _cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -702,9 +692,9 @@ def make_scheduler(optimizer, cfg: DistillConfig, total_steps: int):
 
 @torch.inference_mode()
 def evaluate_student(student, teacher, heldout: torch.Tensor | None, task_ids: list[list[int]] | None, pad_id: int,
-                     precision: str = "fp32", batch_size: int = 8, label_matrix: torch.Tensor | None = None) -> dict:
+                     precision: str = "fp32", batch_size: int = 8, class_scores=None) -> dict:
     """Held-out text: perplexities, KL(teacher||student) per token (T=1, full vocabulary), top-1 agreement;
-    at the answer position of held-out task examples: KL, top-1 agreement and (with `label_matrix`, the task's
+    at the answer position of held-out task examples: KL, top-1 agreement and (with `class_scores`, the task's
     verbalizer) how often the student picks the teacher's class -- the closest label-free proxy of
     whether a classifier on the student behaves like one on the teacher."""
     from promptport.classify import answer_hidden, project
@@ -740,12 +730,11 @@ def evaluate_student(student, teacher, heldout: torch.Tensor | None, task_ids: l
             s_lp, t_lp = F.log_softmax(s, -1), F.log_softmax(t, -1)
             kl_a += (t_lp.exp() * (t_lp - s_lp)).sum().item()
             agree_a += (s.argmax(-1) == t.argmax(-1)).sum().item()
-            if label_matrix is not None:
-                lm = label_matrix.to(s.dtype)
-                agree_c += ((s @ lm.T).argmax(-1) == (t @ lm.T).argmax(-1)).sum().item()
+            if class_scores is not None:
+                agree_c += (class_scores(s).argmax(-1) == class_scores(t).argmax(-1)).sum().item()
         out.update(answer_kl=kl_a / len(task_ids), answer_top1_agreement=agree_a / len(task_ids),
                    answer_examples=len(task_ids))
-        if label_matrix is not None:
+        if class_scores is not None:
             out["answer_class_agreement"] = agree_c / len(task_ids)
     return out
 
@@ -787,7 +776,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
     teacher_spec = t.info.model_id if isinstance(teacher, LoadedModel) else teacher
     tmodel, tok = t.model, t.tokenizer
     n_teacher = num_layers(tmodel)
-    from promptport.classify import is_masked_lm, template_for
+    from promptport.classify import Verbalizer, is_masked_lm, template_for
 
     if cfg.alpha_lm and is_masked_lm(tmodel):
         raise BadInput("alpha_lm", "the LM term is next-token cross-entropy; a masked-LM teacher distils with "
@@ -835,7 +824,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                               heldout_blocks=cfg.heldout_blocks, seed=cfg.seed, extra_texts=extra)
     task = task_train = task_held = None
     task_meta = None
-    label_matrix = class_matrix = None
+    class_scores = None
     if cfg.uses_task:
         task = template_for(get_task(cfg.task_template), tok, is_masked_lm(tmodel))  # MLM: mask-token slot
         pairs, used = read_corpus_texts(cfg.task_data)
@@ -848,8 +837,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                                         "(held out)")
         task_held, task_train = ids[: cfg.task_heldout], ids[cfg.task_heldout:]
         task_meta["sources"] = used
-        class_matrix = verbalizer_matrix(tok, task, tmodel.get_output_embeddings().weight.shape[0]).to(acc.device)
-        label_matrix = class_matrix if cfg.alpha_label else None
+        class_scores = Verbalizer(tok, task).scores_from_vocab
     elif corpus is None:
         raise BadInput("alpha_task", "with alpha_ce = alpha_lm = alpha_cos = 0 the task term is the only one")
 
@@ -927,7 +915,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
 
     def run_eval() -> dict:
         return evaluate_student(smodel, tmodel, corpus.heldout if corpus is not None else None, task_held,
-                                tok.pad_token_id, cfg.precision, label_matrix=class_matrix)
+                                tok.pad_token_id, cfg.precision, class_scores=class_scores)
 
     before = None
     if acc.is_main_process:
@@ -999,7 +987,7 @@ def distill(teacher: str | LoadedModel = "smollm2-135m-instruct", out: str | Pat
                 if tk_idx is not None:
                     st = torch.as_tensor(tsel)
                     kwargs.update(s_answer=al, t_answer=cache["task_logits"][st], s_answer_h=ah,
-                                  t_answer_h=cache["task_hidden"][st], label_matrix=label_matrix)
+                                  t_answer_h=cache["task_hidden"][st], class_scores=class_scores)
                 terms = distill_loss(cfg, **kwargs)
                 acc.backward(terms["total"] / cfg.grad_accum)
             for k, v in terms.items():

@@ -117,13 +117,11 @@ def build_cache(student: PromptClassifier, teacher: PromptClassifier, p_s: torch
                 unprompted: tuple[torch.Tensor, torch.Tensor] | None = None) -> TransferCache:
     """`unprompted`: (s, t) already computed for the same public examples (shared by several prompts)."""
     t0 = time.perf_counter()
-    if unprompted is None:
-        s = student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True)
     s_p = student.predict_logits(s_enc, p_s, batch_size, progress, "cache student+prompt", vocab=True)
     if unprompted is None:
-        t = teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True)
-    else:
-        s, t = unprompted
+        unprompted = (student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True),
+                      teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True))
+    s, t = unprompted
     return TransferCache(s, s_p, t, time.perf_counter() - t0)
 
 
@@ -378,12 +376,11 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     else:
         key = (the_task.template, source_id, len(pub), cfg.seed, cfg.max_length, s_lm.info.embedding_fingerprint,
                s_lm.info.model_id, t_lm.info.model_id)
-        hit = shared is not None and key in shared
+        cache_shared = shared is not None and key in shared
         cache = build_cache(s_clf, t_clf, p_s, s_enc, t_enc, progress=progress,
-                            unprompted=shared[key] if hit else None)
+                            unprompted=shared[key] if cache_shared else None)
         if shared is not None:
             shared[key] = (cache.s, cache.t)
-        cache_shared = bool(hit)
         if cfg.alpha == "auto":
             alpha, alpha_info = auto_alpha(cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average)
         else:
