@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.promptport-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench lint format clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ demo: setup
 
 test: setup
 	bash scripts/pytest.sh $(PY)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: setup
 	$(PY) -m benchmarks --suite quick

@@ -26,13 +26,28 @@ BENCHMARKS = {
     "post_sst2": ("benchmarks.post_sst2", ("full",), True),
     "audit_sst2": ("benchmarks.audit_sst2", ("full",), False),
 }
-RATIO_FIELDS = ["speedup_vs_hf", "transfer_overhead", "speedup_vs_peft", "dp_overhead", "speedup_vs_opacus",
-                "user_speedup", "post_speedup", "mfu", "kl_reduction", "auc"]
+RATIO_FIELDS = [
+    "speedup_vs_hf",
+    "transfer_overhead",
+    "speedup_vs_peft",
+    "dp_overhead",
+    "speedup_vs_opacus",
+    "user_speedup",
+    "post_speedup",
+    "mfu",
+    "kl_reduction",
+    "auc",
+]
 
 
 def main(argv=None) -> int:
     ap = parser(__doc__)
-    ap.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only this benchmark (repeatable)",
+    )
     args = ap.parse_args(argv)
     names = args.only or [n for n, (_, suites, _) in BENCHMARKS.items() if args.suite in suites]
     rows, failed = [], 0

@@ -33,7 +33,9 @@ from benchmarks.common import RESULTS, SHARED, parser
 
 def parse(argv=None):
     ap = parser(__doc__, suite=None)
-    ap.add_argument("--student", default=None, help="a distilled student folder (default: plain extraction)")
+    ap.add_argument(
+        "--student", default=None, help="a distilled student folder (default: plain extraction)"
+    )
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--layers", type=int, default=4, help="layers of the plain extracted student")
     ap.add_argument("--pool-size", type=int, default=500)
@@ -46,18 +48,31 @@ def parse(argv=None):
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--configs", default="nodp,dp", help="which audits to run: nodp, dp or both")
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--minutes", type=float, default=None,
-                    help="stop training new shadows after this wall time and report the finished ones (partial)")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop training new shadows after this wall time and report the finished ones (partial)",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "promptport-audit-sst2")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "promptport-audit-sst2",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "audit_sst2.json")
     return ap.parse_args(argv)
 
 
 def plain_student(teacher: str, layers: int, where: Path) -> str:
     """A first-last layer cut of the teacher without any training, stored as a promptport student folder."""
-    from promptport.distill import (extract_student, save_student, select_layers, set_trainable,
-                                    teacher_reference)
+    from promptport.distill import (
+        extract_student,
+        save_student,
+        select_layers,
+        set_trainable,
+        teacher_reference,
+    )
     from promptport.models import load_model
 
     if (where / "student.json").is_file():
@@ -66,8 +81,18 @@ def plain_student(teacher: str, layers: int, where: Path) -> str:
     keep = select_layers(t.info.num_layers, layers, "first-last")
     student = extract_student(t.model, keep)
     own = set_trainable(student, freeze_embeddings=True)
-    save_student(where, student, t.tokenizer, own, {"teacher": teacher_reference(teacher, t.info), "layers": keep,
-                                                    "distilled": False, "note": "plain extraction, no training"})
+    save_student(
+        where,
+        student,
+        t.tokenizer,
+        own,
+        {
+            "teacher": teacher_reference(teacher, t.info),
+            "layers": keep,
+            "distilled": False,
+            "note": "plain extraction, no training",
+        },
+    )
     return str(where)
 
 
@@ -85,18 +110,49 @@ def main(argv=None) -> int:
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    model = args.student or plain_student(args.teacher, args.layers, args.work / f"student-plain-{args.layers}")
+    model = args.student or plain_student(
+        args.teacher, args.layers, args.work / f"student-plain-{args.layers}"
+    )
     lm = load_model(model)
-    base = {"n_tokens": args.n_tokens, "init": "text", "lr": args.lr, "epochs": args.epochs,
-            "batch_size": args.batch_size, "max_length": args.max_length, "seed": 0}
-    configs = {"nodp": dict(base, dp=None), "dp": dict(base, dp={"epsilon": args.epsilon, "delta": None})}
-    result = {"model": model, "model_kind": "distilled student" if args.student else
-              f"plain extracted student ({args.layers} of the teacher's layers, first-last, NOT distilled)",
-              "model_layers": lm.info.num_layers, "data": str(data), "pool_size": args.pool_size,
-              "n_shadows": args.shadows, "tuning": base, "audits": {}}
+    base = {
+        "n_tokens": args.n_tokens,
+        "init": "text",
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "seed": 0,
+    }
+    configs = {
+        "nodp": dict(base, dp=None),
+        "dp": dict(base, dp={"epsilon": args.epsilon, "delta": None}),
+    }
+    result = {
+        "model": model,
+        "model_kind": "distilled student"
+        if args.student
+        else f"plain extracted student ({args.layers} of the teacher's layers, first-last, NOT distilled)",
+        "model_layers": lm.info.num_layers,
+        "data": str(data),
+        "pool_size": args.pool_size,
+        "n_shadows": args.shadows,
+        "tuning": base,
+        "audits": {},
+    }
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    specs = {name: A.AuditSpec(model=model, task="sst2", data=str(data), split="train", pool_size=args.pool_size,
-                               n_shadows=args.shadows, seed=0, tune=configs[name]) for name in names}
+    specs = {
+        name: A.AuditSpec(
+            model=model,
+            task="sst2",
+            data=str(data),
+            split="train",
+            pool_size=args.pool_size,
+            n_shadows=args.shadows,
+            seed=0,
+            tune=configs[name],
+        )
+        for name in names
+    }
     trained = {name: 0 for name in names}
     # Shadows of the audits alternate (0 no-DP, 0 DP, 1 no-DP, ...) so that a time budget leaves both
     # audits with the same number of finished shadows.
@@ -106,8 +162,14 @@ def main(argv=None) -> int:
             if args.minutes is not None and time.perf_counter() - t_start > 60 * args.minutes:
                 stopped = True
                 break
-            r = A.audit(args.work / f"audit-{name}", specs[name], shadow_ids=[s_id], resume=True, report=False,
-                        lm=lm)
+            r = A.audit(
+                args.work / f"audit-{name}",
+                specs[name],
+                shadow_ids=[s_id],
+                resume=True,
+                report=False,
+                lm=lm,
+            )
             trained[name] += len(r["trained"])
         if stopped:
             break
@@ -117,21 +179,34 @@ def main(argv=None) -> int:
         s = A.build_report(out, n_boot=args.n_boot)
         prim = s["attacks"][s["primary"]]
         result["audits"][name] = {
-            "dir": str(out), "complete": s["n_shadows"] == args.shadows, "n_shadows_finished": s["n_shadows"],
-            "shadows_trained_this_run": trained[name], "shadow_train_seconds_total": s["shadow_train_seconds"],
+            "dir": str(out),
+            "complete": s["n_shadows"] == args.shadows,
+            "n_shadows_finished": s["n_shadows"],
+            "shadows_trained_this_run": trained[name],
+            "shadow_train_seconds_total": s["shadow_train_seconds"],
             "seconds_per_shadow": round(s["shadow_train_seconds"] / s["n_shadows"], 1),
             "report_seconds": round(time.perf_counter() - t0, 1),
-            "primary_attack": s["primary"], "auc": s["auc"], "auc_ci": s["auc_ci"],
-            "tpr_at_1%fpr": s["tpr_at_1%fpr"], "tpr_at_1%fpr_ci": prim[A.tpr_key(0.01) + "_ci"],
-            "tpr_at_0.1%fpr": s["tpr_at_0.1%fpr"], "balanced_accuracy": prim["balanced_accuracy"],
-            "theoretical_epsilon": s["theoretical_epsilon"], "delta": s["delta"],
-            "empirical_epsilon": s["empirical_epsilon"], "empirical_epsilon_cp95": s["empirical_epsilon_cp95"],
-            "shadow_accuracy_in": s["shadow_accuracy_in"], "shadow_accuracy_out": s["shadow_accuracy_out"],
+            "primary_attack": s["primary"],
+            "auc": s["auc"],
+            "auc_ci": s["auc_ci"],
+            "tpr_at_1%fpr": s["tpr_at_1%fpr"],
+            "tpr_at_1%fpr_ci": prim[A.tpr_key(0.01) + "_ci"],
+            "tpr_at_0.1%fpr": s["tpr_at_0.1%fpr"],
+            "balanced_accuracy": prim["balanced_accuracy"],
+            "theoretical_epsilon": s["theoretical_epsilon"],
+            "delta": s["delta"],
+            "empirical_epsilon": s["empirical_epsilon"],
+            "empirical_epsilon_cp95": s["empirical_epsilon_cp95"],
+            "shadow_accuracy_in": s["shadow_accuracy_in"],
+            "shadow_accuracy_out": s["shadow_accuracy_out"],
             "all_attacks_auc": {k: round(v["auc"], 4) for k, v in s["attacks"].items()},
             "roc_png": str(out / s["files"]["roc_png"]),
         }
-        print(f"{name}: {A.format_summary(s)}; shadow acc in/out {s['shadow_accuracy_in']:.3f}/"
-              f"{s['shadow_accuracy_out']:.3f}", flush=True)
+        print(
+            f"{name}: {A.format_summary(s)}; shadow acc in/out {s['shadow_accuracy_in']:.3f}/"
+            f"{s['shadow_accuracy_out']:.3f}",
+            flush=True,
+        )
     result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     result["torch_threads"] = torch.get_num_threads()
     result["versions"] = versions()

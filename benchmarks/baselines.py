@@ -17,7 +17,9 @@ def peft_prompt_model(model, init_embeddings: torch.Tensor):
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
     n = int(init_embeddings.shape[0])
-    pm = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n))
+    pm = get_peft_model(
+        model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=n)
+    )
     emb = pm.prompt_encoder["default"].embedding
     with torch.no_grad():
         emb.weight.copy_(init_embeddings.to(emb.weight.dtype))
@@ -28,12 +30,16 @@ def prompt_parameters(pm) -> list[torch.nn.Parameter]:
     return [p for p in pm.parameters() if p.requires_grad]
 
 
-def verbalizer_loss(pm, verbalizer, input_ids, attention_mask, labels, n_virtual: int) -> torch.Tensor:
+def verbalizer_loss(
+    pm, verbalizer, input_ids, attention_mask, labels, n_virtual: int
+) -> torch.Tensor:
     """Cross-entropy of the class scores read from the full [B, n + L, V] logits at the last real token
     (right padding: PEFT puts the virtual tokens first, so that is n + length - 1)."""
     logits = pm(input_ids=input_ids, attention_mask=attention_mask).logits
     last = n_virtual + attention_mask.sum(-1) - 1
-    scores = verbalizer.scores_from_vocab(logits[torch.arange(logits.shape[0], device=logits.device), last])
+    scores = verbalizer.scores_from_vocab(
+        logits[torch.arange(logits.shape[0], device=logits.device), last]
+    )
     return F.cross_entropy(scores.float(), labels)
 
 
@@ -54,8 +60,15 @@ def per_example_prompt_lookup(pm) -> None:
     pm.get_prompt = get_prompt
 
 
-def opacus_private(pm, optimizer, dataset: torch.utils.data.Dataset, batch_size: int, noise_multiplier: float,
-                   max_grad_norm: float, fix_peft: bool = True):
+def opacus_private(
+    pm,
+    optimizer,
+    dataset: torch.utils.data.Dataset,
+    batch_size: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    fix_peft: bool = True,
+):
     """Opacus's `make_private` in hooks mode (per-sample gradients from forward/backward hooks) on the PEFT
     model; fixed batches (no Poisson sampling) so both sides see the same examples. `fix_peft`: apply
     `per_example_prompt_lookup` first (without it the result is not DP). Returns (module, optimizer)."""
@@ -68,8 +81,16 @@ def opacus_private(pm, optimizer, dataset: torch.utils.data.Dataset, batch_size:
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "secure RNG turned off": our side uses a seeded generator too
-        module, opt, _ = PrivacyEngine().make_private(module=pm, optimizer=optimizer, data_loader=loader,
-                                                      noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                                      grad_sample_mode="hooks", poisson_sampling=False)
+        warnings.simplefilter(
+            "ignore"
+        )  # "secure RNG turned off": our side uses a seeded generator too
+        module, opt, _ = PrivacyEngine().make_private(
+            module=pm,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            grad_sample_mode="hooks",
+            poisson_sampling=False,
+        )
     return module, opt

@@ -14,24 +14,34 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
 _LOAD_AT_START: list[float] | None = None
-SHARED = Path(os.environ.get("PROMPTPORT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED = Path(
+    os.environ.get(
+        "PROMPTPORT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    )
+).resolve()
 
 
-def parser(doc: str | None, suite: str | None = "quick", model: bool = False) -> argparse.ArgumentParser:
+def parser(
+    doc: str | None, suite: str | None = "quick", model: bool = False
+) -> argparse.ArgumentParser:
     """The argument parser every benchmark starts from: the docstring as help, `--suite` (unless None) and,
     with `model`, `--model` (the teacher; a tiny model makes a smoke run of the benchmark)."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if suite is not None:
         ap.add_argument("--suite", choices=["quick", "full"], default=suite)
     if model:
-        ap.add_argument("--model", default="smollm2-135m-instruct", help="the teacher (a model name or folder)")
+        ap.add_argument(
+            "--model", default="smollm2-135m-instruct", help="the teacher (a model name or folder)"
+        )
     return ap
 
 
@@ -66,14 +76,24 @@ def machine() -> dict:
 
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     # the load average (1, 5, 15 min) at the start and the end: other jobs on the machine inflate absolute
     # times, so a figure taken under load is marked as such
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "versions": versions(), "load_average_start": _LOAD_AT_START,
-            "load_average_end": load_average()}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "versions": versions(),
+        "load_average_start": _LOAD_AT_START,
+        "load_average_end": load_average(),
+    }
 
 
 def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict:
@@ -85,11 +105,17 @@ def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "times_s": [round(t, 5) for t in times], "repeats": repeats,
-            "warmup": warmup}
+    return {
+        "median_s": statistics.median(times),
+        "times_s": [round(t, 5) for t in times],
+        "repeats": repeats,
+        "warmup": warmup,
+    }
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, dict]:
     """Time several functions round-robin, the order reversed every other round, after `warmup` untimed
     rounds: load that drifts during the run (other jobs on the machine) then hits every side alike.
     Returns time_fn's record per function, plus its per-round times for paired ratios."""
@@ -98,26 +124,40 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: 
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "times_s": [round(t, 5) for t in v], "repeats": repeats,
-                "warmup": warmup} for k, v in times.items()}
+    return {
+        k: {
+            "median_s": statistics.median(v),
+            "times_s": [round(t, 5) for t in v],
+            "repeats": repeats,
+            "warmup": warmup,
+        }
+        for k, v in times.items()
+    }
 
 
 def paired_ratio(timings: dict[str, dict], num: str, den: str) -> float:
     """Median over rounds of num's time / den's time in the same round (from `interleaved`)."""
-    return statistics.median(a / b for a, b in zip(timings[num]["times_s"], timings[den]["times_s"]))
+    return statistics.median(
+        a / b for a, b in zip(timings[num]["times_s"], timings[den]["times_s"])
+    )
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> dict:
     """This machine's attainable matmul rate: FLOP/s of an n x n @ n x n product (2 n^3 FLOPs) in `dtype`."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     t = time_fn(lambda: a @ b, repeats=repeats, warmup=2)
-    rates = [2 * n ** 3 / s for s in t["times_s"]]
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "median_flops": statistics.median(rates),
-            "max_flops": max(rates), "times_s": t["times_s"]}
+    rates = [2 * n**3 / s for s in t["times_s"]]
+    return {
+        "dtype": str(dtype).replace("torch.", ""),
+        "n": n,
+        "median_flops": statistics.median(rates),
+        "max_flops": max(rates),
+        "times_s": t["times_s"],
+    }
 
 
 def peak_rss_mb() -> float:
@@ -131,7 +171,12 @@ def target(value: float | None, goal: float, higher_is_better: bool = True) -> d
 
 
 def finish(name: str, result: dict) -> dict:
-    result = {"benchmark": name, "machine": machine(), "peak_rss_mb": round(peak_rss_mb(), 1), **result}
+    result = {
+        "benchmark": name,
+        "machine": machine(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **result,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS / f".{name}.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -145,7 +190,11 @@ def student_from_teacher(teacher, layers: int = 2):
     """A plain first-last extraction (no training): throughput does not depend on distillation quality."""
     from promptport.distill import extract_student, num_layers, select_layers
 
-    return extract_student(teacher, select_layers(num_layers(teacher), layers, "first-last")).eval().requires_grad_(False)
+    return (
+        extract_student(teacher, select_layers(num_layers(teacher), layers, "first-last"))
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def sentiment_split(split: str, limit: int):

@@ -38,8 +38,12 @@ def step_times(metrics_jsonl: Path, tokens_per_step: float) -> list[float]:
 
 def main(argv=None):
     ap = parser(__doc__, model=True)
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: quick 8, full 40)")
-    ap.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: the recipe's (bf16)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: quick 8, full 40)"
+    )
+    ap.add_argument(
+        "--precision", choices=["bf16", "fp32"], default=None, help="default: the recipe's (bf16)"
+    )
     args = ap.parse_args(argv)
     setup()
     from promptport.distill import distill
@@ -47,14 +51,23 @@ def main(argv=None):
 
     quick = args.suite == "quick"
     steps = args.steps or (8 if quick else 40)
-    cfg = default_distill_config(max_tokens=4096 if quick else 32768, heldout_blocks=2,
-                                 task_examples=256 if quick else 2000, task_heldout=8, max_steps=steps,
-                                 eval_every=0, save_every=0, **({"precision": args.precision} if args.precision else {}))
+    cfg = default_distill_config(
+        max_tokens=4096 if quick else 32768,
+        heldout_blocks=2,
+        task_examples=256 if quick else 2000,
+        task_heldout=8,
+        max_steps=steps,
+        eval_every=0,
+        save_every=0,
+        **({"precision": args.precision} if args.precision else {}),
+    )
     lm = load_model(args.model)
     hidden = lm.model.get_input_embeddings().weight.shape[1]
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     n_head = vocab * hidden
-    n_teacher = sum(p.numel() for p in lm.model.parameters()) - n_head  # tied head = input embeddings
+    n_teacher = (
+        sum(p.numel() for p in lm.model.parameters()) - n_head
+    )  # tied head = input embeddings
 
     peak_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     peaks_before = {d: matmul_peak(d) for d in (torch.float32, torch.bfloat16)}
@@ -62,9 +75,12 @@ def main(argv=None):
         m = distill(lm, Path(tmp) / "run", cfg)
         times = step_times(Path(tmp) / "run" / "metrics.jsonl", m["tokens_trained"] / m["steps"])
     peaks_after = {d: matmul_peak(d) for d in (torch.float32, torch.bfloat16)}
-    peak = {str(d).replace("torch.", ""): statistics.median([peaks_before[d]["median_flops"],
-                                                             peaks_after[d]["median_flops"]])
-            for d in peaks_before}
+    peak = {
+        str(d).replace("torch.", ""): statistics.median(
+            [peaks_before[d]["median_flops"], peaks_after[d]["median_flops"]]
+        )
+        for d in peaks_before
+    }
 
     # tokens and FLOPs of one training step and of the cache pass
     lm_tok = cfg.batch_size * cfg.block_size
@@ -83,36 +99,70 @@ def main(argv=None):
     key = "bfloat16" if peak_dtype == torch.bfloat16 else "float32"
     mfu = train_rate / peak[key]
     res = {
-        "training": {"steps": m["steps"], "tokens_per_step": round(tok_step, 1), "lm_tokens_per_step": lm_tok,
-                     "task_tokens_per_step": round(tok_step - lm_tok, 1), "step_times_s": [round(t, 4) for t in times],
-                     "median_step_s_after_warmup": round(step_s, 4), "tokens_per_s": round(tok_step / step_s, 1),
-                     "flops_per_step": flops_step, "flops_per_s": round(train_rate),
-                     "mfu_vs_fp32_peak": round(train_rate / peak["float32"], 4),
-                     "mfu_vs_bf16_peak": round(train_rate / peak["bfloat16"], 4)},
-        "cache": {"seconds": m["cache_seconds"], "tokens": round(cache_tok), "lm_tokens": lm_cache_tok,
-                  "task_examples": n_task, "tokens_per_s": round(cache_tok / m["cache_seconds"], 1),
-                  "flops": cache_flops, "flops_per_s": round(cache_rate),
-                  "mfu_vs_fp32_peak": round(cache_rate / peak["float32"], 4),
-                  "mfu_vs_bf16_peak": round(cache_rate / peak["bfloat16"], 4)},
-        "parameters": {"student_own": n_own, "teacher_non_embedding": n_teacher, "head": n_head,
-                       "student_layers": m["layers"]},
-        "matmul_peak_flops": peak, "matmul_before": peaks_before and {str(k).replace("torch.", ""): v
-                                                                       for k, v in peaks_before.items()},
+        "training": {
+            "steps": m["steps"],
+            "tokens_per_step": round(tok_step, 1),
+            "lm_tokens_per_step": lm_tok,
+            "task_tokens_per_step": round(tok_step - lm_tok, 1),
+            "step_times_s": [round(t, 4) for t in times],
+            "median_step_s_after_warmup": round(step_s, 4),
+            "tokens_per_s": round(tok_step / step_s, 1),
+            "flops_per_step": flops_step,
+            "flops_per_s": round(train_rate),
+            "mfu_vs_fp32_peak": round(train_rate / peak["float32"], 4),
+            "mfu_vs_bf16_peak": round(train_rate / peak["bfloat16"], 4),
+        },
+        "cache": {
+            "seconds": m["cache_seconds"],
+            "tokens": round(cache_tok),
+            "lm_tokens": lm_cache_tok,
+            "task_examples": n_task,
+            "tokens_per_s": round(cache_tok / m["cache_seconds"], 1),
+            "flops": cache_flops,
+            "flops_per_s": round(cache_rate),
+            "mfu_vs_fp32_peak": round(cache_rate / peak["float32"], 4),
+            "mfu_vs_bf16_peak": round(cache_rate / peak["bfloat16"], 4),
+        },
+        "parameters": {
+            "student_own": n_own,
+            "teacher_non_embedding": n_teacher,
+            "head": n_head,
+            "student_layers": m["layers"],
+        },
+        "matmul_peak_flops": peak,
+        "matmul_before": peaks_before
+        and {str(k).replace("torch.", ""): v for k, v in peaks_before.items()},
         "matmul_after": {str(k).replace("torch.", ""): v for k, v in peaks_after.items()},
     }
-    print(f"distill_throughput cache {res['cache']['tokens_per_s']:.0f} tok/s "
-          f"({cache_rate / 1e9:.1f} GFLOP/s, {cache_rate / peak[key]:.2f} of the {key} peak)", flush=True)
-    print(f"distill_throughput train {res['training']['tokens_per_s']:.0f} tok/s ({train_rate / 1e9:.1f} GFLOP/s); "
-          f"matmul peak fp32 {peak['float32'] / 1e9:.0f}, bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s; "
-          f"mfu {mfu:.3f} of the {key} peak (target >= 0.35)", flush=True)
-    finish("distill_throughput", {
-        "suite": args.suite, "model": lm.info.model_id, "precision": cfg.precision, "recipe": "configs/default.yaml",
-        "config": cfg.to_dict(),
-        "flops_formula": "training 6*N_own*tokens + 4*N_head*head_positions (frozen head: forward + input "
-                         "gradient); cache 2*N_teacher*tokens + 2*N_head*head_positions (attention terms not "
-                         "counted)",
-        **res, "mfu_of": f"median {key} matmul rate (2048^3), before and after the run",
-        "mfu": round(mfu, 4), "mfu_cache": round(cache_rate / peak[key], 4), "target": target(mfu, 0.35)})
+    print(
+        f"distill_throughput cache {res['cache']['tokens_per_s']:.0f} tok/s "
+        f"({cache_rate / 1e9:.1f} GFLOP/s, {cache_rate / peak[key]:.2f} of the {key} peak)",
+        flush=True,
+    )
+    print(
+        f"distill_throughput train {res['training']['tokens_per_s']:.0f} tok/s ({train_rate / 1e9:.1f} GFLOP/s); "
+        f"matmul peak fp32 {peak['float32'] / 1e9:.0f}, bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s; "
+        f"mfu {mfu:.3f} of the {key} peak (target >= 0.35)",
+        flush=True,
+    )
+    finish(
+        "distill_throughput",
+        {
+            "suite": args.suite,
+            "model": lm.info.model_id,
+            "precision": cfg.precision,
+            "recipe": "configs/default.yaml",
+            "config": cfg.to_dict(),
+            "flops_formula": "training 6*N_own*tokens + 4*N_head*head_positions (frozen head: forward + input "
+            "gradient); cache 2*N_teacher*tokens + 2*N_head*head_positions (attention terms not "
+            "counted)",
+            **res,
+            "mfu_of": f"median {key} matmul rate (2048^3), before and after the run",
+            "mfu": round(mfu, 4),
+            "mfu_cache": round(cache_rate / peak[key], 4),
+            "target": target(mfu, 0.35),
+        },
+    )
 
 
 if __name__ == "__main__":

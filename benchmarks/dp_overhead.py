@@ -20,14 +20,27 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import (finish, interleaved, paired_ratio, prompt_parser, sentiment_split, setup,
-                               student_from_teacher, target)
+from benchmarks.common import (
+    finish,
+    interleaved,
+    paired_ratio,
+    prompt_parser,
+    sentiment_split,
+    setup,
+    student_from_teacher,
+    target,
+)
 
 NOISE, CLIP = 1.0, 1.0
 
 
 def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, repeats) -> dict:
-    from benchmarks.baselines import opacus_private, peft_prompt_model, prompt_parameters, verbalizer_loss
+    from benchmarks.baselines import (
+        opacus_private,
+        peft_prompt_model,
+        prompt_parameters,
+        verbalizer_loss,
+    )
     from promptport.classify import PromptClassifier
     from promptport.prompt import init_prompt_embeddings
     from promptport.tune import dp_gradient, mean_gradient, per_example_gradients
@@ -46,11 +59,23 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
             opt.zero_grad(set_to_none=True)
             p.grad = fn(p)
             opt.step()
+
         return step
 
     ours = adam_step(lambda p: mean_gradient(clf, p, enc, idx, batch_size)[0])
-    ours_dp = adam_step(lambda p: dp_gradient(clf, p, enc, idx, batch_size, max_grad_norm=CLIP, sigma=NOISE,
-                                              expected_batch_size=batch_size, generator=noise_rng)[0])
+    ours_dp = adam_step(
+        lambda p: dp_gradient(
+            clf,
+            p,
+            enc,
+            idx,
+            batch_size,
+            max_grad_norm=CLIP,
+            sigma=NOISE,
+            expected_batch_size=batch_size,
+            generator=noise_rng,
+        )[0]
+    )
 
     ids, mask = clf.batch([enc.input_ids[i] for i in idx])
     y = enc.labels[idx]
@@ -65,8 +90,9 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
     # Opacus wraps a second PEFT model of the same frozen base (its hooks must not touch the plain one)
     pm_dp = peft_prompt_model(model, init)
     dataset = torch.utils.data.TensorDataset(ids, mask, y)
-    dp_module, dp_opt = opacus_private(pm_dp, torch.optim.Adam(prompt_parameters(pm_dp), lr=1e-3), dataset,
-                                       batch_size, NOISE, CLIP)
+    dp_module, dp_opt = opacus_private(
+        pm_dp, torch.optim.Adam(prompt_parameters(pm_dp), lr=1e-3), dataset, batch_size, NOISE, CLIP
+    )
 
     def opacus():
         dp_opt.zero_grad(set_to_none=True)
@@ -81,30 +107,52 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
     dp_opt.zero_grad(set_to_none=True)
     # and without baselines.per_example_prompt_lookup: how many "examples" Opacus sees in stock PEFT
     pm_stock = peft_prompt_model(model, init)
-    stock_module, stock_opt = opacus_private(pm_stock, torch.optim.Adam(prompt_parameters(pm_stock), lr=1e-3),
-                                             dataset, batch_size, NOISE, CLIP, fix_peft=False)
+    stock_module, stock_opt = opacus_private(
+        pm_stock,
+        torch.optim.Adam(prompt_parameters(pm_stock), lr=1e-3),
+        dataset,
+        batch_size,
+        NOISE,
+        CLIP,
+        fix_peft=False,
+    )
     verbalizer_loss(stock_module, clf.verbalizer, ids, mask, y, n_tokens).backward()
     stock_batch = int(prompt_parameters(pm_stock)[0].grad_sample.shape[0])
     stock_opt.zero_grad(set_to_none=True)
 
-    t = interleaved({"ours": ours, "ours_dp": ours_dp, "peft": peft, "opacus": opacus}, repeats=repeats, warmup=1)
+    t = interleaved(
+        {"ours": ours, "ours_dp": ours_dp, "peft": peft, "opacus": opacus},
+        repeats=repeats,
+        warmup=1,
+    )
     overhead = paired_ratio(t, "ours_dp", "ours")
     vs_opacus = paired_ratio(t, "opacus", "ours_dp")
-    row = {"batch_size": batch_size, "prompt_tokens": n_tokens, "seq_len": int(ids.shape[1]), "timings": t,
-           "dp_overhead": round(overhead, 4), "speedup_vs_opacus": round(vs_opacus, 3),
-           "opacus_overhead_vs_peft": round(paired_ratio(t, "opacus", "peft"), 4),
-           "per_example_grad_rel_max_diff": grad_diff,
-           "stock_peft_opacus_grad_sample_batch": stock_batch,
-           "target_dp_overhead": target(overhead, 1.15, higher_is_better=False),
-           "target_speedup_vs_opacus": target(vs_opacus, 2.0)}
-    print(f"dp_overhead {name:10s} ours {t['ours']['median_s']:.3f}s  ours DP {t['ours_dp']['median_s']:.3f}s  "
-          f"PEFT {t['peft']['median_s']:.3f}s  Opacus {t['opacus']['median_s']:.3f}s  dp_overhead {overhead:.3f} "
-          f"(target <= 1.15)  speedup_vs_opacus {vs_opacus:.2f}x (target >= 2)  grad diff {grad_diff:.1e}", flush=True)
+    row = {
+        "batch_size": batch_size,
+        "prompt_tokens": n_tokens,
+        "seq_len": int(ids.shape[1]),
+        "timings": t,
+        "dp_overhead": round(overhead, 4),
+        "speedup_vs_opacus": round(vs_opacus, 3),
+        "opacus_overhead_vs_peft": round(paired_ratio(t, "opacus", "peft"), 4),
+        "per_example_grad_rel_max_diff": grad_diff,
+        "stock_peft_opacus_grad_sample_batch": stock_batch,
+        "target_dp_overhead": target(overhead, 1.15, higher_is_better=False),
+        "target_speedup_vs_opacus": target(vs_opacus, 2.0),
+    }
+    print(
+        f"dp_overhead {name:10s} ours {t['ours']['median_s']:.3f}s  ours DP {t['ours_dp']['median_s']:.3f}s  "
+        f"PEFT {t['peft']['median_s']:.3f}s  Opacus {t['opacus']['median_s']:.3f}s  dp_overhead {overhead:.3f} "
+        f"(target <= 1.15)  speedup_vs_opacus {vs_opacus:.2f}x (target >= 2)  grad diff {grad_diff:.1e}",
+        flush=True,
+    )
     return row
 
 
 def main(argv=None):
-    args = prompt_parser(__doc__).parse_args(argv)  # --batch-size: the physical DP batch (tune_sst2 uses 16)
+    args = prompt_parser(__doc__).parse_args(
+        argv
+    )  # --batch-size: the physical DP batch (tune_sst2 uses 16)
     setup()
     from promptport.models import load_model
 
@@ -114,15 +162,30 @@ def main(argv=None):
     models = [("student_2l", student_from_teacher(lm.model, 2), 5 if quick else 15)]
     if not quick:  # the teacher's four steps cost ~10 s a round on 2 cores
         models.append(("teacher", lm.model, 5))
-    rows = {name: bench_model(name, m, lm.tokenizer, task, ds, args.batch_size, args.n_tokens, args.max_length,
-                              reps) for name, m, reps in models}
+    rows = {
+        name: bench_model(
+            name, m, lm.tokenizer, task, ds, args.batch_size, args.n_tokens, args.max_length, reps
+        )
+        for name, m, reps in models
+    }
     s = rows["student_2l"]
-    finish("dp_overhead", {
-        "suite": args.suite, "data": ds.source, "model": lm.info.model_id, "dtype": "float32",
-        "noise_multiplier": NOISE, "max_grad_norm": CLIP,
-        "ratio": "median over interleaved rounds of the two step times",
-        "results": rows, "dp_overhead": s["dp_overhead"], "speedup_vs_opacus": s["speedup_vs_opacus"],
-        "target_dp_overhead": s["target_dp_overhead"], "target_speedup_vs_opacus": s["target_speedup_vs_opacus"]})
+    finish(
+        "dp_overhead",
+        {
+            "suite": args.suite,
+            "data": ds.source,
+            "model": lm.info.model_id,
+            "dtype": "float32",
+            "noise_multiplier": NOISE,
+            "max_grad_norm": CLIP,
+            "ratio": "median over interleaved rounds of the two step times",
+            "results": rows,
+            "dp_overhead": s["dp_overhead"],
+            "speedup_vs_opacus": s["speedup_vs_opacus"],
+            "target_dp_overhead": s["target_dp_overhead"],
+            "target_speedup_vs_opacus": s["target_speedup_vs_opacus"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,16 @@ def main(argv=None):
     ap.add_argument("--suite", choices=["quick", "full"], default="full")
     ap.add_argument("--config", default="configs/sst2-smollm2.yaml")
     ap.add_argument("--run-dir", default="runs/bench-post-sst2")
-    ap.add_argument("--student", default=None, help="an existing student folder (skips distillation)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a config key, e.g. --set 'transfer={\"epochs\": 2}'")
+    ap.add_argument(
+        "--student", default=None, help="an existing student folder (skips distillation)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config key, e.g. --set 'transfer={\"epochs\": 2}'",
+    )
     ap.add_argument("--with-teacher-tuning", action="store_true")
     args = ap.parse_args(argv)
     setup()
@@ -30,8 +37,13 @@ def main(argv=None):
         raise SystemExit(f"needs SST-2 at {SHARED / 'sst2'}")
     from promptport.pipeline import load_run_config, run_pipeline
 
-    overrides = {"run_dir": args.run_dir, "private_data": str(SHARED / "sst2"), "public_data": str(SHARED / "imdb"),
-                 "student": args.student, "with_teacher_tuning": args.with_teacher_tuning or None}
+    overrides = {
+        "run_dir": args.run_dir,
+        "private_data": str(SHARED / "sst2"),
+        "public_data": str(SHARED / "imdb"),
+        "student": args.student,
+        "with_teacher_tuning": args.with_teacher_tuning or None,
+    }
     for kv in args.set:
         k, v = kv.split("=", 1)
         overrides[k] = json.loads(v)
@@ -41,12 +53,18 @@ def main(argv=None):
     base = r["baselines"]
     acc = {k: round(v["accuracy"], 4) for k, v in base.items()}
     print("post_sst2 " + "  ".join(f"{k}={v}" for k, v in acc.items()))
-    finish("post_sst2", {
-        "config": cfg.model_dump(), "accuracy": acc, "baselines": base, "costs": r["costs"],
-        "post_above_zero_shot": acc["post_transfer"] > acc["teacher_zero_shot"],
-        "post_above_direct": acc["post_transfer"] > acc["direct_transfer"],
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    })
+    finish(
+        "post_sst2",
+        {
+            "config": cfg.model_dump(),
+            "accuracy": acc,
+            "baselines": base,
+            "costs": r["costs"],
+            "post_above_zero_shot": acc["post_transfer"] > acc["teacher_zero_shot"],
+            "post_above_direct": acc["post_transfer"] > acc["direct_transfer"],
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

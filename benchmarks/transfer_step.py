@@ -30,11 +30,15 @@ def main(argv=None):
     enc = clf.encode(pub)
     ids, mask = clf.batch(enc.input_ids)
     labels = torch.zeros(bs, dtype=torch.long)
-    p = torch.nn.Parameter(init_prompt_embeddings(lm.model, lm.tokenizer, n_tok, "text", task.description))
+    p = torch.nn.Parameter(
+        init_prompt_embeddings(lm.model, lm.tokenizer, n_tok, "text", task.description)
+    )
     opt = torch.optim.Adam([p], lr=1e-3)
     V = lm.model.get_output_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(0)
-    s, s_p, t = (torch.randn(bs, V, generator=g) for _ in range(3))  # cached targets (values do not affect cost)
+    s, s_p, t = (
+        torch.randn(bs, V, generator=g) for _ in range(3)
+    )  # cached targets (values do not affect cost)
 
     def tune_step():
         loss = clf.loss(ids, mask, labels, p)
@@ -49,18 +53,33 @@ def main(argv=None):
         opt.step()
 
     # interleaved so drifting machine load hits both alike; the ratio is the median of per-round ratios
-    timings = interleaved({"tune": tune_step, "transfer": transfer_step}, repeats=3 if args.suite == "quick" else 7)
+    timings = interleaved(
+        {"tune": tune_step, "transfer": transfer_step}, repeats=3 if args.suite == "quick" else 7
+    )
     tu, tr = timings["tune"]["times_s"], timings["transfer"]["times_s"]
     tune_s, transfer_s = timings["tune"]["median_s"], timings["transfer"]["median_s"]
     ratio = paired_ratio(timings, "transfer", "tune")
     tokens = int(mask.sum()) + n_tok * bs
-    print(f"transfer_step tune {tune_s:.3f}s  transfer {transfer_s:.3f}s  overhead {ratio:.3f}x  "
-          f"({tokens / transfer_s:.0f} tokens/s)")
-    finish("transfer_step", {"suite": args.suite, "batch_size": bs, "prompt_tokens": n_tok,
-                             "seq_tokens": int(mask.sum()), "tune_step_s": tune_s, "transfer_step_s": transfer_s,
-                             "tune_times_s": tu, "transfer_times_s": tr, "transfer_overhead": round(ratio, 4),
-                             "transfer_tokens_per_s": round(tokens / transfer_s, 1),
-                             "target": target(ratio, 1.1, higher_is_better=False)})
+    print(
+        f"transfer_step tune {tune_s:.3f}s  transfer {transfer_s:.3f}s  overhead {ratio:.3f}x  "
+        f"({tokens / transfer_s:.0f} tokens/s)"
+    )
+    finish(
+        "transfer_step",
+        {
+            "suite": args.suite,
+            "batch_size": bs,
+            "prompt_tokens": n_tok,
+            "seq_tokens": int(mask.sum()),
+            "tune_step_s": tune_s,
+            "transfer_step_s": transfer_s,
+            "tune_times_s": tu,
+            "transfer_times_s": tr,
+            "transfer_overhead": round(ratio, 4),
+            "transfer_tokens_per_s": round(tokens / transfer_s, 1),
+            "target": target(ratio, 1.1, higher_is_better=False),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,16 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import (finish, interleaved, paired_ratio, prompt_parser, sentiment_split, setup,
-                               student_from_teacher, target)
+from benchmarks.common import (
+    finish,
+    interleaved,
+    paired_ratio,
+    prompt_parser,
+    sentiment_split,
+    setup,
+    student_from_teacher,
+    target,
+)
 
 TARGETS = {"student_2l": 1.5, "teacher": 1.1}
 
@@ -54,17 +62,27 @@ def bench_model(name, model, tok, task, ds, batch_size, n_tokens, max_length, re
     t = interleaved({"ours": ours_step, "peft": peft_step}, repeats=repeats, warmup=1)
     speedup = paired_ratio(t, "peft", "ours")
     tokens = int(mask.sum()) + n_tokens * batch_size
-    row = {"batch_size": batch_size, "prompt_tokens": n_tokens, "seq_len": int(ids.shape[1]),
-           "tokens_per_step": tokens, "ours": t["ours"], "peft": t["peft"],
-           "ours_tokens_per_s": round(tokens / t["ours"]["median_s"], 1),
-           "peft_tokens_per_s": round(tokens / t["peft"]["median_s"], 1),
-           "loss_ours": ours_loss, "loss_peft": peft_loss, "loss_abs_diff": abs(ours_loss - peft_loss),
-           "speedup_vs_peft": round(speedup, 3),
-           "speedup_of_medians": round(t["peft"]["median_s"] / t["ours"]["median_s"], 3),
-           "target": target(speedup, TARGETS[name])}
-    print(f"tune_throughput {name:10s} ours {t['ours']['median_s']:.3f}s  peft {t['peft']['median_s']:.3f}s  "
-          f"speedup {speedup:.2f}x (target >= {TARGETS[name]})  loss diff {abs(ours_loss - peft_loss):.1e}",
-          flush=True)
+    row = {
+        "batch_size": batch_size,
+        "prompt_tokens": n_tokens,
+        "seq_len": int(ids.shape[1]),
+        "tokens_per_step": tokens,
+        "ours": t["ours"],
+        "peft": t["peft"],
+        "ours_tokens_per_s": round(tokens / t["ours"]["median_s"], 1),
+        "peft_tokens_per_s": round(tokens / t["peft"]["median_s"], 1),
+        "loss_ours": ours_loss,
+        "loss_peft": peft_loss,
+        "loss_abs_diff": abs(ours_loss - peft_loss),
+        "speedup_vs_peft": round(speedup, 3),
+        "speedup_of_medians": round(t["peft"]["median_s"] / t["ours"]["median_s"], 3),
+        "target": target(speedup, TARGETS[name]),
+    }
+    print(
+        f"tune_throughput {name:10s} ours {t['ours']['median_s']:.3f}s  peft {t['peft']['median_s']:.3f}s  "
+        f"speedup {speedup:.2f}x (target >= {TARGETS[name]})  loss diff {abs(ours_loss - peft_loss):.1e}",
+        flush=True,
+    )
     return row
 
 
@@ -77,16 +95,36 @@ def main(argv=None):
     task, ds = sentiment_split("train", args.batch_size)
     lm = load_model(args.model)
     rows = {}
-    for name, model, repeats in (("student_2l", student_from_teacher(lm.model, 2), 5 if quick else 15),
-                                 ("teacher", lm.model, 3 if quick else 9)):
-        rows[name] = bench_model(name, model, lm.tokenizer, task, ds, args.batch_size, args.n_tokens,
-                                 args.max_length, repeats)
-    finish("tune_throughput", {
-        "suite": args.suite, "data": ds.source, "model": lm.info.model_id, "dtype": "float32",
-        "ratio": "median over interleaved rounds of (PEFT step time / our step time)",
-        "results": rows, "speedup_vs_peft": rows["student_2l"]["speedup_vs_peft"],
-        "speedup_vs_peft_teacher": rows["teacher"]["speedup_vs_peft"],
-        "target_student": rows["student_2l"]["target"], "target_teacher": rows["teacher"]["target"]})
+    for name, model, repeats in (
+        ("student_2l", student_from_teacher(lm.model, 2), 5 if quick else 15),
+        ("teacher", lm.model, 3 if quick else 9),
+    ):
+        rows[name] = bench_model(
+            name,
+            model,
+            lm.tokenizer,
+            task,
+            ds,
+            args.batch_size,
+            args.n_tokens,
+            args.max_length,
+            repeats,
+        )
+    finish(
+        "tune_throughput",
+        {
+            "suite": args.suite,
+            "data": ds.source,
+            "model": lm.info.model_id,
+            "dtype": "float32",
+            "ratio": "median over interleaved rounds of (PEFT step time / our step time)",
+            "results": rows,
+            "speedup_vs_peft": rows["student_2l"]["speedup_vs_peft"],
+            "speedup_vs_peft_teacher": rows["teacher"]["speedup_vs_peft"],
+            "target_student": rows["student_2l"]["target"],
+            "target_teacher": rows["teacher"]["target"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -60,14 +60,22 @@ def fixture_stats():
     return target, ref, masks
 
 
-@pytest.mark.parametrize("attack,variance,option,fix", [
-    ("online", "per-example", "both", False), ("online", "global", "both", True),
-    ("offline-logpdf", "per-example", "out", False), ("offline-logpdf", "global", "out", True)])
+@pytest.mark.parametrize(
+    "attack,variance,option,fix",
+    [
+        ("online", "per-example", "both", False),
+        ("online", "global", "both", True),
+        ("offline-logpdf", "per-example", "out", False),
+        ("offline-logpdf", "global", "out", True),
+    ],
+)
 def test_lira_matches_tf_privacy_reference(fixture_stats, attack, variance, option, fix):
     target, ref, masks = fixture_stats
     stat_in = [ref[masks[:, j], j] for j in range(ref.shape[1])]
     stat_out = [ref[~masks[:, j], j] for j in range(ref.shape[1])]
-    want = -tfp_compute_score_lira(target, stat_in, stat_out, option, fix)  # ours: members score high
+    want = -tfp_compute_score_lira(
+        target, stat_in, stat_out, option, fix
+    )  # ours: members score high
     got = A.lira_scores(target, ref, masks, attack, variance)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
 
@@ -78,11 +86,16 @@ def test_lira_hand_computed_values():
     m = np.array([[1], [1], [1], [0], [0], [0]], dtype=bool)
     t = np.array([1.0])
     s2 = 2 / 3
-    assert A.lira_scores(t, ref, m, "online", "per-example")[0] == pytest.approx(-(4 - 1) / (2 * s2), abs=1e-12)
+    assert A.lira_scores(t, ref, m, "online", "per-example")[0] == pytest.approx(
+        -(4 - 1) / (2 * s2), abs=1e-12
+    )
     want_lp = -0.5 * np.log(2 * np.pi * s2) - 1 / (2 * s2)
-    assert A.lira_scores(t, ref, m, "offline-logpdf", "per-example")[0] == pytest.approx(-want_lp, abs=1e-12)
+    assert A.lira_scores(t, ref, m, "offline-logpdf", "per-example")[0] == pytest.approx(
+        -want_lp, abs=1e-12
+    )
     assert np.exp(A.lira_scores(t, ref, m, "offline-cdf", "per-example")[0]) == pytest.approx(
-        stats.norm.cdf(1 / np.sqrt(s2)), abs=1e-12)
+        stats.norm.cdf(1 / np.sqrt(s2)), abs=1e-12
+    )
     assert A.lira_scores(t, ref, m, "global-threshold")[0] == 1.0
 
 
@@ -101,16 +114,23 @@ def test_logit_confidence_matches_reference_and_is_stable():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (50, 4))
     labels = rng.integers(0, 4, 50)
-    np.testing.assert_allclose(A.logit_confidence(logits, labels), tfp_logit_statistic(logits, labels),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        A.logit_confidence(logits, labels),
+        tfp_logit_statistic(logits, labels),
+        rtol=1e-9,
+        atol=1e-9,
+    )
     extreme = np.array([[800.0, 0.0], [0.0, 800.0], [30.0, 29.0]], dtype=np.float32)
     got = A.logit_confidence(extreme, np.array([0, 0, 0]))
     np.testing.assert_allclose(got, [800.0, -800.0, 1.0], atol=1e-9)
     # [N, P, C] logits with [1, P] labels broadcast over shadows
     three = rng.normal(size=(3, 5, 2))
     y = rng.integers(0, 2, 5)
-    np.testing.assert_allclose(A.logit_confidence(three, y[None]), three[..., :][np.arange(3)[:, None],
-                               np.arange(5), y] - three[np.arange(3)[:, None], np.arange(5), 1 - y])
+    np.testing.assert_allclose(
+        A.logit_confidence(three, y[None]),
+        three[..., :][np.arange(3)[:, None], np.arange(5), y]
+        - three[np.arange(3)[:, None], np.arange(5), 1 - y],
+    )
 
 
 def test_masks_balanced_and_deterministic():
@@ -131,6 +151,7 @@ def test_parse_shadow_ids():
 
 # ------------------------------------------------------------------ metrics and epsilon
 
+
 def synthetic(n=16, p=200, shift=0.0, seed=0):
     rng = np.random.default_rng(seed)
     masks = A.make_masks(n, p, seed=seed)
@@ -146,7 +167,10 @@ def test_leave_one_out_finds_leak_and_not_noise():
         assert A.roc_metrics(s, masks)["auc"] > 0.8, attack
     # per-example calibration beats the global threshold when examples differ in difficulty
     online = A.roc_metrics(A.leave_one_out(stat, masks, "online", "global"), masks)["auc"]
-    assert online > A.roc_metrics(A.leave_one_out(stat, masks, "global-threshold"), masks)["auc"] + 0.05
+    assert (
+        online
+        > A.roc_metrics(A.leave_one_out(stat, masks, "global-threshold"), masks)["auc"] + 0.05
+    )
     stat0, masks0 = synthetic(shift=0.0, seed=1)
     s0 = A.leave_one_out(stat0, masks0, "online", "global")
     m0, ci = A.roc_metrics(s0, masks0), A.bootstrap_intervals(s0, masks0, n_boot=200)
@@ -172,7 +196,9 @@ def test_fast_roc_matches_sklearn():
     np.testing.assert_allclose(f2, fpr)
     np.testing.assert_allclose(t2, tpr)
     fast, slow = A.roc_metrics(scores, members, fast=True), A.roc_metrics(scores, members)
-    assert fast == pytest.approx(slow) and slow["auc"] == pytest.approx(roc_auc_score(members, scores))
+    assert fast == pytest.approx(slow) and slow["auc"] == pytest.approx(
+        roc_auc_score(members, scores)
+    )
 
 
 def test_empirical_epsilon():
@@ -181,18 +207,31 @@ def test_empirical_epsilon():
     assert A.empirical_epsilon([0.0, 0.3, 1.0], [0.0, 0.3, 1.0], 1e-5) == 0.0  # chance line
     # a perfect attack: the point estimate skips zero denominators, the Clopper-Pearson bound is finite
     assert A.empirical_epsilon([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5) == 0.0
-    cp = A.empirical_epsilon([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5, n_neg=1000, n_pos=1000, confidence=0.95)
+    cp = A.empirical_epsilon(
+        [0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5, n_neg=1000, n_pos=1000, confidence=0.95
+    )
     assert np.log(100) < cp < np.log(1000)
     # the high-confidence version is never above the point estimate
     pt = A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5)
-    assert A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5, n_neg=500, n_pos=500, confidence=0.95) < pt
+    assert (
+        A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5, n_neg=500, n_pos=500, confidence=0.95)
+        < pt
+    )
 
 
 # ------------------------------------------------------------------ storage, report, summary
 
+
 def _spec(sst_like_dir, **kw):
-    d = dict(model="unused-for-this-test", task="sst2", data=str(sst_like_dir), split="train", pool_size=20,
-             n_shadows=6, tune={"n_tokens": 4, "epochs": 1.0, "dp": None})
+    d = dict(
+        model="unused-for-this-test",
+        task="sst2",
+        data=str(sst_like_dir),
+        split="train",
+        pool_size=20,
+        n_shadows=6,
+        tune={"n_tokens": 4, "epochs": 1.0, "dp": None},
+    )
     d.update(kw)
     return A.AuditSpec(**d)
 
@@ -221,7 +260,11 @@ def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
         A.load_shadows(out)
     A.shadow_path(out, 4).unlink()
     summary = A.build_report(out, n_boot=50)
-    assert summary["n_shadows"] == 4 and summary["auc"] > 0.9 and summary["theoretical_epsilon"] is None
+    assert (
+        summary["n_shadows"] == 4
+        and summary["auc"] > 0.9
+        and summary["theoretical_epsilon"] is None
+    )
     assert set(summary["attacks"]) == {A.attack_key(a, v) for a, v in A.REPORT_ATTACKS}
     for key, rel in summary["files"].items():
         assert (out / rel).is_file(), key
@@ -235,6 +278,7 @@ def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
 
 # ------------------------------------------------------------------ end to end on a tiny model
 
+
 def _random_label_data(root, n=40, seed=0):
     """Distinct random word strings with random labels: only memorisation can fit them."""
     from conftest import CORPUS
@@ -243,7 +287,9 @@ def _random_label_data(root, n=40, seed=0):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     rows = {" ".join(rng.choice(words, 6)): int(rng.integers(0, 2)) for _ in range(n)}
-    (root / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows.items()))
+    (root / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows.items())
+    )
     return root
 
 
@@ -252,16 +298,43 @@ def test_cli_audit_slices_resume_report(tiny_model_dir, tmp_path, capsys, one_th
 
     data = _random_label_data(tmp_path / "d", n=16)
     out = tmp_path / "aud"
-    base = ["audit", "--model", tiny_model_dir, "--task", "sst2", "--data", data, "--pool-size", 12,
-            "--shadows", 4, "--n-tokens", 2, "--max-steps", 2, "--batch-size", 4, "--n-boot", 20, "--out", out]
+    base = [
+        "audit",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "sst2",
+        "--data",
+        data,
+        "--pool-size",
+        12,
+        "--shadows",
+        4,
+        "--n-tokens",
+        2,
+        "--max-steps",
+        2,
+        "--batch-size",
+        4,
+        "--n-boot",
+        20,
+        "--out",
+        out,
+    ]
     assert main([str(a) for a in base + ["--shadow-ids", "0-1"]]) == 0
     text = capsys.readouterr().out
     assert "2/4 finished" in text and not (out / "report").exists()
-    assert main([str(a) for a in base + ["--shadow-ids", "1-2"]]) == 2  # shadow 1 exists: needs --resume
+    assert (
+        main([str(a) for a in base + ["--shadow-ids", "1-2"]]) == 2
+    )  # shadow 1 exists: needs --resume
     assert "--resume" in capsys.readouterr().err
-    assert main([str(a) for a in base + ["--lr", "0.5", "--resume"]]) == 2  # another configuration, same OUT
+    assert (
+        main([str(a) for a in base + ["--lr", "0.5", "--resume"]]) == 2
+    )  # another configuration, same OUT
     assert "another configuration" in capsys.readouterr().err
-    assert main(["audit", "--out", str(out), "--resume", "--n-boot", "20"]) == 0  # settings come from OUT
+    assert (
+        main(["audit", "--out", str(out), "--resume", "--n-boot", "20"]) == 0
+    )  # settings come from OUT
     text = capsys.readouterr().out
     assert text.startswith("audit: online/global AUC"), text
     summary = A.audit_summary(out)
@@ -278,27 +351,46 @@ def memorising_model(tmp_path_factory):
     """A 2-layer random Llama with larger initial weights (initializer_range 0.2): unlike the conftest model,
     whose answer states are nearly identical across inputs, a 16-token prompt can memorise random labels."""
     import torch
-    from conftest import build_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import build_tokenizer
 
     path = tmp_path_factory.mktemp("memorising-llama")
     tok = build_tokenizer(path)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=None, initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        initializer_range=0.2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
 
 
-
-
 def _leak_audit(model_dir, tmp_path, dp):
     data = _random_label_data(tmp_path / "d", n=24, seed=1)
-    tune = {"n_tokens": 16, "init": "random", "lr": 0.1, "epochs": 30.0, "batch_size": 6, "schedule": "constant",
-            "max_length": 64, "dp": dp}
-    spec = A.AuditSpec(model=str(model_dir), task="sst2", data=str(data), pool_size=24, n_shadows=6, tune=tune)
+    tune = {
+        "n_tokens": 16,
+        "init": "random",
+        "lr": 0.1,
+        "epochs": 30.0,
+        "batch_size": 6,
+        "schedule": "constant",
+        "max_length": 64,
+        "dp": dp,
+    }
+    spec = A.AuditSpec(
+        model=str(model_dir), task="sst2", data=str(data), pool_size=24, n_shadows=6, tune=tune
+    )
     return A.audit(tmp_path / "aud", spec, n_boot=200)["summary"]
 
 
@@ -312,7 +404,9 @@ def test_leaky_configuration_is_detected(memorising_model, tmp_path, one_thread)
 
 def test_dp_at_small_epsilon_is_not_detected(memorising_model, tmp_path, one_thread):
     # RDP: calibrating sigma with the PRV accountant takes seconds per shadow; the audit is the same
-    s = _leak_audit(memorising_model, tmp_path, {"epsilon": 1.0, "delta": 1e-3, "accountant": "rdp"})
+    s = _leak_audit(
+        memorising_model, tmp_path, {"epsilon": 1.0, "delta": 1e-3, "accountant": "rdp"}
+    )
     assert s["auc_ci"][0] <= 0.5 <= s["auc_ci"][1], s["auc_ci"]
     assert s["theoretical_epsilon"] == pytest.approx(1.0, rel=0.05) and s["delta"] == 1e-3
 
@@ -322,15 +416,39 @@ def test_tune_settings_from_a_prompt_and_the_command_line(tmp_path):
 
     from promptport.prompt import save_prompt
 
-    cfg = {"n_tokens": 7, "lr": 0.5, "epochs": 3.0, "batch_size": 4, "patience": 2,
-           "dp": {"epsilon": 2.0, "delta": None, "max_grad_norm": 0.5, "accountant": "rdp", "secure_rng": False}}
+    cfg = {
+        "n_tokens": 7,
+        "lr": 0.5,
+        "epochs": 3.0,
+        "batch_size": 4,
+        "patience": 2,
+        "dp": {
+            "epsilon": 2.0,
+            "delta": None,
+            "max_grad_norm": 0.5,
+            "accountant": "rdp",
+            "secure_rng": False,
+        },
+    }
     save_prompt(tmp_path / "p", torch.zeros(7, 4), {"training": {"config": cfg}})
-    values = {"n_tokens": 20, "lr": 0.03, "epochs": 1.0, "batch_size": 16, "dp": False, "epsilon": None,
-              "delta": None, "max_grad_norm": 1.0, "accountant": "prv", "seed": 3}
+    values = {
+        "n_tokens": 20,
+        "lr": 0.03,
+        "epochs": 1.0,
+        "batch_size": 16,
+        "dp": False,
+        "epsilon": None,
+        "delta": None,
+        "max_grad_norm": 1.0,
+        "accountant": "prv",
+        "seed": 3,
+    }
     t = A.tune_settings(values, given={"lr"}, like=tmp_path / "p")
     assert (t["n_tokens"], t["epochs"], t["batch_size"], t["lr"], t["seed"]) == (7, 3.0, 4, 0.03, 3)
     assert t["dp"]["epsilon"] == 2.0 and t["dp"]["max_grad_norm"] == 0.5 and "patience" not in t
-    t = A.tune_settings(dict(values, dp=True, epsilon=8.0), given={"dp", "epsilon"}, like=tmp_path / "p")
+    t = A.tune_settings(
+        dict(values, dp=True, epsilon=8.0), given={"dp", "epsilon"}, like=tmp_path / "p"
+    )
     assert t["dp"]["epsilon"] == 8.0 and t["dp"]["accountant"] == "rdp"
     plain = A.tune_settings(values)
     assert plain["dp"] is None and plain["n_tokens"] == 20

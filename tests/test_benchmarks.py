@@ -48,7 +48,11 @@ def test_tune_throughput(bench, tiny_model_dir, capsys):
     for name, goal in (("student_2l", 1.5), ("teacher", 1.1)):
         row = res["results"][name]
         assert row["loss_abs_diff"] < 1e-4  # PEFT's full-logit loss is ours, computed the long way
-        assert len(row["ours"]["times_s"]) == len(row["peft"]["times_s"]) == 5 if name == "student_2l" else 3
+        assert (
+            len(row["ours"]["times_s"]) == len(row["peft"]["times_s"]) == 5
+            if name == "student_2l"
+            else 3
+        )
         _check_target(row["target"], row["speedup_vs_peft"], goal)
     assert res["speedup_vs_peft"] == res["results"]["student_2l"]["speedup_vs_peft"]
 
@@ -60,7 +64,10 @@ def test_dp_overhead(bench, tiny_model_dir, capsys):
     res = _result(bench, "dp_overhead", capsys)
     row = res["results"]["student_2l"]
     assert row["per_example_grad_rel_max_diff"] < 1e-4  # Opacus's per-sample gradients are ours
-    assert row["stock_peft_opacus_grad_sample_batch"] in (1, 4)  # 1: stock PEFT hides the batch from Opacus
+    assert row["stock_peft_opacus_grad_sample_batch"] in (
+        1,
+        4,
+    )  # 1: stock PEFT hides the batch from Opacus
     assert set(row["timings"]) == {"ours", "ours_dp", "peft", "opacus"}
     _check_target(res["target_dp_overhead"], res["dp_overhead"], 1.15, higher=False)
     _check_target(res["target_speedup_vs_opacus"], res["speedup_vs_opacus"], 2.0)
@@ -69,8 +76,20 @@ def test_dp_overhead(bench, tiny_model_dir, capsys):
 def test_user_vs_teacher(bench, tiny_model_dir, capsys):
     from benchmarks import user_vs_teacher
 
-    user_vs_teacher.main(["--model", str(tiny_model_dir), "--steps", "1", "--batch-size", "4", "--n-tokens", "3",
-                          "--n-probe", "4"])
+    user_vs_teacher.main(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--n-tokens",
+            "3",
+            "--n-probe",
+            "4",
+        ]
+    )
     res = _result(bench, "user_vs_teacher", capsys)
     _check_target(res["target_user_speedup"], res["user_speedup"], 8.0)
     x = res["extrapolation"]
@@ -84,7 +103,9 @@ def test_distill_throughput(bench, tiny_model_dir, capsys):
     distill_throughput.main(["--model", str(tiny_model_dir), "--steps", "3"])
     res = _result(bench, "distill_throughput", capsys)
     assert len(res["training"]["step_times_s"]) == 3 and res["training"]["tokens_per_s"] > 0
-    assert res["cache"]["tokens"] > res["cache"]["lm_tokens"] > 0  # LM blocks and task answers both cached
+    assert (
+        res["cache"]["tokens"] > res["cache"]["lm_tokens"] > 0
+    )  # LM blocks and task answers both cached
     assert res["matmul_peak_flops"]["float32"] > 0
     _check_target(res["target"], res["mfu"], 0.35)
 
@@ -92,9 +113,15 @@ def test_distill_throughput(bench, tiny_model_dir, capsys):
 def test_profile_steps(bench, tiny_model_dir, capsys):
     from benchmarks import profile_steps
 
-    profile_steps.main(["--model", str(tiny_model_dir), "--batch-size", "4", "--n-tokens", "3", "--top", "3"])
+    profile_steps.main(
+        ["--model", str(tiny_model_dir), "--batch-size", "4", "--n-tokens", "3", "--top", "3"]
+    )
     res = _result(bench, "profile_steps", capsys)
-    assert set(res["stages"]) - {"tune_student_2l", "tune_teacher", "dp_student_2l", "transfer_teacher"} == {
-        f"distill_student_{res['distill_layers']}l"}
+    assert set(res["stages"]) - {
+        "tune_student_2l",
+        "tune_teacher",
+        "dp_student_2l",
+        "transfer_teacher",
+    } == {f"distill_student_{res['distill_layers']}l"}
     for r in res["stages"].values():
         assert 0 < len(r["top"]) <= 3 and sum(e["share"] for e in r["top"]) <= 1.0001

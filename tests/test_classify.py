@@ -4,8 +4,12 @@ from promptport.classify import PromptClassifier, answer_hidden, collate, projec
 from promptport.data import TextDataset
 from promptport.tasks import get_task
 
-TEXTS = ["the movie was great", "a terrible boring film with bad acting and a thin plot", "ok",
-         "i loved every minute of it , the jokes land"]
+TEXTS = [
+    "the movie was great",
+    "a terrible boring film with bad acting and a thin plot",
+    "ok",
+    "i loved every minute of it , the jokes land",
+]
 
 
 def _clf(lm, padding_side="right"):
@@ -29,8 +33,12 @@ def test_batched_equals_unbatched_both_padding_sides(tiny_lm):
                 single = torch.cat([clf.class_logits(*clf.batch([x]), p) for x in enc.input_ids])
                 torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
                 results.append(batched)
-    torch.testing.assert_close(results[0], results[2], atol=1e-5, rtol=1e-5)  # right vs left, no prompt
-    torch.testing.assert_close(results[1], results[3], atol=1e-5, rtol=1e-5)  # right vs left, prompt
+    torch.testing.assert_close(
+        results[0], results[2], atol=1e-5, rtol=1e-5
+    )  # right vs left, no prompt
+    torch.testing.assert_close(
+        results[1], results[3], atol=1e-5, rtol=1e-5
+    )  # right vs left, prompt
     tiny_lm.tokenizer.padding_side = "right"
 
 
@@ -48,7 +56,9 @@ def test_answer_logits_match_full_forward(tiny_lm):
         for i, x in enumerate(enc.input_ids):
             full = tiny_lm.model(input_ids=torch.tensor([x])).logits[0, -1]
             torch.testing.assert_close(ours[i], full, atol=1e-5, rtol=1e-5)
-        words = project(tiny_lm.model, answer_hidden(tiny_lm.model, ids, mask), clf.verbalizer.token_ids)
+        words = project(
+            tiny_lm.model, answer_hidden(tiny_lm.model, ids, mask), clf.verbalizer.token_ids
+        )
         torch.testing.assert_close(words, ours[:, clf.verbalizer.token_ids])
 
 

@@ -17,21 +17,60 @@ def run(args, capsys):
 
 def test_evaluate_tiny_model_writes_metrics(tiny_model_dir, sst_like_dir, tmp_path, capsys):
     out = tmp_path / "ev"
-    rc, text = run(["evaluate", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir,
-                    "--split", "dev", "--out", out], capsys)
+    rc, text = run(
+        [
+            "evaluate",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data",
+            sst_like_dir,
+            "--split",
+            "dev",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert rc == 0, text
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 8 and {"accuracy", "macro_f1", "seconds", "examples_per_s"} <= set(m)
     assert any(ln.startswith("evaluate: sst2/validation accuracy") for ln in text.splitlines())
 
 
-@pytest.mark.parametrize("case", ["task", "model_dir", "model_missing", "columns", "labels", "empty", "limit",
-                                  "out", "prompt_other_model", "config_key"])
-def test_bad_input_exit_2_nothing_written(case, tiny_model_dir, tiny_model_dir_wide, sst_like_dir, tmp_path,
-                                          capsys):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "task",
+        "model_dir",
+        "model_missing",
+        "columns",
+        "labels",
+        "empty",
+        "limit",
+        "out",
+        "prompt_other_model",
+        "config_key",
+    ],
+)
+def test_bad_input_exit_2_nothing_written(
+    case, tiny_model_dir, tiny_model_dir_wide, sst_like_dir, tmp_path, capsys
+):
     out = tmp_path / "out"
-    args = ["evaluate", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir, "--split", "dev",
-            "--out", out]
+    args = [
+        "evaluate",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "sst2",
+        "--data",
+        sst_like_dir,
+        "--split",
+        "dev",
+        "--out",
+        out,
+    ]
     if case == "task":
         args[4] = "no_such_task"
     elif case == "model_dir":
@@ -67,8 +106,11 @@ def test_bad_input_exit_2_nothing_written(case, tiny_model_dir, tiny_model_dir_w
 
         wide = load_model(str(tiny_model_dir_wide))
         emb = init_prompt_embeddings(wide.model, wide.tokenizer, 3, "random")
-        save_prompt(tmp_path / "p", emb, make_metadata(model_info=wide.info, task=get_task("sst2"), init="random",
-                                                       n_tokens=3))
+        save_prompt(
+            tmp_path / "p",
+            emb,
+            make_metadata(model_info=wide.info, task=get_task("sst2"), init="random", n_tokens=3),
+        )
         args += ["--prompt", tmp_path / "p"]
     elif case == "config_key":
         cfg = tmp_path / "c.yaml"
@@ -85,8 +127,10 @@ def test_bad_input_exit_2_nothing_written(case, tiny_model_dir, tiny_model_dir_w
 
 def test_config_file_and_cli_override(tiny_model_dir, sst_like_dir, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: {tiny_model_dir}\ntask: sst2\ndata: {sst_like_dir}\nsplit: dev\nlimit: 3\n"
-                   f"out-dir: {tmp_path / 'from_cfg'}\n")
+    cfg.write_text(
+        f"model: {tiny_model_dir}\ntask: sst2\ndata: {sst_like_dir}\nsplit: dev\nlimit: 3\n"
+        f"out-dir: {tmp_path / 'from_cfg'}\n"
+    )
     rc, text = run(["evaluate", "--config", cfg, "--limit", "5"], capsys)
     assert rc == 0, text
     assert json.loads((tmp_path / "from_cfg" / "metrics.json").read_text())["n"] == 5
@@ -100,10 +144,17 @@ def test_config_bad_value_is_named(tmp_path, capsys):
 
 
 def test_console_script_help_and_exit_code():
-    r = subprocess.run([sys.executable, "-m", "promptport.cli", "evaluate", "--help"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "promptport.cli", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "--task" in r.stdout and "--config" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "promptport.cli", "evaluate", "--limit", "0"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "promptport.cli", "evaluate", "--limit", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: limit") and "Traceback" not in r.stderr
 
 
@@ -112,8 +163,14 @@ def test_export_peft_cli(tiny_lm, tmp_path, capsys):
     from promptport.tasks import get_task
 
     emb = init_prompt_embeddings(tiny_lm.model, tiny_lm.tokenizer, 3, "random")
-    save_prompt(tmp_path / "p", emb, make_metadata(model_info=tiny_lm.info, task=get_task("sst2"), init="random",
-                                                   n_tokens=3))
+    save_prompt(
+        tmp_path / "p",
+        emb,
+        make_metadata(model_info=tiny_lm.info, task=get_task("sst2"), init="random", n_tokens=3),
+    )
     rc, text = run(["export", tmp_path / "p", "--peft", tmp_path / "peft"], capsys)
     assert rc == 0, text
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    assert (
+        json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"]
+        == "PROMPT_TUNING"
+    )

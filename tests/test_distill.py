@@ -15,13 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CORPUS, needs_embedded_teacher
 from promptport.cli import main
-from promptport.distill import (DistillConfig, build_corpus, distill, distill_loss, extract_student, kd_kl,
-                                load_student, pack_blocks, select_layers, set_trainable, shared_parameter_names)
+from promptport.distill import (
+    DistillConfig,
+    build_corpus,
+    distill,
+    distill_loss,
+    extract_student,
+    kd_kl,
+    load_student,
+    pack_blocks,
+    select_layers,
+    set_trainable,
+    shared_parameter_names,
+)
 from promptport.errors import BadInput
 from promptport.models import load_model
-
-from conftest import CORPUS, needs_embedded_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,16 +44,34 @@ def text_file(tmp_path_factory) -> Path:
     words = CORPUS.split()
     rng = random.Random(0)
     p = tmp_path_factory.mktemp("corpus") / "public.txt"
-    p.write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) + " ."
-                           for _ in range(300)))
+    p.write_text(
+        "\n".join(
+            " ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) + " ."
+            for _ in range(300)
+        )
+    )
     return p
 
 
 def tiny_cfg(text_file: Path, **kw) -> DistillConfig:
-    base = dict(layers=2, corpus=[str(text_file)], max_tokens=1536, block_size=32, heldout_blocks=4,
-                precision="fp32", alpha_task=1.0, task_template="sst2", task_data=[str(text_file)],
-                task_examples=48, task_heldout=16, max_steps=6, batch_size=4, task_batch_size=8, save_every=2,
-                lr=2e-3)
+    base = dict(
+        layers=2,
+        corpus=[str(text_file)],
+        max_tokens=1536,
+        block_size=32,
+        heldout_blocks=4,
+        precision="fp32",
+        alpha_task=1.0,
+        task_template="sst2",
+        task_data=[str(text_file)],
+        task_examples=48,
+        task_heldout=16,
+        max_steps=6,
+        batch_size=4,
+        task_batch_size=8,
+        save_every=2,
+        lr=2e-3,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -55,6 +83,7 @@ def student_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- extraction
+
 
 def test_select_layers_strategies_and_bad_counts():
     assert select_layers(48, 4, "first-last") == [0, 1, 46, 47]  # GPT2-XL -> first 2 + last 2
@@ -79,7 +108,9 @@ def test_full_depth_student_equals_teacher_and_cut_copies_layers(tiny_lm):
         torch.testing.assert_close(full(input_ids=ids).logits, t(input_ids=ids).logits)
     cut = extract_student(t, [0, 3])
     assert cut.config.num_hidden_layers == 2 and t.config.num_hidden_layers == 4
-    torch.testing.assert_close(cut.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        cut.model.layers[1].mlp.up_proj.weight, t.model.layers[3].mlp.up_proj.weight
+    )
     torch.testing.assert_close(cut.model.norm.weight, t.model.norm.weight)
     torch.testing.assert_close(cut.get_input_embeddings().weight, t.get_input_embeddings().weight)
     own = set_trainable(cut, freeze_embeddings=True)
@@ -92,25 +123,48 @@ def test_gpt2_students_and_unsupported_architecture():
     from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
-    g = GPT2LMHeadModel(GPT2Config(vocab_size=120, n_positions=64, n_embd=32, n_layer=4, n_head=4)).eval()
+    g = GPT2LMHeadModel(
+        GPT2Config(vocab_size=120, n_positions=64, n_embd=32, n_layer=4, n_head=4)
+    ).eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
-        torch.testing.assert_close(extract_student(g, [0, 1, 2, 3])(input_ids=ids).logits, g(input_ids=ids).logits)
+        torch.testing.assert_close(
+            extract_student(g, [0, 1, 2, 3])(input_ids=ids).logits, g(input_ids=ids).logits
+        )
     s = extract_student(g, select_layers(4, 2, "first-last"))
     assert s.config.n_layer == 2
-    torch.testing.assert_close(s.transformer.h[1].attn.c_attn.weight, g.transformer.h[3].attn.c_attn.weight)
-    opt = OPTForCausalLM(OPTConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                                   num_attention_heads=2, max_position_embeddings=64, word_embed_proj_dim=32))
+    torch.testing.assert_close(
+        s.transformer.h[1].attn.c_attn.weight, g.transformer.h[3].attn.c_attn.weight
+    )
+    opt = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=120,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+        )
+    )
     with pytest.raises(BadInput, match="architecture 'opt'"):
         extract_student(opt, [0])
 
 
 def test_layer_types_are_filtered_for_gemma_like_configs():
-    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                           layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    cfg = Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    )
     torch.manual_seed(0)
     s = extract_student(Gemma3ForCausalLM(cfg).eval(), [0, 5])
     assert s.config.layer_types == ["sliding_attention", "full_attention"]
@@ -118,11 +172,18 @@ def test_layer_types_are_filtered_for_gemma_like_configs():
 
 # ---------------------------------------------------------------- loss
 
+
 def test_kd_kl_full_topk_and_masking():
     torch.manual_seed(0)
     s, t = torch.randn(2, 5, 50), torch.randn(2, 5, 50) * 3
     T = 2.0
-    ref = (torch.softmax(t / T, -1) * (torch.log_softmax(t / T, -1) - torch.log_softmax(s / T, -1))).sum(-1) * T * T
+    ref = (
+        (
+            torch.softmax(t / T, -1) * (torch.log_softmax(t / T, -1) - torch.log_softmax(s / T, -1))
+        ).sum(-1)
+        * T
+        * T
+    )
     torch.testing.assert_close(kd_kl(s, t, T), ref)
     assert kd_kl(t, t, T).abs().max() < 1e-5
     lse = torch.logsumexp(t / T, -1)
@@ -130,7 +191,9 @@ def test_kd_kl_full_topk_and_masking():
     torch.testing.assert_close(kd_kl(s, v, T, i, lse), ref, atol=1e-4, rtol=1e-4)  # k = V: exact
     v, i = t.topk(8, -1)
     approx = kd_kl(s, v, T, i, lse)
-    assert (approx >= -1e-6).all() and (approx <= ref + 1e-4).all()  # a lower bound, exact in the top k
+    assert (approx >= -1e-6).all() and (
+        approx <= ref + 1e-4
+    ).all()  # a lower bound, exact in the top k
 
     cfg = DistillConfig(alpha_ce=1.0, alpha_lm=0.5, alpha_cos=1.0)
     ids = torch.randint(0, 50, (2, 5))
@@ -158,23 +221,34 @@ def test_label_term_is_kl_between_class_distributions():
     cfg = DistillConfig(alpha_ce=0, alpha_cos=0, alpha_task=0, alpha_label=2.0)
     terms = distill_loss(cfg, s_answer=s, t_answer=t, class_scores=lambda v: v @ m.T)
     sc, tc = s @ m.T, t @ m.T
-    ref = (torch.softmax(tc, -1) * (torch.log_softmax(tc, -1) - torch.log_softmax(sc, -1))).sum(-1).mean() * 2.0
+    ref = (torch.softmax(tc, -1) * (torch.log_softmax(tc, -1) - torch.log_softmax(sc, -1))).sum(
+        -1
+    ).mean() * 2.0
     torch.testing.assert_close(terms["label"], ref)
     assert "task" not in terms
     s2 = s.clone()
-    s2[:, 20:] += 10 * torch.randn(3, 30)  # tokens that are no label word: no effect on the label term
-    torch.testing.assert_close(distill_loss(cfg, s_answer=s2, t_answer=t, class_scores=lambda v: v @ m.T)["label"], ref)
+    s2[:, 20:] += 10 * torch.randn(
+        3, 30
+    )  # tokens that are no label word: no effect on the label term
+    torch.testing.assert_close(
+        distill_loss(cfg, s_answer=s2, t_answer=t, class_scores=lambda v: v @ m.T)["label"], ref
+    )
     with pytest.raises(BadInput, match="task_template"):
         DistillConfig(alpha_ce=0, alpha_cos=0, alpha_label=1.0).check()
 
 
 # ---------------------------------------------------------------- corpus
 
+
 def test_corpus_packing_and_bad_corpora(tiny_lm, tmp_path, text_file):
     blocks = pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4, 0, None)
     assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
-    c = build_corpus(tiny_lm.tokenizer, [str(text_file)], block_size=16, max_tokens=500, heldout_blocks=2)
-    assert c.train.shape[1] == 16 and len(c.heldout) == 2 and c.meta["train_tokens"] == c.train.numel()
+    c = build_corpus(
+        tiny_lm.tokenizer, [str(text_file)], block_size=16, max_tokens=500, heldout_blocks=2
+    )
+    assert (
+        c.train.shape[1] == 16 and len(c.heldout) == 2 and c.meta["train_tokens"] == c.train.numel()
+    )
     assert c.meta["sources"] == [str(text_file)] and c.meta["documents_used"][str(text_file)] > 0
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -190,6 +264,7 @@ def test_corpus_packing_and_bad_corpora(tiny_lm, tmp_path, text_file):
 
 # ---------------------------------------------------------------- trainer + artifact
 
+
 def test_distill_trains_saves_and_reloads(tiny_model_dir, text_file, tmp_path):
     out = tmp_path / "run"
     r = distill(str(tiny_model_dir), out, tiny_cfg(text_file, max_steps=12, alpha_label=1.0))
@@ -201,14 +276,19 @@ def test_distill_trains_saves_and_reloads(tiny_model_dir, text_file, tmp_path):
     assert r["parameters"]["own"] < r["parameters"]["total"] < r["parameters"]["teacher_total"]
     assert r["tokens_trained"] > 0 and r["steps"] == 12
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == list(range(1, 13)) and all("task" in x and "ce" in x and "label" in x for x in lines)
+    assert [x["step"] for x in lines] == list(range(1, 13)) and all(
+        "task" in x and "ce" in x and "label" in x for x in lines
+    )
     w = student_weights(out / "student")
     assert not any("embed" in k or "lm_head" in k for k in w)
     assert sum(v.numel() for v in w.values()) == r["parameters"]["own"]
 
     s = load_model(str(out / "student"))  # a student folder loads by path like any model
     teacher = load_model(str(tiny_model_dir))
-    assert s.info.num_layers == 2 and s.info.embedding_fingerprint == teacher.info.embedding_fingerprint
+    assert (
+        s.info.num_layers == 2
+        and s.info.embedding_fingerprint == teacher.info.embedding_fingerprint
+    )
     fresh = extract_student(teacher.model, r["layers"])
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
@@ -233,27 +313,70 @@ def _cli(*args) -> list[str]:
 
 
 def _env(**kw) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO / "src"))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO / "src"),
+    )
     env.update(kw)
     return env
 
 
 def _tiny_args(teacher: Path, text_file: Path, out: Path, steps: int = 8) -> list[str]:
-    return ["--teacher", str(teacher), "--layers", "2", "--corpus", str(text_file), "--max-tokens", "1536",
-            "--block-size", "32", "--heldout-blocks", "4", "--precision", "fp32", "--alpha-task", "1",
-            "--task-template", "sst2", "--task-data", str(text_file), "--task-examples", "48",
-            "--max-steps", str(steps), "--batch-size", "4", "--task-batch-size", "8", "--lr", "2e-3",
-            "--save-every", "2", "--out", str(out)]
+    return [
+        "--teacher",
+        str(teacher),
+        "--layers",
+        "2",
+        "--corpus",
+        str(text_file),
+        "--max-tokens",
+        "1536",
+        "--block-size",
+        "32",
+        "--heldout-blocks",
+        "4",
+        "--precision",
+        "fp32",
+        "--alpha-task",
+        "1",
+        "--task-template",
+        "sst2",
+        "--task-data",
+        str(text_file),
+        "--task-examples",
+        "48",
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--task-batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--save-every",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, text_file, tmp_path):
     steps = 10
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(_cli(*_tiny_args(tiny_model_dir, text_file, ref, steps)), env=_env(), check=True,
-                   capture_output=True)
-    proc = subprocess.Popen(_cli(*_tiny_args(tiny_model_dir, text_file, cut, steps)),
-                            env=_env(PROMPTPORT_STEP_DELAY="0.4"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    subprocess.run(
+        _cli(*_tiny_args(tiny_model_dir, text_file, ref, steps)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        _cli(*_tiny_args(tiny_model_dir, text_file, cut, steps)),
+        env=_env(PROMPTPORT_STEP_DELAY="0.4"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = cut / "checkpoint" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -266,8 +389,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, text_file, tmp
     assert not (cut / "metrics.json").exists()
     done = json.loads(state.read_text())["step"]
     assert 4 <= done < steps
-    subprocess.run(_cli(*_tiny_args(tiny_model_dir, text_file, cut, steps), "--resume"), env=_env(), check=True,
-                   capture_output=True)
+    subprocess.run(
+        _cli(*_tiny_args(tiny_model_dir, text_file, cut, steps), "--resume"),
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
     a = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in b] == list(range(1, steps + 1))
@@ -283,11 +410,31 @@ def test_two_processes_under_accelerate_equal_one(tiny_model_dir, text_file, tmp
     one, two = tmp_path / "one", tmp_path / "two"
     args = _tiny_args(tiny_model_dir, text_file, one, 6)
     subprocess.run(_cli(*args), env=_env(), check=True, capture_output=True)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--num_cpu_threads_per_process", "1", "-m", "promptport.cli", "distill"]
-    p = subprocess.run(launcher + _tiny_args(tiny_model_dir, text_file, two, 6), env=_env(), capture_output=True,
-                       text=True)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "-m",
+        "promptport.cli",
+        "distill",
+    ]
+    p = subprocess.run(
+        launcher + _tiny_args(tiny_model_dir, text_file, two, 6),
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     m2 = json.loads((two / "metrics.json").read_text())
     assert m2["processes"] == 2
@@ -303,18 +450,35 @@ def test_two_processes_under_accelerate_equal_one(tiny_model_dir, text_file, tmp
 
 # ---------------------------------------------------------------- CLI and bad input
 
-def test_cli_writes_metrics_and_bad_inputs_exit_2(tiny_model_dir, tiny_model_dir_wide, text_file, tmp_path, capsys):
+
+def test_cli_writes_metrics_and_bad_inputs_exit_2(
+    tiny_model_dir, tiny_model_dir_wide, text_file, tmp_path, capsys
+):
     out = tmp_path / "cli"
     assert main(["distill", *_tiny_args(tiny_model_dir, text_file, out, 4)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("before", "after", "parameters", "tokens_trained", "wall_seconds", "tokens_per_s", "corpus",
-                "task_aware"):
+    for key in (
+        "before",
+        "after",
+        "parameters",
+        "tokens_trained",
+        "wall_seconds",
+        "tokens_per_s",
+        "corpus",
+        "task_aware",
+    ):
         assert key in m
     assert m["corpus"]["sources"] == [str(text_file)]
     assert "distill: 2-layer student" in capsys.readouterr().out
 
     def bad(*extra, args=None):
-        rc = main(["distill", *(args or _tiny_args(tiny_model_dir, text_file, tmp_path / "bad", 2)), *extra])
+        rc = main(
+            [
+                "distill",
+                *(args or _tiny_args(tiny_model_dir, text_file, tmp_path / "bad", 2)),
+                *extra,
+            ]
+        )
         return rc, capsys.readouterr().err
 
     rc, e = bad("--layers", "0")
@@ -323,8 +487,14 @@ def test_cli_writes_metrics_and_bad_inputs_exit_2(tiny_model_dir, tiny_model_dir
     assert rc == 2 and "only 4" in e
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    rc, e = bad("--corpus", str(empty), args=[a if a != str(text_file) else str(empty)
-                                              for a in _tiny_args(tiny_model_dir, text_file, tmp_path / "b2", 2)])
+    rc, e = bad(
+        "--corpus",
+        str(empty),
+        args=[
+            a if a != str(text_file) else str(empty)
+            for a in _tiny_args(tiny_model_dir, text_file, tmp_path / "b2", 2)
+        ],
+    )
     assert rc == 2 and ("corpus" in e or "task_data" in e or "data" in e)
     short = tmp_path / "short.txt"
     short.write_text("the movie was great\n")
@@ -357,5 +527,10 @@ def test_default_teacher_two_layer_student_has_7_1m_own_parameters():
     own = set_trainable(s, freeze_embeddings=True)
     n_own = sum(p.numel() for n, p in s.named_parameters() if n in own)
     assert t.info.num_layers == 30 and round(n_own / 1e6, 1) == 7.1
-    assert s.get_input_embeddings().weight.data_ptr() != t.model.get_input_embeddings().weight.data_ptr()
-    torch.testing.assert_close(s.get_input_embeddings().weight, t.model.get_input_embeddings().weight)
+    assert (
+        s.get_input_embeddings().weight.data_ptr()
+        != t.model.get_input_embeddings().weight.data_ptr()
+    )
+    torch.testing.assert_close(
+        s.get_input_embeddings().weight, t.model.get_input_embeddings().weight
+    )

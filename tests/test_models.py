@@ -46,5 +46,11 @@ def test_teacher_zero_shot_sst2_dev(tmp_path):
     from conftest import SHARED_DATA
     from promptport.evaluate import evaluate
 
-    r = evaluate("smollm2-135m-instruct", "sst2", data=str(SHARED_DATA / "sst2"), split="validation", out=tmp_path)
+    r = evaluate(
+        "smollm2-135m-instruct",
+        "sst2",
+        data=str(SHARED_DATA / "sst2"),
+        split="validation",
+        out=tmp_path,
+    )
     assert r["n"] == 872 and r["accuracy"] >= 0.75

@@ -12,14 +12,18 @@ from promptport.pipeline import check_overlap, load_run_config, run_pipeline
 
 @pytest.fixture()
 def private_dir(sst_like_dir):
-    (sst_like_dir / "test.tsv").write_text("sentence\tlabel\n" + "the jokes land\t1\nbad acting\t0\n" * 4)
+    (sst_like_dir / "test.tsv").write_text(
+        "sentence\tlabel\n" + "the jokes land\t1\nbad acting\t0\n" * 4
+    )
     return sst_like_dir
 
 
 @pytest.fixture()
 def public_file(tmp_path):
     f = tmp_path / "public.txt"
-    f.write_text("\n".join(f"news item {i} about the market and the weather" for i in range(40)) + "\n")
+    f.write_text(
+        "\n".join(f"news item {i} about the market and the weather" for i in range(40)) + "\n"
+    )
     return f
 
 
@@ -29,10 +33,17 @@ def student_dir(tmp_path_factory):
 
 
 def _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, **kw):
-    base = dict(run_dir=str(tmp_path / "run"), teacher=str(tiny_model_dir), student=str(student_dir), task="sst2",
-                private_data=str(private_dir), public_data=str(public_file), eval_split="test",
-                tune={"n_tokens": 4, "epochs": 1, "batch_size": 4, "lr": 0.05, "max_length": 32},
-                transfer={"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32})
+    base = dict(
+        run_dir=str(tmp_path / "run"),
+        teacher=str(tiny_model_dir),
+        student=str(student_dir),
+        task="sst2",
+        private_data=str(private_dir),
+        public_data=str(public_file),
+        eval_split="test",
+        tune={"n_tokens": 4, "epochs": 1, "batch_size": 4, "lr": 0.05, "max_length": 32},
+        transfer={"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32},
+    )
     base.update(kw)
     return load_run_config(None, base)
 
@@ -45,8 +56,13 @@ def test_run_end_to_end_and_reuse(tmp_path, tiny_model_dir, student_dir, private
     for stage in ("tune", "transfer", "evaluate"):
         m = json.loads((run / stage / "manifest.json").read_text())
         assert m["status"] == "complete" and m["outputs"]
-    assert set(r["baselines"]) == {"teacher_zero_shot", "student_zero_shot", "student_prompt", "direct_transfer",
-                                   "post_transfer"}
+    assert set(r["baselines"]) == {
+        "teacher_zero_shot",
+        "student_zero_shot",
+        "student_prompt",
+        "direct_transfer",
+        "post_transfer",
+    }
     for b in r["baselines"].values():
         assert b["n"] == 8 and b["accuracy_ci"][0] <= b["accuracy"] <= b["accuracy_ci"][1]
     html = (run / "report.html").read_text()
@@ -79,7 +95,9 @@ def test_unknown_keys_named_with_closest(tmp_path, capsys):
     assert rc == 2 and "did you mean 'transfer'" in capsys.readouterr().err
 
 
-def test_report_command_rebuilds(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys):
+def test_report_command_rebuilds(
+    tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys
+):
     cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
     run_pipeline(cfg, progress=False, log=lambda m: None)
     (tmp_path / "run" / "report.html").unlink()
@@ -87,7 +105,9 @@ def test_report_command_rebuilds(tmp_path, tiny_model_dir, student_dir, private_
     assert (tmp_path / "run" / "report.html").is_file()
 
 
-def test_sweep_alpha_adds_curve(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys):
+def test_sweep_alpha_adds_curve(
+    tmp_path, tiny_model_dir, student_dir, private_dir, public_file, capsys
+):
     cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file)
     run_pipeline(cfg, progress=False, log=lambda m: None)
     assert main(["sweep-alpha", str(tmp_path / "run"), "--alphas", "0,1"]) == 0
@@ -97,7 +117,9 @@ def test_sweep_alpha_adds_curve(tmp_path, tiny_model_dir, student_dir, private_d
     assert main(["sweep-alpha", str(tmp_path / "run"), "--alphas", "2"]) == 2
 
 
-def test_report_html_renders_in_headless_chromium(tmp_path, tiny_model_dir, student_dir, private_dir, public_file):
+def test_report_html_renders_in_headless_chromium(
+    tmp_path, tiny_model_dir, student_dir, private_dir, public_file
+):
     import shutil
     import subprocess
 
@@ -108,17 +130,39 @@ def test_report_html_renders_in_headless_chromium(tmp_path, tiny_model_dir, stud
     run_pipeline(cfg, progress=False, log=lambda m: None)
     page = tmp_path / "run" / "report.html"
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}"]
-    dom = subprocess.run([chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'prof'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0 and "<table>" in dom.stdout and "Teacher zero-shot" in dom.stdout
-    page_errors = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln
-                   or "Failed to load resource" in ln]
-    assert not page_errors, page_errors  # the page's own errors; dbus noise of a headless box is not the page's
-    assert "<img" in dom.stdout and 'src="http' not in dom.stdout  # self-contained: plots inline, nothing fetched
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
-                   capture_output=True, timeout=120)
+    page_errors = [
+        ln
+        for ln in dom.stderr.splitlines()
+        if "CONSOLE" in ln or "Uncaught" in ln or "Failed to load resource" in ln
+    ]
+    assert not page_errors, (
+        page_errors
+    )  # the page's own errors; dbus noise of a headless box is not the page's
+    assert (
+        "<img" in dom.stdout and 'src="http' not in dom.stdout
+    )  # self-contained: plots inline, nothing fetched
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -144,11 +188,15 @@ def test_second_process_on_same_run_dir_refuses(tmp_path):
 
     d = tmp_path / "run"
     with dir_lock(d):
-        with pytest.raises(PromptportError, match=r"in use by another promptport process \(pid \d+\)"):
+        with pytest.raises(
+            PromptportError, match=r"in use by another promptport process \(pid \d+\)"
+        ):
             with dir_lock(d):
                 pass
-        code = ("import sys\nfrom promptport.fileio import dir_lock\n"
-                f"try:\n    dir_lock({str(d)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)\n")
+        code = (
+            "import sys\nfrom promptport.fileio import dir_lock\n"
+            f"try:\n    dir_lock({str(d)!r}).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)\n"
+        )
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert p.returncode == 3 and "in use" in p.stdout
     with dir_lock(d):  # released: usable again
@@ -157,14 +205,24 @@ def test_second_process_on_same_run_dir_refuses(tmp_path):
 
 def test_run_with_audit_section(tmp_path, tiny_model_dir, student_dir, private_dir, public_file):
     # a bigger private train split so the audit pool has room
-    rows = "".join(f"review number {i} {'great' if i % 2 else 'terrible'}\t{i % 2}\n" for i in range(40))
+    rows = "".join(
+        f"review number {i} {'great' if i % 2 else 'terrible'}\t{i % 2}\n" for i in range(40)
+    )
     (private_dir / "train.tsv").write_text("sentence\tlabel\n" + rows)
-    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file,
-               audit={"pool_size": 12, "n_shadows": 4})
+    cfg = _cfg(
+        tmp_path,
+        tiny_model_dir,
+        student_dir,
+        private_dir,
+        public_file,
+        audit={"pool_size": 12, "n_shadows": 4},
+    )
     r = run_pipeline(cfg, progress=False, log=lambda m: None)
     assert 0.0 <= r["audit"]["auc"] <= 1.0
     assert "Membership-inference" in (tmp_path / "run" / "report.html").read_text()
-    bad = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, audit={"shadowz": 3})
+    bad = _cfg(
+        tmp_path, tiny_model_dir, student_dir, private_dir, public_file, audit={"shadowz": 3}
+    )
     with pytest.raises(BadInput, match="audit.shadowz"):
         run_pipeline(bad, progress=False, log=lambda m: None)
 
@@ -180,7 +238,14 @@ def test_bootstrap_ci_equals_a_per_resample_sklearn_loop():
         y, yhat = rng.integers(0, n_classes, n), rng.integers(0, n_classes, n)
         got = bootstrap_ci(y, yhat, n_classes, n_boot=200, seed=5)
         idx = np.random.default_rng(5).integers(0, n, size=(200, n))
-        f1s = [f1_score(y[i], yhat[i], labels=list(range(n_classes)), average="macro", zero_division=0) for i in idx]
+        f1s = [
+            f1_score(y[i], yhat[i], labels=list(range(n_classes)), average="macro", zero_division=0)
+            for i in idx
+        ]
         accs = [(y[i] == yhat[i]).mean() for i in idx]
-        np.testing.assert_allclose(got["macro_f1_ci"], [np.percentile(f1s, 2.5), np.percentile(f1s, 97.5)], rtol=1e-12)
-        np.testing.assert_allclose(got["accuracy_ci"], [np.percentile(accs, 2.5), np.percentile(accs, 97.5)])
+        np.testing.assert_allclose(
+            got["macro_f1_ci"], [np.percentile(f1s, 2.5), np.percentile(f1s, 97.5)], rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            got["accuracy_ci"], [np.percentile(accs, 2.5), np.percentile(accs, 97.5)]
+        )

@@ -30,26 +30,64 @@ def paper_configs(tmp_path_factory):
     from transformers import GPT2Config, LlamaConfig, RobertaConfig
 
     d = tmp_path_factory.mktemp("configs")
-    gpt2xl = GPT2Config(n_embd=1600, n_layer=48, n_head=25, vocab_size=50257, n_positions=1024,
-                        architectures=["GPT2LMHeadModel"])
-    llama = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
-                        tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
-    roberta = RobertaConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                            vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                            architectures=["RobertaForMaskedLM"])
-    return {"gpt2xl": _write_config(d / "gpt2-xl", gpt2xl), "llama": _write_config(d / "llama-2-7b", llama),
-            "roberta": _write_config(d / "roberta-large", roberta)}
+    gpt2xl = GPT2Config(
+        n_embd=1600,
+        n_layer=48,
+        n_head=25,
+        vocab_size=50257,
+        n_positions=1024,
+        architectures=["GPT2LMHeadModel"],
+    )
+    llama = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    roberta = RobertaConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        vocab_size=50265,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        architectures=["RobertaForMaskedLM"],
+    )
+    return {
+        "gpt2xl": _write_config(d / "gpt2-xl", gpt2xl),
+        "llama": _write_config(d / "llama-2-7b", llama),
+        "roberta": _write_config(d / "roberta-large", roberta),
+    }
 
 
-@pytest.mark.parametrize("preset,teacher,params,layers", [
-    ("sst2-gpt2xl.yaml", "gpt2xl", 1_557_611_200, 4),
-    ("sst2-llama2-7b.yaml", "llama", 6_738_415_616, 2),
-    ("sst2-roberta-large.yaml", "roberta", 355_412_057, 6),
-])
+@pytest.mark.parametrize(
+    "preset,teacher,params,layers",
+    [
+        ("sst2-gpt2xl.yaml", "gpt2xl", 1_557_611_200, 4),
+        ("sst2-llama2-7b.yaml", "llama", 6_738_415_616, 2),
+        ("sst2-roberta-large.yaml", "roberta", 355_412_057, 6),
+    ],
+)
 def test_gpu_presets_validate_with_plan(paper_configs, capsys, preset, teacher, params, layers):
-    rc = main(["plan", "--config", str(REPO / "configs" / preset), "--teacher", str(paper_configs[teacher]),
-               "--device", "cuda", "--json"])
+    rc = main(
+        [
+            "plan",
+            "--config",
+            str(REPO / "configs" / preset),
+            "--teacher",
+            str(paper_configs[teacher]),
+            "--device",
+            "cuda",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     p = json.loads(captured.out)
@@ -60,7 +98,9 @@ def test_gpu_presets_validate_with_plan(paper_configs, capsys, preset, teacher, 
     for name, st in p["stages"].items():
         assert st["peak_bytes"] > 0 and st["parts"]["runtime"] > 0, name
     assert p["stages"]["transfer"]["peak_bytes"] > t_w  # the teacher is resident
-    assert p["stages"]["tune"]["peak_bytes"] < p["stages"]["transfer"]["peak_bytes"]  # the user side is lighter
+    assert (
+        p["stages"]["tune"]["peak_bytes"] < p["stages"]["transfer"]["peak_bytes"]
+    )  # the user side is lighter
     if teacher == "roberta":
         assert p["shapes"]["teacher"]["masked_lm"]
 
@@ -69,11 +109,15 @@ def test_warns_when_the_teacher_does_not_fit(paper_configs, monkeypatch):
     import promptport.plan as P
 
     monkeypatch.setattr(P, "available_bytes", lambda device: 16 * GiB)
-    p = estimate_run(REPO / "configs" / "sst2-llama2-7b.yaml", teacher=str(paper_configs["llama"]), device="cuda")
+    p = estimate_run(
+        REPO / "configs" / "sst2-llama2-7b.yaml", teacher=str(paper_configs["llama"]), device="cuda"
+    )
     assert any("teacher alone" in w for w in p["warnings"])
     assert "warning: the teacher alone" in format_plan(p)
     monkeypatch.setattr(P, "available_bytes", lambda device: 2000 * GiB)
-    p = estimate_run(REPO / "configs" / "sst2-llama2-7b.yaml", teacher=str(paper_configs["llama"]), device="cuda")
+    p = estimate_run(
+        REPO / "configs" / "sst2-llama2-7b.yaml", teacher=str(paper_configs["llama"]), device="cuda"
+    )
     assert p["warnings"] == []
 
 
@@ -108,9 +152,19 @@ print(json.dumps({"peak_rss": hwm * 1024, "ru_maxrss": resource.getrusage(resour
 
 
 def _measure(*args: str) -> int:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO / "src"))
-    p = subprocess.run([sys.executable, "-c", _MEASURE, *args], env=env, capture_output=True, text=True,
-                       timeout=1800)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO / "src"),
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])["peak_rss"]
 
@@ -119,29 +173,55 @@ def _measure(*args: str) -> int:
 @needs_embedded_teacher()
 def test_cpu_estimate_within_20_percent_of_measured_peak(tmp_path):
     """Short real tune and transfer stages on a 4-layer student of the default teacher, full-length inputs."""
-    from promptport.distill import extract_student, save_student, select_layers, set_trainable, teacher_reference
+    from promptport.distill import (
+        extract_student,
+        save_student,
+        select_layers,
+        set_trainable,
+        teacher_reference,
+    )
     from promptport.models import load_model
 
     t = load_model("smollm2-135m-instruct")
     layers = select_layers(t.info.num_layers, 4)
     s = extract_student(t.model, layers)
-    save_student(tmp_path / "student", s, t.tokenizer, set_trainable(s),
-                 {"teacher": teacher_reference("smollm2-135m-instruct", t.info), "layers": layers})
+    save_student(
+        tmp_path / "student",
+        s,
+        t.tokenizer,
+        set_trainable(s),
+        {"teacher": teacher_reference("smollm2-135m-instruct", t.info), "layers": layers},
+    )
     del t, s
     # long inputs, so every batch is at max_length (the plan's assumption)
-    long = " ".join(["the movie was a charming and often affecting journey through a long bleak winter"] * 12)
+    long = " ".join(
+        ["the movie was a charming and often affecting journey through a long bleak winter"] * 12
+    )
     data = tmp_path / "data"
     data.mkdir()
-    (data / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{i} {long}\t{i % 2}\n" for i in range(64)))
+    (data / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{i} {long}\t{i % 2}\n" for i in range(64))
+    )
     public = tmp_path / "public.txt"
     public.write_text("".join(f"{i} {long}\n" for i in range(64)))
-    cfg = {"teacher": "smollm2-135m-instruct", "student": str(tmp_path / "student"), "task": "sst2",
-           "tune": {"n_tokens": 20, "batch_size": 16, "max_length": 96, "eval_batch_size": 32},
-           "transfer": {"n_public": 48, "batch_size": 16, "max_length": 96}}
+    cfg = {
+        "teacher": "smollm2-135m-instruct",
+        "student": str(tmp_path / "student"),
+        "task": "sst2",
+        "tune": {"n_tokens": 20, "batch_size": 16, "max_length": 96, "eval_batch_size": 32},
+        "transfer": {"n_public": 48, "batch_size": 16, "max_length": 96},
+    }
     plan = estimate_run(cfg, device="cpu")
-    measured = {"tune": _measure("tune", str(tmp_path / "student"), str(tmp_path / "tune"), str(data))}
-    measured["transfer"] = _measure("transfer", str(tmp_path / "student"), str(tmp_path / "xfer"),
-                                    str(tmp_path / "tune" / "prompt"), str(public))
+    measured = {
+        "tune": _measure("tune", str(tmp_path / "student"), str(tmp_path / "tune"), str(data))
+    }
+    measured["transfer"] = _measure(
+        "transfer",
+        str(tmp_path / "student"),
+        str(tmp_path / "xfer"),
+        str(tmp_path / "tune" / "prompt"),
+        str(public),
+    )
     report = {k: (plan["stages"][k]["peak_bytes"] / 2**20, v / 2**20) for k, v in measured.items()}
     print("estimate vs measured MiB:", report)
     for stage, (est, got) in report.items():

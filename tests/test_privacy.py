@@ -9,13 +9,34 @@ import torch
 from promptport.classify import PromptClassifier
 from promptport.data import TextDataset
 from promptport.errors import BadInput
-from promptport.privacy import (DPConfig, PoissonSampler, PrivacyLedger, SecureRNG, calibrate_sigma, clip_and_noise,
-                                clip_per_example, compute_epsilon, privacy_statement)
+from promptport.privacy import (
+    DPConfig,
+    PoissonSampler,
+    PrivacyLedger,
+    SecureRNG,
+    calibrate_sigma,
+    clip_and_noise,
+    clip_per_example,
+    compute_epsilon,
+    privacy_statement,
+)
 from promptport.tasks import get_task
-from promptport.tune import TuneConfig, dp_gradient, mean_gradient, per_example_gradients, train_prompt
+from promptport.tune import (
+    TuneConfig,
+    dp_gradient,
+    mean_gradient,
+    per_example_gradients,
+    train_prompt,
+)
 
-TEXTS = ["the movie was great", "a terrible boring film with bad acting and a thin plot", "ok",
-         "i loved every minute of it , the jokes land", "worst film of the year", "unflinchingly bleak"]
+TEXTS = [
+    "the movie was great",
+    "a terrible boring film with bad acting and a thin plot",
+    "ok",
+    "i loved every minute of it , the jokes land",
+    "worst film of the year",
+    "unflinchingly bleak",
+]
 LABELS = [1, 0, 1, 1, 0, 0]
 
 
@@ -43,7 +64,7 @@ def test_per_example_gradients_match_one_at_a_time(clf, enc):
     for i in idx:  # reference: a separate forward/backward of example i alone, on the shared prompt
         p = prompt.clone().requires_grad_()
         ids, mask = clf.batch([enc.input_ids[i]])
-        loss = clf.loss(ids, mask, enc.labels[i: i + 1], p, reduction="sum")
+        loss = clf.loss(ids, mask, enc.labels[i : i + 1], p, reduction="sum")
         (ref,) = torch.autograd.grad(loss, p)
         torch.testing.assert_close(g[i], ref, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(losses[i], loss.detach(), atol=1e-6, rtol=1e-5)
@@ -71,7 +92,7 @@ def test_clipped_norms_never_exceed_bound(scale):
     for c in (1e-3, 0.5, 1.0, 10.0):
         total, norms = clip_per_example(grads, c)
         torch.testing.assert_close(norms, grads.reshape(32, -1).norm(dim=1))
-        singles = [clip_per_example(grads[i: i + 1], c)[0] for i in range(32)]
+        singles = [clip_per_example(grads[i : i + 1], c)[0] for i in range(32)]
         for s in singles:
             assert s.norm() <= c * (1 + 1e-6)
         torch.testing.assert_close(total, torch.stack(singles).sum(0), atol=1e-5 * c, rtol=1e-5)
@@ -83,8 +104,17 @@ def test_clipped_norms_never_exceed_bound(scale):
 def test_dp_gradient_norm_bounded_without_noise(clf, enc):
     idx = list(range(len(TEXTS)))
     for c in (1e-3, 0.05):
-        g, stats = dp_gradient(clf, _prompt(clf), enc, idx, 4, max_grad_norm=c, sigma=0.0,
-                               expected_batch_size=len(idx), generator=torch.Generator())
+        g, stats = dp_gradient(
+            clf,
+            _prompt(clf),
+            enc,
+            idx,
+            4,
+            max_grad_norm=c,
+            sigma=0.0,
+            expected_batch_size=len(idx),
+            generator=torch.Generator(),
+        )
         assert g.norm() <= c * (1 + 1e-6)
         assert stats["clipped_fraction"] == 1.0 and stats["batch_size"] == len(idx)
 
@@ -94,8 +124,17 @@ def test_dp_step_equals_non_dp_step_without_noise_or_clipping(clf, enc):
     prompt = _prompt(clf)
     idx = [0, 2, 3, 5]
     g_plain, loss = mean_gradient(clf, prompt, enc, idx, batch_size=2)
-    g_dp, stats = dp_gradient(clf, prompt, enc, idx, 3, max_grad_norm=1e9, sigma=0.0, expected_batch_size=len(idx),
-                              generator=torch.Generator())
+    g_dp, stats = dp_gradient(
+        clf,
+        prompt,
+        enc,
+        idx,
+        3,
+        max_grad_norm=1e9,
+        sigma=0.0,
+        expected_batch_size=len(idx),
+        generator=torch.Generator(),
+    )
     torch.testing.assert_close(g_dp, g_plain, atol=1e-6, rtol=1e-5)
     assert stats["loss"] == pytest.approx(loss, abs=1e-6)
     steps = []
@@ -110,8 +149,17 @@ def test_dp_step_equals_non_dp_step_without_noise_or_clipping(clf, enc):
 
 def test_empty_poisson_batch_gives_pure_noise(clf, enc):
     prompt = _prompt(clf)
-    g, stats = dp_gradient(clf, prompt, enc, [], 4, max_grad_norm=1.0, sigma=2.0, expected_batch_size=4,
-                           generator=torch.Generator().manual_seed(0))
+    g, stats = dp_gradient(
+        clf,
+        prompt,
+        enc,
+        [],
+        4,
+        max_grad_norm=1.0,
+        sigma=2.0,
+        expected_batch_size=4,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert stats["batch_size"] == 0 and stats["loss"] is None
     assert g.shape == prompt.shape and g.abs().sum() > 0
     # noise std is sigma * C / L per coordinate
@@ -143,7 +191,9 @@ def test_secure_rng_gaussian_and_bernoulli():
 def test_poisson_sampler_variable_batches_and_exact_resume():
     s = PoissonSampler(500, 0.02, seed=5)
     sizes = [len(s.sample()) for _ in range(300)]
-    assert len(set(sizes)) > 3 and 0 in set(sizes) or min(sizes) < 10  # variable size, small ones occur
+    assert (len(set(sizes)) > 3 and 0 in set(sizes)) or min(
+        sizes
+    ) < 10  # variable size, small ones occur
     assert sum(sizes) / len(sizes) == pytest.approx(10, rel=0.15)
     state = s.state_dict()
     ahead = [s.sample() for _ in range(5)]
@@ -156,17 +206,29 @@ def test_poisson_sampler_variable_batches_and_exact_resume():
 
 def test_empty_batches_in_training(clf, enc):
     """A sampling rate so low that most batches are empty: training still steps and accounts every step."""
-    cfg = TuneConfig(n_tokens=2, batch_size=1, max_steps=12, lr=0.01,
-                     dp=DPConfig(epsilon=50.0, delta=1e-2, accountant="rdp"))
+    cfg = TuneConfig(
+        n_tokens=2,
+        batch_size=1,
+        max_steps=12,
+        lr=0.01,
+        dp=DPConfig(epsilon=50.0, delta=1e-2, accountant="rdp"),
+    )
     r = train_prompt(clf, enc, None, cfg)
     sizes = [h["batch_size"] for h in r.history if h["type"] == "train"]
     assert len(sizes) == 12 and 0 in sizes
     assert r.privacy["steps"] == 12 and torch.isfinite(r.embeddings).all()
 
 
-@pytest.mark.parametrize("accountant,eps,q,steps", [("rdp", 8.0, 0.01, 1000), ("rdp", 1.0, 0.05, 200),
-                                                    ("rdp", 3.0, 0.2, 30), ("prv", 8.0, 0.01, 500),
-                                                    ("prv", 1.0, 0.05, 100)])
+@pytest.mark.parametrize(
+    "accountant,eps,q,steps",
+    [
+        ("rdp", 8.0, 0.01, 1000),
+        ("rdp", 1.0, 0.05, 200),
+        ("rdp", 3.0, 0.2, 30),
+        ("prv", 8.0, 0.01, 500),
+        ("prv", 1.0, 0.05, 100),
+    ],
+)
 def test_calibrated_sigma_gives_requested_epsilon(accountant, eps, q, steps):
     from opacus.accountants import create_accountant
 
@@ -191,7 +253,9 @@ def test_prv_failure_falls_back_to_rdp_with_warning(monkeypatch):
     monkeypatch.setattr(PRVAccountant, "get_epsilon", broken)
     with pytest.warns(RuntimeWarning, match="RDP"):
         sigma, used = calibrate_sigma(20.0, 1e-5, 0.1, 50, "prv")
-    assert used == "rdp" and compute_epsilon(sigma, 0.1, 50, 1e-5, "rdp") == pytest.approx(20.0, rel=0.01)
+    assert used == "rdp" and compute_epsilon(sigma, 0.1, 50, 1e-5, "rdp") == pytest.approx(
+        20.0, rel=0.01
+    )
 
 
 def test_unreachable_epsilon_is_bad_input():
@@ -199,11 +263,20 @@ def test_unreachable_epsilon_is_bad_input():
         calibrate_sigma(0.01, 1e-5, 1.0, 10_000, "rdp")
 
 
-@pytest.mark.parametrize("kw,field", [({"epsilon": 0}, "epsilon"), ({"epsilon": -1}, "epsilon"),
-                                      ({"epsilon": float("nan")}, "epsilon"), ({"delta": 0.0}, "delta"),
-                                      ({"delta": 0.01}, "delta"), ({"delta": -1e-5}, "delta"),
-                                      ({"max_grad_norm": 0}, "max_grad_norm"),
-                                      ({"max_grad_norm": -1.0}, "max_grad_norm"), ({"accountant": "gdp"}, "accountant")])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"epsilon": 0}, "epsilon"),
+        ({"epsilon": -1}, "epsilon"),
+        ({"epsilon": float("nan")}, "epsilon"),
+        ({"delta": 0.0}, "delta"),
+        ({"delta": 0.01}, "delta"),
+        ({"delta": -1e-5}, "delta"),
+        ({"max_grad_norm": 0}, "max_grad_norm"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"accountant": "gdp"}, "accountant"),
+    ],
+)
 def test_dp_config_rejects_bad_values(kw, field):
     cfg = DPConfig(**{"epsilon": 8.0, "delta": 1e-5, **kw})
     with pytest.raises(BadInput) as e:
@@ -228,14 +301,39 @@ def test_ledger_resume_and_statement():
         b.step(1.1, 0.05)
     assert a.history == b.history == [(1.1, 0.05, 50)] and b.steps == 50
     assert b.epsilon(1e-5) == pytest.approx(compute_epsilon(1.1, 0.05, 50, 1e-5, "rdp"))
-    s = privacy_statement(dp=DPConfig(epsilon=8.0, delta=1e-5, accountant="rdp"), n_train=1000, sigma=1.1,
-                          sample_rate=0.05, ledger=b, planned_steps=60, accountant_used="rdp",
-                          expected_batch_size=50, model_selection_on_validation=True, n_validation=100)
-    for key in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "epochs", "max_grad_norm",
-                "dataset_size", "sampling", "protected", "not_protected", "library_versions", "accountant"):
+    s = privacy_statement(
+        dp=DPConfig(epsilon=8.0, delta=1e-5, accountant="rdp"),
+        n_train=1000,
+        sigma=1.1,
+        sample_rate=0.05,
+        ledger=b,
+        planned_steps=60,
+        accountant_used="rdp",
+        expected_batch_size=50,
+        model_selection_on_validation=True,
+        n_validation=100,
+    )
+    for key in (
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "epochs",
+        "max_grad_norm",
+        "dataset_size",
+        "sampling",
+        "protected",
+        "not_protected",
+        "library_versions",
+        "accountant",
+    ):
         assert key in s
     assert s["steps"] == 50 and s["planned_steps"] == 60 and s["epochs"] == pytest.approx(2.5)
-    assert "prv" in s["epsilon_other_accountant"] and s["epsilon_other_accountant"]["prv"] < s["epsilon"]
+    assert (
+        "prv" in s["epsilon_other_accountant"]
+        and s["epsilon_other_accountant"]["prv"] < s["epsilon"]
+    )
     assert "Poisson" in s["sampling"] and s["library_versions"]["opacus"]
     assert any("validation" in x and "NOT" in x for x in s["not_protected"])
     assert math.isfinite(s["epsilon"])

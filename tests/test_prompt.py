@@ -3,8 +3,15 @@ import torch
 
 from promptport.errors import BadInput
 from promptport.models import load_model
-from promptport.prompt import (TENSOR_KEY, check_compatible, export_peft, init_prompt_embeddings,
-                               load_prompt, make_metadata, save_prompt)
+from promptport.prompt import (
+    TENSOR_KEY,
+    check_compatible,
+    export_peft,
+    init_prompt_embeddings,
+    load_prompt,
+    make_metadata,
+    save_prompt,
+)
 from promptport.tasks import get_task
 
 
@@ -41,7 +48,9 @@ def test_prompt_for_other_width_refused(tmp_path, tiny_lm, tiny_model_dir_wide):
 def test_inits(tiny_lm):
     g = torch.Generator().manual_seed(0)
     for init in ("text", "vocab", "random"):
-        e = init_prompt_embeddings(tiny_lm.model, tiny_lm.tokenizer, 7, init, "describe the task", g)
+        e = init_prompt_embeddings(
+            tiny_lm.model, tiny_lm.tokenizer, 7, init, "describe the task", g
+        )
         assert e.shape == (7, tiny_lm.info.hidden_size) and torch.isfinite(e).all()
     with pytest.raises(BadInput):
         init_prompt_embeddings(tiny_lm.model, tiny_lm.tokenizer, 7, "zeros")
@@ -64,7 +73,9 @@ def test_peft_export_loads_and_matches(tmp_path, tiny_lm, tiny_model_dir):
     x = tiny_lm.tokenizer("Review: the movie was great\nSentiment:")["input_ids"]
     with torch.no_grad():
         ours = clf.vocab_logits(*clf.batch([x]), emb)[0]
-        theirs = pm(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long)).logits[0, -1]
+        theirs = pm(
+            input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long)
+        ).logits[0, -1]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     from safetensors.torch import load_file
 

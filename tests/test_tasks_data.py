@@ -10,8 +10,20 @@ from promptport.tasks import builtin_tasks, get_task
 
 def test_builtin_tasks_are_valid():
     tasks = builtin_tasks()
-    for name in ["sst2", "imdb", "rotten_tomatoes", "agnews", "tweet_eval", "mpqa", "arisetv", "dbpedia",
-                 "financial_phrasebank", "snli", "boolq", "rt_snippets"]:
+    for name in [
+        "sst2",
+        "imdb",
+        "rotten_tomatoes",
+        "agnews",
+        "tweet_eval",
+        "mpqa",
+        "arisetv",
+        "dbpedia",
+        "financial_phrasebank",
+        "snli",
+        "boolq",
+        "rt_snippets",
+    ]:
         assert name in tasks
         t = tasks[name]
         assert t.template_fields and set(t.verbalizer) == set(t.classes)
@@ -24,16 +36,20 @@ def test_unknown_task_suggests_closest():
 
 def test_user_task_from_yaml(tmp_path):
     f = tmp_path / "spam.yaml"
-    f.write_text("description: Is the mail spam?\ntemplate: \"Mail: {text}\\nSpam:\"\n"
-                 "columns: {text: [body]}\nclasses: [ham, spam]\nverbalizer: {ham: [' no'], spam: [' yes']}\n")
+    f.write_text(
+        'description: Is the mail spam?\ntemplate: "Mail: {text}\\nSpam:"\n'
+        "columns: {text: [body]}\nclasses: [ham, spam]\nverbalizer: {ham: [' no'], spam: [' yes']}\n"
+    )
     t = get_task(str(f))
     assert t.name == "spam" and t.format(text="hi") == "Mail: hi\nSpam:"
 
 
 def test_user_task_bad_field_is_named(tmp_path):
     f = tmp_path / "bad.yaml"
-    f.write_text("description: x\ntemplate: \"{text}:\"\ncolumns: {text: [t]}\nclasses: [a, b]\n"
-                 "verbalizer: {a: [' a']}\n")
+    f.write_text(
+        'description: x\ntemplate: "{text}:"\ncolumns: {text: [t]}\nclasses: [a, b]\n'
+        "verbalizer: {a: [' a']}\n"
+    )
     with pytest.raises(BadInput, match="verbalizer"):
         get_task(str(f))
 

@@ -1,6 +1,5 @@
 import inspect
 import json
-import math
 
 import pytest
 import torch
@@ -28,10 +27,14 @@ def test_loss_matches_hand_computation():
     torch.testing.assert_close(transfer_loss(t_p, s_p, s, t, a, T), want)
     # alpha = 0 is the output term only, alpha = 1 the shift term only; identical inputs give zero loss
     torch.testing.assert_close(transfer_loss(t_p, s_p, s, t, 0.0, T), (T**2 * kl(s_p, t_p)).mean())
-    torch.testing.assert_close(transfer_loss(t_p, s_p, s, t, 1.0, T), (T**2 * kl(s_p - s, t_p - t)).mean())
+    torch.testing.assert_close(
+        transfer_loss(t_p, s_p, s, t, 1.0, T), (T**2 * kl(s_p - s, t_p - t)).mean()
+    )
     assert float(transfer_loss(s_p, s_p, s, s, a, T)) == pytest.approx(0.0, abs=1e-6)
     # and agrees with torch's kl_div
-    ref = F.kl_div(F.log_softmax(t_p / T, -1), F.log_softmax(s_p / T, -1), log_target=True, reduction="none").sum(-1)
+    ref = F.kl_div(
+        F.log_softmax(t_p / T, -1), F.log_softmax(s_p / T, -1), log_target=True, reduction="none"
+    ).sum(-1)
     torch.testing.assert_close(transfer_loss(t_p, s_p, s, t, 0.0, T), (T**2 * ref).mean())
 
 
@@ -63,18 +66,42 @@ def user_prompt(tmp_path, pair):
 @pytest.fixture()
 def public_file(tmp_path):
     f = tmp_path / "public.txt"
-    words = "the movie was great and the acting was wonderful a terrible boring film with bad acting".split()
+    words = [
+        "the",
+        "movie",
+        "was",
+        "great",
+        "and",
+        "the",
+        "acting",
+        "was",
+        "wonderful",
+        "a",
+        "terrible",
+        "boring",
+        "film",
+        "with",
+        "bad",
+        "acting",
+    ]
     g = torch.Generator().manual_seed(0)
-    lines = [" ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist()) for _ in range(60)]
+    lines = [
+        " ".join(words[i] for i in torch.randint(len(words), (6,), generator=g).tolist())
+        for _ in range(60)
+    ]
     f.write_text("\n".join(lines) + "\n")
     return f
 
 
-def test_transfer_trains_only_p_t_and_reduces_heldout_loss(pair, user_prompt, public_file, tmp_path):
+def test_transfer_trains_only_p_t_and_reduces_heldout_loss(
+    pair, user_prompt, public_file, tmp_path
+):
     teacher, student = pair
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     cfg = TransferConfig(n_public=60, epochs=6, lr=5e-2, batch_size=8, seed=0)
-    r = transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "tr", cfg=cfg)
+    r = transfer(
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "tr", cfg=cfg
+    )
     assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
     assert all(not p.requires_grad for p in teacher.model.parameters())
     assert r["best"]["heldout_loss"] < r["initial_heldout_loss"] * 0.9
@@ -87,64 +114,134 @@ def test_transfer_trains_only_p_t_and_reduces_heldout_loss(pair, user_prompt, pu
 
 def test_direct_method_copies_prompt(pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
-    transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "d",
-             cfg=TransferConfig(method="direct", n_public=10))
-    torch.testing.assert_close(load_prompt(tmp_path / "d" / "prompt").embeddings,
-                               load_prompt(user_prompt).embeddings)
+    transfer(
+        user_prompt,
+        student,
+        teacher,
+        public_data=str(public_file),
+        out=tmp_path / "d",
+        cfg=TransferConfig(method="direct", n_public=10),
+    )
+    torch.testing.assert_close(
+        load_prompt(tmp_path / "d" / "prompt").embeddings, load_prompt(user_prompt).embeddings
+    )
 
 
 def test_firewall_signature_and_manifest(pair, user_prompt, public_file, tmp_path):
     """No parameter through which private data can enter; the manifest lists public inputs only."""
     params = set(inspect.signature(transfer).parameters)
-    assert params == {"prompt", "student", "teacher", "public_data", "out", "cfg", "task", "public_text_column",
-                      "device", "progress", "resume", "shared"}  # shared: the unprompted public-data logits
+    assert params == {
+        "prompt",
+        "student",
+        "teacher",
+        "public_data",
+        "out",
+        "cfg",
+        "task",
+        "public_text_column",
+        "device",
+        "progress",
+        "resume",
+        "shared",
+    }  # shared: the unprompted public-data logits
     assert set(inspect.signature(transfer_many).parameters) == {
-        "prompts", "student", "teacher", "public_data", "out", "cfg", "task", "public_text_column", "device",
-        "progress"}
+        "prompts",
+        "student",
+        "teacher",
+        "public_data",
+        "out",
+        "cfg",
+        "task",
+        "public_text_column",
+        "device",
+        "progress",
+    }
     teacher, student = pair
-    transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "f",
-             cfg=TransferConfig(n_public=20, steps=2, batch_size=4))
+    transfer(
+        user_prompt,
+        student,
+        teacher,
+        public_data=str(public_file),
+        out=tmp_path / "f",
+        cfg=TransferConfig(n_public=20, steps=2, batch_size=4),
+    )
     m = json.loads((tmp_path / "f" / "manifest.json").read_text())
     assert set(m["inputs"]) == {"prompt", "public_data", "student", "teacher"}
     assert m["inputs"]["public_data"]["source"] == str(public_file)
     assert set(m["outputs"]) >= {"prompt/prompt.safetensors", "metrics.json"}
 
 
-def test_many_prompts_share_the_public_cache_and_equal_single_runs(pair, user_prompt, public_file, tmp_path):
+def test_many_prompts_share_the_public_cache_and_equal_single_runs(
+    pair, user_prompt, public_file, tmp_path
+):
     teacher, student = pair
     g = torch.Generator().manual_seed(7)
     emb = init_prompt_embeddings(student.model, student.tokenizer, 4, "random", generator=g) * 5
-    second = save_prompt(tmp_path / "bob", emb, make_metadata(model_info=student.info, task=get_task("sst2"),
-                                                              init="random", n_tokens=4))
+    second = save_prompt(
+        tmp_path / "bob",
+        emb,
+        make_metadata(model_info=student.info, task=get_task("sst2"), init="random", n_tokens=4),
+    )
     cfg = TransferConfig(n_public=30, steps=3, batch_size=8, lr=5e-2)
-    m = transfer_many([user_prompt, second], student, teacher, public_data=str(public_file), out=tmp_path / "many",
-                      cfg=cfg)
-    assert [r["unprompted_cache_shared"] for r in m["runs"]] == [False, True] and m["distinct_public_caches"] == 1
-    alone = transfer(second, student, teacher, public_data=str(public_file), out=tmp_path / "alone", cfg=cfg)
+    m = transfer_many(
+        [user_prompt, second],
+        student,
+        teacher,
+        public_data=str(public_file),
+        out=tmp_path / "many",
+        cfg=cfg,
+    )
+    assert [r["unprompted_cache_shared"] for r in m["runs"]] == [False, True] and m[
+        "distinct_public_caches"
+    ] == 1
+    alone = transfer(
+        second, student, teacher, public_data=str(public_file), out=tmp_path / "alone", cfg=cfg
+    )
     assert alone["unprompted_cache_shared"] is False
-    torch.testing.assert_close(load_prompt(tmp_path / "many" / "01-bob" / "prompt").embeddings,
-                               load_prompt(tmp_path / "alone" / "prompt").embeddings)
+    torch.testing.assert_close(
+        load_prompt(tmp_path / "many" / "01-bob" / "prompt").embeddings,
+        load_prompt(tmp_path / "alone" / "prompt").embeddings,
+    )
     assert json.loads((tmp_path / "many" / "summary.json").read_text())["prompts"] == 2
 
 
 def test_auto_alpha_in_range(pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
-    r = transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "a",
-                 cfg=TransferConfig(alpha="auto", n_public=20, steps=1, batch_size=4))
-    assert 0.0 <= r["alpha"] <= 0.5 and "teacher_zero_shot_agreement_with_prompted_student" in r["alpha_auto"]
+    r = transfer(
+        user_prompt,
+        student,
+        teacher,
+        public_data=str(public_file),
+        out=tmp_path / "a",
+        cfg=TransferConfig(alpha="auto", n_public=20, steps=1, batch_size=4),
+    )
+    assert (
+        0.0 <= r["alpha"] <= 0.5
+        and "teacher_zero_shot_agreement_with_prompted_student" in r["alpha_auto"]
+    )
 
 
-@pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"alpha": -0.1}, {"temperature": 0}, {"method": "mix"},
-                                 {"init": "zeros"}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"alpha": 1.5}, {"alpha": -0.1}, {"temperature": 0}, {"method": "mix"}, {"init": "zeros"}],
+)
 def test_bad_config(bad, pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
     with pytest.raises(BadInput):
-        transfer(user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "b",
-                 cfg=TransferConfig(**bad))
+        transfer(
+            user_prompt,
+            student,
+            teacher,
+            public_data=str(public_file),
+            out=tmp_path / "b",
+            cfg=TransferConfig(**bad),
+        )
     assert not (tmp_path / "b").exists()
 
 
-def test_width_mismatch_with_copy_init(pair, user_prompt, public_file, tmp_path, tiny_model_dir_wide):
+def test_width_mismatch_with_copy_init(
+    pair, user_prompt, public_file, tmp_path, tiny_model_dir_wide
+):
     _, student = pair
     wide = load_model(str(tiny_model_dir_wide))
     with pytest.raises(BadInput, match="hidden size"):
@@ -156,9 +253,25 @@ def test_transfer_cli(pair, user_prompt, public_file, tmp_path, capsys, tiny_mod
 
     teacher, student = pair
     student_dir = student.model.config._name_or_path or None
-    args = ["transfer", "--prompt", str(user_prompt), "--student", str(student_dir), "--teacher", str(tiny_model_dir),
-            "--public-data", str(public_file), "--n-public", "20", "--steps", "2", "--batch-size", "4",
-            "--out", str(tmp_path / "cli")]
+    args = [
+        "transfer",
+        "--prompt",
+        str(user_prompt),
+        "--student",
+        str(student_dir),
+        "--teacher",
+        str(tiny_model_dir),
+        "--public-data",
+        str(public_file),
+        "--n-public",
+        "20",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(tmp_path / "cli"),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert "transfer: post alpha=0.500" in capsys.readouterr().out
     assert (tmp_path / "cli" / "prompt" / "prompt.safetensors").is_file()

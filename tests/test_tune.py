@@ -20,10 +20,20 @@ from promptport.prompt import load_prompt
 from promptport.tasks import get_task
 from promptport.tune import CHECKPOINT_FILE, TuneConfig, _Run, train_prompt, tune
 
-POS = ["the movie was great", "i loved every minute of it", "a charming and often affecting journey",
-       "the jokes land", "wonderful acting"]
-NEG = ["a terrible boring film", "worst film of the year", "unflinchingly bleak and desperate", "bad acting",
-       "the plot is thin"]
+POS = [
+    "the movie was great",
+    "i loved every minute of it",
+    "a charming and often affecting journey",
+    "the jokes land",
+    "wonderful acting",
+]
+NEG = [
+    "a terrible boring film",
+    "worst film of the year",
+    "unflinchingly bleak and desperate",
+    "bad acting",
+    "the plot is thin",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +46,9 @@ def clf(tiny_lm):
 def data(clf):
     texts, labels = POS * 2 + NEG * 2, [1] * 10 + [0] * 10
     train = clf.encode(TextDataset({"text": texts}, labels, "mem", "train"))
-    val = clf.encode(TextDataset({"text": POS[:3] + NEG[:3]}, [1] * 3 + [0] * 3, "mem", "validation"))
+    val = clf.encode(
+        TextDataset({"text": POS[:3] + NEG[:3]}, [1] * 3 + [0] * 3, "mem", "validation")
+    )
     return train, val
 
 
@@ -44,13 +56,26 @@ def test_training_lowers_loss_and_touches_only_the_prompt(clf):
     # one class only: a random tiny model cannot read sentiment, but a prompt can learn the prior
     train = clf.encode(TextDataset({"text": POS * 2 + NEG * 2}, [1] * 20, "mem", "train"))
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
-    init = torch.randn(4, clf.model.config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.1
+    init = (
+        torch.randn(4, clf.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        * 0.1
+    )
     loss0 = float(clf.loss(*clf.batch(train.input_ids), train.labels, init))
-    r = train_prompt(clf, train, None, TuneConfig(n_tokens=4, lr=0.1, epochs=10, batch_size=5),
-                     init_embeddings=init)
+    r = train_prompt(
+        clf,
+        train,
+        None,
+        TuneConfig(n_tokens=4, lr=0.1, epochs=10, batch_size=5),
+        init_embeddings=init,
+    )
     loss1 = float(clf.loss(*clf.batch(train.input_ids), train.labels, r.embeddings))
     assert loss1 < loss0 - 0.1
-    assert r.steps == 40 and r.best["selection"] == "last" and r.privacy is None and r.examples_per_s > 0
+    assert (
+        r.steps == 40
+        and r.best["selection"] == "last"
+        and r.privacy is None
+        and r.examples_per_s > 0
+    )
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
     assert not any(p.requires_grad for p in clf.model.parameters())
 
@@ -68,13 +93,23 @@ def test_unfrozen_model_is_bad_input(clf, data):
 
 def test_best_prompt_by_validation_and_early_stopping(clf, data):
     train, val = data
-    cfg = TuneConfig(n_tokens=3, lr=0.3, optimizer="sgd", schedule="constant", max_steps=30, batch_size=4,
-                     eval_every=2, patience=3)
+    cfg = TuneConfig(
+        n_tokens=3,
+        lr=0.3,
+        optimizer="sgd",
+        schedule="constant",
+        max_steps=30,
+        batch_size=4,
+        eval_every=2,
+        patience=3,
+    )
     r = train_prompt(clf, train, val, cfg)
     evals = [h for h in r.history if h["type"] == "eval"]
     best = max(evals, key=lambda h: h["val_accuracy"])
     assert r.best["val_accuracy"] == best["val_accuracy"]
-    assert r.best["step"] == min(h["step"] for h in evals if h["val_accuracy"] == best["val_accuracy"])
+    assert r.best["step"] == min(
+        h["step"] for h in evals if h["val_accuracy"] == best["val_accuracy"]
+    )
     assert clf.evaluate(val, r.embeddings)["accuracy"] == pytest.approx(r.best["val_accuracy"])
     if r.stopped_early:
         assert r.steps < 30 and evals[-1]["step"] - r.best["step"] == 3 * 2
@@ -85,15 +120,24 @@ def test_best_prompt_by_validation_and_early_stopping(clf, data):
 
 def test_grad_accum_equals_bigger_batch(clf, data):
     train, _ = data
-    a = train_prompt(clf, train, None, TuneConfig(n_tokens=2, max_steps=4, batch_size=4, grad_accum=1))
-    b = train_prompt(clf, train, None, TuneConfig(n_tokens=2, max_steps=4, batch_size=2, grad_accum=2))
+    a = train_prompt(
+        clf, train, None, TuneConfig(n_tokens=2, max_steps=4, batch_size=4, grad_accum=1)
+    )
+    b = train_prompt(
+        clf, train, None, TuneConfig(n_tokens=2, max_steps=4, batch_size=2, grad_accum=2)
+    )
     torch.testing.assert_close(a.embeddings, b.embeddings, atol=1e-5, rtol=1e-5)
 
 
 def test_same_seed_same_prompt_dp_included(clf, data):
     train, _ = data
-    cfg = TuneConfig(n_tokens=2, max_steps=5, batch_size=4, seed=3,
-                     dp=DPConfig(epsilon=4.0, delta=1e-3, accountant="rdp"))
+    cfg = TuneConfig(
+        n_tokens=2,
+        max_steps=5,
+        batch_size=4,
+        seed=3,
+        dp=DPConfig(epsilon=4.0, delta=1e-3, accountant="rdp"),
+    )
     a, b = train_prompt(clf, train, None, cfg), train_prompt(clf, train, None, cfg)
     assert torch.equal(a.embeddings, b.embeddings)
     cfg2 = TuneConfig(**{**cfg.__dict__, "seed": 4})
@@ -103,9 +147,17 @@ def test_same_seed_same_prompt_dp_included(clf, data):
 @pytest.mark.parametrize("dp", [False, True])
 def test_resume_after_interruption_is_exact(clf, data, tmp_path, monkeypatch, dp):
     train, val = data
-    cfg = TuneConfig(n_tokens=3, max_steps=12, batch_size=4, eval_every=4, checkpoint_every=3,
-                     dp=DPConfig(epsilon=6.0, delta=1e-3, accountant="rdp") if dp else None)
-    full = train_prompt(clf, train, val, cfg, checkpoint_dir=tmp_path / "a", metrics_path=tmp_path / "a.jsonl")
+    cfg = TuneConfig(
+        n_tokens=3,
+        max_steps=12,
+        batch_size=4,
+        eval_every=4,
+        checkpoint_every=3,
+        dp=DPConfig(epsilon=6.0, delta=1e-3, accountant="rdp") if dp else None,
+    )
+    full = train_prompt(
+        clf, train, val, cfg, checkpoint_dir=tmp_path / "a", metrics_path=tmp_path / "a.jsonl"
+    )
 
     real_step = _Run.train_step
 
@@ -116,14 +168,27 @@ def test_resume_after_interruption_is_exact(clf, data, tmp_path, monkeypatch, dp
 
     monkeypatch.setattr(_Run, "train_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        train_prompt(clf, train, val, cfg, checkpoint_dir=tmp_path / "b", metrics_path=tmp_path / "b.jsonl")
+        train_prompt(
+            clf, train, val, cfg, checkpoint_dir=tmp_path / "b", metrics_path=tmp_path / "b.jsonl"
+        )
     monkeypatch.setattr(_Run, "train_step", real_step)
-    with pytest.raises(BadInput, match="resume"):  # an existing checkpoint is never silently overwritten
+    with pytest.raises(
+        BadInput, match="resume"
+    ):  # an existing checkpoint is never silently overwritten
         train_prompt(clf, train, val, cfg, checkpoint_dir=tmp_path / "b")
-    res = train_prompt(clf, train, val, cfg, checkpoint_dir=tmp_path / "b", metrics_path=tmp_path / "b.jsonl",
-                       resume=True)
+    res = train_prompt(
+        clf,
+        train,
+        val,
+        cfg,
+        checkpoint_dir=tmp_path / "b",
+        metrics_path=tmp_path / "b.jsonl",
+        resume=True,
+    )
     assert res.extra["resumed_from"] == 6
-    assert torch.equal(res.embeddings, full.embeddings) and torch.equal(res.last_embeddings, full.last_embeddings)
+    assert torch.equal(res.embeddings, full.embeddings) and torch.equal(
+        res.last_embeddings, full.last_embeddings
+    )
     assert res.best == full.best and res.steps == full.steps == 12
     lines = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
     steps = [x["step"] for x in lines if x["type"] == "train"]
@@ -134,16 +199,32 @@ def test_resume_after_interruption_is_exact(clf, data, tmp_path, monkeypatch, dp
         assert res.privacy["history"] == full.privacy["history"]
     # a different command on the same checkpoint is refused
     with pytest.raises(BadInput, match="different run"):
-        train_prompt(clf, train, val, TuneConfig(**{**cfg.__dict__, "lr": 0.5}), checkpoint_dir=tmp_path / "b",
-                     resume=True)
+        train_prompt(
+            clf,
+            train,
+            val,
+            TuneConfig(**{**cfg.__dict__, "lr": 0.5}),
+            checkpoint_dir=tmp_path / "b",
+            resume=True,
+        )
 
 
 def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
-    cfg = TuneConfig(n_tokens=3, max_steps=6, batch_size=4, eval_every=3,
-                     dp=DPConfig(epsilon=8.0, delta=1e-3, accountant="rdp"))
+    cfg = TuneConfig(
+        n_tokens=3,
+        max_steps=6,
+        batch_size=4,
+        eval_every=3,
+        dp=DPConfig(epsilon=8.0, delta=1e-3, accountant="rdp"),
+    )
     m = tune(tiny_lm, "sst2", data=str(sst_like_dir), out=tmp_path / "run", cfg=cfg)
-    for f in ("metrics.json", "metrics.jsonl", "checkpoint/" + CHECKPOINT_FILE, "prompt/prompt.safetensors",
-              "prompt/prompt.json"):
+    for f in (
+        "metrics.json",
+        "metrics.jsonl",
+        "checkpoint/" + CHECKPOINT_FILE,
+        "prompt/prompt.safetensors",
+        "prompt/prompt.json",
+    ):
         assert (tmp_path / "run" / f).is_file(), f
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["train_accuracy"] is not None and saved["val_accuracy"] is not None
@@ -151,10 +232,19 @@ def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
     assert saved["examples_per_s"] > 0 and saved["wall_seconds"] > 0 and m["steps"] == 6
     art = load_prompt(tmp_path / "run" / "prompt")
     assert art.n_tokens == 3 and art.meta["privacy"]["epsilon"] <= 8.0
-    assert art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["training"]["steps"] == 6
+    assert (
+        art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["training"]["steps"] == 6
+    )
     with pytest.raises(BadInput, match="test split"):
-        tune(tiny_lm, "sst2", data=str(sst_like_dir), out=tmp_path / "r2", cfg=cfg, val_split="dev",
-             test_split="validation")
+        tune(
+            tiny_lm,
+            "sst2",
+            data=str(sst_like_dir),
+            out=tmp_path / "r2",
+            cfg=cfg,
+            val_split="dev",
+            test_split="validation",
+        )
 
 
 def run_cli(args, capsys):
@@ -165,40 +255,140 @@ def run_cli(args, capsys):
 
 def test_cli_tune_dp_prints_statement(tiny_model_dir, sst_like_dir, tmp_path, capsys):
     out = tmp_path / "dp"
-    rc, text = run_cli(["tune", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir, "--out", out,
-                        "--n-tokens", 2, "--max-steps", 3, "--batch-size", 4, "--dp", "--epsilon", 8,
-                        "--delta", 1e-3, "--accountant", "rdp", "--test-split", "train"], capsys)
+    rc, text = run_cli(
+        [
+            "tune",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data",
+            sst_like_dir,
+            "--out",
+            out,
+            "--n-tokens",
+            2,
+            "--max-steps",
+            3,
+            "--batch-size",
+            4,
+            "--dp",
+            "--epsilon",
+            8,
+            "--delta",
+            1e-3,
+            "--accountant",
+            "rdp",
+            "--test-split",
+            "train",
+        ],
+        capsys,
+    )
     assert rc == 2 and "train_split" in text  # test split must differ from the training split
-    rc, text = run_cli(["tune", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir, "--out", out,
-                        "--n-tokens", 2, "--max-steps", 3, "--batch-size", 4, "--dp", "--epsilon", 8,
-                        "--delta", 1e-3, "--accountant", "rdp"], capsys)
+    rc, text = run_cli(
+        [
+            "tune",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data",
+            sst_like_dir,
+            "--out",
+            out,
+            "--n-tokens",
+            2,
+            "--max-steps",
+            3,
+            "--batch-size",
+            4,
+            "--dp",
+            "--epsilon",
+            8,
+            "--delta",
+            1e-3,
+            "--accountant",
+            "rdp",
+        ],
+        capsys,
+    )
     assert rc == 0, text
-    assert "privacy: (" in text and "-DP" in text and "not covered" in text and "tune: sst2 accuracy" in text
+    assert (
+        "privacy: (" in text
+        and "-DP" in text
+        and "not covered" in text
+        and "tune: sst2 accuracy" in text
+    )
     meta = json.loads((out / "prompt" / "prompt.json").read_text())
     assert meta["privacy"]["delta"] == 1e-3 and meta["privacy"]["dataset_size"] == 20
-    rc, text = run_cli(["tune", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir, "--out", out,
-                        "--n-tokens", 2, "--max-steps", 3, "--batch-size", 4], capsys)
-    assert rc == 2 and "--resume" in text  # the finished run's checkpoint is not overwritten silently
+    rc, text = run_cli(
+        [
+            "tune",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data",
+            sst_like_dir,
+            "--out",
+            out,
+            "--n-tokens",
+            2,
+            "--max-steps",
+            3,
+            "--batch-size",
+            4,
+        ],
+        capsys,
+    )
+    assert (
+        rc == 2 and "--resume" in text
+    )  # the finished run's checkpoint is not overwritten silently
 
 
-@pytest.mark.parametrize("extra,field", [
-    (["--dp", "--epsilon", 0], "epsilon"),
-    (["--dp", "--epsilon", -2], "epsilon"),
-    (["--dp"], "epsilon"),
-    (["--dp", "--epsilon", 8, "--delta", 0.05], "delta"),  # N = 20, so delta must be < 0.05
-    (["--dp", "--epsilon", 8, "--delta", 0], "delta"),
-    (["--dp", "--epsilon", 8, "--delta", 1e-3, "--max-grad-norm", 0], "max_grad_norm"),
-    (["--dp", "--epsilon", 8, "--delta", 1e-3, "--batch-size", 21], "batch_size"),
-    (["--batch-size", 50], "batch_size"),
-    (["--dp", "--epsilon", 1e-3, "--delta", 1e-3, "--accountant", "rdp", "--max-steps", 500], "epsilon"),
-    (["--epsilon", 8], "epsilon"),
-    (["--lr", 0], "lr"),
-    (["--train-limit", 0], "train_limit"),
-])
+@pytest.mark.parametrize(
+    "extra,field",
+    [
+        (["--dp", "--epsilon", 0], "epsilon"),
+        (["--dp", "--epsilon", -2], "epsilon"),
+        (["--dp"], "epsilon"),
+        (["--dp", "--epsilon", 8, "--delta", 0.05], "delta"),  # N = 20, so delta must be < 0.05
+        (["--dp", "--epsilon", 8, "--delta", 0], "delta"),
+        (["--dp", "--epsilon", 8, "--delta", 1e-3, "--max-grad-norm", 0], "max_grad_norm"),
+        (["--dp", "--epsilon", 8, "--delta", 1e-3, "--batch-size", 21], "batch_size"),
+        (["--batch-size", 50], "batch_size"),
+        (
+            ["--dp", "--epsilon", 1e-3, "--delta", 1e-3, "--accountant", "rdp", "--max-steps", 500],
+            "epsilon",
+        ),
+        (["--epsilon", 8], "epsilon"),
+        (["--lr", 0], "lr"),
+        (["--train-limit", 0], "train_limit"),
+    ],
+)
 def test_cli_tune_bad_input_exit_2(extra, field, tiny_model_dir, sst_like_dir, tmp_path, capsys):
     out = tmp_path / "bad"
-    rc, text = run_cli(["tune", "--model", tiny_model_dir, "--task", "sst2", "--data", sst_like_dir, "--out", out,
-                        "--n-tokens", 2, "--max-steps", 2, "--batch-size", 4, *extra], capsys)
+    rc, text = run_cli(
+        [
+            "tune",
+            "--model",
+            tiny_model_dir,
+            "--task",
+            "sst2",
+            "--data",
+            sst_like_dir,
+            "--out",
+            out,
+            "--n-tokens",
+            2,
+            "--max-steps",
+            2,
+            "--batch-size",
+            4,
+            *extra,
+        ],
+        capsys,
+    )
     assert rc == 2, text
     first = [ln for ln in text.splitlines() if ln.strip()][0]
     assert first.startswith(f"error: {field}") and "Traceback" not in text
@@ -206,20 +396,55 @@ def test_cli_tune_bad_input_exit_2(extra, field, tiny_model_dir, sst_like_dir, t
 
 
 def _cli_cmd(model_dir, data_dir, out):
-    return [sys.executable, "-m", "promptport.cli", "tune", "--model", str(model_dir), "--task", "sst2",
-            "--data", str(data_dir), "--out", str(out), "--n-tokens", "2", "--batch-size", "2", "--max-steps", "400",
-            "--checkpoint-every", "10", "--val-split", "none", "--dp", "--epsilon", "8", "--delta", "1e-3",
-            "--accountant", "rdp", "--lr", "0.05"]
+    return [
+        sys.executable,
+        "-m",
+        "promptport.cli",
+        "tune",
+        "--model",
+        str(model_dir),
+        "--task",
+        "sst2",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--n-tokens",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "400",
+        "--checkpoint-every",
+        "10",
+        "--val-split",
+        "none",
+        "--dp",
+        "--epsilon",
+        "8",
+        "--delta",
+        "1e-3",
+        "--accountant",
+        "rdp",
+        "--lr",
+        "0.05",
+    ]
 
 
 def test_sigkill_and_resume_matches_uninterrupted_run(tiny_model_dir, sst_like_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full, cut = tmp_path / "full", tmp_path / "cut"
-    r = subprocess.run(_cli_cmd(tiny_model_dir, sst_like_dir, full), env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        _cli_cmd(tiny_model_dir, sst_like_dir, full), env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
-    proc = subprocess.Popen(_cli_cmd(tiny_model_dir, sst_like_dir, cut), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli_cmd(tiny_model_dir, sst_like_dir, cut),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = cut / "checkpoint" / CHECKPOINT_FILE
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -230,8 +455,12 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tiny_model_dir, sst_like_d
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < 400 and not (cut / "prompt").exists()
 
-    r = subprocess.run(_cli_cmd(tiny_model_dir, sst_like_dir, cut) + ["--resume"], env=env, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        _cli_cmd(tiny_model_dir, sst_like_dir, cut) + ["--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = load_prompt(full / "prompt"), load_prompt(cut / "prompt")
     assert torch.equal(a.embeddings, b.embeddings)

@@ -35,8 +35,14 @@ def test_pickle_checkpoint_refused_without_executing(tmp_path, tiny_lm, sst_like
     clf = PromptClassifier(tiny_lm.model, tiny_lm.tokenizer, task, 32)
     train = clf.encode(load_split(task, str(sst_like_dir), "train"))
     with pytest.raises(BadInput, match="cannot read"):
-        train_prompt(clf, train, None, TuneConfig(n_tokens=2, max_steps=1, batch_size=4), checkpoint_dir=ckpt,
-                     resume=True)
+        train_prompt(
+            clf,
+            train,
+            None,
+            TuneConfig(n_tokens=2, max_steps=1, batch_size=4),
+            checkpoint_dir=ckpt,
+            resume=True,
+        )
     assert not marker.exists()
 
 

@@ -5,6 +5,6 @@ The Python API mirrors the CLI: every command is a function here that a notebook
 
 __version__ = "0.1.0"
 
-from promptport.errors import BadInput, PromptportError  # noqa: E402
+from promptport.errors import BadInput, PromptportError
 
 __all__ = ["BadInput", "PromptportError", "__version__"]

@@ -33,10 +33,11 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def subset(self, idx) -> "Encoded":
+    def subset(self, idx) -> Encoded:
         idx = list(idx)
-        return Encoded([self.input_ids[i] for i in idx], None if self.labels is None else self.labels[idx],
-                       0)
+        return Encoded(
+            [self.input_ids[i] for i in idx], None if self.labels is None else self.labels[idx], 0
+        )
 
 
 def encode(tokenizer, task: Task, ds: TextDataset, max_length: int = 256) -> Encoded:
@@ -47,15 +48,18 @@ def encode(tokenizer, task: Task, ds: TextDataset, max_length: int = 256) -> Enc
     ids_out, n_trunc = [], 0
     for i, ids in enumerate(enc["input_ids"]):
         if len(ids) > max_length:
-            ids = _truncate_text_left(task, {n: ds.fields[n][i] for n in names}, ids, enc["offset_mapping"][i],
-                                      max_length)
+            ids = _truncate_text_left(
+                task, {n: ds.fields[n][i] for n in names}, ids, enc["offset_mapping"][i], max_length
+            )
             n_trunc += 1
         ids_out.append(list(ids))
     labels = None if ds.labels is None else torch.tensor(ds.labels, dtype=torch.long)
     return Encoded(ids_out, labels, n_trunc)
 
 
-def _truncate_text_left(task: Task, fields: dict, ids: list[int], offsets, max_length: int) -> list[int]:
+def _truncate_text_left(
+    task: Task, fields: dict, ids: list[int], offsets, max_length: int
+) -> list[int]:
     # Locate the longest field's character span in the formatted string, then drop its first tokens.
     longest = max(fields, key=lambda f: len(fields[f]))
     prefix = task.template.split("{" + longest + "}")[0].format_map({k: fields[k] for k in fields})
@@ -67,7 +71,9 @@ def _truncate_text_left(task: Task, fields: dict, ids: list[int], offsets, max_l
     return kept[-max_length:] if len(kept) > max_length else kept
 
 
-def collate(ids: list[list[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def collate(
+    ids: list[list[int]], pad_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -76,8 +82,8 @@ def collate(ids: list[list[int]], pad_id: int, padding_side: str = "right") -> t
             input_ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         else:
-            input_ids[i, n - len(x):] = torch.tensor(x)
-            mask[i, n - len(x):] = 1
+            input_ids[i, n - len(x) :] = torch.tensor(x)
+            mask[i, n - len(x) :] = 1
     return input_ids, mask
 
 
@@ -96,7 +102,9 @@ def label_word_ids(tokenizer, task: Task) -> list[list[int]]:
         out.append(ids)
     flat = [t for ids in out for t in ids]
     if len(set(flat)) < len(flat):
-        raise BadInput("verbalizer", "two label words share their first token; class scores would tie")
+        raise BadInput(
+            "verbalizer", "two label words share their first token; class scores would tie"
+        )
     return out
 
 
@@ -134,14 +142,20 @@ def template_for(task: Task, tokenizer, masked: bool) -> Task:
     (`<mask>` is replaced by the tokenizer's own; none given -> appended); a causal LM must not get one."""
     if not masked:
         if MASK_PLACEHOLDER in task.template:
-            raise BadInput("task", f"template {task.template!r} has a {MASK_PLACEHOLDER} answer slot: it needs a "
-                                   "masked-LM model (RoBERTa family)")
+            raise BadInput(
+                "task",
+                f"template {task.template!r} has a {MASK_PLACEHOLDER} answer slot: it needs a "
+                "masked-LM model (RoBERTa family)",
+            )
         return task
     mask = getattr(tokenizer, "mask_token", None)
     if not mask:
         raise BadInput("model", "a masked-LM model needs a tokenizer with a mask token")
-    template = (task.template.replace(MASK_PLACEHOLDER, mask) if MASK_PLACEHOLDER in task.template
-                else task.template.rstrip() + " " + mask)
+    template = (
+        task.template.replace(MASK_PLACEHOLDER, mask)
+        if MASK_PLACEHOLDER in task.template
+        else task.template.rstrip() + " " + mask
+    )
     return task.model_copy(update={"template": template})
 
 
@@ -149,7 +163,11 @@ def _position_ids(model, mask: torch.Tensor) -> torch.Tensor:
     """Position ids from the attention mask (left and right padding give the same result); RoBERTa-style
     embeddings count from padding_idx + 1, as `create_position_ids_from_input_ids` does."""
     pad = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
-    if pad is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+    if pad is not None and getattr(model.config, "model_type", "") in (
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+    ):
         return mask.cumsum(-1) * mask + pad
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -160,13 +178,16 @@ def answer_index(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Te
     if mask_id is not None:
         hit = (input_ids == mask_id) & (mask > 0)
         if not bool(hit.any(-1).all()):
-            raise BadInput("task", "an input has no mask token (answer slot) left; raise max_length")
+            raise BadInput(
+                "task", "an input has no mask token (answer slot) left; raise max_length"
+            )
         return input_ids.shape[1] - 1 - hit.flip(-1).int().argmax(-1)
     return mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
 
 
-def answer_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  prompt: torch.Tensor | None = None) -> torch.Tensor:
+def answer_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor | None = None
+) -> torch.Tensor:
     """Last-layer hidden state at the answer position, with the soft prompt in front.
 
     `prompt` is [n, H] (shared) or [B, n, H] (one copy per example, for per-example gradients).
@@ -178,9 +199,13 @@ def answer_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         b = input_ids.shape[0]
         p = prompt.unsqueeze(0).expand(b, -1, -1) if prompt.dim() == 2 else prompt
         embeds = torch.cat([p.to(embeds.dtype), embeds], dim=1)
-        mask = torch.cat([torch.ones(b, p.shape[1], dtype=mask.dtype, device=mask.device), mask], dim=1)
+        mask = torch.cat(
+            [torch.ones(b, p.shape[1], dtype=mask.dtype, device=mask.device), mask], dim=1
+        )
         answer = answer + p.shape[1]
-    out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(model, mask))
+    out = model.base_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(model, mask)
+    )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer]
 
@@ -231,30 +256,48 @@ class PromptClassifier:
         input_ids, mask = collate(ids, self.tokenizer.pad_token_id, self.padding_side)
         return input_ids.to(self.device), mask.to(self.device)
 
-    def class_logits(self, input_ids, attention_mask, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def class_logits(
+        self, input_ids, attention_mask, prompt: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = answer_hidden(self.model, input_ids, attention_mask, prompt)
         return self.verbalizer.scores(project(self.model, h, self.verbalizer.token_ids))
 
-    def vocab_logits(self, input_ids, attention_mask, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def vocab_logits(
+        self, input_ids, attention_mask, prompt: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return project(self.model, answer_hidden(self.model, input_ids, attention_mask, prompt))
 
-    def loss(self, input_ids, attention_mask, labels, prompt=None, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(self.class_logits(input_ids, attention_mask, prompt).float(), labels,
-                               reduction=reduction)
+    def loss(
+        self, input_ids, attention_mask, labels, prompt=None, reduction: str = "mean"
+    ) -> torch.Tensor:
+        return F.cross_entropy(
+            self.class_logits(input_ids, attention_mask, prompt).float(),
+            labels,
+            reduction=reduction,
+        )
 
     @torch.inference_mode()
-    def predict_logits(self, enc: Encoded, prompt: torch.Tensor | None = None, batch_size: int = 32,
-                       progress: bool = False, desc: str = "evaluate", vocab: bool = False) -> torch.Tensor:
+    def predict_logits(
+        self,
+        enc: Encoded,
+        prompt: torch.Tensor | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+        desc: str = "evaluate",
+        vocab: bool = False,
+    ) -> torch.Tensor:
         """Class scores (or full-vocabulary answer logits if `vocab`) for every example, in input order;
         batches are formed by length to waste little on padding."""
         order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
-        width = self.model.get_output_embeddings().weight.shape[0] if vocab else len(self.task.classes)
+        width = (
+            self.model.get_output_embeddings().weight.shape[0] if vocab else len(self.task.classes)
+        )
         out = torch.empty(len(enc), width)
         p = None if prompt is None else prompt.detach().to(self.device)
         fn = self.vocab_logits if vocab else self.class_logits
         bar = _progress(math.ceil(len(enc) / batch_size), desc, progress, unit="batch")
         for start in range(0, len(enc), batch_size):
-            idx = order[start: start + batch_size]
+            idx = order[start : start + batch_size]
             input_ids, mask = self.batch([enc.input_ids[i] for i in idx])
             out[torch.as_tensor(idx)] = fn(input_ids, mask, p).float().cpu()
             if bar is not None:
@@ -263,17 +306,26 @@ class PromptClassifier:
             bar.close()
         return out
 
-    def evaluate(self, enc: Encoded, prompt: torch.Tensor | None = None, batch_size: int = 32,
-                 progress: bool = False) -> dict:
+    def evaluate(
+        self,
+        enc: Encoded,
+        prompt: torch.Tensor | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> dict:
         t0 = time.perf_counter()
         logits = self.predict_logits(enc, prompt, batch_size, progress)
         secs = time.perf_counter() - t0
         if enc.labels is None:
             raise BadInput("data", "evaluation needs labels")
-        return dict(classification_metrics(enc.labels.numpy(), logits.argmax(-1).numpy(),
-                                           len(self.task.classes)),
-                    seconds=round(secs, 3), examples_per_s=round(len(enc) / max(secs, 1e-9), 2),
-                    n_truncated=enc.n_truncated)
+        return dict(
+            classification_metrics(
+                enc.labels.numpy(), logits.argmax(-1).numpy(), len(self.task.classes)
+            ),
+            seconds=round(secs, 3),
+            examples_per_s=round(len(enc) / max(secs, 1e-9), 2),
+            n_truncated=enc.n_truncated,
+        )
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
@@ -282,7 +334,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     labels = list(range(n_classes))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
         "n": int(len(y_true)),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "predicted_class_counts": np.bincount(y_pred, minlength=n_classes).tolist(),

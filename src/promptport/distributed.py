@@ -71,7 +71,10 @@ class Group(Single):
 
     def shard(self, idx):
         """This process's contiguous part of a global batch (parts differ by at most one example)."""
-        return [int(i) for i in np.array_split(np.asarray(list(idx), dtype=np.int64), self.world)[self.rank]]
+        return [
+            int(i)
+            for i in np.array_split(np.asarray(list(idx), dtype=np.int64), self.world)[self.rank]
+        ]
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         return self.acc.reduce(x.to(self.acc.device).contiguous(), reduction="sum").to(x.device)
@@ -116,8 +119,13 @@ def group(device: str | torch.device = "cpu") -> Single:
         return SINGLE
     from accelerate import Accelerator
 
-    return Group(Accelerator(cpu=torch.device(device).type == "cpu" if str(device) != "auto"
-                             else not torch.cuda.is_available()))
+    return Group(
+        Accelerator(
+            cpu=torch.device(device).type == "cpu"
+            if str(device) != "auto"
+            else not torch.cuda.is_available()
+        )
+    )
 
 
 def local_device(device: str) -> str:

@@ -14,25 +14,41 @@ from promptport.runtime import seed_everything, versions
 from promptport.tasks import get_task
 
 
-def evaluate(model: str | LoadedModel = DEFAULT_MODEL, task: str = "rt_snippets", *, data: str | None = None,
-             split: str = "validation", prompt: str | None = None, limit: int | None = None,
-             out: str | Path | None = None, batch_size: int = 32, max_length: int = 256, seed: int = 0,
-             device: str = "cpu", text_column: str | None = None, label_column: str | None = None,
-             progress: bool = False) -> dict:
+def evaluate(
+    model: str | LoadedModel = DEFAULT_MODEL,
+    task: str = "rt_snippets",
+    *,
+    data: str | None = None,
+    split: str = "validation",
+    prompt: str | None = None,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    max_length: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    text_column: str | None = None,
+    label_column: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Accuracy and macro-F1 of `model` (optionally with a prompt artifact) on one split of a task."""
     t0 = time.perf_counter()
     seed_everything(seed)
     if out is not None:
         check_writable_dir(out)
     the_task = get_task(task)
-    ds = load_split(the_task, data, split, limit=limit, text_column=text_column, label_column=label_column)
+    ds = load_split(
+        the_task, data, split, limit=limit, text_column=text_column, label_column=label_column
+    )
     artifact = load_prompt(prompt) if prompt else None
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     if artifact is not None:
         check_compatible(artifact, lm.info)
     clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=max_length)
     enc = clf.encode(ds)
-    metrics = clf.evaluate(enc, None if artifact is None else artifact.embeddings, batch_size, progress)
+    metrics = clf.evaluate(
+        enc, None if artifact is None else artifact.embeddings, batch_size, progress
+    )
     result = {
         "stage": "evaluate",
         "task": the_task.name,

@@ -7,8 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -92,8 +93,11 @@ def inside(root: str | os.PathLike, path: str | os.PathLike, field: str) -> Path
     base = Path(root).expanduser().resolve()
     target = (base / Path(path).expanduser()).resolve()
     if target != base and base not in target.parents:
-        raise BadInput(field, f"'{path}' resolves to {target}, outside the run directory {base}; "
-                              "everything a run writes stays inside its run directory")
+        raise BadInput(
+            field,
+            f"'{path}' resolves to {target}, outside the run directory {base}; "
+            "everything a run writes stays inside its run directory",
+        )
     return target
 
 
@@ -112,8 +116,10 @@ def dir_lock(directory: str | os.PathLike, what: str = "run directory") -> Itera
         lock.acquire(timeout=0)
     except Timeout:
         pid = owner.read_text().strip() if owner.exists() else "unknown"
-        raise PromptportError(f"{what} {d} is in use by another promptport process (pid {pid}); "
-                              "wait for it to finish or use another directory") from None
+        raise PromptportError(
+            f"{what} {d} is in use by another promptport process (pid {pid}); "
+            "wait for it to finish or use another directory"
+        ) from None
     try:
         owner.write_text(str(os.getpid()))
         yield

@@ -22,14 +22,29 @@ def config_key(config: dict, inputs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_manifest(out: Path, *, stage: str, config: dict, inputs: dict, outputs: list[Path], seconds: float,
-                   extra: dict | None = None) -> dict:
+def write_manifest(
+    out: Path,
+    *,
+    stage: str,
+    config: dict,
+    inputs: dict,
+    outputs: list[Path],
+    seconds: float,
+    extra: dict | None = None,
+) -> dict:
     out = Path(out)
     m = {
-        "stage": stage, "status": "complete", "key": config_key(config, inputs), "config": config,
+        "stage": stage,
+        "status": "complete",
+        "key": config_key(config, inputs),
+        "config": config,
         "inputs": inputs,
-        "outputs": {str(Path(p).relative_to(out)): sha256_file(p) for p in outputs if Path(p).exists()},
-        "seconds": round(seconds, 3), "versions": versions(), **(extra or {}),
+        "outputs": {
+            str(Path(p).relative_to(out)): sha256_file(p) for p in outputs if Path(p).exists()
+        },
+        "seconds": round(seconds, 3),
+        "versions": versions(),
+        **(extra or {}),
     }
     write_json(out / MANIFEST, m)
     return m
@@ -47,7 +62,9 @@ def verify_outputs(stage_dir: Path, manifest: dict) -> None:
         if not p.is_file():
             raise PromptportError(f"{p} listed in {stage_dir / MANIFEST} is missing")
         if sha256_file(p) != digest:
-            raise PromptportError(f"{p} does not match its sha256 in {stage_dir / MANIFEST} (altered or truncated)")
+            raise PromptportError(
+                f"{p} does not match its sha256 in {stage_dir / MANIFEST} (altered or truncated)"
+            )
 
 
 def is_complete(stage_dir: Path, config: dict, inputs: dict) -> bool:

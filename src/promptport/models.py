@@ -84,7 +84,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and torch.cuda.is_available():
         return torch.device(local_device(device))
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput("device", f"'{device}' requested but CUDA is not available; use --device cpu or auto")
+        raise BadInput(
+            "device", f"'{device}' requested but CUDA is not available; use --device cpu or auto"
+        )
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise BadInput("device", f"unknown device '{device}' (choose cpu, cuda, auto)")
     return torch.device(device)
@@ -93,8 +95,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise BadInput("dtype", f"unknown dtype '{dtype}' (choose {', '.join(sorted(table))})")
     return table[dtype]
@@ -119,7 +127,9 @@ def resolve_source(spec: str) -> tuple[str, str]:
             raise BadInput("model", f"'{spec}' is not a model directory (no config.json in it)")
         return "local", str(p)
     if spec.count("/") > 1 or any(c in spec for c in " \t\n"):
-        raise BadInput("model", f"'{spec}' is neither a known model, a model directory, nor a hub id")
+        raise BadInput(
+            "model", f"'{spec}' is neither a known model, a model directory, nor a hub id"
+        )
     return "hub", spec
 
 
@@ -132,9 +142,13 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     spec = importlib.util.find_spec(em.package)
     if spec is None or not spec.submodule_search_locations:
         raise PromptportError(f"the embedded model '{name}' needs its package: {em.install_hint}")
-    gdir = Path(list(spec.submodule_search_locations)[0])  # do not import it: its deps are not installed
+    gdir = Path(
+        list(spec.submodule_search_locations)[0]
+    )  # do not import it: its deps are not installed
     if not (gdir / em.gguf_file).is_file():
-        raise PromptportError(f"{gdir / em.gguf_file} is missing; reinstall with: {em.install_hint}")
+        raise PromptportError(
+            f"{gdir / em.gguf_file} is missing; reinstall with: {em.install_hint}"
+        )
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +159,9 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
 
         log.info("converting %s from GGUF to safetensors in %s (once)", name, target)
         tok = AutoTokenizer.from_pretrained(gdir, gguf_file=em.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=em.gguf_file, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gdir, gguf_file=em.gguf_file, dtype=torch.float32
+        )
         if getattr(model, "hf_quantizer", None) is not None:
             # The GGUF loader leaves a quantizer attached that forbids saving; the weights are plain fp32.
             model.hf_quantizer.remove_quantization_config(model)
@@ -154,8 +170,16 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
         model.config.name_or_path = em.hub_id
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "promptport_source.json").write_text(json.dumps({"embedded": name, "gguf": em.gguf_file,
-                                                                 "package": em.package, "upstream": em.hub_id}))
+        (tmp / "promptport_source.json").write_text(
+            json.dumps(
+                {
+                    "embedded": name,
+                    "gguf": em.gguf_file,
+                    "package": em.package,
+                    "upstream": em.hub_id,
+                }
+            )
+        )
         os.replace(tmp, target)
     return target
 
@@ -175,7 +199,9 @@ def load_tokenizer(spec: str, padding_side: str = "right"):
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=kind != "hub")
     except (OSError, ValueError) as e:
-        raise BadInput("model", f"cannot load tokenizer of '{spec}': {str(e).splitlines()[0]}") from e
+        raise BadInput(
+            "model", f"cannot load tokenizer of '{spec}': {str(e).splitlines()[0]}"
+        ) from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if padding_side not in ("left", "right"):
@@ -184,8 +210,13 @@ def load_tokenizer(spec: str, padding_side: str = "right"):
     return tok
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-               padding_side: str = "right") -> LoadedModel:
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    padding_side: str = "right",
+) -> LoadedModel:
     """Load a causal LM (or a masked LM: RoBERTa family) and its tokenizer, frozen and in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -199,7 +230,9 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "float32
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
         auto = AutoModelForMaskedLM if is_masked_lm_config(config) else AutoModelForCausalLM
-        model = auto.from_pretrained(where, dtype=resolve_dtype(dtype), config=config, local_files_only=kind != "hub")
+        model = auto.from_pretrained(
+            where, dtype=resolve_dtype(dtype), config=config, local_files_only=kind != "hub"
+        )
     except (OSError, ValueError, KeyError) as e:
         raise BadInput("model", f"cannot load '{spec}': {str(e).splitlines()[0]}") from e
     tok = load_tokenizer(spec, padding_side=padding_side)
@@ -215,7 +248,9 @@ def is_masked_lm_config(config) -> bool:
     """A masked-LM checkpoint (RoBERTa, BERT families): its answer is read at the mask token."""
     archs = getattr(config, "architectures", None) or []
     return any(a.endswith("ForMaskedLM") for a in archs) or (
-        not archs and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "bert"))
+        not archs
+        and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "bert")
+    )
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

@@ -56,10 +56,12 @@ class Shape:
     embedding_params: int  # the input embedding matrix (the largest single tensor)
     gated_mlp: bool
 
-    def with_layers(self, k: int) -> "Shape":
+    def with_layers(self, k: int) -> Shape:
         if not 0 < k <= self.layers:
             raise BadInput("layers", f"a student needs 1..{self.layers} layers, got {k}")
-        return dataclasses.replace(self, layers=k, params=self.params - (self.layers - k) * self.layer_params)
+        return dataclasses.replace(
+            self, layers=k, params=self.params - (self.layers - k) * self.layer_params
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,12 +85,16 @@ def load_config(spec: str):
             em = EMBEDDED_MODELS[where]
             found = importlib.util.find_spec(em.package)
             if found is None or not found.submodule_search_locations:
-                raise BadInput("model", f"the embedded model '{where}' needs its package: {em.install_hint}")
+                raise BadInput(
+                    "model", f"the embedded model '{where}' needs its package: {em.install_hint}"
+                )
             gdir = Path(list(found.submodule_search_locations)[0])
             return AutoConfig.from_pretrained(gdir, gguf_file=em.gguf_file)
         return AutoConfig.from_pretrained(where, local_files_only=kind == "local")
     except (OSError, ValueError, KeyError) as e:
-        raise BadInput("model", f"cannot read the configuration of '{spec}': {str(e).splitlines()[0]}") from None
+        raise BadInput(
+            "model", f"cannot read the configuration of '{spec}': {str(e).splitlines()[0]}"
+        ) from None
 
 
 def shape_of(cfg) -> Shape:
@@ -107,10 +113,21 @@ def shape_of(cfg) -> Shape:
     emb = model.get_input_embeddings().weight
     gated = any(hasattr(m, "gate_proj") for m in blocks[0].modules()) if len(blocks) else False
     hidden = int(emb.shape[1])
-    inter = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden)
-    return Shape(model_type=cfg.model_type, masked_lm=mlm, layers=len(blocks), hidden=hidden, intermediate=inter,
-                 vocab=int(emb.shape[0]), params=int(params), layer_params=int(layer_params),
-                 embedding_params=int(emb.numel()), gated_mlp=gated)
+    inter = int(
+        getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
+    )
+    return Shape(
+        model_type=cfg.model_type,
+        masked_lm=mlm,
+        layers=len(blocks),
+        hidden=hidden,
+        intermediate=inter,
+        vocab=int(emb.shape[0]),
+        params=int(params),
+        layer_params=int(layer_params),
+        embedding_params=int(emb.numel()),
+        gated_mlp=gated,
+    )
 
 
 def _blocks(model):
@@ -126,6 +143,7 @@ def model_shape(spec: str) -> Shape:
 
 
 # ---------------------------------------------------------------- the memory model
+
 
 def weights_bytes(shape: Shape, dtype_bytes: int = 4) -> int:
     return shape.params * dtype_bytes
@@ -160,18 +178,31 @@ class StagePlan:
     note: str = ""
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "peak_bytes": int(self.peak_bytes), "peak_gib": round(self.peak_bytes / GiB, 3),
-                "parts": {k: int(v) for k, v in self.parts.items()}, "note": self.note}
+        return {
+            "stage": self.stage,
+            "peak_bytes": int(self.peak_bytes),
+            "peak_gib": round(self.peak_bytes / GiB, 3),
+            "parts": {k: int(v) for k, v in self.parts.items()},
+            "note": self.note,
+        }
 
 
 def _peak(stage: str, base: int, phases: dict[str, dict], note: str = "") -> StagePlan:
     """A stage's peak: the largest of its phases (each a dict of resident parts)."""
     name, parts = max(phases.items(), key=lambda kv: sum(kv[1].values()))
-    return StagePlan(stage, base + sum(parts.values()), {"runtime": base, **parts}, note or f"peak while {name}")
+    return StagePlan(
+        stage, base + sum(parts.values()), {"runtime": base, **parts}, note or f"peak while {name}"
+    )
 
 
-def estimate_run(config, *, device: str | None = None, teacher: str | None = None, layers: int | None = None,
-                 shapes: dict | None = None) -> dict:
+def estimate_run(
+    config,
+    *,
+    device: str | None = None,
+    teacher: str | None = None,
+    layers: int | None = None,
+    shapes: dict | None = None,
+) -> dict:
     """Peak memory per stage of a run config (a RunConfig, a dict of its keys, or a YAML path), in bytes.
 
     `teacher` / `layers` override the config's teacher and student depth; `device` its device (cpu, cuda,
@@ -206,69 +237,115 @@ def estimate_run(config, *, device: str | None = None, teacher: str | None = Non
     fp = 4  # stages load weights in float32 (load_model's default)
     t_w, s_w = weights_bytes(t_shape, fp), weights_bytes(s_shape, fp)
     # on a GPU the models are loaded on the CPU and moved: no load transient on the device
-    s_load = {"student weights": s_w} if gpu else {"loading student (teacher + student)": load_peak(t_shape, s_shape, fp)}
+    s_load = (
+        {"student weights": s_w}
+        if gpu
+        else {"loading student (teacher + student)": load_peak(t_shape, s_shape, fp)}
+    )
     stages: dict[str, StagePlan] = {}
 
     if dcfg is not None:
-        own = s_shape.params - s_shape.embedding_params  # embeddings and head stay frozen and shared
+        own = (
+            s_shape.params - s_shape.embedding_params
+        )  # embeddings and head stay frozen and shared
         block = dcfg.block_size
         lm_tokens = dcfg.max_tokens if dcfg.uses_lm else 0
-        cache = lm_tokens * (dcfg.topk * (2 + 4) + 4 + (2 * t_shape.hidden if dcfg.alpha_cos else 0))
+        cache = lm_tokens * (
+            dcfg.topk * (2 + 4) + 4 + (2 * t_shape.hidden if dcfg.alpha_cos else 0)
+        )
         if dcfg.alpha_task:
             cache += dcfg.task_examples * (2 * t_shape.vocab + 2 * t_shape.hidden)
         act_b = 2 if dcfg.precision == "bf16" else 4
         lm_tok = (dcfg.batch_size * block) if dcfg.uses_lm else 0
         task_tok = dcfg.task_batch_size * dcfg.task_max_length if dcfg.alpha_task else 0
-        logits = lm_tok * t_shape.vocab * 4 * 4  # student logits, log-softmax and their gradients (fp32)
-        train = {"teacher weights": t_w, "student weights": s_w, "optimizer (grad + AdamW)": own * 4 * 3,
-                 "teacher cache": cache,
-                 "activations": activation_bytes(s_shape, lm_tok + task_tok, act_b) + logits}
-        cache_phase = {"teacher weights": t_w, "student weights": s_w, "teacher cache": cache,
-                       "teacher forward": 8 * block * t_shape.vocab * 4 * 2
-                       + inference_bytes(t_shape, 8 * block, act_b)}
+        logits = (
+            lm_tok * t_shape.vocab * 4 * 4
+        )  # student logits, log-softmax and their gradients (fp32)
+        train = {
+            "teacher weights": t_w,
+            "student weights": s_w,
+            "optimizer (grad + AdamW)": own * 4 * 3,
+            "teacher cache": cache,
+            "activations": activation_bytes(s_shape, lm_tok + task_tok, act_b) + logits,
+        }
+        cache_phase = {
+            "teacher weights": t_w,
+            "student weights": s_w,
+            "teacher cache": cache,
+            "teacher forward": 8 * block * t_shape.vocab * 4 * 2
+            + inference_bytes(t_shape, 8 * block, act_b),
+        }
         phases = {"training the student": train, "caching the teacher": cache_phase}
         if not gpu:
             phases["loading the teacher"] = {"teacher weights": load_peak(t_shape, None, fp)}
         stages["distill"] = _peak("distill", base, phases)
 
-    def tune_plan(name: str, model: Shape, loading: dict, n_tokens: int, note: str = "") -> StagePlan:
+    def tune_plan(
+        name: str, model: Shape, loading: dict, n_tokens: int, note: str = ""
+    ) -> StagePlan:
         seq = tcfg.max_length + n_tokens
         per_step = tcfg.batch_size * seq
         w = weights_bytes(model, fp)
-        train = {"weights": w, "activations (batch x full length)": activation_bytes(model, per_step),
-                 "evaluation batch": inference_bytes(model, tcfg.eval_batch_size * seq)}
+        train = {
+            "weights": w,
+            "activations (batch x full length)": activation_bytes(model, per_step),
+            "evaluation batch": inference_bytes(model, tcfg.eval_batch_size * seq),
+        }
         return _peak(name, base, {"training the prompt": train, "loading": loading}, note)
 
     stages["tune"] = tune_plan("tune", s_shape, s_load, tcfg.n_tokens)
     if cfg.with_teacher_tuning:
-        t_load = {"teacher weights": t_w} if gpu else {"loading teacher": load_peak(t_shape, None, fp)}
+        t_load = (
+            {"teacher weights": t_w} if gpu else {"loading teacher": load_peak(t_shape, None, fp)}
+        )
         stages["teacher-tuning"] = tune_plan("teacher-tuning", t_shape, t_load, tcfg.n_tokens)
 
     # transfer: student (rebuilt from the teacher) and teacher resident, three [n_public, V] logit tables,
     # the teacher's prompt-training step
     seq = xcfg.max_length + tcfg.n_tokens
     cache = 3 * xcfg.n_public * t_shape.vocab * 4
-    x_train = {"teacher weights": t_w, "student weights": s_w, "logit cache": cache,
-               "activations (batch x full length)": activation_bytes(t_shape, xcfg.batch_size * seq)
-               + xcfg.batch_size * t_shape.vocab * 4 * 8}
+    x_train = {
+        "teacher weights": t_w,
+        "student weights": s_w,
+        "logit cache": cache,
+        "activations (batch x full length)": activation_bytes(t_shape, xcfg.batch_size * seq)
+        + xcfg.batch_size * t_shape.vocab * 4 * 8,
+    }
     x_load = {"student load": sum(s_load.values()), "logit cache": 0}
-    stages["transfer"] = _peak("transfer", base, {"training the teacher prompt": x_train, "loading": x_load})
+    stages["transfer"] = _peak(
+        "transfer", base, {"training the teacher prompt": x_train, "loading": x_load}
+    )
 
     seq = tcfg.max_length + tcfg.n_tokens
-    e = {"teacher weights": t_w, "student weights": s_w,
-         "evaluation batch": inference_bytes(t_shape, cfg.eval_batch_size * seq)}
-    stages["evaluate"] = _peak("evaluate", base, {"evaluating": e, "loading": {"teacher weights": t_w, **s_load}})
+    e = {
+        "teacher weights": t_w,
+        "student weights": s_w,
+        "evaluation batch": inference_bytes(t_shape, cfg.eval_batch_size * seq),
+    }
+    stages["evaluate"] = _peak(
+        "evaluate", base, {"evaluating": e, "loading": {"teacher weights": t_w, **s_load}}
+    )
 
     if cfg.audit is not None:
-        stages["audit"] = tune_plan("audit", s_shape, s_load, tcfg.n_tokens, "shadows train one after another")
+        stages["audit"] = tune_plan(
+            "audit", s_shape, s_load, tcfg.n_tokens, "shadows train one after another"
+        )
 
-    out = {"device": dev, "teacher": cfg.teacher, "student": cfg.student or f"{s_shape.layers}-layer extraction",
-           "parameters": {"teacher": t_shape.params, "student_total": s_shape.params,
-                          "student_own": s_shape.params - s_shape.embedding_params,
-                          "teacher_layers": t_shape.layers, "student_layers": s_shape.layers},
-           "shapes": {"teacher": t_shape.to_dict(), "student": s_shape.to_dict()},
-           "stages": {k: v.to_dict() for k, v in stages.items()},
-           "peak_bytes": max(v.peak_bytes for v in stages.values())}
+    out = {
+        "device": dev,
+        "teacher": cfg.teacher,
+        "student": cfg.student or f"{s_shape.layers}-layer extraction",
+        "parameters": {
+            "teacher": t_shape.params,
+            "student_total": s_shape.params,
+            "student_own": s_shape.params - s_shape.embedding_params,
+            "teacher_layers": t_shape.layers,
+            "student_layers": s_shape.layers,
+        },
+        "shapes": {"teacher": t_shape.to_dict(), "student": s_shape.to_dict()},
+        "stages": {k: v.to_dict() for k, v in stages.items()},
+        "peak_bytes": max(v.peak_bytes for v in stages.values()),
+    }
     out["available_bytes"] = available_bytes(dev)
     out["warnings"] = _warnings(out, t_w, base)
     return out
@@ -310,22 +387,30 @@ def _warnings(plan: dict, teacher_weights: int, base: int) -> list[str]:
     where = "GPU" if plan["device"] == "cuda" else "RAM"
     out = []
     if base + teacher_weights > avail:
-        out.append(f"the teacher alone ({teacher_weights / GiB:.1f} GiB in float32) does not fit the "
-                   f"{avail / GiB:.1f} GiB of free {where}")
+        out.append(
+            f"the teacher alone ({teacher_weights / GiB:.1f} GiB in float32) does not fit the "
+            f"{avail / GiB:.1f} GiB of free {where}"
+        )
     for name, st in plan["stages"].items():
         if st["peak_bytes"] > avail:
-            out.append(f"{name}: needs about {st['peak_bytes'] / GiB:.1f} GiB, {avail / GiB:.1f} GiB of {where} free")
+            out.append(
+                f"{name}: needs about {st['peak_bytes'] / GiB:.1f} GiB, {avail / GiB:.1f} GiB of {where} free"
+            )
     return out
 
 
 def format_plan(plan: dict) -> str:
     p = plan["parameters"]
-    lines = [f"plan on {plan['device']}: teacher {plan['teacher']} ({p['teacher'] / 1e6:.1f}M parameters, "
-             f"{p['teacher_layers']} layers); student {p['student_layers']} layers "
-             f"({p['student_own'] / 1e6:.1f}M own, {p['student_total'] / 1e6:.1f}M with shared embeddings)"]
+    lines = [
+        f"plan on {plan['device']}: teacher {plan['teacher']} ({p['teacher'] / 1e6:.1f}M parameters, "
+        f"{p['teacher_layers']} layers); student {p['student_layers']} layers "
+        f"({p['student_own'] / 1e6:.1f}M own, {p['student_total'] / 1e6:.1f}M with shared embeddings)"
+    ]
     for name, st in plan["stages"].items():
         parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in st["parts"].items() if v)
-        lines.append(f"  {name:15s} peak {st['peak_bytes'] / GiB:7.2f} GiB  ({st['note']}; MiB: {parts})")
+        lines.append(
+            f"  {name:15s} peak {st['peak_bytes'] / GiB:7.2f} GiB  ({st['note']}; MiB: {parts})"
+        )
     if plan["available_bytes"] is not None:
         lines.append(f"  available: {plan['available_bytes'] / GiB:.1f} GiB")
     lines += [f"warning: {w}" for w in plan["warnings"]]

@@ -49,18 +49,28 @@ class DPConfig:
 
     def validate(self, n: int) -> None:
         """Refuse settings that give no guarantee: every check names the offending field."""
-        if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon) and self.epsilon > 0):
+        if not (
+            isinstance(self.epsilon, (int, float))
+            and math.isfinite(self.epsilon)
+            and self.epsilon > 0
+        ):
             raise BadInput("epsilon", f"must be a positive number, got {self.epsilon}")
         if n <= 0:
             raise BadInput("data", "DP training needs at least one training example")
         delta = self.resolved_delta(n)
         if not (delta > 0 and delta < 1.0 / n):
-            raise BadInput("delta", f"must be in (0, 1/N) = (0, {1.0 / n:.3g}) for N={n} training examples, "
-                                    f"got {delta}; a delta of 1/N or more allows publishing an example outright")
+            raise BadInput(
+                "delta",
+                f"must be in (0, 1/N) = (0, {1.0 / n:.3g}) for N={n} training examples, "
+                f"got {delta}; a delta of 1/N or more allows publishing an example outright",
+            )
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise BadInput("max_grad_norm", f"must be positive, got {self.max_grad_norm}")
         if self.accountant not in ACCOUNTANTS:
-            raise BadInput("accountant", f"unknown accountant '{self.accountant}' (choose {', '.join(ACCOUNTANTS)})")
+            raise BadInput(
+                "accountant",
+                f"unknown accountant '{self.accountant}' (choose {', '.join(ACCOUNTANTS)})",
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,11 +78,14 @@ class DPConfig:
 
 # ---------------------------------------------------------------- accounting
 
+
 def _accountant(name: str):
     from opacus.accountants import create_accountant
 
     if name not in ACCOUNTANTS:
-        raise BadInput("accountant", f"unknown accountant '{name}' (choose {', '.join(ACCOUNTANTS)})")
+        raise BadInput(
+            "accountant", f"unknown accountant '{name}' (choose {', '.join(ACCOUNTANTS)})"
+        )
     return create_accountant(mechanism=name)
 
 
@@ -91,7 +104,9 @@ def epsilon_of_history(history: list, delta: float, accountant: str) -> float:
     return eps
 
 
-def compute_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv") -> float:
+def compute_epsilon(
+    sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv"
+) -> float:
     """epsilon of `steps` Poisson-subsampled Gaussian steps with noise multiplier sigma (Opacus)."""
     if steps <= 0:
         return 0.0
@@ -100,22 +115,29 @@ def compute_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, 
     return epsilon_of_history([(sigma, sample_rate, steps)], delta, accountant)
 
 
-def _solve_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
-                 rel_tol: float) -> float:
+def _solve_sigma(
+    epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, rel_tol: float
+) -> float:
     """Smallest sigma (up to rel_tol in epsilon) whose epsilon does not exceed the target.
 
     epsilon(sigma) is decreasing; we bracket the target by doubling/halving sigma, then run the Illinois
     variant of regula falsi on log epsilon against log sigma (nearly linear there), keeping the bracket,
     so that a handful of accountant calls suffice. The answer is always the bracket's feasible end.
     """
+
     def f(log_s: float) -> float:
-        return math.log(compute_epsilon(math.exp(log_s), sample_rate, steps, delta, accountant)) - math.log(epsilon)
+        return math.log(
+            compute_epsilon(math.exp(log_s), sample_rate, steps, delta, accountant)
+        ) - math.log(epsilon)
 
     def unreachable():
-        return BadInput("epsilon", f"epsilon={epsilon} cannot be reached with {steps} steps at sampling rate "
-                                   f"{sample_rate:.4g} and delta={delta:.3g} under the {accountant} accountant, "
-                                   "even with overwhelming noise; raise epsilon or delta, or train fewer steps "
-                                   "or with a smaller batch")
+        return BadInput(
+            "epsilon",
+            f"epsilon={epsilon} cannot be reached with {steps} steps at sampling rate "
+            f"{sample_rate:.4g} and delta={delta:.3g} under the {accountant} accountant, "
+            "even with overwhelming noise; raise epsilon or delta, or train fewer steps "
+            "or with a smaller batch",
+        )
 
     # bracket: lo infeasible (f > 0), hi feasible (f <= 0)
     hi, f_hi = 0.0, f(0.0)
@@ -157,8 +179,14 @@ def _solve_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, a
     return math.exp(hi)
 
 
-def calibrate_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv",
-                    rel_tol: float = 0.005) -> tuple[float, str]:
+def calibrate_sigma(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "prv",
+    rel_tol: float = 0.005,
+) -> tuple[float, str]:
     """Noise multiplier for a budget: (sigma, accountant actually used).
 
     The returned sigma spends at most `epsilon` and at least epsilon * (1 - rel_tol) over `steps` steps
@@ -174,15 +202,21 @@ def calibrate_sigma(epsilon: float, delta: float, sample_rate: float, steps: int
     if steps <= 0:
         raise BadInput("steps", f"DP training needs at least one step, got {steps}")
     if accountant not in ACCOUNTANTS:
-        raise BadInput("accountant", f"unknown accountant '{accountant}' (choose {', '.join(ACCOUNTANTS)})")
+        raise BadInput(
+            "accountant", f"unknown accountant '{accountant}' (choose {', '.join(ACCOUNTANTS)})"
+        )
     if accountant == "prv":
         try:
             return _calibrated(epsilon, delta, sample_rate, steps, "prv", rel_tol), "prv"
         except BadInput:
             raise
-        except Exception as e:  # noqa: BLE001 - PRV's numerics fail in several ways (ValueError, overflow...)
-            warnings.warn(f"PRV accountant failed ({type(e).__name__}: {str(e)[:120]}); "
-                          "calibrating and accounting with RDP instead", RuntimeWarning, stacklevel=2)
+        except Exception as e:
+            warnings.warn(
+                f"PRV accountant failed ({type(e).__name__}: {str(e)[:120]}); "
+                "calibrating and accounting with RDP instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return _calibrated(epsilon, delta, sample_rate, steps, "rdp", rel_tol), "rdp"
 
 
@@ -224,6 +258,7 @@ class PrivacyLedger:
 
 # ---------------------------------------------------------------- randomness
 
+
 class SecureRNG:
     """Cryptographically strong Gaussian noise and Bernoulli draws from the OS's CSPRNG (os.urandom).
 
@@ -260,7 +295,9 @@ def gaussian(shape, generator, dtype=torch.float32, device="cpu") -> torch.Tenso
     """Standard normal noise from a torch.Generator (reproducible) or a SecureRNG."""
     if isinstance(generator, SecureRNG):
         return generator.normal(tuple(shape), dtype=dtype, device=device)
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(
+        device=device, dtype=dtype
+    )
 
 
 class PoissonSampler:
@@ -277,7 +314,9 @@ class PoissonSampler:
         if not (0 < sample_rate <= 1):
             raise BadInput("batch_size", f"sampling rate must be in (0, 1], got {sample_rate}")
         self.n, self.sample_rate, self.steps = n, float(sample_rate), 0
-        self.rng: torch.Generator | SecureRNG = SecureRNG() if secure else torch.Generator().manual_seed(seed)
+        self.rng: torch.Generator | SecureRNG = (
+            SecureRNG() if secure else torch.Generator().manual_seed(seed)
+        )
 
     def sample(self) -> list[int]:
         if isinstance(self.rng, SecureRNG):
@@ -293,8 +332,11 @@ class PoissonSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state["n"] != self.n or state["sample_rate"] != self.sample_rate:
-            raise BadInput("resume", f"the checkpoint's sampler (N={state['n']}, q={state['sample_rate']}) does not "
-                                     f"match this run (N={self.n}, q={self.sample_rate})")
+            raise BadInput(
+                "resume",
+                f"the checkpoint's sampler (N={state['n']}, q={state['sample_rate']}) does not "
+                f"match this run (N={self.n}, q={self.sample_rate})",
+            )
         self.steps = int(state["steps"])
         if state["rng"] is not None and not isinstance(self.rng, SecureRNG):
             self.rng.set_state(state["rng"])
@@ -302,7 +344,10 @@ class PoissonSampler:
 
 # ---------------------------------------------------------------- the DP gradient
 
-def clip_per_example(per_example_grads: torch.Tensor, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+
+def clip_per_example(
+    per_example_grads: torch.Tensor, max_grad_norm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over examples of each gradient clipped to L2 norm max_grad_norm, the unclipped norms).
 
     Gradients are [B, ...]; one example's gradient is everything after the first dimension. The factor
@@ -316,8 +361,13 @@ def clip_per_example(per_example_grads: torch.Tensor, max_grad_norm: float) -> t
     return summed.reshape(per_example_grads.shape[1:]), norms
 
 
-def noisy_average(clipped_sum: torch.Tensor, max_grad_norm: float, sigma: float, expected_batch_size: float,
-                  generator) -> torch.Tensor:
+def noisy_average(
+    clipped_sum: torch.Tensor,
+    max_grad_norm: float,
+    sigma: float,
+    expected_batch_size: float,
+    generator,
+) -> torch.Tensor:
     """(sum of clipped gradients + N(0, (sigma C)^2 I)) / expected batch size."""
     out = clipped_sum.float()
     if sigma > 0:
@@ -325,14 +375,20 @@ def noisy_average(clipped_sum: torch.Tensor, max_grad_norm: float, sigma: float,
     return out / expected_batch_size
 
 
-def clip_and_noise(per_example_grads: torch.Tensor, max_grad_norm: float, sigma: float,
-                   expected_batch_size: float, generator) -> torch.Tensor:
+def clip_and_noise(
+    per_example_grads: torch.Tensor,
+    max_grad_norm: float,
+    sigma: float,
+    expected_batch_size: float,
+    generator,
+) -> torch.Tensor:
     """The DP-SGD gradient of one step from per-example gradients [B, ...] (B may be 0)."""
     summed, _ = clip_per_example(per_example_grads, max_grad_norm)
     return noisy_average(summed, max_grad_norm, sigma, expected_batch_size, generator)
 
 
 # ---------------------------------------------------------------- the statement
+
 
 def library_versions() -> dict:
     import importlib.metadata as md
@@ -346,9 +402,19 @@ def library_versions() -> dict:
     return out
 
 
-def privacy_statement(*, dp: DPConfig, n_train: int, sigma: float, sample_rate: float, ledger: PrivacyLedger,
-                      planned_steps: int, accountant_used: str, expected_batch_size: float,
-                      model_selection_on_validation: bool, n_validation: int = 0) -> dict:
+def privacy_statement(
+    *,
+    dp: DPConfig,
+    n_train: int,
+    sigma: float,
+    sample_rate: float,
+    ledger: PrivacyLedger,
+    planned_steps: int,
+    accountant_used: str,
+    expected_batch_size: float,
+    model_selection_on_validation: bool,
+    n_validation: int = 0,
+) -> dict:
     """What the prompt's (epsilon, delta) guarantee says, under which assumptions, and what it covers."""
     delta = dp.resolved_delta(n_train)
     steps = ledger.steps
@@ -356,15 +422,21 @@ def privacy_statement(*, dp: DPConfig, n_train: int, sigma: float, sample_rate: 
     eps = ledger.epsilon(delta, accountant_used)
     try:
         eps_other = ledger.epsilon(delta, other)
-    except Exception as e:  # noqa: BLE001 - the comparison figure is informative only
+    except Exception as e:
         eps_other = None
-        warnings.warn(f"{other} accountant failed for the comparison figure: {e}", RuntimeWarning, stacklevel=2)
-    selection = ("The prompt returned is the one with the best validation accuracy among the evaluated "
-                 f"checkpoints ({n_validation} validation examples). Those validation examples are NOT "
-                 "protected by this guarantee: the selection itself was not made private. Use a public "
-                 "validation set, or no validation (--val-split none), if they must be protected."
-                 if model_selection_on_validation else
-                 "No model selection on validation data: the prompt is the last DP-SGD iterate.")
+        warnings.warn(
+            f"{other} accountant failed for the comparison figure: {e}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    selection = (
+        "The prompt returned is the one with the best validation accuracy among the evaluated "
+        f"checkpoints ({n_validation} validation examples). Those validation examples are NOT "
+        "protected by this guarantee: the selection itself was not made private. Use a public "
+        "validation set, or no validation (--val-split none), if they must be protected."
+        if model_selection_on_validation
+        else "No model selection on validation data: the prompt is the last DP-SGD iterate."
+    )
     return {
         "mechanism": "DP-SGD (Poisson-subsampled Gaussian mechanism) on the soft prompt only",
         "guarantee": f"({eps:.4g}, {delta:.3g})-DP with respect to adding or removing one training example",
@@ -384,23 +456,30 @@ def privacy_statement(*, dp: DPConfig, n_train: int, sigma: float, sample_rate: 
         "max_grad_norm": dp.max_grad_norm,
         "dataset_size": n_train,
         "sampling": "Poisson (each example joins each batch independently with probability sample_rate)",
-        "noise_source": "os.urandom (cryptographically strong)" if dp.secure_rng else
-                        "torch.Generator (seeded, reproducible; NOT cryptographically strong)",
+        "noise_source": "os.urandom (cryptographically strong)"
+        if dp.secure_rng
+        else "torch.Generator (seeded, reproducible; NOT cryptographically strong)",
         "history": [list(h) for h in ledger.history],
         "protected": "example-level DP for the training examples: the prompt's distribution changes by at most "
-                     "(epsilon, delta) when any one training example is added or removed",
-        "not_protected": [selection,
-                          "Training logs (metrics.jsonl: loss on training batches) and checkpoints are local "
-                          "diagnostics, not covered; share only the prompt artifact.",
-                          "The model, the task template and verbalizer, and the initial prompt are assumed public."],
+        "(epsilon, delta) when any one training example is added or removed",
+        "not_protected": [
+            selection,
+            "Training logs (metrics.jsonl: loss on training batches) and checkpoints are local "
+            "diagnostics, not covered; share only the prompt artifact.",
+            "The model, the task template and verbalizer, and the initial prompt are assumed public.",
+        ],
         "library_versions": library_versions(),
     }
 
 
 def format_statement(s: dict) -> str:
-    other = ", ".join(f"{k}: {v:.4g}" for k, v in s["epsilon_other_accountant"].items() if v is not None)
+    other = ", ".join(
+        f"{k}: {v:.4g}" for k, v in s["epsilon_other_accountant"].items() if v is not None
+    )
     lines = [
-        f"privacy: {s['guarantee']} ({s['accountant']} accountant" + (f"; {other}" if other else "") + ")",
+        f"privacy: {s['guarantee']} ({s['accountant']} accountant"
+        + (f"; {other}" if other else "")
+        + ")",
         f"  sigma={s['noise_multiplier']:.4g}, q={s['sample_rate']:.4g} (expected batch {s['expected_batch_size']:g} "
         f"of N={s['dataset_size']}), steps={s['steps']}/{s['planned_steps']} ({s['epochs']:.3g} epochs), "
         f"clip C={s['max_grad_norm']:g}, {s['sampling'].split(' (')[0]} sampling, noise from {s['noise_source']}",

@@ -43,8 +43,14 @@ class SoftPrompt(torch.nn.Module):
         return self.embedding
 
 
-def init_prompt_embeddings(model, tokenizer, n_tokens: int, init: str = "text", text: str | None = None,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+def init_prompt_embeddings(
+    model,
+    tokenizer,
+    n_tokens: int,
+    init: str = "text",
+    text: str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Initial prompt: embeddings of a task description (cycled to n tokens), of sampled vocabulary
     tokens, or random with the embedding matrix's scale."""
     if n_tokens <= 0:
@@ -83,16 +89,29 @@ class PromptArtifact:
         return int(self.embeddings.shape[1])
 
 
-def make_metadata(*, model_info: ModelInfo, task, init: str, training: dict | None = None,
-                  privacy: dict | None = None, n_tokens: int, extra: dict | None = None) -> dict:
+def make_metadata(
+    *,
+    model_info: ModelInfo,
+    task,
+    init: str,
+    training: dict | None = None,
+    privacy: dict | None = None,
+    n_tokens: int,
+    extra: dict | None = None,
+) -> dict:
     meta = {
         "format": FORMAT,
         "promptport_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "n_tokens": n_tokens,
         "model": model_info.to_dict(),
-        "task": {"name": task.name, "template": task.template, "classes": task.classes,
-                 "verbalizer": task.verbalizer, "description": task.description},
+        "task": {
+            "name": task.name,
+            "template": task.template,
+            "classes": task.classes,
+            "verbalizer": task.verbalizer,
+            "description": task.description,
+        },
         "init": init,
         "training": training or {},
         "privacy": privacy,
@@ -108,10 +127,18 @@ def save_prompt(out_dir: str | Path, embeddings: torch.Tensor, meta: dict) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     tensor = embeddings.detach().to("cpu", torch.float32).contiguous()
     with atomic_path(out / PROMPT_FILE) as tmp:
-        save_file({TENSOR_KEY: tensor}, str(tmp), metadata={"format": FORMAT,
-                                                           "hidden_size": str(tensor.shape[1]),
-                                                           "n_tokens": str(tensor.shape[0])})
-    meta = dict(meta, n_tokens=int(tensor.shape[0]), sha256={PROMPT_FILE: sha256_file(out / PROMPT_FILE)})
+        save_file(
+            {TENSOR_KEY: tensor},
+            str(tmp),
+            metadata={
+                "format": FORMAT,
+                "hidden_size": str(tensor.shape[1]),
+                "n_tokens": str(tensor.shape[0]),
+            },
+        )
+    meta = dict(
+        meta, n_tokens=int(tensor.shape[0]), sha256={PROMPT_FILE: sha256_file(out / PROMPT_FILE)}
+    )
     write_json(out / META_FILE, meta)
     return out
 
@@ -133,8 +160,11 @@ def load_prompt(path: str | Path) -> PromptArtifact:
             raise BadInput("prompt", f"{meta_path} is not valid JSON: {e}") from None
         want = (meta.get("sha256") or {}).get(tensor_path.name)
         if want and sha256_file(tensor_path) != want:
-            raise BadInput("prompt", f"{tensor_path} does not match the checksum in {meta_path.name} "
-                                     "(truncated or altered)")
+            raise BadInput(
+                "prompt",
+                f"{tensor_path} does not match the checksum in {meta_path.name} "
+                "(truncated or altered)",
+            )
     try:
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -144,23 +174,41 @@ def load_prompt(path: str | Path) -> PromptArtifact:
     return PromptArtifact(tensors[TENSOR_KEY].float(), meta)
 
 
-def check_compatible(artifact: PromptArtifact, info: ModelInfo, *, strict_embeddings: bool = False) -> None:
+def check_compatible(
+    artifact: PromptArtifact, info: ModelInfo, *, strict_embeddings: bool = False
+) -> None:
     """A prompt only means something in the embedding space it was trained in."""
     if artifact.hidden_size != info.hidden_size:
         src = artifact.meta.get("model", {}).get("model_id", "another model")
-        raise BadInput("prompt", f"prompt was made for hidden size {artifact.hidden_size} ({src}); "
-                                 f"model '{info.model_id}' has hidden size {info.hidden_size}")
+        raise BadInput(
+            "prompt",
+            f"prompt was made for hidden size {artifact.hidden_size} ({src}); "
+            f"model '{info.model_id}' has hidden size {info.hidden_size}",
+        )
     m = artifact.meta.get("model") or {}
     if m.get("tokenizer_fingerprint") and m["tokenizer_fingerprint"] != info.tokenizer_fingerprint:
-        raise BadInput("prompt", f"prompt was made with another tokenizer ({m.get('model_id')}) than "
-                                 f"model '{info.model_id}' uses")
-    if strict_embeddings and m.get("embedding_fingerprint") not in (None, info.embedding_fingerprint):
-        raise BadInput("prompt", f"prompt was made on embeddings {m.get('embedding_fingerprint')} "
-                                 f"({m.get('model_id')}), not on '{info.model_id}'")
+        raise BadInput(
+            "prompt",
+            f"prompt was made with another tokenizer ({m.get('model_id')}) than "
+            f"model '{info.model_id}' uses",
+        )
+    if strict_embeddings and m.get("embedding_fingerprint") not in (
+        None,
+        info.embedding_fingerprint,
+    ):
+        raise BadInput(
+            "prompt",
+            f"prompt was made on embeddings {m.get('embedding_fingerprint')} "
+            f"({m.get('model_id')}), not on '{info.model_id}'",
+        )
 
 
-def export_peft(artifact: PromptArtifact, out_dir: str | Path, base_model_name_or_path: str | None = None,
-                model_config=None) -> Path:
+def export_peft(
+    artifact: PromptArtifact,
+    out_dir: str | Path,
+    base_model_name_or_path: str | None = None,
+    model_config=None,
+) -> Path:
     """Write a PEFT prompt-tuning adapter directory that `PeftModel.from_pretrained` loads."""
     from peft import PromptTuningConfig, TaskType
 
@@ -168,13 +216,22 @@ def export_peft(artifact: PromptArtifact, out_dir: str | Path, base_model_name_o
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     if model_config is not None:
-        kwargs = {"num_layers": getattr(model_config, "num_hidden_layers", None),
-                  "num_attention_heads": getattr(model_config, "num_attention_heads", None)}
-    cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=artifact.n_tokens,
-                             token_dim=artifact.hidden_size, num_transformer_submodules=1,
-                             base_model_name_or_path=base_model_name_or_path
-                             or artifact.meta.get("model", {}).get("model_id"), **kwargs)
+        kwargs = {
+            "num_layers": getattr(model_config, "num_hidden_layers", None),
+            "num_attention_heads": getattr(model_config, "num_attention_heads", None),
+        }
+    cfg = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=artifact.n_tokens,
+        token_dim=artifact.hidden_size,
+        num_transformer_submodules=1,
+        base_model_name_or_path=base_model_name_or_path
+        or artifact.meta.get("model", {}).get("model_id"),
+        **kwargs,
+    )
     cfg.save_pretrained(str(out))
     with atomic_path(out / "adapter_model.safetensors") as tmp:
-        save_file({TENSOR_KEY: artifact.embeddings.contiguous()}, str(tmp), metadata={"format": "pt"})
+        save_file(
+            {TENSOR_KEY: artifact.embeddings.contiguous()}, str(tmp), metadata={"format": "pt"}
+        )
     return out

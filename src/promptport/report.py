@@ -26,8 +26,14 @@ BASELINE_LABELS = {
 }
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+def bootstrap_ci(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_classes: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Percentile bootstrap intervals for accuracy and macro-F1 (resampling examples).
 
     All resamples at once: per-resample true-positive / predicted / actual counts per class come from
@@ -43,17 +49,23 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, n_boot:
     rows = np.arange(n_boot)[:, None] * n_classes
 
     def counts(cls, weights=None):
-        return np.bincount((rows + cls).ravel(), weights=None if weights is None else weights.ravel(),
-                           minlength=n_boot * n_classes).reshape(n_boot, n_classes)
+        return np.bincount(
+            (rows + cls).ravel(),
+            weights=None if weights is None else weights.ravel(),
+            minlength=n_boot * n_classes,
+        ).reshape(n_boot, n_classes)
 
     tp = counts(t, (t == p).astype(float))
     denom = counts(t) + counts(p)
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
     f1s = f1.mean(1)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {"accuracy_ci": [float(np.percentile(accs, lo)), float(np.percentile(accs, hi))],
-            "macro_f1_ci": [float(np.percentile(f1s, lo)), float(np.percentile(f1s, hi))], "level": level,
-            "n_boot": n_boot}
+    return {
+        "accuracy_ci": [float(np.percentile(accs, lo)), float(np.percentile(accs, hi))],
+        "macro_f1_ci": [float(np.percentile(f1s, lo)), float(np.percentile(f1s, hi))],
+        "level": level,
+        "n_boot": n_boot,
+    }
 
 
 def _png(fig) -> str:
@@ -76,14 +88,29 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
     if base:
         names = [k for k in BASELINE_LABELS if k in base]
         accs = [base[k]["accuracy"] for k in names]
-        err = np.array([[base[k]["accuracy"] - base[k]["accuracy_ci"][0], base[k]["accuracy_ci"][1] - base[k]["accuracy"]]
-                        for k in names]).T
+        err = np.array(
+            [
+                [
+                    base[k]["accuracy"] - base[k]["accuracy_ci"][0],
+                    base[k]["accuracy_ci"][1] - base[k]["accuracy"],
+                ]
+                for k in names
+            ]
+        ).T
         fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)))
-        ax.barh([BASELINE_LABELS[k].split(" (")[0] for k in names], accs, xerr=err, color="#4C72B0", capsize=3)
+        ax.barh(
+            [BASELINE_LABELS[k].split(" (")[0] for k in names],
+            accs,
+            xerr=err,
+            color="#4C72B0",
+            capsize=3,
+        )
         ax.invert_yaxis()
         ax.set_xlabel("accuracy (95% bootstrap interval)")
         ax.set_xlim(0, 1.08)
-        for i, k in enumerate(names):  # the value right of its interval, so the whisker never hides it
+        for i, k in enumerate(
+            names
+        ):  # the value right of its interval, so the whisker never hides it
             ax.text(base[k]["accuracy_ci"][1] + 0.01, i, f"{accs[i]:.3f}", va="center", fontsize=8)
         plots["accuracy"] = _png(fig)
     curve = run_dir / "transfer" / "metrics.jsonl"
@@ -91,10 +118,20 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
         recs = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
         if recs:
             fig, ax = plt.subplots(figsize=(7, 3))
-            ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=0.8, label="train batch loss")
+            ax.plot(
+                [r["step"] for r in recs],
+                [r["loss"] for r in recs],
+                lw=0.8,
+                label="train batch loss",
+            )
             held = [r for r in recs if "heldout_loss" in r]
             if held:
-                ax.plot([r["step"] for r in held], [r["heldout_loss"] for r in held], "o-", label="held-out public loss")
+                ax.plot(
+                    [r["step"] for r in held],
+                    [r["heldout_loss"] for r in held],
+                    "o-",
+                    label="held-out public loss",
+                )
             ax.set_xlabel("step")
             ax.set_ylabel("transfer loss")
             ax.legend()
@@ -121,7 +158,9 @@ def _table_md(headers: list[str], rows: list[list]) -> str:
 
 def _table_html(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -133,28 +172,79 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
         for k, label in BASELINE_LABELS.items():
             if k in base:
                 b = base[k]
-                rows.append([label, f"{b['accuracy']:.4f}", f"[{b['accuracy_ci'][0]:.3f}, {b['accuracy_ci'][1]:.3f}]",
-                             f"{b['macro_f1']:.4f}", f"[{b['macro_f1_ci'][0]:.3f}, {b['macro_f1_ci'][1]:.3f}]", b["n"]])
-        sec.append((f"Accuracy on the private task's {results.get('eval_split', 'test')} split",
-                    ["method", "accuracy", "95% CI", "macro-F1", "95% CI", "n"], rows))
+                rows.append(
+                    [
+                        label,
+                        f"{b['accuracy']:.4f}",
+                        f"[{b['accuracy_ci'][0]:.3f}, {b['accuracy_ci'][1]:.3f}]",
+                        f"{b['macro_f1']:.4f}",
+                        f"[{b['macro_f1_ci'][0]:.3f}, {b['macro_f1_ci'][1]:.3f}]",
+                        b["n"],
+                    ]
+                )
+        sec.append(
+            (
+                f"Accuracy on the private task's {results.get('eval_split', 'test')} split",
+                ["method", "accuracy", "95% CI", "macro-F1", "95% CI", "n"],
+                rows,
+            )
+        )
     priv = results.get("privacy")
     if priv:
-        keys = ["epsilon", "delta", "accountant", "epsilon_other_accountant", "sigma", "sample_rate", "steps",
-                "epochs", "max_grad_norm", "dataset_size", "sampling", "protects", "not_protected"]
+        keys = [
+            "epsilon",
+            "delta",
+            "accountant",
+            "epsilon_other_accountant",
+            "sigma",
+            "sample_rate",
+            "steps",
+            "epochs",
+            "max_grad_norm",
+            "dataset_size",
+            "sampling",
+            "protects",
+            "not_protected",
+        ]
         rows = [[k, priv[k]] for k in keys if k in priv]
-        rows += [[k, v] for k, v in priv.items() if k not in keys and not isinstance(v, (dict, list))]
+        rows += [
+            [k, v] for k, v in priv.items() if k not in keys and not isinstance(v, (dict, list))
+        ]
         sec.append(("Privacy statement (user's prompt)", ["field", "value"], rows))
     else:
-        sec.append(("Privacy statement", "The user's prompt was tuned without DP: it carries no formal guarantee."))
+        sec.append(
+            (
+                "Privacy statement",
+                "The user's prompt was tuned without DP: it carries no formal guarantee.",
+            )
+        )
     cost = results.get("costs", [])
     if cost:
-        sec.append(("Cost per stage", ["stage", "side", "wall time (s)", "tokens processed", "notes"],
-                    [[c["stage"], c["side"], f"{c['seconds']:.1f}", c.get("tokens", "-"), c.get("notes", "")]
-                     for c in cost]))
+        sec.append(
+            (
+                "Cost per stage",
+                ["stage", "side", "wall time (s)", "tokens processed", "notes"],
+                [
+                    [
+                        c["stage"],
+                        c["side"],
+                        f"{c['seconds']:.1f}",
+                        c.get("tokens", "-"),
+                        c.get("notes", ""),
+                    ]
+                    for c in cost
+                ],
+            )
+        )
     audit = results.get("audit")
     if audit:
-        sec.append(("Membership-inference audit (LiRA)", ["metric", "value"], [[k, v] for k, v in audit.items()
-                                                                           if not isinstance(v, (dict, list))]))
+        sec.append(
+            (
+                "Membership-inference audit (LiRA)",
+                ["metric", "value"],
+                [[k, v] for k, v in audit.items() if not isinstance(v, (dict, list))],
+            )
+        )
     info = results.get("info", {})
     if info:
         sec.append(("Run", ["field", "value"], [[k, v] for k, v in info.items()]))
@@ -168,7 +258,10 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     plots = _plots(run_dir, results)
     title = f"promptport run — {results.get('info', {}).get('task', '')}"
     md = [f"# {title}", "", results.get("summary", ""), ""]
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p class='summary'>{html.escape(results.get('summary', ''))}</p>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='summary'>{html.escape(results.get('summary', ''))}</p>",
+    ]
     for s in _sections(results):
         md += [f"## {s[0]}", ""]
         body.append(f"<h2>{html.escape(s[0])}</h2>")
@@ -178,19 +271,28 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         else:
             md += [_table_md(s[1], s[2]), ""]
             body.append(_table_html(s[1], s[2]))
-    captions = {"accuracy": "Accuracy per method", "transfer_loss": "Transfer loss",
-                "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)",
-                "audit_roc": "Membership-inference ROC (log-log)"}
+    captions = {
+        "accuracy": "Accuracy per method",
+        "transfer_loss": "Transfer loss",
+        "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)",
+        "audit_roc": "Membership-inference ROC (log-log)",
+    }
     for name, b64 in plots.items():
         (run_dir / "plots").mkdir(exist_ok=True)
         (run_dir / "plots" / f"{name}.png").write_bytes(base64.b64decode(b64))
         md += [f"## {captions[name]}", "", f"![{captions[name]}](plots/{name}.png)", ""]
-        body.append(f"<h2>{captions[name]}</h2><img alt='{captions[name]}' src='data:image/png;base64,{b64}'/>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-             "th{background:#f3f3f3}.summary{font-size:1.1em}img{max-width:100%}")
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+        body.append(
+            f"<h2>{captions[name]}</h2><img alt='{captions[name]}' src='data:image/png;base64,{b64}'/>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}.summary{font-size:1.1em}img{max-width:100%}"
+    )
+    page = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
     write_text(run_dir / "report.md", "\n".join(md))
     write_text(run_dir / "report.html", page)
     return run_dir / "report.md", run_dir / "report.html"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from promptport.errors import BadInput
 
-GIB = 1024 ** 3
+GIB = 1024**3
 SKIP_ENV = "PROMPTPORT_SKIP_RESOURCE_CHECK"
 
 
@@ -26,7 +26,9 @@ class Estimate:
     memory: dict[str, int] = field(default_factory=dict)  # peak bytes per stage still to run
     disk: dict[str, int] = field(default_factory=dict)  # bytes written per item
     available_memory: int | None = None  # as `plan` sees the run's device (free GPU memory or RAM)
-    unknown: str | None = None  # why nothing could be estimated (a model's config not readable offline)
+    unknown: str | None = (
+        None  # why nothing could be estimated (a model's config not readable offline)
+    )
 
     @property
     def peak_memory(self) -> tuple[str, int]:
@@ -61,13 +63,16 @@ def estimate_run(cfg) -> Estimate:
     est.available_memory = p.get("available_bytes")
     if dcfg is not None and not done("distill"):
         t = plan.model_shape(cfg.teacher)
-        own = t.with_layers(dcfg.layers).params - t.embedding_params  # the student's trained weights
-        cache = (dcfg.max_tokens if dcfg.uses_lm else 0) * (dcfg.topk * (2 + 4) + 4 + (2 * t.hidden if dcfg.alpha_cos
-                                                                                      else 0))
+        own = (
+            t.with_layers(dcfg.layers).params - t.embedding_params
+        )  # the student's trained weights
+        cache = (dcfg.max_tokens if dcfg.uses_lm else 0) * (
+            dcfg.topk * (2 + 4) + 4 + (2 * t.hidden if dcfg.alpha_cos else 0)
+        )
         cache += (dcfg.task_examples if dcfg.alpha_task else 0) * (t.vocab + t.hidden) * 2
         est.disk["distill: teacher cache"] = cache
         est.disk["distill: checkpoints (two during a swap) and student"] = own * 4 * (3 * 2 + 1)
-    est.disk["prompts, metrics, reports"] = 16 * 1024 ** 2
+    est.disk["prompts, metrics, reports"] = 16 * 1024**2
     return est
 
 
@@ -78,7 +83,11 @@ def available(path: str | Path) -> tuple[int, int]:
 
         mem = int(psutil.virtual_memory().available)
     except ImportError:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        info = dict(
+            line.split(":", 1)
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if ":" in line
+        )
         mem = int(info["MemAvailable"].split()[0]) * 1024
     p = Path(path).expanduser().absolute()
     while not p.exists() and p.parent != p:
@@ -92,7 +101,9 @@ def _gib(n: int) -> str:
 
 def preflight(cfg) -> Estimate | None:
     """BadInput('resources', ...) when the run's estimated peak memory or disk exceeds what is available."""
-    if os.environ.get(SKIP_ENV, "").strip() not in ("", "0") or not getattr(cfg, "check_resources", True):
+    if os.environ.get(SKIP_ENV, "").strip() not in ("", "0") or not getattr(
+        cfg, "check_resources", True
+    ):
         return None
     est = estimate_run(cfg)
     mem, disk = available(cfg.run_dir)
@@ -101,10 +112,16 @@ def preflight(cfg) -> Estimate | None:
     stage, peak = est.peak_memory
     hint = f"; lower the sizes (max_tokens, task_examples, n_public, batch sizes) or set {SKIP_ENV}=1 to run anyway"
     if peak > mem:
-        raise BadInput("resources", f"the {stage} stage needs about {_gib(peak)} of memory but {_gib(mem)} is "
-                                    f"available{hint}")
+        raise BadInput(
+            "resources",
+            f"the {stage} stage needs about {_gib(peak)} of memory but {_gib(mem)} is "
+            f"available{hint}",
+        )
     if est.total_disk > disk:
         big = max(est.disk.items(), key=lambda kv: kv[1])
-        raise BadInput("resources", f"the run writes about {_gib(est.total_disk)} ({big[0]}: {_gib(big[1])}) but "
-                                    f"{Path(cfg.run_dir)} has {_gib(disk)} free{hint}")
+        raise BadInput(
+            "resources",
+            f"the run writes about {_gib(est.total_disk)} ({big[0]}: {_gib(big[1])}) but "
+            f"{Path(cfg.run_dir)} has {_gib(disk)} free{hint}",
+        )
     return est

@@ -38,9 +38,20 @@ def quiet_libraries() -> None:
 def versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "platform": platform.platform(),
-           "torch_threads": torch.get_num_threads()}
-    for pkg in ("promptport", "torch", "transformers", "peft", "opacus", "safetensors", "accelerate"):
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    for pkg in (
+        "promptport",
+        "torch",
+        "transformers",
+        "peft",
+        "opacus",
+        "safetensors",
+        "accelerate",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -22,8 +22,9 @@ class HubSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str
     name: str | None = None
-    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "validation": "validation",
-                                                             "test": "test"})
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
 
 
 class Task(BaseModel):
@@ -33,7 +34,9 @@ class Task(BaseModel):
     description: str
     template: str
     columns: dict[str, list[str]]
-    label_columns: list[str] = Field(default_factory=lambda: ["label", "labels", "category", "class", "y"])
+    label_columns: list[str] = Field(
+        default_factory=lambda: ["label", "labels", "category", "class", "y"]
+    )
     classes: list[str]
     verbalizer: dict[str, list[str]]
     label_map: dict[str, str] = Field(default_factory=dict)
@@ -41,7 +44,7 @@ class Task(BaseModel):
     embedded: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "Task":
+    def _check(self) -> Task:
         fields = self.template_fields
         if not fields:
             raise ValueError("template has no {field} placeholder for the input text")
@@ -51,7 +54,9 @@ class Task(BaseModel):
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: need at least two distinct classes")
         if set(self.verbalizer) != set(self.classes):
-            raise ValueError(f"verbalizer: must give label words for exactly the classes {self.classes}")
+            raise ValueError(
+                f"verbalizer: must give label words for exactly the classes {self.classes}"
+            )
         if any(not words for words in self.verbalizer.values()):
             raise ValueError("verbalizer: every class needs at least one label word")
         bad = {k: v for k, v in self.label_map.items() if v not in self.classes}
@@ -103,7 +108,9 @@ def load_task_file(path: str | Path) -> Task:
     try:
         spec = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise BadInput("task", f"cannot read task file '{path}': {str(e).splitlines()[0]}") from None
+        raise BadInput(
+            "task", f"cannot read task file '{path}': {str(e).splitlines()[0]}"
+        ) from None
     if not isinstance(spec, dict):
         raise BadInput("task", f"task file '{path}' must hold a mapping of task keys")
     spec = dict(spec)
@@ -121,5 +128,9 @@ def get_task(name_or_path: str | Task) -> Task:
     if name_or_path in tasks:
         return tasks[name_or_path]
     close = difflib.get_close_matches(name_or_path, list(tasks), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(tasks))}, or a task YAML file)"
+    hint = (
+        f" (did you mean '{close[0]}'?)"
+        if close
+        else f" (known: {', '.join(sorted(tasks))}, or a task YAML file)"
+    )
     raise BadInput("task", f"unknown task '{name_or_path}'{hint}")

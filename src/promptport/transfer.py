@@ -35,18 +35,28 @@ from promptport.errors import BadInput
 from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
 from promptport.manifest import write_manifest
 from promptport.models import LoadedModel, load_model
-from promptport.prompt import (PromptArtifact, check_compatible, init_prompt_embeddings, load_prompt,
-                               make_metadata, save_prompt)
+from promptport.prompt import (
+    PromptArtifact,
+    check_compatible,
+    init_prompt_embeddings,
+    load_prompt,
+    make_metadata,
+    save_prompt,
+)
 from promptport.runtime import seed_everything, versions
 from promptport.tasks import Task, get_task, task_from_dict
 
 METHODS = ("post", "output", "shift", "direct")
-CHECKPOINT_FILE = "checkpoint.pt"  # OUT/checkpoint/: p_t, optimiser, data order and RNG at each evaluation
+CHECKPOINT_FILE = (
+    "checkpoint.pt"  # OUT/checkpoint/: p_t, optimiser, data order and RNG at each evaluation
+)
 
 
 @dataclass
 class TransferConfig:
-    method: str = "post"  # post (both terms) | output (2nd term) | shift (1st term) | direct (p_s unchanged)
+    method: str = (
+        "post"  # post (both terms) | output (2nd term) | shift (1st term) | direct (p_s unchanged)
+    )
     alpha: float | str = 0.5  # or "auto": from public-data agreement, see auto_alpha()
     temperature: float = 2.0
     init: str = "copy"  # copy of p_s (possible: the student keeps the teacher's width) | text
@@ -62,8 +72,13 @@ class TransferConfig:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise BadInput("method", f"unknown method '{self.method}' (choose {', '.join(METHODS)})")
-        if not (self.alpha == "auto" or isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0):
+            raise BadInput(
+                "method", f"unknown method '{self.method}' (choose {', '.join(METHODS)})"
+            )
+        if not (
+            self.alpha == "auto"
+            or (isinstance(self.alpha, (int, float)) and 0.0 <= float(self.alpha) <= 1.0)
+        ):
             raise BadInput("alpha", f"must be in [0, 1] or 'auto', got {self.alpha!r}")
         if self.temperature <= 0:
             raise BadInput("temperature", f"must be > 0, got {self.temperature}")
@@ -80,8 +95,15 @@ class TransferConfig:
             raise BadInput("lr", f"must be > 0, got {self.lr}")
 
 
-def transfer_loss(t_p: torch.Tensor, s_p: torch.Tensor, s: torch.Tensor, t: torch.Tensor, alpha: float,
-                  temperature: float, reduction: str = "mean") -> torch.Tensor:
+def transfer_loss(
+    t_p: torch.Tensor,
+    s_p: torch.Tensor,
+    s: torch.Tensor,
+    t: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """The POST objective over full-vocabulary answer logits ([B, V] each); only t_p carries gradient."""
     T = temperature
 
@@ -112,20 +134,33 @@ class TransferCache:
     seconds: float = 0.0
 
 
-def build_cache(student: PromptClassifier, teacher: PromptClassifier, p_s: torch.Tensor, s_enc: Encoded,
-                t_enc: Encoded, batch_size: int = 32, progress: bool = False,
-                unprompted: tuple[torch.Tensor, torch.Tensor] | None = None) -> TransferCache:
+def build_cache(
+    student: PromptClassifier,
+    teacher: PromptClassifier,
+    p_s: torch.Tensor,
+    s_enc: Encoded,
+    t_enc: Encoded,
+    batch_size: int = 32,
+    progress: bool = False,
+    unprompted: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> TransferCache:
     """`unprompted`: (s, t) already computed for the same public examples (shared by several prompts)."""
     t0 = time.perf_counter()
-    s_p = student.predict_logits(s_enc, p_s, batch_size, progress, "cache student+prompt", vocab=True)
+    s_p = student.predict_logits(
+        s_enc, p_s, batch_size, progress, "cache student+prompt", vocab=True
+    )
     if unprompted is None:
-        unprompted = (student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True),
-                      teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True))
+        unprompted = (
+            student.predict_logits(s_enc, None, batch_size, progress, "cache student", vocab=True),
+            teacher.predict_logits(t_enc, None, batch_size, progress, "cache teacher", vocab=True),
+        )
     s, t = unprompted
     return TransferCache(s, s_p, t, time.perf_counter() - t0)
 
 
-def auto_alpha(cache: TransferCache, verbalizer_ids: torch.Tensor, average: torch.Tensor) -> tuple[float, dict]:
+def auto_alpha(
+    cache: TransferCache, verbalizer_ids: torch.Tensor, average: torch.Tensor
+) -> tuple[float, dict]:
     """The paper's heuristic on public data only: a higher alpha when the teacher's zero-shot is strong,
     a lower one when the student's prompted predictions are stronger.
 
@@ -133,27 +168,35 @@ def auto_alpha(cache: TransferCache, verbalizer_ids: torch.Tensor, average: torc
     student (the user's prompt defines the task), and the prompted student's strength as 1:
     alpha = agree / (agree + 1), in [0, 0.5]; a teacher that already agrees fully gets 0.5 (equal terms).
     """
+
     def classes(v):
         return (v[:, verbalizer_ids] @ average.T).argmax(-1)
 
     agree = float((classes(cache.t) == classes(cache.s_p)).float().mean())
     student_shift = float((classes(cache.s) != classes(cache.s_p)).float().mean())
     alpha = agree / (agree + 1.0)
-    return alpha, {"teacher_zero_shot_agreement_with_prompted_student": agree,
-                   "fraction_changed_by_prompt_on_student": student_shift}
+    return alpha, {
+        "teacher_zero_shot_agreement_with_prompted_student": agree,
+        "fraction_changed_by_prompt_on_student": student_shift,
+    }
 
 
 def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
     """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
     if len(task.template_fields) != 1:
-        raise BadInput("public_data", f"task template has fields {task.template_fields}; public transfer data "
-                                      "needs a single-field template")
+        raise BadInput(
+            "public_data",
+            f"task template has fields {task.template_fields}; public transfer data "
+            "needs a single-field template",
+        )
     uniq = list(dict.fromkeys(t for t in texts if t.strip()))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))[:n]
     if len(order) < 2:
         raise BadInput("public_data", f"need at least 2 distinct public texts, got {len(uniq)}")
-    return TextDataset({task.template_fields[0]: [uniq[i] for i in order]}, None, "public", "public")
+    return TextDataset(
+        {task.template_fields[0]: [uniq[i] for i in order]}, None, "public", "public"
+    )
 
 
 def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -> Task:
@@ -166,9 +209,17 @@ def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -
     try:
         return get_task(t["name"])
     except BadInput:
-        return task_from_dict({"name": t["name"], "description": t.get("description", t["name"]),
-                               "template": t["template"], "classes": t["classes"], "verbalizer": t["verbalizer"],
-                               "columns": {f: [f] for f in _fields(t["template"])}}, source="prompt.task")
+        return task_from_dict(
+            {
+                "name": t["name"],
+                "description": t.get("description", t["name"]),
+                "template": t["template"],
+                "classes": t["classes"],
+                "verbalizer": t["verbalizer"],
+                "columns": {f: [f] for f in _fields(t["template"])},
+            },
+            source="prompt.task",
+        )
 
 
 def _fields(template: str) -> list[str]:
@@ -189,10 +240,20 @@ class TransferResult:
     tokens: int = 0
 
 
-def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCache, p_s: torch.Tensor,
-                   cfg: TransferConfig, *, alpha: float, init_embeddings: torch.Tensor | None = None,
-                   metrics_path: Path | None = None, progress: bool = False, checkpoint_dir: Path | None = None,
-                   resume: bool = False) -> TransferResult:
+def train_transfer(
+    teacher: PromptClassifier,
+    t_enc: Encoded,
+    cache: TransferCache,
+    p_s: torch.Tensor,
+    cfg: TransferConfig,
+    *,
+    alpha: float,
+    init_embeddings: torch.Tensor | None = None,
+    metrics_path: Path | None = None,
+    progress: bool = False,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> TransferResult:
     """Optimise p_t against the cached targets; keep the p_t with the lowest held-out public loss.
 
     With `checkpoint_dir` the loop state is saved atomically at every held-out evaluation; `resume`
@@ -210,8 +271,13 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
     perm = torch.randperm(n, generator=g)
     n_held = max(1, int(round(n * cfg.heldout_fraction)))
     held, train = perm[:n_held], perm[n_held:]
-    p_t = torch.nn.Parameter((p_s if init_embeddings is None else init_embeddings).detach().clone().float()
-                             .to(teacher.device))
+    p_t = torch.nn.Parameter(
+        (p_s if init_embeddings is None else init_embeddings)
+        .detach()
+        .clone()
+        .float()
+        .to(teacher.device)
+    )
     opt = torch.optim.Adam([p_t], lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * steps_per_epoch)))
@@ -223,11 +289,22 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         mine = torch.as_tensor(dist.shard(held.tolist()), dtype=torch.long)
         with torch.inference_mode():
             for i in range(0, len(mine), cfg.batch_size * 2):
-                idx = mine[i: i + cfg.batch_size * 2]
+                idx = mine[i : i + cfg.batch_size * 2]
                 ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
                 t_p = teacher.vocab_logits(ids, mask, p_t.detach())
-                total += float(transfer_loss(t_p, cache.s_p[idx].to(dev), cache.s[idx].to(dev),
-                                             cache.t[idx].to(dev), alpha, cfg.temperature, "none").double().sum())
+                total += float(
+                    transfer_loss(
+                        t_p,
+                        cache.s_p[idx].to(dev),
+                        cache.s[idx].to(dev),
+                        cache.t[idx].to(dev),
+                        alpha,
+                        cfg.temperature,
+                        "none",
+                    )
+                    .double()
+                    .sum()
+                )
         return float(dist.sum(total)) / n_held
 
     def step_loss(idx: torch.Tensor) -> tuple[float, int]:
@@ -237,8 +314,15 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         if len(mine):
             ids, mask = teacher.batch([t_enc.input_ids[j] for j in mine])
             t_p = teacher.vocab_logits(ids, mask, p_t)
-            loss = transfer_loss(t_p, cache.s_p[mine].to(dev), cache.s[mine].to(dev), cache.t[mine].to(dev),
-                                 alpha, cfg.temperature, "none").sum() / len(idx)
+            loss = transfer_loss(
+                t_p,
+                cache.s_p[mine].to(dev),
+                cache.s[mine].to(dev),
+                cache.t[mine].to(dev),
+                alpha,
+                cfg.temperature,
+                "none",
+            ).sum() / len(idx)
             loss.backward()
             local += torch.tensor([float(loss.detach()), float(mask.sum())], dtype=torch.float64)
         if p_t.grad is None:
@@ -248,26 +332,46 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         return float(both[0]), int(both[1])
 
     ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    identity = json.dumps({"config": asdict(cfg), "alpha": alpha, "n": n, "total": total,
-                           "p_s": hashlib.sha256(p_s.detach().float().cpu().numpy().tobytes()).hexdigest(),
-                           "targets": hashlib.sha256(b"".join(x.float().cpu().numpy().tobytes()
-                                                              for x in (cache.s, cache.s_p, cache.t))).hexdigest()},
-                          sort_keys=True)
+    identity = json.dumps(
+        {
+            "config": asdict(cfg),
+            "alpha": alpha,
+            "n": n,
+            "total": total,
+            "p_s": hashlib.sha256(p_s.detach().float().cpu().numpy().tobytes()).hexdigest(),
+            "targets": hashlib.sha256(
+                b"".join(x.float().cpu().numpy().tobytes() for x in (cache.s, cache.s_p, cache.t))
+            ).hexdigest(),
+        },
+        sort_keys=True,
+    )
     t0, tokens, start = time.perf_counter(), 0, 1
     if resume and ckpt is not None and ckpt.is_file():
         try:
             st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is the user's to remove
+        except Exception as e:
             raise BadInput("resume", f"cannot read {ckpt}: {str(e).splitlines()[0]}") from None
         if st.get("identity") != identity:
-            raise BadInput("resume", f"{ckpt} was made by a different transfer (other prompt, public data or "
-                                     "settings); start a fresh run in another output directory")
+            raise BadInput(
+                "resume",
+                f"{ckpt} was made by a different transfer (other prompt, public data or "
+                "settings); start a fresh run in another output directory",
+            )
         with torch.no_grad():
             p_t.copy_(st["p_t"].to(dev))
         opt.load_state_dict(st["optimizer"])
         g.set_state(st["generator"])
-        order, pos, start, tokens = st["order"], int(st["pos"]), int(st["step"]) + 1, int(st["tokens"])
-        history, best, best_emb = json.loads(st["history"]), json.loads(st["best"]), st["best_emb"].to(dev)
+        order, pos, start, tokens = (
+            st["order"],
+            int(st["pos"]),
+            int(st["step"]) + 1,
+            int(st["tokens"]),
+        )
+        history, best, best_emb = (
+            json.loads(st["history"]),
+            json.loads(st["best"]),
+            st["best_emb"].to(dev),
+        )
         if metrics_path is not None and metrics_path.exists():
             with open(metrics_path, "r+b") as f:  # forget lines written after the checkpoint
                 f.truncate(int(st["metrics_offset"]))
@@ -281,11 +385,23 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
         pos = 0
 
     def save_checkpoint(step: int) -> None:
-        offset = metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
-        state = {"identity": identity, "step": step, "p_t": p_t.detach().cpu().clone(), "optimizer": opt.state_dict(),
-                 "generator": g.get_state(), "order": order.clone(), "pos": pos, "tokens": tokens,
-                 "history": json.dumps(history), "best": json.dumps(best), "best_emb": best_emb.cpu().clone(),
-                 "metrics_offset": offset}
+        offset = (
+            metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
+        )
+        state = {
+            "identity": identity,
+            "step": step,
+            "p_t": p_t.detach().cpu().clone(),
+            "optimizer": opt.state_dict(),
+            "generator": g.get_state(),
+            "order": order.clone(),
+            "pos": pos,
+            "tokens": tokens,
+            "history": json.dumps(history),
+            "best": json.dumps(best),
+            "best_emb": best_emb.cpu().clone(),
+            "metrics_offset": offset,
+        }
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
@@ -294,11 +410,18 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start - 1, desc="transfer", unit="step", dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=total,
+            initial=start - 1,
+            desc="transfer",
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
     for step in range(start, total + 1):
         if pos + cfg.batch_size > len(order):
             order, pos = train[torch.randperm(len(train), generator=g)], 0
-        idx = order[pos: pos + cfg.batch_size]
+        idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         opt.zero_grad(set_to_none=True)
         loss, n_tok = step_loss(idx)
@@ -318,16 +441,31 @@ def train_transfer(teacher: PromptClassifier, t_enc: Encoded, cache: TransferCac
             save_checkpoint(step)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens / max(rec['seconds'], 1e-9):.0f}")
+            bar.set_postfix(
+                loss=f"{rec['loss']:.4f}", tok_s=f"{tokens / max(rec['seconds'], 1e-9):.0f}"
+            )
     if bar is not None:
         bar.close()
-    return TransferResult(best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens)
+    return TransferResult(
+        best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens
+    )
 
 
-def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, teacher: str | LoadedModel, *,
-             public_data: str, out: str | Path, cfg: TransferConfig | None = None, task: str | Task | None = None,
-             public_text_column: str | None = None, device: str = "cpu", progress: bool = False,
-             resume: bool = False, shared: dict | None = None) -> dict:
+def transfer(
+    prompt: str | Path | PromptArtifact,
+    student: str | LoadedModel,
+    teacher: str | LoadedModel,
+    *,
+    public_data: str,
+    out: str | Path,
+    cfg: TransferConfig | None = None,
+    task: str | Task | None = None,
+    public_text_column: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    resume: bool = False,
+    shared: dict | None = None,
+) -> dict:
     """Transfer a user's prompt from the student to the teacher with public data only.
 
     Writes OUT/prompt/ (the teacher prompt artifact), OUT/metrics.json, OUT/metrics.jsonl and
@@ -350,11 +488,15 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
     t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
     check_compatible(artifact, s_lm.info)
-    if cfg.init == "copy" or cfg.method == "direct":
-        if artifact.hidden_size != t_lm.info.hidden_size:
-            raise BadInput("prompt", f"copy init needs the teacher's width: prompt has hidden size "
-                                     f"{artifact.hidden_size}, teacher '{t_lm.info.model_id}' has "
-                                     f"{t_lm.info.hidden_size} (use --init text)")
+    if (cfg.init == "copy" or cfg.method == "direct") and (
+        artifact.hidden_size != t_lm.info.hidden_size
+    ):
+        raise BadInput(
+            "prompt",
+            f"copy init needs the teacher's width: prompt has hidden size "
+            f"{artifact.hidden_size}, teacher '{t_lm.info.model_id}' has "
+            f"{t_lm.info.hidden_size} (use --init text)",
+        )
     if s_lm.info.tokenizer_fingerprint != t_lm.info.tokenizer_fingerprint:
         raise BadInput("student", "student and teacher use different tokenizers")
 
@@ -374,35 +516,82 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     if cfg.method == "direct":
         emb, alpha, res = p_s.clone(), float("nan"), None
     else:
-        key = (the_task.template, source_id, len(pub), cfg.seed, cfg.max_length, s_lm.info.embedding_fingerprint,
-               s_lm.info.model_id, t_lm.info.model_id)
+        key = (
+            the_task.template,
+            source_id,
+            len(pub),
+            cfg.seed,
+            cfg.max_length,
+            s_lm.info.embedding_fingerprint,
+            s_lm.info.model_id,
+            t_lm.info.model_id,
+        )
         cache_shared = shared is not None and key in shared
-        cache = build_cache(s_clf, t_clf, p_s, s_enc, t_enc, progress=progress,
-                            unprompted=shared[key] if cache_shared else None)
+        cache = build_cache(
+            s_clf,
+            t_clf,
+            p_s,
+            s_enc,
+            t_enc,
+            progress=progress,
+            unprompted=shared[key] if cache_shared else None,
+        )
         if shared is not None:
             shared[key] = (cache.s, cache.t)
         if cfg.alpha == "auto":
-            alpha, alpha_info = auto_alpha(cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average)
+            alpha, alpha_info = auto_alpha(
+                cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average
+            )
         else:
             alpha = float(cfg.alpha)
         init = None
         if cfg.init == "text":
-            init = init_prompt_embeddings(t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text",
-                                          the_task.description)
-        res = train_transfer(t_clf, t_enc, cache, p_s, cfg, alpha=method_alpha(cfg.method, alpha),
-                             init_embeddings=init, metrics_path=metrics_path, progress=progress,
-                             checkpoint_dir=ckpt_dir, resume=resume)
+            init = init_prompt_embeddings(
+                t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", the_task.description
+            )
+        res = train_transfer(
+            t_clf,
+            t_enc,
+            cache,
+            p_s,
+            cfg,
+            alpha=method_alpha(cfg.method, alpha),
+            init_embeddings=init,
+            metrics_path=metrics_path,
+            progress=progress,
+            checkpoint_dir=ckpt_dir,
+            resume=resume,
+        )
         emb = res.embeddings
 
-    training = {"stage": "transfer", "method": cfg.method, "config": asdict(cfg), "alpha_used": alpha,
-                "alpha_auto": alpha_info or None, "public_source": source_id, "n_public": len(pub),
-                "source_prompt_sha256": artifact.meta.get("sha256"), "student": s_lm.info.model_id}
+    training = {
+        "stage": "transfer",
+        "method": cfg.method,
+        "config": asdict(cfg),
+        "alpha_used": alpha,
+        "alpha_auto": alpha_info or None,
+        "public_source": source_id,
+        "n_public": len(pub),
+        "source_prompt_sha256": artifact.meta.get("sha256"),
+        "student": s_lm.info.model_id,
+    }
     if res is not None:
-        training.update(steps=res.steps, best=res.best, seconds=round(res.seconds, 3),
-                        cache_seconds=round(res.cache_seconds, 3), tokens=res.tokens)
-    meta = make_metadata(model_info=t_lm.info, task=the_task, init=cfg.init if cfg.method != "direct" else "copy",
-                         training=training, privacy=artifact.meta.get("privacy"), n_tokens=int(emb.shape[0]),
-                         extra={"transferred_from": artifact.meta.get("model")})
+        training.update(
+            steps=res.steps,
+            best=res.best,
+            seconds=round(res.seconds, 3),
+            cache_seconds=round(res.cache_seconds, 3),
+            tokens=res.tokens,
+        )
+    meta = make_metadata(
+        model_info=t_lm.info,
+        task=the_task,
+        init=cfg.init if cfg.method != "direct" else "copy",
+        training=training,
+        privacy=artifact.meta.get("privacy"),
+        n_tokens=int(emb.shape[0]),
+        extra={"transferred_from": artifact.meta.get("model")},
+    )
     from promptport.distributed import group
 
     is_main = group(t_lm.model.device).is_main  # under a launcher every process holds the same p_t
@@ -424,7 +613,9 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
         "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
         "unprompted_cache_shared": cache_shared,
         "tokens": 0 if res is None else res.tokens,
-        "tokens_per_s": None if res is None or res.seconds == 0 else round(res.tokens / res.seconds, 1),
+        "tokens_per_s": None
+        if res is None or res.seconds == 0
+        else round(res.tokens / res.seconds, 1),
         "wall_seconds": round(wall, 3),
         "config": asdict(cfg),
         "versions": versions(),
@@ -432,19 +623,40 @@ def transfer(prompt: str | Path | PromptArtifact, student: str | LoadedModel, te
     if not is_main:
         return result
     write_json(out / "metrics.json", result)
-    write_manifest(out, stage="transfer", config=asdict(cfg),
-                   inputs={"prompt": _fingerprint_prompt(prompt, artifact), "public_data": {"source": source_id,
-                           "n_examples": len(pub)}, "student": s_lm.info.to_dict(), "teacher": t_lm.info.to_dict()},
-                   outputs=[out / "prompt" / "prompt.safetensors", out / "prompt" / "prompt.json",
-                            out / "metrics.json"], seconds=wall)
+    write_manifest(
+        out,
+        stage="transfer",
+        config=asdict(cfg),
+        inputs={
+            "prompt": _fingerprint_prompt(prompt, artifact),
+            "public_data": {"source": source_id, "n_examples": len(pub)},
+            "student": s_lm.info.to_dict(),
+            "teacher": t_lm.info.to_dict(),
+        },
+        outputs=[
+            out / "prompt" / "prompt.safetensors",
+            out / "prompt" / "prompt.json",
+            out / "metrics.json",
+        ],
+        seconds=wall,
+    )
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifacts are complete
     return result
 
 
-def transfer_many(prompts: list[str | Path | PromptArtifact], student: str | LoadedModel, teacher: str | LoadedModel,
-                  *, public_data: str, out: str | Path, cfg: TransferConfig | None = None,
-                  task: str | Task | None = None, public_text_column: str | None = None, device: str = "cpu",
-                  progress: bool = False) -> dict:
+def transfer_many(
+    prompts: list[str | Path | PromptArtifact],
+    student: str | LoadedModel,
+    teacher: str | LoadedModel,
+    *,
+    public_data: str,
+    out: str | Path,
+    cfg: TransferConfig | None = None,
+    task: str | Task | None = None,
+    public_text_column: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
     """Several users' prompts in one provider job: the models load once, and the unprompted student and
     teacher logits of the public set are computed once per task template and reused, so each further
     prompt costs one student pass with its prompt plus its training. Each prompt gets its own
@@ -459,21 +671,47 @@ def transfer_many(prompts: list[str | Path | PromptArtifact], student: str | Loa
     for i, p in enumerate(prompts):
         name = "prompt" if isinstance(p, PromptArtifact) else Path(p).name
         sub = out / f"{i:02d}-{name}"
-        r = transfer(p, s_lm, t_lm, public_data=public_data, out=sub, cfg=cfg, task=task,
-                     public_text_column=public_text_column, device=device, progress=progress, shared=shared)
-        runs.append({"prompt": str(p) if not isinstance(p, PromptArtifact) else None, "out": str(sub),
-                     "alpha": r["alpha"], "steps": r["steps"], "cache_seconds": r["cache_seconds"],
-                     "train_seconds": r["train_seconds"], "wall_seconds": r["wall_seconds"],
-                     "unprompted_cache_shared": r["unprompted_cache_shared"]})
-    summary = {"stage": "transfer-many", "prompts": len(runs), "runs": runs,
-               "distinct_public_caches": len(shared)}
+        r = transfer(
+            p,
+            s_lm,
+            t_lm,
+            public_data=public_data,
+            out=sub,
+            cfg=cfg,
+            task=task,
+            public_text_column=public_text_column,
+            device=device,
+            progress=progress,
+            shared=shared,
+        )
+        runs.append(
+            {
+                "prompt": str(p) if not isinstance(p, PromptArtifact) else None,
+                "out": str(sub),
+                "alpha": r["alpha"],
+                "steps": r["steps"],
+                "cache_seconds": r["cache_seconds"],
+                "train_seconds": r["train_seconds"],
+                "wall_seconds": r["wall_seconds"],
+                "unprompted_cache_shared": r["unprompted_cache_shared"],
+            }
+        )
+    summary = {
+        "stage": "transfer-many",
+        "prompts": len(runs),
+        "runs": runs,
+        "distinct_public_caches": len(shared),
+    }
     write_json(out / "summary.json", summary)
     return summary
 
 
 def _fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
-    info = {"n_tokens": artifact.n_tokens, "hidden_size": artifact.hidden_size,
-            "sha256": (artifact.meta.get("sha256") or {}).get("prompt.safetensors")}
+    info = {
+        "n_tokens": artifact.n_tokens,
+        "hidden_size": artifact.hidden_size,
+        "sha256": (artifact.meta.get("sha256") or {}).get("prompt.safetensors"),
+    }
     if not isinstance(prompt, PromptArtifact):
         info["path"] = str(prompt)
     return info

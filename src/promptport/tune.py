@@ -26,8 +26,17 @@ from promptport.classify import Encoded, PromptClassifier
 from promptport.distributed import SINGLE, Single
 from promptport.errors import BadInput
 from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
-from promptport.privacy import (DPConfig, PoissonSampler, PrivacyLedger, SecureRNG, calibrate_sigma,
-                                clip_per_example, format_statement, noisy_average, privacy_statement)
+from promptport.privacy import (
+    DPConfig,
+    PoissonSampler,
+    PrivacyLedger,
+    SecureRNG,
+    calibrate_sigma,
+    clip_per_example,
+    format_statement,
+    noisy_average,
+    privacy_statement,
+)
 from promptport.prompt import INITS, init_prompt_embeddings
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -50,7 +59,9 @@ class TuneConfig:
     warmup_steps: int = 0
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
-    batch_size: int = 16  # examples per forward pass; DP: the expected batch is batch_size * grad_accum
+    batch_size: int = (
+        16  # examples per forward pass; DP: the expected batch is batch_size * grad_accum
+    )
     grad_accum: int = 1
     eval_every: int | None = None  # steps; None -> once per epoch and at the end
     patience: int | None = None  # evaluations without improvement before stopping
@@ -65,11 +76,18 @@ class TuneConfig:
             v = getattr(self, name)
             if v is None and allow_none:
                 return
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+            )
             if integer:
                 ok = ok and float(v).is_integer()
             if not ok:
-                raise BadInput(name, f"must be a positive {'integer' if integer else 'number'}, got {v}")
+                raise BadInput(
+                    name, f"must be a positive {'integer' if integer else 'number'}, got {v}"
+                )
 
         for name in ("n_tokens", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
             positive(name)
@@ -84,18 +102,29 @@ class TuneConfig:
         if self.init not in INITS:
             raise BadInput("init", f"unknown init '{self.init}' (choose {', '.join(INITS)})")
         if self.optimizer not in OPTIMIZERS:
-            raise BadInput("optimizer", f"unknown optimizer '{self.optimizer}' (choose {', '.join(OPTIMIZERS)})")
+            raise BadInput(
+                "optimizer",
+                f"unknown optimizer '{self.optimizer}' (choose {', '.join(OPTIMIZERS)})",
+            )
         if self.schedule not in SCHEDULES:
-            raise BadInput("schedule", f"unknown schedule '{self.schedule}' (choose {', '.join(SCHEDULES)})")
+            raise BadInput(
+                "schedule", f"unknown schedule '{self.schedule}' (choose {', '.join(SCHEDULES)})"
+            )
         if n_train <= 0:
             raise BadInput("data", "the training split is empty")
         if self.batch_size > n_train:
-            raise BadInput("batch_size", f"{self.batch_size} is larger than the training data ({n_train} examples)")
+            raise BadInput(
+                "batch_size",
+                f"{self.batch_size} is larger than the training data ({n_train} examples)",
+            )
         if self.dp is not None:
             self.dp.validate(n_train)
             if self.logical_batch > n_train:
-                raise BadInput("grad_accum", f"expected DP batch batch_size*grad_accum = {self.logical_batch} is "
-                                             f"larger than the training data ({n_train} examples)")
+                raise BadInput(
+                    "grad_accum",
+                    f"expected DP batch batch_size*grad_accum = {self.logical_batch} is "
+                    f"larger than the training data ({n_train} examples)",
+                )
 
     @property
     def logical_batch(self) -> int:
@@ -115,7 +144,7 @@ class TuneConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TuneConfig":
+    def from_dict(cls, d: dict) -> TuneConfig:
         d = dict(d)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
@@ -128,7 +157,9 @@ class TuneConfig:
 
 @dataclass
 class TuneResult:
-    embeddings: torch.Tensor  # best by validation accuracy, or the last if there is no validation split
+    embeddings: (
+        torch.Tensor
+    )  # best by validation accuracy, or the last if there is no validation split
     history: list[dict]
     best: dict
     privacy: dict | None
@@ -142,7 +173,10 @@ class TuneResult:
 
 # ---------------------------------------------------------------- gradients
 
-def _batch(clf: PromptClassifier, enc: Encoded, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def _batch(
+    clf: PromptClassifier, enc: Encoded, idx
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids, mask = clf.batch([enc.input_ids[i] for i in idx])
     return ids, mask, enc.labels[torch.as_tensor(list(idx), dtype=torch.long)].to(clf.device)
 
@@ -153,11 +187,12 @@ def _chunks(idx: list[int], size: int) -> list[list[int]]:
         return []
     k = math.ceil(len(idx) / size)
     step = math.ceil(len(idx) / k)
-    return [idx[i: i + step] for i in range(0, len(idx), step)]
+    return [idx[i : i + step] for i in range(0, len(idx), step)]
 
 
-def per_example_gradients(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
+def per_example_gradients(
+    clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx
+) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, n, H] gradient of each example's loss w.r.t. the prompt, [B] losses), in one backward pass."""
     ids, mask, y = _batch(clf, enc, idx)
     p = prompt.detach().unsqueeze(0).repeat(len(idx), 1, 1).requires_grad_()
@@ -166,8 +201,14 @@ def per_example_gradients(clf: PromptClassifier, prompt: torch.Tensor, enc: Enco
     return g, losses.detach()
 
 
-def mean_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx: list[int],
-                  batch_size: int, dist: Single = SINGLE) -> tuple[torch.Tensor, float]:
+def mean_gradient(
+    clf: PromptClassifier,
+    prompt: torch.Tensor,
+    enc: Encoded,
+    idx: list[int],
+    batch_size: int,
+    dist: Single = SINGLE,
+) -> tuple[torch.Tensor, float]:
     """Non-DP gradient: the gradient of the mean loss over `idx` (in chunks of batch_size), and that loss.
 
     With several processes each computes its shard of `idx` and the sums are all-reduced, so every
@@ -183,9 +224,19 @@ def mean_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx
     return dist.sum(grad), float(dist.sum(total))
 
 
-def dp_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx: list[int], batch_size: int, *,
-                max_grad_norm: float, sigma: float, expected_batch_size: float, generator,
-                dist: Single = SINGLE) -> tuple[torch.Tensor, dict]:
+def dp_gradient(
+    clf: PromptClassifier,
+    prompt: torch.Tensor,
+    enc: Encoded,
+    idx: list[int],
+    batch_size: int,
+    *,
+    max_grad_norm: float,
+    sigma: float,
+    expected_batch_size: float,
+    generator,
+    dist: Single = SINGLE,
+) -> tuple[torch.Tensor, dict]:
     """DP-SGD gradient of one Poisson batch `idx` (possibly empty): clip each example's gradient, sum,
     add N(0, (sigma C)^2), divide by the expected batch size. Returns (gradient, stats).
 
@@ -200,16 +251,24 @@ def dp_gradient(clf: PromptClassifier, prompt: torch.Tensor, enc: Encoded, idx: 
         loss_sum += float(losses.sum())
         norms.append(n.detach().cpu())
     clipped, loss_sum = dist.sum(clipped), float(dist.sum(loss_sum))
-    grad = dist.broadcast(noisy_average(clipped, max_grad_norm, sigma, expected_batch_size, generator))
+    grad = dist.broadcast(
+        noisy_average(clipped, max_grad_norm, sigma, expected_batch_size, generator)
+    )
     norms = [n for part in dist.gather_objects([norms]) for n in part] if dist.world > 1 else norms
     norms_t = torch.cat(norms) if norms else torch.zeros(0)
-    stats = {"loss": loss_sum / len(idx) if idx else None, "batch_size": len(idx),
-             "grad_norm_median": float(norms_t.median()) if len(norms_t) else None,
-             "clipped_fraction": float((norms_t > max_grad_norm).float().mean()) if len(norms_t) else None}
+    stats = {
+        "loss": loss_sum / len(idx) if idx else None,
+        "batch_size": len(idx),
+        "grad_norm_median": float(norms_t.median()) if len(norms_t) else None,
+        "clipped_fraction": float((norms_t > max_grad_norm).float().mean())
+        if len(norms_t)
+        else None,
+    }
     return grad, stats
 
 
 # ---------------------------------------------------------------- sampling, optimiser, schedule
+
 
 class ShuffleSampler:
     """Non-DP batches: a fresh random permutation each epoch; a batch may run across an epoch boundary."""
@@ -228,14 +287,19 @@ class ShuffleSampler:
                 self.perm = torch.randperm(self.n, generator=self.rng).tolist()
                 self.pos = 0
                 self.epoch += 1
-            take = self.perm[self.pos: self.pos + k - len(out)]
+            take = self.perm[self.pos : self.pos + k - len(out)]
             self.pos += len(take)
             out += take
         return out
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "rng": self.rng.get_state(), "perm": list(self.perm), "pos": self.pos,
-                "epoch": self.epoch}
+        return {
+            "n": self.n,
+            "rng": self.rng.get_state(),
+            "perm": list(self.perm),
+            "pos": self.pos,
+            "epoch": self.epoch,
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.rng.set_state(s["rng"])
@@ -267,9 +331,12 @@ def check_frozen(model: torch.nn.Module) -> None:
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if trainable:
         shown = ", ".join(trainable[:3]) + (" ..." if len(trainable) > 3 else "")
-        raise BadInput("model", f"{len(trainable)} trainable parameter tensor(s) besides the prompt ({shown}); "
-                                "prompt tuning trains the prompt only: freeze the model first "
-                                "(promptport.models.freeze)")
+        raise BadInput(
+            "model",
+            f"{len(trainable)} trainable parameter tensor(s) besides the prompt ({shown}); "
+            "prompt tuning trains the prompt only: freeze the model first "
+            "(promptport.models.freeze)",
+        )
 
 
 def data_fingerprint(enc: Encoded | None) -> str | None:
@@ -286,6 +353,7 @@ def data_fingerprint(enc: Encoded | None) -> str | None:
 
 # ---------------------------------------------------------------- the loop
 
+
 class _Run:
     """All state of one training run that a checkpoint must carry."""
 
@@ -298,14 +366,27 @@ class _Run:
         self.ckpt_every = cfg.checkpoint_every or self.eval_every
         gen = torch.Generator().manual_seed(cfg.seed)
         if init_embeddings is None:
-            init_embeddings = init_prompt_embeddings(clf.model, clf.tokenizer, cfg.n_tokens, cfg.init,
-                                                     cfg.init_text or clf.task.description, generator=gen)
+            init_embeddings = init_prompt_embeddings(
+                clf.model,
+                clf.tokenizer,
+                cfg.n_tokens,
+                cfg.init,
+                cfg.init_text or clf.task.description,
+                generator=gen,
+            )
         hidden = clf.model.get_input_embeddings().weight.shape[1]
         if init_embeddings.dim() != 2 or init_embeddings.shape[1] != hidden:
-            raise BadInput("init_embeddings", f"must be [n_tokens, {hidden}], got {list(init_embeddings.shape)}")
-        self.prompt = torch.nn.Parameter(init_embeddings.detach().to(clf.device, torch.float32).clone())
+            raise BadInput(
+                "init_embeddings",
+                f"must be [n_tokens, {hidden}], got {list(init_embeddings.shape)}",
+            )
+        self.prompt = torch.nn.Parameter(
+            init_embeddings.detach().to(clf.device, torch.float32).clone()
+        )
         self.opt = make_optimizer([self.prompt], cfg)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.total, cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.total, cfg)
+        )
         self.step = 0
         self.history: list[dict] = []
         self.best: dict = {}
@@ -319,42 +400,71 @@ class _Run:
         if self.dp is not None:
             self.q = cfg.logical_batch / n
             self.delta = self.dp.resolved_delta(n)
-            self.sigma, self.accountant_used = calibrate_sigma(self.dp.epsilon, self.delta, self.q, self.total,
-                                                               self.dp.accountant)
+            self.sigma, self.accountant_used = calibrate_sigma(
+                self.dp.epsilon, self.delta, self.q, self.total, self.dp.accountant
+            )
             self.sampler = PoissonSampler(n, self.q, seed=cfg.seed + 1, secure=self.dp.secure_rng)
-            self.noise_rng = SecureRNG() if self.dp.secure_rng else torch.Generator().manual_seed(cfg.seed + 2)
+            self.noise_rng = (
+                SecureRNG() if self.dp.secure_rng else torch.Generator().manual_seed(cfg.seed + 2)
+            )
             self.ledger = PrivacyLedger(self.accountant_used)
         else:
             self.sampler = ShuffleSampler(n, cfg.seed + 1)
 
     def identity(self) -> dict:
-        return {"config": self.cfg.to_dict(), "n_train": len(self.train),
-                "train_fingerprint": data_fingerprint(self.train), "val_fingerprint": data_fingerprint(self.val),
-                "model_fingerprint": _model_fingerprint(self.clf)}
+        return {
+            "config": self.cfg.to_dict(),
+            "n_train": len(self.train),
+            "train_fingerprint": data_fingerprint(self.train),
+            "val_fingerprint": data_fingerprint(self.val),
+            "model_fingerprint": _model_fingerprint(self.clf),
+        }
 
     def state_dict(self) -> dict:
-        s = {"format": CHECKPOINT_FORMAT, "identity": json.dumps(self.identity(), sort_keys=True),
-             "prompt": self.prompt.detach().cpu().clone(), "optimizer": self.opt.state_dict(),
-             "scheduler": self.sched.state_dict(), "step": self.step, "history": json.dumps(self.history),
-             "best": json.dumps(self.best),
-             "best_embeddings": None if self.best_embeddings is None else self.best_embeddings.clone(),
-             "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
-             "train_seconds": self.train_seconds, "examples": self.examples,
-             "metrics_offset": self.metrics_offset, "sampler": self.sampler.state_dict()}
+        s = {
+            "format": CHECKPOINT_FORMAT,
+            "identity": json.dumps(self.identity(), sort_keys=True),
+            "prompt": self.prompt.detach().cpu().clone(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": self.step,
+            "history": json.dumps(self.history),
+            "best": json.dumps(self.best),
+            "best_embeddings": None
+            if self.best_embeddings is None
+            else self.best_embeddings.clone(),
+            "bad_evals": self.bad_evals,
+            "stopped_early": self.stopped_early,
+            "train_seconds": self.train_seconds,
+            "examples": self.examples,
+            "metrics_offset": self.metrics_offset,
+            "sampler": self.sampler.state_dict(),
+        }
         if self.dp is not None:
-            s["privacy"] = {"sigma": self.sigma, "accountant_used": self.accountant_used, "q": self.q,
-                            "ledger": self.ledger.state_dict(),
-                            "noise_rng": None if isinstance(self.noise_rng, SecureRNG) else self.noise_rng.get_state()}
+            s["privacy"] = {
+                "sigma": self.sigma,
+                "accountant_used": self.accountant_used,
+                "q": self.q,
+                "ledger": self.ledger.state_dict(),
+                "noise_rng": None
+                if isinstance(self.noise_rng, SecureRNG)
+                else self.noise_rng.get_state(),
+            }
         return s
 
     def load_state_dict(self, s: dict) -> None:
         if s.get("format") != CHECKPOINT_FORMAT:
-            raise BadInput("resume", f"not a promptport tuning checkpoint (format {s.get('format')!r})")
+            raise BadInput(
+                "resume", f"not a promptport tuning checkpoint (format {s.get('format')!r})"
+            )
         mine, theirs = self.identity(), json.loads(s["identity"])
         if mine != theirs:
             diff = _first_difference(theirs, mine)
-            raise BadInput("resume", f"the checkpoint was made by a different run ({diff}); resume with the same "
-                                     "command, data and model, or start a fresh run in another output directory")
+            raise BadInput(
+                "resume",
+                f"the checkpoint was made by a different run ({diff}); resume with the same "
+                "command, data and model, or start a fresh run in another output directory",
+            )
         with torch.no_grad():
             self.prompt.copy_(s["prompt"].to(self.prompt.device))
         self.opt.load_state_dict(s["optimizer"])
@@ -369,12 +479,21 @@ class _Run:
         self.sampler.load_state_dict(s["sampler"])
         if self.dp is not None:
             p = s["privacy"]
-            if (p["sigma"], p["q"], p["accountant_used"]) != (self.sigma, self.q, self.accountant_used):
-                raise BadInput("resume", "the checkpoint's noise calibration differs from this run's")
+            if (p["sigma"], p["q"], p["accountant_used"]) != (
+                self.sigma,
+                self.q,
+                self.accountant_used,
+            ):
+                raise BadInput(
+                    "resume", "the checkpoint's noise calibration differs from this run's"
+                )
             self.ledger.load_state_dict(p["ledger"])
             if self.ledger.steps != self.step:
-                raise BadInput("resume", f"checkpoint is inconsistent: {self.ledger.steps} accounted steps "
-                                         f"but {self.step} taken")
+                raise BadInput(
+                    "resume",
+                    f"checkpoint is inconsistent: {self.ledger.steps} accounted steps "
+                    f"but {self.step} taken",
+                )
             if p["noise_rng"] is not None and not isinstance(self.noise_rng, SecureRNG):
                 self.noise_rng.set_state(p["noise_rng"])
 
@@ -384,15 +503,25 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         if self.dp is None:
             idx = self.dist.broadcast_object(self.sampler.sample(cfg.logical_batch))
-            grad, loss = mean_gradient(self.clf, self.prompt, self.train, idx, cfg.batch_size, self.dist)
+            grad, loss = mean_gradient(
+                self.clf, self.prompt, self.train, idx, cfg.batch_size, self.dist
+            )
             stats = {"loss": loss, "batch_size": len(idx)}
         else:
             # every process samples (keeping its sampler state in step); rank 0's batch is the batch
             idx = self.dist.broadcast_object([int(i) for i in self.sampler.sample()])
-            grad, stats = dp_gradient(self.clf, self.prompt, self.train, idx, cfg.batch_size,
-                                      max_grad_norm=self.dp.max_grad_norm, sigma=self.sigma,
-                                      expected_batch_size=cfg.logical_batch, generator=self.noise_rng,
-                                      dist=self.dist)
+            grad, stats = dp_gradient(
+                self.clf,
+                self.prompt,
+                self.train,
+                idx,
+                cfg.batch_size,
+                max_grad_norm=self.dp.max_grad_norm,
+                sigma=self.sigma,
+                expected_batch_size=cfg.logical_batch,
+                generator=self.noise_rng,
+                dist=self.dist,
+            )
             self.ledger.step(self.sigma, self.q)
         self.prompt.grad = grad.to(self.prompt.dtype)
         lr = self.opt.param_groups[0]["lr"]
@@ -404,8 +533,14 @@ class _Run:
 
     def evaluate(self) -> dict:
         m = self.clf.evaluate(self.val, self.prompt.detach(), self.cfg.eval_batch_size)
-        rec = {"type": "eval", "step": self.step, "epoch": round(self.step / self.per_epoch, 4),
-               "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"], "val_seconds": m["seconds"]}
+        rec = {
+            "type": "eval",
+            "step": self.step,
+            "epoch": round(self.step / self.per_epoch, 4),
+            "val_accuracy": m["accuracy"],
+            "val_macro_f1": m["macro_f1"],
+            "val_seconds": m["seconds"],
+        }
         if self.best == {} or m["accuracy"] > self.best["val_accuracy"]:
             self.best = {k: rec[k] for k in ("step", "epoch", "val_accuracy", "val_macro_f1")}
             self.best_embeddings = self.prompt.detach().cpu().clone()
@@ -421,8 +556,18 @@ def _model_fingerprint(clf: PromptClassifier) -> str:
     w = clf.model.get_input_embeddings().weight
     sample = w.detach().flatten()[:: max(1, w.numel() // 4096)].float().cpu().numpy().tobytes()
     cfg = clf.model.config
-    return hashlib.sha256(repr((type(clf.model).__name__, tuple(w.shape), getattr(cfg, "num_hidden_layers", None),
-                                clf.task.template, clf.task.verbalizer)).encode() + sample).hexdigest()[:16]
+    return hashlib.sha256(
+        repr(
+            (
+                type(clf.model).__name__,
+                tuple(w.shape),
+                getattr(cfg, "num_hidden_layers", None),
+                clf.task.template,
+                clf.task.verbalizer,
+            )
+        ).encode()
+        + sample
+    ).hexdigest()[:16]
 
 
 def _first_difference(a, b, path="") -> str:
@@ -434,15 +579,26 @@ def _first_difference(a, b, path="") -> str:
 
 
 def _save_checkpoint(run: _Run, ckpt_dir: Path, metrics_path: Path | None) -> None:
-    run.metrics_offset = metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
+    run.metrics_offset = (
+        metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
+    )
     with atomic_path(ckpt_dir / CHECKPOINT_FILE) as tmp:
         torch.save(run.state_dict(), tmp)
 
 
-def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg: TuneConfig, *,
-                 init_embeddings: torch.Tensor | None = None, checkpoint_dir: Path | None = None,
-                 resume: bool = False, metrics_path: Path | None = None, progress: bool = False,
-                 dist: Single = SINGLE) -> TuneResult:
+def train_prompt(
+    clf: PromptClassifier,
+    train: Encoded,
+    val: Encoded | None,
+    cfg: TuneConfig,
+    *,
+    init_embeddings: torch.Tensor | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    metrics_path: Path | None = None,
+    progress: bool = False,
+    dist: Single = SINGLE,
+) -> TuneResult:
     """Train a soft prompt on a frozen model; returns the best prompt by validation accuracy (or the last).
 
     The model is never reloaded or modified: call this many times on one `PromptClassifier`.
@@ -463,15 +619,18 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
     metrics_path = Path(metrics_path) if metrics_path is not None else None
     ckpt_file = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
     if ckpt_file is not None and ckpt_file.exists() and not resume:
-        raise BadInput("resume", f"{ckpt_file} exists from an earlier run: pass resume=True (--resume) to continue "
-                                 "it, or use another output directory")
+        raise BadInput(
+            "resume",
+            f"{ckpt_file} exists from an earlier run: pass resume=True (--resume) to continue "
+            "it, or use another output directory",
+        )
     dist.barrier()  # no process may write a checkpoint before every process has checked for one
     run = _Run(clf, train, val, cfg, init_embeddings, dist)
     resumed_from = None
     if resume and ckpt_file is not None and ckpt_file.exists():
         try:
             state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint is the user's to remove
+        except Exception as e:
             raise BadInput("resume", f"cannot read {ckpt_file}: {str(e).splitlines()[0]}") from None
         run.load_state_dict(state)
         resumed_from = run.step
@@ -492,10 +651,17 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
             append_jsonl(metrics_path, rec)
 
     if resumed_from is None:
-        start = {"type": "start", "steps": run.total, "steps_per_epoch": run.per_epoch, "n_train": len(train),
-                 "n_val": None if val is None else len(val)}
+        start = {
+            "type": "start",
+            "steps": run.total,
+            "steps_per_epoch": run.per_epoch,
+            "n_train": len(train),
+            "n_val": None if val is None else len(val),
+        }
         if run.dp is not None:
-            start.update(sigma=run.sigma, sample_rate=run.q, delta=run.delta, accountant=run.accountant_used)
+            start.update(
+                sigma=run.sigma, sample_rate=run.q, delta=run.delta, accountant=run.accountant_used
+            )
         log(start)
     else:
         log({"type": "resume", "step": resumed_from})
@@ -504,21 +670,34 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
     if progress and dist.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=run.total, initial=run.step, desc="tune" + (" (DP)" if run.dp else ""), unit="step",
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=run.total,
+            initial=run.step,
+            desc="tune" + (" (DP)" if run.dp else ""),
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+        )
     t_wall = time.perf_counter()
     while run.step < run.total and not run.stopped_early:
         t0 = time.perf_counter()
         stats = run.train_step()
         dt = time.perf_counter() - t0
         run.train_seconds += dt
-        rec = {"type": "train", "step": run.step, "epoch": round(run.step / run.per_epoch, 4), **stats,
-               "examples_per_s": round(stats["batch_size"] / max(dt, 1e-9), 2)}
+        rec = {
+            "type": "train",
+            "step": run.step,
+            "epoch": round(run.step / run.per_epoch, 4),
+            **stats,
+            "examples_per_s": round(stats["batch_size"] / max(dt, 1e-9), 2),
+        }
         log(rec)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}" if stats["loss"] is not None else "-",
-                            ex_s=f"{run.examples / max(run.train_seconds, 1e-9):.1f}")
+            bar.set_postfix(
+                loss=f"{stats['loss']:.3f}" if stats["loss"] is not None else "-",
+                ex_s=f"{run.examples / max(run.train_seconds, 1e-9):.1f}",
+            )
         last = run.step >= run.total
         if val is not None and (run.step % run.eval_every == 0 or last):
             ev = run.evaluate()
@@ -542,20 +721,38 @@ def train_prompt(clf: PromptClassifier, train: Encoded, val: Encoded | None, cfg
         best = dict(run.best, selection="validation accuracy")
     statement = None
     if run.dp is not None:
-        statement = privacy_statement(dp=run.dp, n_train=len(train), sigma=run.sigma, sample_rate=run.q,
-                                      ledger=run.ledger, planned_steps=run.total,
-                                      accountant_used=run.accountant_used, expected_batch_size=cfg.logical_batch,
-                                      model_selection_on_validation=val is not None,
-                                      n_validation=0 if val is None else len(val))
-    return TuneResult(embeddings=best_emb, history=run.history, best=best, privacy=statement,
-                      seconds=round(run.train_seconds, 3),
-                      examples_per_s=round(run.examples / max(run.train_seconds, 1e-9), 2), steps=run.step,
-                      last_embeddings=last_emb, stopped_early=run.stopped_early,
-                      extra={"resumed_from": resumed_from, "examples": run.examples,
-                             "loop_seconds": round(time.perf_counter() - t_wall, 3)})
+        statement = privacy_statement(
+            dp=run.dp,
+            n_train=len(train),
+            sigma=run.sigma,
+            sample_rate=run.q,
+            ledger=run.ledger,
+            planned_steps=run.total,
+            accountant_used=run.accountant_used,
+            expected_batch_size=cfg.logical_batch,
+            model_selection_on_validation=val is not None,
+            n_validation=0 if val is None else len(val),
+        )
+    return TuneResult(
+        embeddings=best_emb,
+        history=run.history,
+        best=best,
+        privacy=statement,
+        seconds=round(run.train_seconds, 3),
+        examples_per_s=round(run.examples / max(run.train_seconds, 1e-9), 2),
+        steps=run.step,
+        last_embeddings=last_emb,
+        stopped_early=run.stopped_early,
+        extra={
+            "resumed_from": resumed_from,
+            "examples": run.examples,
+            "loop_seconds": round(time.perf_counter() - t_wall, 3),
+        },
+    )
 
 
 # ---------------------------------------------------------------- the stage
+
 
 def _subset(enc: Encoded, limit: int | None, seed: int, field_name: str) -> Encoded:
     if limit is None or limit >= len(enc):
@@ -566,19 +763,34 @@ def _subset(enc: Encoded, limit: int | None, seed: int, field_name: str) -> Enco
     return enc.subset(idx.tolist())
 
 
-def tune(model, task, *, data=None, out, train_split: str = "train", val_split: str | None = "validation",
-         test_split: str | None = None, train_limit: int | None = None, val_limit: int | None = None,
-         cfg: TuneConfig, device: str = "cpu", resume: bool = False, progress: bool = False,
-         text_column: str | None = None, label_column: str | None = None, train_eval_limit: int | None = 2000,
-         echo=None) -> dict:
+def tune(
+    model,
+    task,
+    *,
+    data=None,
+    out,
+    train_split: str = "train",
+    val_split: str | None = "validation",
+    test_split: str | None = None,
+    train_limit: int | None = None,
+    val_limit: int | None = None,
+    cfg: TuneConfig,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = False,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    train_eval_limit: int | None = 2000,
+    echo=None,
+) -> dict:
     """Prompt tuning as a stage: writes OUT/prompt/ (artifact), OUT/metrics.json, OUT/metrics.jsonl and
     OUT/checkpoint/. The test split is only evaluated when named. Returns the metrics dict.
 
     Under `accelerate launch --num_processes N` the training batches are split over the N processes
     (same result as one process); the main process writes the outputs."""
     from promptport.classify import PromptClassifier
-    from promptport.distributed import group
     from promptport.data import canonical_split, load_split
+    from promptport.distributed import group
     from promptport.models import LoadedModel, load_model
     from promptport.prompt import make_metadata, save_prompt
     from promptport.runtime import seed_everything, versions
@@ -588,27 +800,54 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
     out = check_writable_dir(out)
     seed_everything(cfg.seed)
     the_task = get_task(task)
-    if val_split is not None and test_split is not None and canonical_split(val_split) == canonical_split(test_split):
-        raise BadInput("val_split", f"the validation split '{val_split}' is also the test split; model selection "
-                                    "on test data would make the test accuracy meaningless")
+    if (
+        val_split is not None
+        and test_split is not None
+        and canonical_split(val_split) == canonical_split(test_split)
+    ):
+        raise BadInput(
+            "val_split",
+            f"the validation split '{val_split}' is also the test split; model selection "
+            "on test data would make the test accuracy meaningless",
+        )
     if canonical_split(train_split) in {canonical_split(s) for s in (val_split, test_split) if s}:
         raise BadInput("train_split", f"'{train_split}' is also used for validation or test")
-    splits = {"train": load_split(the_task, data, train_split, text_column=text_column, label_column=label_column)}
+    splits = {
+        "train": load_split(
+            the_task, data, train_split, text_column=text_column, label_column=label_column
+        )
+    }
     if val_split:
-        splits["validation"] = load_split(the_task, data, val_split, text_column=text_column,
-                                          label_column=label_column)
+        splits["validation"] = load_split(
+            the_task, data, val_split, text_column=text_column, label_column=label_column
+        )
     if test_split:
-        splits["test"] = load_split(the_task, data, test_split, text_column=text_column, label_column=label_column)
+        splits["test"] = load_split(
+            the_task, data, test_split, text_column=text_column, label_column=label_column
+        )
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     check_frozen(lm.model)
     clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
     enc = {k: clf.encode(v) for k, v in splits.items()}
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
-    val = _subset(enc["validation"], val_limit, cfg.seed, "val_limit") if "validation" in enc else None
+    val = (
+        _subset(enc["validation"], val_limit, cfg.seed, "val_limit")
+        if "validation" in enc
+        else None
+    )
     cfg.validate(len(train))
     dist = group(device)
-    res = train_prompt(clf, train, val, cfg, checkpoint_dir=out / "checkpoint", resume=resume,
-                       metrics_path=out / "metrics.jsonl", progress=progress, dist=dist)
+    res = train_prompt(
+        clf,
+        train,
+        val,
+        cfg,
+        checkpoint_dir=out / "checkpoint",
+        resume=resume,
+        metrics_path=out / "metrics.jsonl",
+        progress=progress,
+        dist=dist,
+    )
 
     results = {}
     train_eval = _subset(train, train_eval_limit, cfg.seed + 7, "train_eval_limit")
@@ -618,12 +857,27 @@ def tune(model, task, *, data=None, out, train_split: str = "train", val_split: 
     if "test" in enc:
         results["test"] = clf.evaluate(enc["test"], res.embeddings, cfg.eval_batch_size, progress)
 
-    training = {"config": cfg.to_dict(), "steps": res.steps, "best": res.best, "stopped_early": res.stopped_early,
-                "n_train": len(train), "n_val": None if val is None else len(val), "train_split": train_split,
-                "val_split": val_split, "data": splits["train"].source, "train_seconds": res.seconds,
-                "examples_per_s": res.examples_per_s}
-    meta = make_metadata(model_info=lm.info, task=the_task, init=cfg.init, training=training, privacy=res.privacy,
-                         n_tokens=int(res.embeddings.shape[0]))
+    training = {
+        "config": cfg.to_dict(),
+        "steps": res.steps,
+        "best": res.best,
+        "stopped_early": res.stopped_early,
+        "n_train": len(train),
+        "n_val": None if val is None else len(val),
+        "train_split": train_split,
+        "val_split": val_split,
+        "data": splits["train"].source,
+        "train_seconds": res.seconds,
+        "examples_per_s": res.examples_per_s,
+    }
+    meta = make_metadata(
+        model_info=lm.info,
+        task=the_task,
+        init=cfg.init,
+        training=training,
+        privacy=res.privacy,
+        n_tokens=int(res.embeddings.shape[0]),
+    )
     metrics = {
         "stage": "tune",
         "task": the_task.name,
