@@ -1,0 +1,150 @@
+"""benchmarks.paper: cells resume and skip, artifacts are made once, the JSON and README table have the
+shape others read. Stage functions are replaced by a fake that writes tiny artifacts (no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from benchmarks import paper
+
+
+class FakeStages:
+    teacher = "T"
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[tuple] = []
+        self.fail_on = fail_on
+
+    def _write(self, out: Path, tag: str) -> str:
+        if self.fail_on and self.fail_on in tag:
+            raise RuntimeError(f"killed during {tag}")
+        (out / "prompt").mkdir(parents=True)
+        (out / "prompt" / "prompt.json").write_text(json.dumps({"tag": tag}))
+        return str(out / "prompt")
+
+    def tune(self, model, spec, seed, out, dp, **over):
+        tag = f"tune:{model}:{spec['task']}:{seed}:{dp}:{over}"
+        self.calls.append(("tune", tag))
+        return self._write(out, tag)
+
+    def transfer(self, prompt, student, spec, seed, out, **over):
+        tag = f"transfer:{Path(prompt).parent.name}:{student}:{over}"
+        self.calls.append(("transfer", tag))
+        return self._write(out, tag)
+
+    def non_distilled(self, student, out):
+        out.mkdir(parents=True)
+        (out / "student.json").write_text("{}")
+        return str(out)
+
+    def evaluate(self, model, prompt, spec):
+        self.calls.append(("evaluate", model, prompt))
+        tag = (
+            "" if prompt is None else json.loads((Path(prompt) / "prompt.json").read_text())["tag"]
+        )
+        # a deterministic accuracy that depends on what was evaluated
+        acc = 0.5 + (sum(map(ord, model + tag)) % 40) / 100
+        return {"accuracy": acc, "macro_f1": acc, "n": 10}
+
+
+SPECS = {t: {"task": t, "data": f"/d/{t}", "public": f"/p/{t}"} for t in ("sst2", "mpqa")}
+
+
+def run_all(grid: paper.Grid, seeds=(0, 1, 2)):
+    for s in seeds:
+        for t in SPECS:
+            for m in paper.METHODS:
+                if (m in paper.SEED_FREE or m in paper.ONE_SEED) and s != seeds[0]:
+                    continue
+                grid.run_cell(t, m, s)
+
+
+def test_cells_resume_skip_and_json_shape(tmp_path):
+    state = tmp_path / "state"
+    stages = FakeStages()
+    run_all(paper.Grid(state, stages, "S", SPECS, log=lambda *_: None))
+    n_tune = sum(1 for c in stages.calls if c[0] == "tune")
+    # per task: 3 user prompts + 3 DP prompts + 1 teacher tuning; each made once although 3 cells use it
+    assert n_tune == 2 * (3 + 3 + 1)
+    assert sum(1 for c in stages.calls if c[0] == "transfer") == 2 * (3 + 3)
+
+    again = FakeStages()
+    grid = paper.Grid(state, again, "S", SPECS, log=lambda *_: None)
+    run_all(grid)
+    assert again.calls == [] and grid.ran == []  # everything skipped
+
+    sizes = paper.PROFILES["quick"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\ntext before\n")
+    out = paper.write_outputs(state, "quick", sizes, "cmd", results=tmp_path, readme=readme)
+    on_disk = json.loads((tmp_path / "paper_tables.json").read_text())
+    assert on_disk["tasks"] == out["tasks"] and on_disk["sizes"]["train_limit"] == sizes.train_limit
+    for t in SPECS:
+        assert set(out["tasks"][t]) == set(paper.METHODS)
+        for m, r in out["tasks"][t].items():
+            assert set(r) == {"mean", "std", "per_seed"}
+            want = 1 if m in paper.SEED_FREE + paper.ONE_SEED else 3
+            assert len(r["per_seed"]) == want
+            vals = list(r["per_seed"].values())
+            assert r["mean"] == pytest.approx(sum(vals) / len(vals), abs=1e-4)
+    # the README table is generated from the JSON, between markers, and replaced on the next write
+    body = readme.read_text()
+    assert "text before" in body and body.count(paper.BEGIN) == 1
+    assert f"{out['tasks']['sst2']['post']['mean']:.3f} ±" in body
+    paper.write_outputs(state, "quick", sizes, "cmd", results=tmp_path, readme=readme)
+    assert readme.read_text().count(paper.BEGIN) == 1
+
+
+def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
+    state = tmp_path / "state"
+    first = FakeStages(fail_on=":8.0:")  # dies while the first DP prompt (epsilon 8) is being made
+    grid = paper.Grid(state, first, "S", SPECS, log=lambda *_: None)
+    with pytest.raises(RuntimeError):
+        run_all(grid)
+    done_before = {p: p.read_text() for p in (state / "cells").rglob("*.json")}
+    assert done_before  # the cells before the kill were saved
+    second = FakeStages()
+    run_all(paper.Grid(state, second, "S", SPECS, log=lambda *_: None))
+    for p, text in done_before.items():
+        assert p.read_text() == text  # untouched
+    # the prompts made before the kill were reused: only DP, post-dp8 and later work remains
+    assert not any(c[0] == "tune" and c[1].startswith("tune:S:sst2:0:None") for c in second.calls)
+    tables = paper.collect(state)
+    assert all(set(tables["tasks"][t]) == set(paper.METHODS) for t in SPECS)
+
+
+def test_ablations_are_cells_too(tmp_path):
+    state = tmp_path / "state"
+    stages = FakeStages()
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None)
+    for name in paper.ABLATIONS:
+        grid.run_ablation(name, "sst2", 0)
+    n = len(stages.calls)
+    grid2 = paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None)
+    for name in paper.ABLATIONS:
+        grid2.run_ablation(name, "sst2", 0)
+    assert grid2.stages.calls == [] and n > 0
+    abl = paper.collect(state)["ablations"]
+    assert set(abl) == set(paper.ABLATIONS)
+    assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)}
+    assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}
+    assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
+
+
+def test_targets_from_means():
+    tasks = {
+        "a": {
+            "post": {"mean": 0.8},
+            "teacher_zero_shot": {"mean": 0.7},
+            "direct": {"mean": 0.6},
+            "teacher_tuned": {"mean": 0.9},
+            "post_dp8": {"mean": 0.79},
+        },
+        "b": {"post": {"mean": 0.6}, "teacher_zero_shot": {"mean": 0.7}, "direct": {"mean": 0.5}},
+    }
+    t = paper.targets(tasks)
+    assert t["post_beats_zero_shot_and_direct"]["tasks"] == ["a"]
+    assert t["mean_gain_kept"]["value"] == pytest.approx(0.5)
+    assert t["dp8_gap_points"]["value"] == pytest.approx(1.0)
