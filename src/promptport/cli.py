@@ -463,14 +463,16 @@ def tasks_cmd():
     from promptport.tasks import builtin_tasks
 
     t = Table(title="built-in tasks (add your own with a YAML file: --task my_task.yaml)")
-    for col in ("task", "template", "label words", "source"):
+    for col in ("task", "kind", "template", "label words / target", "source"):
         t.add_column(col)
     for name, task in builtin_tasks().items():
         words = ", ".join(
             f"{c}={'/'.join(w.strip() for w in task.verbalizer[c])}" for c in task.classes
         )
+        if task.is_generation:
+            words = f"target: {task.target}; metrics: {', '.join(task.metrics)}"
         src = f"embedded:{task.embedded}" if task.embedded else (task.hub.path if task.hub else "-")
-        t.add_row(name, task.template.replace("\n", "\\n"), words, src)
+        t.add_row(name, task.kind, task.template.replace("\n", "\\n"), words, src)
     out().print(t)
 
 

@@ -111,6 +111,16 @@ def make_metadata(
             "classes": task.classes,
             "verbalizer": task.verbalizer,
             "description": task.description,
+            **(
+                {
+                    "kind": "generation",
+                    "target": task.target,
+                    "decoding": task.decoding.model_dump(),
+                    "metrics": task.metrics,
+                }
+                if getattr(task, "is_generation", False)
+                else {}
+            ),
         },
         "init": init,
         "training": training or {},

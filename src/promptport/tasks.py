@@ -1,4 +1,8 @@
-"""The task registry: what a classification task is (template, verbalizer, data columns, source).
+"""The task registry: what a task is (template, verbalizer or target, data columns, source).
+
+Two kinds: `classification` (a verbalizer reads label words at the answer position) and `generation`
+(the model continues the template with the text of the `target` field; decoding settings and metrics
+say how it is generated and scored, see `promptport.generation`).
 
 Built-in tasks live in `tasks/builtin.yaml`; users add their own from a YAML file with the same keys,
 without writing Python.
@@ -11,6 +15,7 @@ import re
 import string
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +32,20 @@ class HubSource(BaseModel):
     )
 
 
+GEN_METRICS = ("bleu", "rougeL", "chrf")
+
+
+class Decoding(BaseModel):
+    """How a generation task is decoded: greedy (num_beams 1) by default; the output is cut at the first
+    newline (targets are one line)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_beams: int = Field(1, ge=1, le=16)
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    length_penalty: float = Field(1.0, ge=-5.0, le=5.0)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=10)
+
+
 class Task(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,14 +53,23 @@ class Task(BaseModel):
     description: str
     template: str
     columns: dict[str, list[str]]
+    kind: Literal["classification", "generation"] = "classification"
     label_columns: list[str] = Field(
         default_factory=lambda: ["label", "labels", "category", "class", "y"]
     )
-    classes: list[str]
-    verbalizer: dict[str, list[str]]
+    classes: list[str] = Field(default_factory=list)
+    verbalizer: dict[str, list[str]] = Field(default_factory=dict)
     label_map: dict[str, str] = Field(default_factory=dict)
+    # generation only: the field whose text the model learns to write (its column names in `columns`)
+    target: str | None = None
+    decoding: Decoding = Field(default_factory=Decoding)
+    metrics: list[str] = Field(default_factory=lambda: ["bleu", "rougeL"])
     hub: HubSource | None = None
     embedded: str | None = None
+
+    @property
+    def is_generation(self) -> bool:
+        return self.kind == "generation"
 
     @model_validator(mode="after")
     def _check(self) -> Task:
@@ -51,6 +79,10 @@ class Task(BaseModel):
         missing = [f for f in fields if f not in self.columns]
         if missing:
             raise ValueError(f"columns: no column names given for template field(s) {missing}")
+        if self.kind == "generation":
+            return self._check_generation()
+        if self.target is not None:
+            raise ValueError("target: only a generation task (kind: generation) has a target")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError("classes: need at least two distinct classes")
         if set(self.verbalizer) != set(self.classes):
@@ -62,6 +94,20 @@ class Task(BaseModel):
         bad = {k: v for k, v in self.label_map.items() if v not in self.classes}
         if bad:
             raise ValueError(f"label_map: {bad} maps to unknown classes")
+        return self
+
+    def _check_generation(self) -> Task:
+        if not self.target:
+            raise ValueError("a generation task needs a target field (the text to generate)")
+        if self.target in self.template_fields:
+            raise ValueError(f"'{self.target}' is both a template field and the target")
+        if self.target not in self.columns:
+            raise ValueError(f"no column names given in columns for the target '{self.target}'")
+        if self.classes or self.verbalizer:
+            raise ValueError("a generation task has no classes or verbalizer")
+        unknown = [m for m in self.metrics if m not in GEN_METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"unknown metric(s) {unknown} (choose from {list(GEN_METRICS)})")
         return self
 
     @property

@@ -13,6 +13,9 @@ forward+backward with the prompt.
 The firewall: `transfer()` takes the prompt artifact, the student, the teacher and a public text source.
 It has no parameter through which private data could enter, and it selects its checkpoint on held-out
 *public* examples (transfer loss), never on task labels.
+
+Generation tasks (`kind: generation`) use the same objective at every position of a teacher-forced
+continuation: `promptport.gen_transfer` (`generation_transfer_loss`, cached top-k plus remainder).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class TransferConfig:
     max_length: int = 128
     eval_every: int | None = None
     seed: int = 0
+    top_k: int = 256  # generation tasks: kept tokens per position in the cache (see gen_transfer)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -84,7 +88,7 @@ class TransferConfig:
             raise BadInput("temperature", f"must be > 0, got {self.temperature}")
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
-        for name in ("n_public", "batch_size", "max_length"):
+        for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 0:
@@ -209,17 +213,23 @@ def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -
     try:
         return get_task(t["name"])
     except BadInput:
-        return task_from_dict(
-            {
-                "name": t["name"],
-                "description": t.get("description", t["name"]),
-                "template": t["template"],
-                "classes": t["classes"],
-                "verbalizer": t["verbalizer"],
-                "columns": {f: [f] for f in _fields(t["template"])},
-            },
-            source="prompt.task",
-        )
+        spec = {
+            "name": t["name"],
+            "description": t.get("description", t["name"]),
+            "template": t["template"],
+            "columns": {f: [f] for f in _fields(t["template"])},
+        }
+        if t.get("kind") == "generation":
+            spec.update(
+                kind="generation",
+                target=t["target"],
+                decoding=t.get("decoding", {}),
+                metrics=t.get("metrics", ["bleu", "rougeL"]),
+            )
+            spec["columns"][t["target"]] = [t["target"]]
+        else:
+            spec.update(classes=t["classes"], verbalizer=t["verbalizer"])
+        return task_from_dict(spec, source="prompt.task")
 
 
 def _fields(template: str) -> list[str]:
@@ -482,8 +492,9 @@ def transfer(
     out = check_writable_dir(out)
     artifact = prompt if isinstance(prompt, PromptArtifact) else load_prompt(prompt)
     the_task = task_from_prompt(artifact, task)
-    texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
-    pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
+    if not the_task.is_generation:
+        texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
+        pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
 
     s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
     t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
@@ -499,6 +510,21 @@ def transfer(
         )
     if s_lm.info.tokenizer_fingerprint != t_lm.info.tokenizer_fingerprint:
         raise BadInput("student", "student and teacher use different tokenizers")
+    if the_task.is_generation:
+        from promptport.gen_transfer import transfer_generation
+
+        return transfer_generation(
+            artifact,
+            the_task,
+            s_lm,
+            t_lm,
+            public_data=public_data,
+            out=out,
+            cfg=cfg,
+            public_text_column=public_text_column,
+            progress=progress,
+            prompt_source=prompt,
+        )
 
     s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
     t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)

@@ -533,16 +533,18 @@ class _Run:
 
     def evaluate(self) -> dict:
         m = self.clf.evaluate(self.val, self.prompt.detach(), self.cfg.eval_batch_size)
+        # classification selects on accuracy; a generation task on its teacher-forced target loss
+        select = m.get("select_on", "accuracy")
+        shown = [*m.get("report", ["accuracy", "macro_f1"]), select]
         rec = {
             "type": "eval",
             "step": self.step,
             "epoch": round(self.step / self.per_epoch, 4),
-            "val_accuracy": m["accuracy"],
-            "val_macro_f1": m["macro_f1"],
+            **{f"val_{k}": m[k] for k in dict.fromkeys(shown)},
             "val_seconds": m["seconds"],
         }
-        if self.best == {} or m["accuracy"] > self.best["val_accuracy"]:
-            self.best = {k: rec[k] for k in ("step", "epoch", "val_accuracy", "val_macro_f1")}
+        if self.best == {} or m[select] > self.best[f"val_{select}"]:
+            self.best = {k: v for k, v in rec.items() if k not in ("type", "val_seconds")}
             self.best_embeddings = self.prompt.detach().cpu().clone()
             self.bad_evals = 0
         else:
@@ -718,7 +720,12 @@ def train_prompt(
         best = {"step": run.step, "selection": "last"}
     else:
         best_emb = run.best_embeddings
-        best = dict(run.best, selection="validation accuracy")
+        best = dict(
+            run.best,
+            selection="validation accuracy"
+            if "val_accuracy" in run.best
+            else "validation target loss",
+        )
     statement = None
     if run.dp is not None:
         statement = privacy_statement(
@@ -812,6 +819,10 @@ def tune(
         )
     if canonical_split(train_split) in {canonical_split(s) for s in (val_split, test_split) if s}:
         raise BadInput("train_split", f"'{train_split}' is also used for validation or test")
+    if the_task.is_generation:  # same loop; the loss is the target tokens' cross-entropy
+        from promptport.generation import PromptGenerator, load_gen_split
+
+        load_split = load_gen_split
     splits = {
         "train": load_split(
             the_task, data, train_split, text_column=text_column, label_column=label_column
@@ -827,7 +838,10 @@ def tune(
         )
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     check_frozen(lm.model)
-    clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
+    if the_task.is_generation:
+        clf = PromptGenerator(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
+    else:
+        clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
     enc = {k: clf.encode(v) for k, v in splits.items()}
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
     val = (
@@ -886,9 +900,9 @@ def tune(
         "splits": {"train": train_split, "validation": val_split, "test": test_split},
         "n_train": len(train),
         "n_val": None if val is None else len(val),
-        "train_accuracy": results["train"]["accuracy"],
-        "val_accuracy": results["validation"]["accuracy"] if "validation" in results else None,
-        "test_accuracy": results["test"]["accuracy"] if "test" in results else None,
+        "train_accuracy": results["train"].get("accuracy"),
+        "val_accuracy": results["validation"].get("accuracy") if "validation" in results else None,
+        "test_accuracy": results["test"].get("accuracy") if "test" in results else None,
         "examples_per_s": res.examples_per_s,
         "train_seconds": res.seconds,
         "wall_seconds": round(time.perf_counter() - t0, 3),

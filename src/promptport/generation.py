@@ -1,0 +1,495 @@
+"""Generation tasks: a soft-prompted causal LM writes the `target` field of a task from its template.
+
+* **Data**: `load_gen_split` reads (input fields, target) rows; `eval_set` groups rows by input so every
+  input (e.g. an E2E meaning representation) is generated once and scored against all its references.
+* **Tokens**: a training example is `template(x)` followed by `" " + target` and the end-of-sequence
+  token. It is stored as an `Encoded` whose `labels` hold the number of target tokens at the end of each
+  sequence, so the tuning loop, DP-SGD (per-example prompt copies), checkpoints and data fingerprints of
+  `promptport.tune` work unchanged.
+* **Loss**: cross-entropy of the target tokens only (input and padding masked), averaged over each
+  example's target tokens (a length-normalised sequence loss per example), then over the batch. The
+  vocabulary projection runs only at the positions that predict target tokens.
+* **Generation**: `generate(inputs_embeds=...)` with the prompt inserted after the left padding
+  (`[pad..., prompt, template(x)]`), KV cache, greedy or beam search; the text is cut at the first
+  newline (targets are one line; newline tokens also stop decoding).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from promptport.classify import Encoded, _position_ids, _progress, collate, project
+from promptport.errors import BadInput
+from promptport.tasks import Decoding, Task
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class GenDataset:
+    """Rows of a generation task: input fields (template fields) and targets (None without targets)."""
+
+    fields: dict[str, list[str]]
+    targets: list[str] | None
+    source: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def select(self, idx) -> GenDataset:
+        idx = list(idx)
+        return GenDataset(
+            {k: [v[i] for i in idx] for k, v in self.fields.items()},
+            None if self.targets is None else [self.targets[i] for i in idx],
+            self.source,
+            self.split,
+        )
+
+    def inputs(self, task: Task) -> list[str]:
+        names = list(self.fields)
+        return [task.format(**dict(zip(names, vals))) for vals in zip(*self.fields.values())]
+
+    def keys(self) -> list[tuple[str, ...]]:
+        """The input of each row (the fields' values): rows with equal keys share an input (an MR)."""
+        return list(zip(*self.fields.values()))
+
+
+def check_generation_task(task: Task) -> None:
+    if not task.is_generation:
+        raise BadInput("task", f"'{task.name}' is a {task.kind} task, not a generation task")
+
+
+def load_gen_split(
+    task: Task,
+    data,
+    split: str = "train",
+    *,
+    limit: int | None = None,
+    require_target: bool = True,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> GenDataset:
+    """One split of a generation task from a folder of split files or a single file (CSV/TSV/JSONL).
+
+    `text_column` / `label_column` override the input column (single-field templates) and the target
+    column. An empty target is refused with its file and line."""
+    from pathlib import Path
+
+    from promptport.data import canonical_split, find_split_file, read_rows
+
+    check_generation_task(task)
+    if data is None:
+        raise BadInput("data", f"generation task '{task.name}' needs a data folder or file")
+    p = Path(data).expanduser()
+    if not p.exists():
+        raise BadInput("data", f"'{data}' does not exist")
+    path = find_split_file(p, split) if p.is_dir() else p
+    names = task.template_fields
+    fields: dict[str, list[str]] = {f: [] for f in names}
+    targets: list[str] = []
+    cols: dict[str, str] | None = None
+    tcol: str | None = None
+
+    def pick(row, cands, what):
+        for c in cands:
+            if c in row:
+                return c
+        raise BadInput(
+            "data", f"{path}: no {what} column (tried {cands}; the file has {list(row)})"
+        )
+
+    for lineno, row in read_rows(path):
+        if cols is None:
+            cols = {
+                f: pick(
+                    row,
+                    [text_column] if text_column and len(names) == 1 else task.columns[f],
+                    f"'{f}'",
+                )
+                for f in names
+            }
+            tcands = [label_column] if label_column else task.columns[task.target]
+            if require_target:
+                tcol = pick(row, tcands, f"target '{task.target}'")
+            else:
+                tcol = next((c for c in tcands if c in row), None)
+        for f, c in cols.items():
+            fields[f].append(str(row.get(c) or "").strip())
+        if tcol is not None:
+            t = str(row.get(tcol) or "").strip()
+            if not t:
+                raise BadInput("data", f"{path}:{lineno}: empty reference in column '{tcol}'")
+            targets.append(t)
+        if limit is not None and len(fields[names[0]]) >= limit:
+            break
+    ds = GenDataset(
+        fields, targets if tcol is not None else None, str(path), canonical_split(split)
+    )
+    if len(ds) == 0:
+        raise BadInput("data", f"{path}: no examples")
+    return ds
+
+
+@dataclass
+class EvalSet:
+    """Distinct inputs of a split with all their references (metrics compare against all of them)."""
+
+    keys: list[tuple[str, ...]]
+    inputs: list[str]
+    refs: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def select(self, idx) -> EvalSet:
+        idx = list(idx)
+        return EvalSet(
+            [self.keys[i] for i in idx], [self.inputs[i] for i in idx], [self.refs[i] for i in idx]
+        )
+
+
+def eval_set(task: Task, ds: GenDataset, limit: int | None = None) -> EvalSet:
+    """Group rows by input, in order of first appearance; `limit` counts distinct inputs."""
+    if ds.targets is None:
+        raise BadInput("data", f"{ds.source}: evaluation needs references (target column)")
+    texts = ds.inputs(task)
+    groups: dict[tuple, int] = {}
+    keys, inputs, refs = [], [], []
+    for k, x, t in zip(ds.keys(), texts, ds.targets):
+        if k not in groups:
+            groups[k] = len(keys)
+            keys.append(k)
+            inputs.append(x)
+            refs.append([])
+        refs[groups[k]].append(t)
+    es = EvalSet(keys, inputs, refs)
+    if limit is not None:
+        if limit <= 0:
+            raise BadInput("eval_limit", f"must be positive, got {limit}")
+        es = es.select(range(min(limit, len(es))))
+    return es
+
+
+def split_by_input(ds: GenDataset, fractions: dict[str, float], seed: int = 0) -> dict:
+    """Split rows into named parts by whole inputs (no input in two parts), shuffled with the seed."""
+    keys = list(dict.fromkeys(ds.keys()))
+    order = np.random.default_rng(seed).permutation(len(keys))
+    bounds, acc, parts = {}, 0.0, {}
+    for name, f in fractions.items():
+        bounds[name] = (round(acc * len(keys)), round((acc + f) * len(keys)))
+        acc += f
+    where = {}
+    for name, (a, b) in bounds.items():
+        for i in order[a:b]:
+            where[keys[i]] = name
+    rows: dict[str, list[int]] = {n: [] for n in fractions}
+    for i, k in enumerate(ds.keys()):
+        if k in where:
+            rows[where[k]].append(i)
+    for name, idx in rows.items():
+        parts[name] = ds.select(idx)
+    return parts
+
+
+# ------------------------------------------------------------------------------------------ tokens
+
+
+def target_ids(tokenizer, target: str) -> list[int]:
+    """Token ids of a target as it follows the template: a leading space, then end-of-sequence."""
+    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return list(ids) + ([eos] if eos is not None else [])
+
+
+def source_ids(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """template(x) token ids; an over-long input keeps its last max_length tokens. Returns (ids, count)."""
+    enc = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    out, n = [], 0
+    for ids in enc:
+        if len(ids) > max_length:
+            ids, n = ids[-max_length:], n + 1
+        out.append(list(ids))
+    return out, n
+
+
+def encode_pairs(
+    tokenizer, task: Task, ds: GenDataset, max_length: int = 128, warn: bool = True
+) -> Encoded:
+    """template(x) + target tokens per row; `labels` = the number of target tokens at the end.
+
+    A sequence longer than `max_length` loses target tokens from the right (never silently: a warning
+    names the count); the input keeps at least one target token's room, losing its first tokens if needed.
+    """
+    if ds.targets is None:
+        raise BadInput("data", f"{ds.source}: training needs targets")
+    if max_length < 2:
+        raise BadInput("max_length", f"must be >= 2 for generation, got {max_length}")
+    srcs, n_src = source_ids(tokenizer, ds.inputs(task), max_length - 1)
+    ids_out, lens, n_tgt = [], [], 0
+    for src, t in zip(srcs, ds.targets):
+        tgt = target_ids(tokenizer, t)
+        room = max_length - len(src)
+        if len(tgt) > room:
+            tgt, n_tgt = tgt[:room], n_tgt + 1
+        ids_out.append(src + tgt)
+        lens.append(len(tgt))
+    if warn and (n_tgt or n_src):
+        warnings.warn(
+            f"{n_tgt} of {len(ds)} targets truncated to fit max_length={max_length} tokens"
+            + (f"; {n_src} inputs lost their first tokens" if n_src else ""),
+            stacklevel=2,
+        )
+    return Encoded(ids_out, torch.tensor(lens, dtype=torch.long), n_tgt + n_src)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End of sequence plus every token whose text contains a newline (targets are one line)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    toks = sorted(vocab.values())
+    for t, s in zip(toks, tokenizer.batch_decode([[t] for t in toks])):
+        if "\n" in s:
+            ids.add(t)
+    return sorted(ids)
+
+
+def clean_output(text: str) -> str:
+    return text.split("\n", 1)[0].strip()
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def target_mask(mask: torch.Tensor, tgt_len: torch.Tensor) -> torch.Tensor:
+    """[B, T] True at the target tokens: the last tgt_len[i] real tokens of row i (any padding side)."""
+    T = mask.shape[1]
+    last = T - 1 - mask.flip(-1).argmax(-1)  # [B] last real token
+    pos = torch.arange(T, device=mask.device)[None]
+    first = last - tgt_len.to(mask.device) + 1
+    return (pos >= first[:, None]) & (pos <= last[:, None]) & (mask > 0)
+
+
+def prompted_hidden(model, input_ids, attention_mask, prompt=None) -> tuple[torch.Tensor, int]:
+    """Last-layer hidden states of [prompt; x] (prompt [n, H] shared or [B, n, H] per example); (h, n)."""
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = attention_mask
+    n = 0
+    if prompt is not None:
+        b = input_ids.shape[0]
+        p = prompt.unsqueeze(0).expand(b, -1, -1) if prompt.dim() == 2 else prompt
+        n = p.shape[1]
+        embeds = torch.cat([p.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([torch.ones(b, n, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    out = model.base_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=_position_ids(model, mask)
+    )
+    h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return h, n
+
+
+def target_logits(model, input_ids, attention_mask, tgt_len, prompt=None):
+    """Full-vocabulary logits at the positions that predict target tokens, flattened in row order.
+
+    Returns (logits [N_tok, V], targets [N_tok], rows [N_tok]) where rows[k] is the example of token k."""
+    h, n = prompted_hidden(model, input_ids, attention_mask, prompt)
+    tm = target_mask(attention_mask, tgt_len)
+    rows, cols = tm.nonzero(as_tuple=True)
+    if bool((cols == 0).any()):
+        raise BadInput("data", "a target starts at the first position: the input is empty")
+    logits = project(model, h[rows, cols - 1 + n])
+    return logits, input_ids[rows, cols], rows
+
+
+class PromptGenerator:
+    """A frozen causal LM + generation task; the soft prompt is passed per call so it can be trained.
+
+    Has the interface `promptport.tune.train_prompt` uses (`encode`, `batch`, `loss`, `evaluate`)."""
+
+    def __init__(self, model, tokenizer, task: Task, max_length: int = 128):
+        check_generation_task(task)
+        if getattr(model.config, "is_encoder_decoder", False) or type(model).__name__.endswith(
+            "ForMaskedLM"
+        ):
+            raise BadInput("model", "generation tasks need a causal (decoder-only) LM")
+        self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self._stop = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, ds: GenDataset, warn: bool = True) -> Encoded:
+        return encode_pairs(self.tokenizer, self.task, ds, self.max_length, warn)
+
+    def batch(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, mask = collate(ids, self.pad_id, "right")
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def loss(self, input_ids, attention_mask, tgt_len, prompt=None, reduction: str = "mean"):
+        """Per-example mean cross-entropy of the target tokens; 'none' -> [B], 'sum' / 'mean' over B."""
+        logits, y, rows = target_logits(self.model, input_ids, attention_mask, tgt_len, prompt)
+        nll = F.cross_entropy(logits.float(), y, reduction="none")
+        b = input_ids.shape[0]
+        per = torch.zeros(b, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)
+        per = per / tgt_len.to(per.device).clamp(min=1).to(per.dtype)
+        if reduction == "none":
+            return per
+        return per.sum() if reduction == "sum" else per.mean()
+
+    @torch.inference_mode()
+    def sequence_logprob(
+        self, enc: Encoded, prompt=None, batch_size: int = 32, progress: bool = False
+    ) -> torch.Tensor:
+        """[N] length-normalised log-likelihood of each target (minus the per-example loss)."""
+        out = torch.empty(len(enc), dtype=torch.float64)
+        order = np.argsort([len(x) for x in enc.input_ids], kind="stable")
+        p = None if prompt is None else prompt.detach().to(self.device)
+        bar = _progress(math.ceil(len(enc) / batch_size), "log-likelihood", progress, "batch")
+        for s in range(0, len(enc), batch_size):
+            idx = order[s : s + batch_size]
+            ids, mask = self.batch([enc.input_ids[i] for i in idx])
+            y = enc.labels[torch.as_tensor(idx)]
+            out[torch.as_tensor(idx)] = -self.loss(ids, mask, y, p, "none").double().cpu()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out
+
+    def evaluate(
+        self, enc: Encoded, prompt=None, batch_size: int = 32, progress: bool = False
+    ) -> dict:
+        """Teacher-forced target loss (what tuning selects on: higher `neg_loss` is better)."""
+        t0 = time.perf_counter()
+        lp = self.sequence_logprob(enc, prompt, batch_size, progress)
+        secs = time.perf_counter() - t0
+        loss = float(-lp.mean())
+        return {
+            "loss": loss,
+            "neg_loss": -loss,
+            "perplexity": float(math.exp(min(loss, 50.0))),
+            "n": len(enc),
+            "select_on": "neg_loss",
+            "report": ["loss", "perplexity"],
+            "seconds": round(secs, 3),
+            "examples_per_s": round(len(enc) / max(secs, 1e-9), 2),
+            "n_truncated": enc.n_truncated,
+        }
+
+    # -- generation
+    def stop_ids(self) -> list[int]:
+        if self._stop is None:
+            self._stop = stop_token_ids(self.tokenizer)
+        return self._stop
+
+    def _embeds(self, ids: list[list[int]], prompt):
+        """Left-padded [pad..., prompt, x] embeddings and mask."""
+        input_ids, mask = collate(ids, self.pad_id, "left")
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        emb = self.model.get_input_embeddings()(input_ids)
+        if prompt is None:
+            return emb, mask
+        p = prompt.to(self.device, emb.dtype)
+        n, T = p.shape[0], input_ids.shape[1]
+        rows, masks = [], []
+        for i, x in enumerate(ids):
+            k = T - len(x)
+            rows.append(torch.cat([emb[i, :k], p, emb[i, k:]]))
+            masks.append(
+                torch.cat(
+                    [mask[i, :k], torch.ones(n, dtype=mask.dtype, device=mask.device), mask[i, k:]]
+                )
+            )
+        return torch.stack(rows), torch.stack(masks)
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        ids: list[list[int]],
+        prompt: torch.Tensor | None = None,
+        decoding: Decoding | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> list[list[int]]:
+        """New token ids per input (stop token included, padding removed), in input order."""
+        from transformers import GenerationConfig
+
+        d = decoding or self.task.decoding
+        gc = GenerationConfig(
+            max_new_tokens=d.max_new_tokens,
+            num_beams=d.num_beams,
+            do_sample=False,
+            length_penalty=d.length_penalty,
+            no_repeat_ngram_size=d.no_repeat_ngram_size,
+            eos_token_id=self.stop_ids(),
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out: list[list[int] | None] = [None] * len(ids)
+        bar = _progress(math.ceil(len(ids) / batch_size), desc, progress, "batch")
+        stops = set(self.stop_ids())
+        for s in range(0, len(ids), batch_size):
+            idx = order[s : s + batch_size]
+            emb, mask = self._embeds([ids[i] for i in idx], prompt)
+            seq = self.model.generate(
+                inputs_embeds=emb,
+                attention_mask=mask,
+                generation_config=gc,
+            )
+            for j, i in enumerate(idx):
+                toks = seq[j].tolist()
+                cut = next((k + 1 for k, t in enumerate(toks) if t in stops), len(toks))
+                out[i] = toks[:cut]
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out  # type: ignore[return-value]
+
+    def generate(
+        self,
+        inputs: list[str],
+        prompt: torch.Tensor | None = None,
+        decoding: Decoding | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> list[str]:
+        ids, _ = source_ids(self.tokenizer, inputs, self.max_length)
+        new = self.generate_ids(ids, prompt, decoding, batch_size, progress, desc)
+        return [clean_output(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def evaluate_generation(
+        self,
+        es: EvalSet,
+        prompt: torch.Tensor | None = None,
+        *,
+        batch_size: int = 16,
+        decoding: Decoding | None = None,
+        n_boot: int = 1000,
+        seed: int = 0,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> tuple[dict, list[str]]:
+        """Generate for every distinct input; metrics against all references with bootstrap intervals."""
+        from promptport.gen_metrics import generation_metrics
+
+        t0 = time.perf_counter()
+        hyps = self.generate(es.inputs, prompt, decoding, batch_size, progress, desc)
+        secs = time.perf_counter() - t0
+        m = generation_metrics(hyps, es.refs, self.task.metrics, n_boot=n_boot, seed=seed)
+        m.update(seconds=round(secs, 3), inputs_per_s=round(len(es) / max(secs, 1e-9), 3))
+        return m, hyps
