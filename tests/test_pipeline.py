@@ -249,3 +249,41 @@ def test_bootstrap_ci_equals_a_per_resample_sklearn_loop():
         np.testing.assert_allclose(
             got["accuracy_ci"], [np.percentile(accs, 2.5), np.percentile(accs, 97.5)]
         )
+
+
+def test_student_store_reuses_a_student_across_runs(
+    tmp_path, monkeypatch, tiny_model_dir, private_dir, public_file
+):
+    """A second run (another run directory) with the same teacher and recipe takes the stored student
+    instead of distilling; another recipe distils afresh."""
+    monkeypatch.setenv("PROMPTPORT_CACHE", str(tmp_path / "cache"))
+    distill_cfg = dict(
+        layers=2,
+        corpus=[str(public_file)],
+        max_tokens=512,
+        block_size=32,
+        heldout_blocks=2,
+        precision="fp32",
+        max_steps=2,
+        batch_size=4,
+    )
+
+    def run(name, **d):
+        logs = []
+        cfg = _cfg(
+            tmp_path, tiny_model_dir, None, private_dir, public_file,
+            run_dir=str(tmp_path / name), distill={**distill_cfg, **d}, student=None,
+        )  # fmt: skip
+        run_pipeline(cfg, progress=False, log=logs.append)
+        return logs, tmp_path / name / "distill"
+
+    logs1, d1 = run("a")
+    assert not any("student store" in line for line in logs1)
+    logs2, d2 = run("b")
+    assert any("reused from the student store" in line for line in logs2)
+    w = "student/student.safetensors"
+    assert (d1 / w).read_bytes() == (d2 / w).read_bytes()
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert "student store" in results["costs"][0]["notes"]
+    logs3, _ = run("c", lr=1e-3)
+    assert not any("student store" in line for line in logs3)

@@ -57,6 +57,7 @@ class RunConfig(BaseModel):
     check_resources: bool = (
         True  # refuse a run that would not fit in memory or on disk (promptport.resources)
     )
+    reuse_student: bool = True  # take a student distilled earlier with the same teacher and recipe
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
@@ -253,7 +254,28 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         d_dir = _stage(run_dir, "distill")
         inputs = {"teacher": cfg.teacher}
         key_cfg = dcfg.to_dict()
-        if not is_complete(d_dir, key_cfg, inputs):
+        entry = store_key = None
+        if cfg.reuse_student and not is_complete(d_dir, key_cfg, inputs):
+            from promptport import student_store
+
+            t_info = load_model(cfg.teacher, device=cfg.device).info
+            store_key = student_store.recipe_key(t_info, key_cfg)
+            entry = student_store.lookup(store_key[0])
+        if entry is not None:
+            log(f"[distill] reused from the student store: {entry}")
+            t0 = time.perf_counter()
+            student_store.fetch(entry, d_dir)
+            write_manifest(
+                d_dir,
+                stage="distill",
+                config=key_cfg,
+                inputs=inputs,
+                outputs=[p for p in (d_dir / "student").rglob("*") if p.is_file()]
+                + [d_dir / "metrics.json"],
+                seconds=time.perf_counter() - t0,
+                extra={"side": "provider", "student_store": str(entry)},
+            )
+        elif not is_complete(d_dir, key_cfg, inputs):
             log(f"[distill] {cfg.teacher} -> {dcfg.layers}-layer student")
             t0 = time.perf_counter()
             again = _attempt(d_dir, "distill", key_cfg, inputs)
@@ -278,6 +300,8 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
                 seconds=time.perf_counter() - t0,
                 extra={"side": "provider"},
             )
+            if store_key is not None:
+                student_store.put(*store_key, d_dir)
         else:
             log("[distill] reused")
         student_path = str(d_dir / "student")
@@ -288,7 +312,8 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
                 "side": "provider",
                 "seconds": read_manifest(d_dir)["seconds"],
                 "tokens": dm.get("tokens_trained", "-"),
-                "notes": "once per teacher, shared by all users",
+                "notes": "once per teacher, shared by all users"
+                + (" (this run: copied from the student store)" if entry is not None else ""),
             }
         )
 
