@@ -125,3 +125,44 @@ def test_profile_steps(bench, tiny_model_dir, capsys):
     } == {f"distill_student_{res['distill_layers']}l"}
     for r in res["stages"].values():
         assert 0 < len(r["top"]) <= 3 and sum(e["share"] for e in r["top"]) <= 1.0001
+
+
+def test_default_run_reads_the_runs_results(bench, tmp_path, tiny_model_dir, sst_like_dir, capsys):
+    """benchmarks.default_run runs `promptport run` in a subprocess and reports what its results.json and
+    manifests say: every baseline's accuracy with its interval, wall seconds per stage, load, targets."""
+    import yaml
+    from benchmarks import default_run
+
+    from conftest import build_tiny_llama
+
+    (sst_like_dir / "test.tsv").write_text(
+        "sentence\tlabel\n" + "the jokes land\t1\nbad acting\t0\n" * 4
+    )
+    public = tmp_path / "public.txt"
+    public.write_text("\n".join(f"news item {i} about the market" for i in range(40)) + "\n")
+    cfg = {
+        "teacher": str(tiny_model_dir),
+        "student": str(build_tiny_llama(tmp_path / "student", layers=2, seed=1)),
+        "task": "sst2",
+        "private_data": str(sst_like_dir),
+        "public_data": str(public),
+        "eval_split": "test",
+        "tune": {"n_tokens": 4, "epochs": 1, "batch_size": 4, "lr": 0.05, "max_length": 32},
+        "transfer": {"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    default_run.main(
+        ["--config", str(tmp_path / "run.yaml"), "--run-dir", str(tmp_path / "run"), "--name", "dr"]
+    )
+    res = _result(bench, "dr", capsys)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for name in ("teacher_zero_shot", "student_prompt", "direct_transfer", "post_transfer"):
+        a = res["accuracy"][name]
+        assert a["accuracy"] == results["baselines"][name]["accuracy"]
+        assert a["ci95"][0] <= a["accuracy"] <= a["ci95"][1]
+    w = res["wall_seconds"]
+    assert w["total"] > 0 and {"tune", "transfer", "evaluate"} <= set(w)
+    assert w["total"] >= w["tune"] + w["transfer"] + w["evaluate"]
+    t = res["targets"]["post_at_least_3_points_above_teacher_zero_shot"]
+    assert t["met"] == (t["value"] >= 0.03)
+    assert res["user_validation_curve"] and "load_during_run" in res
