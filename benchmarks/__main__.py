@@ -25,6 +25,7 @@ BENCHMARKS = {
     "tune_sst2": ("benchmarks.tune_sst2", ("full",), False),
     "post_sst2": ("benchmarks.post_sst2", ("full",), True),
     "audit_sst2": ("benchmarks.audit_sst2", ("full",), False),
+    "audit_null": ("benchmarks.audit_null", ("full",), False),
 }
 RATIO_FIELDS = [
     "speedup_vs_hf",

@@ -10,8 +10,10 @@ Protocol (one process; the model is loaded once and shared by both audits):
      exactly half of the `--shadows` shadow prompts;
   3. two audits with identical tuning settings, one without DP and one with DP-SGD at epsilon = 8 (delta
      = 1/(10 N) per shadow): each shadow prompt is trained on its IN half and scores the whole pool;
-  4. leave-one-shadow-out LiRA (online, global variance = the headline), with the other attacks and
-     bootstrap intervals, as `promptport audit` writes them.
+  4. leave-one-shadow-out LiRA (online, global variance = the headline; equal IN/OUT reference counts
+     per example and target), with the other attacks (offline LiRA, global threshold, RMIA), bootstrap
+     intervals and the 95% one-sided empirical-epsilon lower bound (attack and threshold chosen on half
+     of the shadows, counted on the other half), as `promptport audit` writes them.
 
 Resumable: finished shadows live in `--work` and are kept on a rerun (the audit's own --resume).
 Prints one line per audit and the result JSON as the last line; writes benchmarks/results/audit_sst2.json.
@@ -195,8 +197,8 @@ def main(argv=None) -> int:
             "balanced_accuracy": prim["balanced_accuracy"],
             "theoretical_epsilon": s["theoretical_epsilon"],
             "delta": s["delta"],
-            "empirical_epsilon": s["empirical_epsilon"],
-            "empirical_epsilon_cp95": s["empirical_epsilon_cp95"],
+            "empirical_epsilon_lower_bound_95": s["empirical_epsilon_lower_bound"],
+            "empirical_epsilon_lower_bound_detail": s["empirical_epsilon_lower_bound_detail"],
             "shadow_accuracy_in": s["shadow_accuracy_in"],
             "shadow_accuracy_out": s["shadow_accuracy_out"],
             "all_attacks_auc": {k: round(v["auc"], 4) for k, v in s["attacks"].items()},

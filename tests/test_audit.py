@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from promptport import audit as A
+from promptport import lira
 
 # ------------------------------------------------------------------ reference (TF Privacy semantics)
 # An independent, loop-based re-implementation of tensorflow_privacy advanced_mia.compute_score_lira
@@ -160,9 +161,9 @@ def synthetic(n=16, p=200, shift=0.0, seed=0):
     return stat, masks
 
 
-def test_leave_one_out_finds_leak_and_not_noise():
+def test_leave_one_out_finds_leak():
     stat, masks = synthetic(shift=2.0)
-    for attack in ("online", "offline-cdf", "offline-logpdf"):
+    for attack in ("online", "offline-cdf", "offline-logpdf", "rmia"):
         s = A.leave_one_out(stat, masks, attack, "global")
         assert A.roc_metrics(s, masks)["auc"] > 0.8, attack
     # per-example calibration beats the global threshold when examples differ in difficulty
@@ -171,11 +172,56 @@ def test_leave_one_out_finds_leak_and_not_noise():
         online
         > A.roc_metrics(A.leave_one_out(stat, masks, "global-threshold"), masks)["auc"] + 0.05
     )
-    stat0, masks0 = synthetic(shift=0.0, seed=1)
-    s0 = A.leave_one_out(stat0, masks0, "online", "global")
-    m0, ci = A.roc_metrics(s0, masks0), A.bootstrap_intervals(s0, masks0, n_boot=200)
-    assert ci["auc"][0] <= 0.5 <= ci["auc"][1]
-    assert ci["auc"][0] <= m0["auc"] <= ci["auc"][1]
+
+
+def test_reference_counts_do_not_depend_on_the_target_membership():
+    """The bias the review found: with N/2 IN per example, dropping the target leaves N/2-1 IN refs
+    for a member and N/2 for a non-member. After equalisation both counts are constant per example."""
+    from promptport.lira import _equal_reference_selection
+
+    masks = A.make_masks(8, 300, seed=2)
+    sel_in, sel_out = _equal_reference_selection(masks)
+    n_in = np.stack([x.sum(0) for x in sel_in])  # [N, P]
+    n_out = np.stack([x.sum(0) for x in sel_out])
+    assert (n_in == 3).all() and (n_out == 3).all()
+    for s in range(8):  # selected references are real references of the right side
+        ref = masks[np.arange(8) != s]
+        assert (sel_in[s] <= ref).all() and (sel_out[s] <= ~ref).all()
+
+
+@pytest.mark.parametrize("n_shadows", [4, 8, 16])
+def test_null_audits_are_at_chance_and_bound_nothing(n_shadows):
+    """Membership has no effect: every attack's AUC averages 0.5 over 20 audits (the biased
+    leave-one-out gave 0.458 at N = 8) and the 95% bound is 0 in at least 95% of them."""
+    r = lira.null_study(n_shadows, n_examples=600, repetitions=20)
+    for key, a in r["attacks"].items():
+        assert abs(a["mean_auc"] - 0.5) < 0.01, (key, a["mean_auc"])
+    assert r["bound_zero_fraction"] >= 0.95, r["bounds"]
+
+
+def test_rmia_matches_privacy_meter_reference():
+    """privacy_meter's `run_rmia` (offline_a = 0.3, gamma 1), restated here on a fixed input: each
+    example OUT for exactly half of the references, a population that is OUT everywhere."""
+    rng = np.random.default_rng(11)
+    p, r, z = 40, 6, 25
+    mem = np.zeros((p, r), bool)
+    for j in range(p):
+        mem[j, rng.permutation(r)[: r // 2]] = True
+    ref = rng.uniform(0.05, 0.95, (p, r))
+    tgt = rng.uniform(0.05, 0.95, p)
+    z_tgt, z_ref = rng.uniform(0.05, 0.95, z), rng.uniform(0.05, 0.95, (z, r))
+    a = 0.3
+    out_sig = -np.sort(-(ref * ~mem), axis=1)[:, : r // 2]  # their "keep the OUT signals"
+    mean_x = (1 + a) / 2 * out_sig.mean(1) + (1 - a) / 2
+    z_out = -np.sort(-z_ref, axis=1)[:, : r // 2]
+    mean_z = (1 + a) / 2 * z_out.mean(1) + (1 - a) / 2
+    want = np.average((tgt / mean_x)[:, None] / (z_tgt / mean_z) > 1.0, axis=1)
+    # their population uses the top half of its (all OUT) signals; give ours the same references
+    z_sel = np.zeros((z, r), bool)
+    for i in range(z):
+        z_sel[i, np.argsort(-z_ref[i])[: r // 2]] = True
+    got = A.rmia_scores(tgt, ref.T, ~mem.T, z_tgt, z_ref.T, z_sel.T)
+    np.testing.assert_allclose(got, want)
 
 
 def test_roc_metrics_perfect_and_inverted():
@@ -201,22 +247,30 @@ def test_fast_roc_matches_sklearn():
     )
 
 
-def test_empirical_epsilon():
-    assert A.empirical_epsilon([0.1], [0.5], 0.0) == pytest.approx(np.log(5))
-    assert A.empirical_epsilon([0.5], [0.95], 0.0) == pytest.approx(np.log(0.5 / 0.05))
-    assert A.empirical_epsilon([0.0, 0.3, 1.0], [0.0, 0.3, 1.0], 1e-5) == 0.0  # chance line
-    # a perfect attack: the point estimate skips zero denominators, the Clopper-Pearson bound is finite
-    assert A.empirical_epsilon([0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5) == 0.0
-    cp = A.empirical_epsilon(
-        [0.0, 0.0, 1.0], [0.0, 1.0, 1.0], 1e-5, n_neg=1000, n_pos=1000, confidence=0.95
-    )
-    assert np.log(100) < cp < np.log(1000)
-    # the high-confidence version is never above the point estimate
-    pt = A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5)
-    assert (
-        A.empirical_epsilon([0.01, 0.2], [0.3, 0.7], 1e-5, n_neg=500, n_pos=500, confidence=0.95)
-        < pt
-    )
+def test_epsilon_from_rates():
+    assert A.epsilon_from_rates([0.1], [0.5], 0.0)[0] == pytest.approx(np.log(5))
+    assert A.epsilon_from_rates([0.5], [0.95], 0.0)[0] == pytest.approx(np.log(0.5 / 0.05))
+    assert (A.epsilon_from_rates([0.0, 0.3, 1.0], [0.0, 0.3, 1.0], 1e-5) == 0.0).all()  # chance
+    assert (A.epsilon_from_rates([0.0, 1.0], [1.0, 1.0], 1e-5) == 0.0).all()  # 0/0 shows nothing
+
+
+def test_epsilon_bound_chooses_on_other_shadows_and_counts_once():
+    stat, masks = synthetic(n=16, p=400, shift=3.0, seed=4)
+    scores = A.all_attack_scores(stat, masks)
+    b = A.epsilon_lower_bound(scores, masks, 1e-5)
+    assert not set(b["selection_shadows"]) & set(b["counting_shadows"])
+    assert len(b["selection_shadows"]) + len(b["counting_shadows"]) == 16
+    assert b["value"] > 1.0 and b["attack"] in scores
+    # the value is the Clopper-Pearson bound of one test on the counting shadows, recomputed here
+    cnt = np.array(b["counting_shadows"])
+    guess = scores[b["attack"]][cnt] >= b["threshold"]
+    m = masks[cnt]
+    fpr_hi = A.clopper_pearson((guess & ~m).sum(), (~m).sum(), 0.975, "upper")
+    tpr_lo = A.clopper_pearson((guess & m).sum(), m.sum(), 0.975, "lower")
+    assert b["value"] == pytest.approx(float(A.epsilon_from_rates(fpr_hi, tpr_lo, 1e-5)))
+    # a bound never exceeds the point estimate of the same test on the same guesses
+    pt = A.epsilon_from_rates((guess & ~m).sum() / (~m).sum(), (guess & m).sum() / m.sum(), 1e-5)
+    assert b["value"] <= float(pt)
 
 
 # ------------------------------------------------------------------ storage, report, summary
@@ -399,7 +453,7 @@ def test_leaky_configuration_is_detected(memorising_model, tmp_path, one_thread)
     assert s["shadow_accuracy_in"] > 0.95  # it memorised its (random) training labels ...
     assert s["shadow_accuracy_out"] < 0.75  # ... which cannot generalise
     assert s["auc_ci"][0] > 0.65, s["auc_ci"]
-    assert s["theoretical_epsilon"] is None and s["empirical_epsilon"] > 0.5
+    assert s["theoretical_epsilon"] is None and s["empirical_epsilon_lower_bound"] > 0.0
 
 
 def test_dp_at_small_epsilon_is_not_detected(memorising_model, tmp_path, one_thread):
@@ -409,6 +463,7 @@ def test_dp_at_small_epsilon_is_not_detected(memorising_model, tmp_path, one_thr
     )
     assert s["auc_ci"][0] <= 0.5 <= s["auc_ci"][1], s["auc_ci"]
     assert s["theoretical_epsilon"] == pytest.approx(1.0, rel=0.05) and s["delta"] == 1e-3
+    assert s["empirical_epsilon_lower_bound"] <= s["theoretical_epsilon"]
 
 
 def test_tune_settings_from_a_prompt_and_the_command_line(tmp_path):

@@ -1073,7 +1073,7 @@ def plan_cmd(run_config, teacher, layers, device, as_json):
     "--audit-delta",
     type=float,
     default=None,
-    help="delta for the empirical epsilon lower bound (default: the DP delta, else 1e-5).",
+    help="delta for the 95% empirical epsilon lower bound (default: the DP delta, else 1e-5).",
 )
 @click.option(
     "--n-tokens", type=int, default=20, show_default=True, help="Tuning: number of virtual tokens."
