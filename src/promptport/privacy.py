@@ -468,6 +468,11 @@ def privacy_statement(
             "diagnostics, not covered; share only the prompt artifact.",
             "The model, the task template and verbalizer, and the initial prompt are assumed public.",
         ],
+        "assumed_public": [
+            "the training-set size N (dataset_size): it sets the sampling rate q = L/N, as in "
+            "standard DP-SGD accounting",
+            "the number of steps and every hyper-parameter of the configuration",
+        ],
         "library_versions": library_versions(),
     }
 

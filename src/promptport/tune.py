@@ -789,6 +789,7 @@ def tune(
     label_column: str | None = None,
     train_eval_limit: int | None = 2000,
     echo=None,
+    split_column: str | None = None,
 ) -> dict:
     """Prompt tuning as a stage: writes OUT/prompt/ (artifact), OUT/metrics.json, OUT/metrics.jsonl and
     OUT/checkpoint/. The test split is only evaluated when named. Returns the metrics dict.
@@ -796,7 +797,7 @@ def tune(
     Under `accelerate launch --num_processes N` the training batches are split over the N processes
     (same result as one process); the main process writes the outputs."""
     from promptport.classify import PromptClassifier
-    from promptport.data import canonical_split, load_split
+    from promptport.data import canonical_split, check_disjoint_splits, load_split
     from promptport.distributed import group
     from promptport.models import LoadedModel, load_model
     from promptport.prompt import make_metadata, save_prompt
@@ -819,23 +820,26 @@ def tune(
         )
     if canonical_split(train_split) in {canonical_split(s) for s in (val_split, test_split) if s}:
         raise BadInput("train_split", f"'{train_split}' is also used for validation or test")
+    columns = dict(text_column=text_column, label_column=label_column, split_column=split_column)
     if the_task.is_generation:  # same loop; the loss is the target tokens' cross-entropy
         from promptport.generation import PromptGenerator, load_gen_split
 
         load_split = load_gen_split
-    splits = {
-        "train": load_split(
-            the_task, data, train_split, text_column=text_column, label_column=label_column
-        )
-    }
+        columns.pop("split_column")
+    splits = {"train": load_split(the_task, data, train_split, **columns)}
     if val_split:
-        splits["validation"] = load_split(
-            the_task, data, val_split, text_column=text_column, label_column=label_column
-        )
+        splits["validation"] = load_split(the_task, data, val_split, **columns)
     if test_split:
-        splits["test"] = load_split(
-            the_task, data, test_split, text_column=text_column, label_column=label_column
+        splits["test"] = load_split(the_task, data, test_split, **columns)
+    if not the_task.is_generation:
+        check_disjoint_splits(
+            splits["train"], val_split=splits.get("validation"), test_split=splits.get("test")
         )
+    split_rules = {
+        k: v.meta.get("split_rule") for k, v in splits.items() if v.meta.get("split_rule")
+    }
+    if split_rules and echo is not None:
+        echo(f"one data file: splits by text hash ({split_rules['train']})")
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     check_frozen(lm.model)
     if the_task.is_generation:
@@ -871,19 +875,10 @@ def tune(
     if "test" in enc:
         results["test"] = clf.evaluate(enc["test"], res.embeddings, cfg.eval_batch_size, progress)
 
-    training = {
-        "config": cfg.to_dict(),
-        "steps": res.steps,
-        "best": res.best,
-        "stopped_early": res.stopped_early,
-        "n_train": len(train),
-        "n_val": None if val is None else len(val),
-        "train_split": train_split,
-        "val_split": val_split,
-        "data": splits["train"].source,
-        "train_seconds": res.seconds,
-        "examples_per_s": res.examples_per_s,
-    }
+    # The artifact travels to the provider: settings only. No data path, no set sizes, accuracies,
+    # throughput or early-stopping outcome (examples/s x seconds is about the sum of the realised
+    # Poisson batch sizes); the DP statement names the facts it assumes public (N among them).
+    training = {"config": cfg.to_dict(), "train_split": train_split, "val_split": val_split}
     meta = make_metadata(
         model_info=lm.info,
         task=the_task,
