@@ -38,13 +38,17 @@ def test_loss_matches_hand_computation():
     torch.testing.assert_close(transfer_loss(t_p, s_p, s, t, 0.0, T), (T**2 * ref).mean())
 
 
-def test_gradient_reaches_only_teacher_prompt_output():
-    t_p = torch.randn(2, 5, requires_grad=True)
-    others = [torch.randn(2, 5, requires_grad=True) for _ in range(3)]
-    transfer_loss(t_p, *others, 0.5, 2.0).backward()
-    assert t_p.grad is not None and t_p.grad.abs().sum() > 0
-    # the loss itself would pass gradient to the cached tensors; the trainer feeds them as constants:
-    # checked end to end below (model weights and cached targets never require grad).
+def test_gradient_wrt_teacher_prompt_output_is_analytic():
+    """d/dt_p of T^2 KL(softmax(a/T) || softmax(b/T)) is T (softmax(b/T) - softmax(a/T)): the output
+    term pulls t_p towards s_p, the shift term pulls t_p - t towards s_p - s (batch mean)."""
+    torch.manual_seed(1)
+    t_p = torch.randn(3, 6, requires_grad=True)
+    s_p, s, t = (torch.randn(3, 6) for _ in range(3))
+    T, a = 2.0, 0.25
+    transfer_loss(t_p, s_p, s, t, a, T).backward()
+    sm = lambda x: torch.softmax(x / T, -1)  # noqa: E731
+    want = (a * T * (sm(t_p - t) - sm(s_p - s)) + (1 - a) * T * (sm(t_p) - sm(s_p))) / 3
+    torch.testing.assert_close(t_p.grad, want.detach())
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,8 @@ def test_transfer_trains_only_p_t_and_reduces_heldout_loss(
         user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "tr", cfg=cfg
     )
     assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
-    assert all(not p.requires_grad for p in teacher.model.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in teacher.model.parameters())
+    assert all(p.grad is None for p in student.model.parameters())
     assert r["best"]["heldout_loss"] < r["initial_heldout_loss"] * 0.9
     art = load_prompt(tmp_path / "tr" / "prompt")
     assert art.meta["model"]["model_id"] == teacher.info.model_id and art.n_tokens == 4
@@ -205,19 +210,98 @@ def test_many_prompts_share_the_public_cache_and_equal_single_runs(
     assert json.loads((tmp_path / "many" / "summary.json").read_text())["prompts"] == 2
 
 
-def test_auto_alpha_in_range(pair, user_prompt, public_file, tmp_path):
+def _cache(t_right: bool, s_right: bool, labels, confident=4.0):
+    """Vocabulary of 5, label words at ids 1 (class 0) and 3 (class 1)."""
+    from promptport.transfer import TransferCache
+
+    def logits(right):
+        v = torch.zeros(len(labels), 5)
+        y = labels if right else 1 - labels
+        v[torch.arange(len(labels)), torch.where(y == 1, 3, 1)] = confident
+        return v
+
+    return TransferCache(
+        s=torch.zeros(len(labels), 5), s_p=logits(s_right), t=logits(t_right), seconds=0.0
+    )
+
+
+def test_auto_alpha_follows_the_stronger_side():
+    from promptport.transfer import auto_alpha
+
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 1, 1])
+    ids, avg = torch.tensor([1, 3]), torch.eye(2)
+    strong_teacher, info = auto_alpha(_cache(True, False, y), ids, avg, y)
+    assert strong_teacher == 1.0 and info["teacher_zero_shot_accuracy"] == 1.0
+    strong_student, _ = auto_alpha(_cache(False, True, y), ids, avg, y)
+    assert strong_student == 0.0
+    assert auto_alpha(_cache(True, True, y), ids, avg, y)[0] == 0.5
+    # without labels: the proxy compares confidences, and says it is a proxy
+    c = _cache(True, True, y)
+    c.s_p = c.s_p / 8  # the prompted student is unsure, the teacher confident
+    proxy, info = auto_alpha(c, ids, avg, None)
+    assert 0.5 < proxy < 1.0 and info["basis"].startswith("proxy")
+
+
+def test_auto_alpha_reads_public_labels_when_present(pair, user_prompt, tmp_path):
+    teacher, student = pair
+    f = tmp_path / "public.tsv"
+    f.write_text(
+        "sentence\tlabel\n" + "".join(f"public text {i} here\t{i % 2}\n" for i in range(30))
+    )
+    r = transfer(
+        user_prompt,
+        student,
+        teacher,
+        public_data=str(f),
+        out=tmp_path / "a",
+        cfg=TransferConfig(alpha="auto", n_public=20, steps=1, batch_size=4),
+    )
+    info = r["alpha_auto"]
+    assert info["basis"] == "accuracy on labelled public examples" and info["n_labelled"] == 20
+    a_t, a_s = info["teacher_zero_shot_accuracy"], info["prompted_student_accuracy"]
+    assert r["alpha"] == pytest.approx(a_t / (a_t + a_s) if a_t + a_s else 0.5)
+
+
+@pytest.mark.parametrize("method,want", [("output", 0.0), ("shift", 1.0)])
+def test_reported_alpha_is_the_trained_one(method, want, pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
     r = transfer(
         user_prompt,
         student,
         teacher,
         public_data=str(public_file),
-        out=tmp_path / "a",
-        cfg=TransferConfig(alpha="auto", n_public=20, steps=1, batch_size=4),
+        out=tmp_path / "m",
+        cfg=TransferConfig(method=method, alpha=0.7, n_public=20, steps=1, batch_size=4),
     )
+    assert r["alpha"] == want
+    meta = load_prompt(tmp_path / "m" / "prompt").meta
+    assert meta["training"]["alpha_used"] == want
+
+
+def test_transfer_uses_the_prompt_template_not_the_registry(pair, tmp_path, public_file):
+    """A registry entry with the prompt's task name used to replace the stored template."""
+    from promptport.transfer import task_from_prompt
+
+    _, student = pair
+    own = get_task("sst2")
+    meta = make_metadata(model_info=student.info, task=own, init="random", n_tokens=2)
+    meta["task"]["template"] = "Text: {text}\nFeeling:"  # tuned with the user's own template
+    emb = init_prompt_embeddings(student.model, student.tokenizer, 2, "random")
+    art = load_prompt(save_prompt(tmp_path / "p", emb, meta))
+    assert task_from_prompt(art).template == "Text: {text}\nFeeling:"
+    with pytest.raises(BadInput, match="task"):
+        task_from_prompt(art, "sst2")
     assert (
-        0.0 <= r["alpha"] <= 0.5
-        and "teacher_zero_shot_agreement_with_prompted_student" in r["alpha_auto"]
+        task_from_prompt(
+            load_prompt(
+                save_prompt(
+                    tmp_path / "q",
+                    emb,
+                    make_metadata(model_info=student.info, task=own, init="random", n_tokens=2),
+                )
+            )
+        ).template
+        == own.template
     )
 
 

@@ -345,9 +345,10 @@ def transfer_generation(
         cache = build_gen_cache(
             student, teacher, p_s, enc, k=cfg.top_k, temperature=cfg.temperature, progress=progress
         )
-        if cfg.alpha == "auto":
+        if cfg.method == "post" and cfg.alpha == "auto":
             raise BadInput("alpha", "alpha 'auto' is defined for classification tasks only")
-        alpha = float(cfg.alpha)
+        # output and shift train one term: report the alpha that trains, not the configured one
+        alpha = float(cfg.alpha) if cfg.method == "post" else method_alpha(cfg.method, 0.0)
         init = None
         if cfg.init == "text":
             init = init_prompt_embeddings(
@@ -359,7 +360,7 @@ def transfer_generation(
             cache,
             p_s,
             cfg,
-            alpha=method_alpha(cfg.method, alpha),
+            alpha=alpha,
             init_embeddings=init,
             metrics_path=metrics_path,
             progress=progress,

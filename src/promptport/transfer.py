@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from promptport.classify import Encoded, PromptClassifier
 from promptport.data import TextDataset, load_texts
-from promptport.errors import BadInput
+from promptport.errors import BadInput, PromptportError
 from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
 from promptport.manifest import write_manifest
 from promptport.models import LoadedModel, load_model
@@ -163,26 +163,68 @@ def build_cache(
 
 
 def auto_alpha(
-    cache: TransferCache, verbalizer_ids: torch.Tensor, average: torch.Tensor
+    cache: TransferCache,
+    verbalizer_ids: torch.Tensor,
+    average: torch.Tensor,
+    labels: torch.Tensor | None = None,
 ) -> tuple[float, dict]:
-    """The paper's heuristic on public data only: a higher alpha when the teacher's zero-shot is strong,
-    a lower one when the student's prompted predictions are stronger.
+    """The paper's rule: alpha (the weight of the shift term) is higher when the teacher's zero-shot is
+    strong and lower when the prompted student is stronger: alpha = a_t / (a_t + a_s), 0.5 when equal.
 
-    Without labels we measure the teacher's zero-shot strength as its agreement with the prompted
-    student (the user's prompt defines the task), and the prompted student's strength as 1:
-    alpha = agree / (agree + 1), in [0, 0.5]; a teacher that already agrees fully gets 0.5 (equal terms).
+    With labelled public examples (`labels`: public data, which the provider may use) a_t and a_s are
+    the teacher's zero-shot and the prompted student's accuracy on them. Without labels they are a
+    proxy, each model's mean top-class probability on the public examples (its own estimate of its
+    accuracy, exact for a calibrated model); the returned info says which was used.
     """
 
-    def classes(v):
-        return (v[:, verbalizer_ids] @ average.T).argmax(-1)
+    def class_probs(v):
+        return torch.softmax(v[:, verbalizer_ids] @ average.T, -1)
 
-    agree = float((classes(cache.t) == classes(cache.s_p)).float().mean())
-    student_shift = float((classes(cache.s) != classes(cache.s_p)).float().mean())
-    alpha = agree / (agree + 1.0)
-    return alpha, {
-        "teacher_zero_shot_agreement_with_prompted_student": agree,
-        "fraction_changed_by_prompt_on_student": student_shift,
+    p_t, p_s = class_probs(cache.t), class_probs(cache.s_p)
+    info: dict = {
+        "rule": "alpha = a_t / (a_t + a_s)",
+        "teacher_zero_shot_agreement_with_prompted_student": float(
+            (p_t.argmax(-1) == p_s.argmax(-1)).float().mean()
+        ),
     }
+    if labels is not None:
+        a_t = float((p_t.argmax(-1) == labels).float().mean())
+        a_s = float((p_s.argmax(-1) == labels).float().mean())
+        info.update(
+            basis="accuracy on labelled public examples",
+            n_labelled=len(labels),
+            teacher_zero_shot_accuracy=a_t,
+            prompted_student_accuracy=a_s,
+        )
+    else:
+        a_t, a_s = float(p_t.max(-1).values.mean()), float(p_s.max(-1).values.mean())
+        info.update(
+            basis="proxy without labels: mean top-class probability (confidence)",
+            teacher_zero_shot_confidence=a_t,
+            prompted_student_confidence=a_s,
+        )
+    alpha = 0.5 if a_t + a_s == 0 else a_t / (a_t + a_s)
+    return alpha, info
+
+
+def public_labels(task: Task, public_data: str, texts: list[str], text_column=None):
+    """Labels of the public examples `texts` when the public source has a label column the task
+    understands (public data: the provider may use them); None otherwise."""
+    from promptport.data import load_split
+
+    try:
+        p = Path(public_data).expanduser()
+        split = "all" if p.is_file() else "train"
+        ds = load_split(task, public_data, split, text_column=text_column, require_labels=False)
+    except (BadInput, PromptportError):
+        return None
+    if ds.labels is None:
+        return None
+    by_text = dict(zip(ds.fields[task.template_fields[0]], ds.labels))
+    ys = [by_text.get(t) for t in texts]
+    if any(y is None for y in ys):
+        return None
+    return torch.tensor(ys)
 
 
 def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
@@ -204,32 +246,48 @@ def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDatas
 
 
 def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -> Task:
-    """The template/verbalizer travel with the prompt, so the provider needs no task registry entry."""
-    if task is not None:
-        return get_task(task)
+    """The task the prompt was tuned for, from the template and verbalizer stored in it: the provider
+    needs no registry entry, and a registry entry of the same name cannot swap the template. A `task`
+    given as well must agree with the stored one (refused otherwise)."""
     t = artifact.meta.get("task")
     if not t:
-        raise BadInput("prompt", "prompt metadata has no task; pass --task")
-    try:
-        return get_task(t["name"])
+        if task is None:
+            raise BadInput("prompt", "prompt metadata has no task; pass --task")
+        return get_task(task)
+    spec = {
+        "name": t["name"],
+        "description": t.get("description", t["name"]),
+        "template": t["template"],
+        "columns": {f: [f] for f in _fields(t["template"])},
+    }
+    if t.get("kind") == "generation":
+        spec.update(
+            kind="generation",
+            target=t["target"],
+            decoding=t.get("decoding", {}),
+            metrics=t.get("metrics", ["bleu", "rougeL"]),
+        )
+        spec["columns"][t["target"]] = [t["target"]]
+    else:
+        spec.update(classes=t["classes"], verbalizer=t["verbalizer"])
+    try:  # keep the registry's column names and label map (reading data), never its template
+        known = get_task(task if task is not None else t["name"])
     except BadInput:
-        spec = {
-            "name": t["name"],
-            "description": t.get("description", t["name"]),
-            "template": t["template"],
-            "columns": {f: [f] for f in _fields(t["template"])},
-        }
+        known = None
+    if known is not None and task is not None:
+        stored = (t["template"], t.get("classes"), t.get("verbalizer"))
+        given = (known.template, known.classes if not t.get("kind") else None, known.verbalizer)
         if t.get("kind") == "generation":
-            spec.update(
-                kind="generation",
-                target=t["target"],
-                decoding=t.get("decoding", {}),
-                metrics=t.get("metrics", ["bleu", "rougeL"]),
+            stored, given = stored[:1], given[:1]
+        if stored != given:
+            raise BadInput(
+                "task",
+                f"'{known.name}' has another template or verbalizer than the prompt was tuned with "
+                f"({t['template']!r}); transfer uses the prompt's own (omit --task)",
             )
-            spec["columns"][t["target"]] = [t["target"]]
-        else:
-            spec.update(classes=t["classes"], verbalizer=t["verbalizer"])
-        return task_from_dict(spec, source="prompt.task")
+    if known is not None and known.template == t["template"]:
+        return known
+    return task_from_dict(spec, source="prompt.task")
 
 
 def _fields(template: str) -> list[str]:
@@ -540,7 +598,7 @@ def transfer(
     alpha_info: dict = {}
     cache_shared = False
     if cfg.method == "direct":
-        emb, alpha, res = p_s.clone(), float("nan"), None
+        emb, alpha, res = p_s.clone(), None, None
     else:
         key = (
             the_task.template,
@@ -564,9 +622,14 @@ def transfer(
         )
         if shared is not None:
             shared[key] = (cache.s, cache.t)
-        if cfg.alpha == "auto":
+        if cfg.method != "post":  # output and shift train one term: that is the alpha used
+            alpha = method_alpha(cfg.method, 0.0)
+        elif cfg.alpha == "auto":
+            labels = public_labels(
+                the_task, public_data, pub.fields[the_task.template_fields[0]], public_text_column
+            )
             alpha, alpha_info = auto_alpha(
-                cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average
+                cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average, labels
             )
         else:
             alpha = float(cfg.alpha)
@@ -581,7 +644,7 @@ def transfer(
             cache,
             p_s,
             cfg,
-            alpha=method_alpha(cfg.method, alpha),
+            alpha=alpha,
             init_embeddings=init,
             metrics_path=metrics_path,
             progress=progress,
