@@ -199,14 +199,32 @@ def _load_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         ) from None
 
 
-def save_shadow(out: Path, s: int, logits: np.ndarray, mask: np.ndarray, info: dict) -> Path:
+def save_shadow(
+    out: Path,
+    s: int,
+    logits: np.ndarray,
+    mask: np.ndarray,
+    info: dict,
+    prompt: np.ndarray | None = None,
+) -> Path:
+    """One shadow's pool logits and mask, and its prompt (so that the audit of a transferred prompt
+    can transfer every shadow to the teacher later)."""
     p = shadow_path(out, s)
-    _save_tensors(
-        p,
-        {"logits": np.asarray(logits, dtype=np.float32), "mask": np.asarray(mask, dtype=np.uint8)},
-        dict(info, shadow=s),
-    )
+    tensors = {
+        "logits": np.asarray(logits, dtype=np.float32),
+        "mask": np.asarray(mask, dtype=np.uint8),
+    }
+    if prompt is not None:
+        tensors["prompt"] = np.asarray(prompt, dtype=np.float32)
+    _save_tensors(p, tensors, dict(info, shadow=s))
     return p
+
+
+def load_shadow_prompt(out: str | Path, s: int) -> np.ndarray:
+    t, _ = _load_tensors(shadow_path(Path(out), s))
+    if "prompt" not in t:
+        raise PromptportError(f"{shadow_path(Path(out), s)} holds no prompt (an older audit)")
+    return t["prompt"]
 
 
 def finished_shadows(out: Path, n_shadows: int) -> list[int]:
@@ -522,7 +540,7 @@ def _train_shadow_list(
             "privacy": _json_safe(getattr(res, "privacy", None)),
             "model": lm.info.to_dict(),
         }
-        save_shadow(out, s, logits, masks[s], info)
+        save_shadow(out, s, logits, masks[s], info, res.embeddings.detach().float().cpu().numpy())
         timings["trained"].append(s)
         timings["seconds"].append(secs)
         if bar is not None:
