@@ -456,6 +456,40 @@ def test_leaky_configuration_is_detected(memorising_model, tmp_path, one_thread)
     assert s["theoretical_epsilon"] is None and s["empirical_epsilon_lower_bound"] > 0.0
 
 
+def test_transferred_prompt_audit_side_by_side(
+    memorising_model, tiny_model_dir, tmp_path, one_thread
+):
+    """Every shadow prompt transferred to a teacher; the same attacks on the teacher's scores."""
+    from promptport.audit_transfer import compare_sides, transfer_shadows
+    from promptport.transfer import TransferConfig
+
+    own = _leak_audit(memorising_model, tmp_path, None)
+    pub = tmp_path / "public.txt"
+    pub.write_text("".join(f"public line {i} about the weather today\n" for i in range(40)))
+    cfg = TransferConfig(n_public=20, steps=2, batch_size=4)
+    aud = tmp_path / "aud"
+    r = transfer_shadows(aud, str(tiny_model_dir), public_data=str(pub), cfg=cfg)
+    assert sorted(r["transferred"]) == list(range(6))
+    again = transfer_shadows(aud, str(tiny_model_dir), public_data=str(pub), cfg=cfg)
+    assert again["transferred"] == [] and len(again["skipped"]) == 6  # resumable
+    with pytest.raises(A.BadInput, match="other settings"):
+        transfer_shadows(
+            aud,
+            str(tiny_model_dir),
+            public_data=str(pub),
+            cfg=TransferConfig(n_public=21, steps=2, batch_size=4),
+        )
+    rep = compare_sides(aud, n_boot=100)
+    # the student side is the audit itself: same shadows, masks and attack
+    assert rep["student_auc"] == pytest.approx(own["auc"])
+    t_logits = A._load_tensors(aud / "transferred" / "shadows" / "shadow_000.safetensors")[0]
+    s_logits = A._load_tensors(A.shadow_path(aud, 0))[0]
+    assert t_logits["logits"].shape == s_logits["logits"].shape
+    assert not np.allclose(t_logits["logits"], s_logits["logits"])
+    assert rep["teacher_auc_ci"][0] <= rep["teacher_auc"] <= rep["teacher_auc_ci"][1]
+    assert {"student_tpr_at_1%fpr", "teacher_tpr_at_1%fpr"} <= set(rep)
+
+
 def test_dp_at_small_epsilon_is_not_detected(memorising_model, tmp_path, one_thread):
     # RDP: calibrating sigma with the PRV accountant takes seconds per shadow; the audit is the same
     s = _leak_audit(
