@@ -26,6 +26,8 @@ BENCHMARKS = {
     "post_sst2": ("benchmarks.post_sst2", ("full",), True),
     "audit_sst2": ("benchmarks.audit_sst2", ("full",), False),
     "audit_null": ("benchmarks.audit_null", ("full",), False),
+    "audit_transferred": ("benchmarks.audit_transferred", ("full",), False),
+    "privacy_utility": ("benchmarks.privacy_utility", ("full",), False),
 }
 RATIO_FIELDS = [
     "speedup_vs_hf",
