@@ -67,6 +67,20 @@ def build_tiny_llama(path: Path, hidden: int = 64, layers: int = 4, seed: int = 
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_student_store(tmp_path_factory):
+    """Students distilled by tests go to a temporary store, never into the user's cache."""
+    import os
+
+    old = os.environ.get("PROMPTPORT_STUDENT_STORE")
+    os.environ["PROMPTPORT_STUDENT_STORE"] = str(tmp_path_factory.mktemp("student-store"))
+    yield
+    if old is None:
+        os.environ.pop("PROMPTPORT_STUDENT_STORE", None)
+    else:
+        os.environ["PROMPTPORT_STUDENT_STORE"] = old
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models gain nothing from a second thread, and a busy shared machine makes two spin-wait."""

@@ -259,7 +259,7 @@ def test_student_store_reuses_a_student_across_runs(
 ):
     """A second run (another run directory) with the same teacher and recipe takes the stored student
     instead of distilling; another recipe distils afresh."""
-    monkeypatch.setenv("PROMPTPORT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROMPTPORT_STUDENT_STORE", str(tmp_path / "cache" / "students"))
     distill_cfg = dict(
         layers=2,
         corpus=[str(public_file)],

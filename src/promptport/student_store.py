@@ -28,9 +28,13 @@ DATA_VERSION = 2
 
 
 def store_root() -> Path:
+    """PROMPTPORT_STUDENT_STORE, else the cache's students/ folder."""
+    import os
+
     from promptport.models import cache_root
 
-    return cache_root() / "students"
+    env = os.environ.get("PROMPTPORT_STUDENT_STORE")
+    return Path(env).expanduser() if env else cache_root() / "students"
 
 
 def _source_identity(src: str) -> object:
