@@ -369,3 +369,159 @@ def test_generation_transfer_end_to_end(peaky, tmp_path, one_thread):
     # a different start is pulled back toward p_s's behaviour
     res2 = train_gen_transfer(g, enc, cache, p_s, cfg, alpha=0.5, init_embeddings=p_s * 0)
     assert res2.history[-1]["heldout_loss"] <= res2.history[0]["heldout_loss"]
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+@pytest.fixture()
+def gen_private_dir(tmp_path):
+    import csv
+
+    d = tmp_path / "e2e-like"
+    d.mkdir()
+    words = ["great", "boring", "charming", "thin", "bleak", "wonderful", "terrible"]
+
+    def write(name, mrs):
+        with open(d / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mr", "ref"])
+            for m in mrs:
+                w.writerow([f"name[{m}], food[{m}]", f"the {m} film was great ."])
+                w.writerow([f"name[{m}], food[{m}]", f"it was a {m} journey ."])
+
+    write("train.csv", [f"{w} {i}" for w in words for i in range(2)])
+    write("validation.csv", [f"{w} v" for w in words[:3]])
+    write("test.csv", [f"{w} t" for w in words[:4]])
+    with open(d / "public.csv", "w") as f:
+        f.write("mr\n" + "".join(f'"name[{w} p{i}]"\n' for w in words for i in range(2)))
+    return d
+
+
+def test_run_pipeline_generation_end_to_end(tmp_path, tiny_model_dir, gen_private_dir, one_thread):
+    import json
+
+    from conftest import build_tiny_llama
+    from promptport.pipeline import load_run_config, run_pipeline
+
+    student = build_tiny_llama(tmp_path / "student", layers=2, seed=1)
+    task_file = tmp_path / "gen.yaml"
+    task_file.write_text(
+        'kind: generation\ndescription: describe the film\ntemplate: "Attributes: {mr}\\n'
+        'Description:"\ncolumns: {mr: [mr], ref: [ref]}\ntarget: ref\n'
+        "decoding: {max_new_tokens: 6}\nmetrics: [bleu, rougeL]\n"
+    )
+    cfg = load_run_config(
+        None,
+        dict(
+            run_dir=str(tmp_path / "run"),
+            teacher=str(tiny_model_dir),
+            student=str(student),
+            task=str(task_file),
+            private_data=str(gen_private_dir),
+            public_data=str(gen_private_dir / "public.csv"),
+            public_text_column="mr",
+            eval_split="test",
+            with_teacher_tuning=True,
+            tune={"n_tokens": 4, "epochs": 1, "batch_size": 4, "lr": 0.05, "max_length": 48},
+            transfer={"n_public": 10, "steps": 2, "batch_size": 4, "max_length": 48, "top_k": 8},
+        ),
+    )
+    logs: list[str] = []
+    r = run_pipeline(cfg, progress=False, log=logs.append)
+    names = {
+        "teacher_zero_shot",
+        "student_zero_shot",
+        "student_prompt",
+        "direct_transfer",
+        "post_transfer",
+        "teacher_tuned",
+    }
+    assert set(r["baselines"]) == names
+    for b in r["baselines"].values():
+        assert b["n"] == 4 and b["n_references"] == 8
+        for k in ("bleu", "rougeL"):
+            assert b[f"{k}_ci"][0] <= b[k] <= b[f"{k}_ci"][1]
+    run = tmp_path / "run"
+    rows = [
+        json.loads(x) for x in (run / "evaluate" / "post_transfer.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 4 and len(rows[0]["references"]) == 2
+    md = (run / "report.md").read_text()
+    assert "Example 1" in md and "ROUGE-L" in md and "references" in md
+    assert "rougeL" in r["summary"] or "ROUGE" in r["summary"]
+    tm = json.loads((run / "transfer" / "manifest.json").read_text())
+    assert str(gen_private_dir / "train.csv") not in json.dumps(tm)
+    logs.clear()
+    run_pipeline(cfg, progress=False, log=logs.append)
+    assert sum("reused" in ln for ln in logs) == 3  # tune, transfer, evaluate (distill: given)
+    # a public MR equal to a private one is refused
+    (gen_private_dir / "public.csv").write_text('mr\n"name[great 0], food[great 0]"\n"name[x]"\n')
+    cfg2 = cfg.model_copy(update={"run_dir": str(tmp_path / "run2")})
+    with pytest.raises(BadInput, match="public_data"):
+        run_pipeline(cfg2, progress=False, log=logs.append)
+
+
+def test_e2e_config_validates():
+    from pathlib import Path
+
+    from promptport.pipeline import load_run_config, stage_configs
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "e2e-smollm2.yaml")
+    tcfg, xcfg, dcfg, _ = stage_configs(cfg)
+    assert get_task(cfg.task).is_generation and xcfg.top_k > 0 and cfg.eval_limit == 100
+
+
+# ------------------------------------------------------------------------------------------ audit
+
+
+def test_lira_audit_on_generation_uses_length_normalised_loglik(
+    tmp_path, tiny_model_dir, one_thread
+):
+    import csv
+
+    import numpy as np
+
+    from promptport.audit import GEN_STATISTIC, AuditSpec, audit, load_shadows, logit_confidence
+    from promptport.models import load_model
+
+    f = tmp_path / "train.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["mr", "ref"])
+        for i in range(12):
+            w.writerow([f"name[x{i}]", f"the movie {i} was great ."])
+    spec = AuditSpec(
+        model=str(tiny_model_dir),
+        task="e2e_nlg",
+        data=str(f),
+        pool_size=8,
+        n_shadows=3,
+        tune={"n_tokens": 2, "init": "random", "max_steps": 2, "batch_size": 2, "max_length": 48},
+    )
+    r = audit(tmp_path / "audit", spec, n_boot=20)
+    assert r["summary"]["statistic"] == GEN_STATISTIC
+    assert 0.0 <= r["summary"]["auc"] <= 1.0
+    sh = load_shadows(tmp_path / "audit")
+    stat = logit_confidence(sh.logits, sh.labels[None, :])
+    assert sh.info[0]["loglik_in"] < 0
+    # the statistic is shadow 0's mean token log-prob of each pool target: retrain it the same way
+    from dataclasses import replace
+
+    from promptport.audit import tune_config_from_spec
+    from promptport.runtime import seed_everything
+    from promptport.tune import train_prompt
+
+    lm = load_model(str(tiny_model_dir))
+    g = PromptGenerator(lm.model, lm.tokenizer, E2E, 48)
+    pool = load_gen_split(E2E, f, "train").select(sh.pool_index.tolist())
+    enc = g.encode(pool)
+    seed = int(np.random.SeedSequence([spec.seed, 0]).generate_state(1)[0] % (2**31))
+    seed_everything(seed)
+    members = np.flatnonzero(sh.masks[0]).tolist()
+    res = train_prompt(
+        g, enc.subset(members), None, replace(tune_config_from_spec(spec), seed=seed)
+    )
+    ll = g.sequence_logprob(enc, res.embeddings).numpy()
+    np.testing.assert_allclose(stat[0], ll, rtol=1e-4, atol=1e-5)
+    assert sh.info[0]["loglik_in"] == pytest.approx(ll[sh.masks[0]].mean(), rel=1e-4)

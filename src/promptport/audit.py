@@ -64,6 +64,11 @@ from promptport.lira import (  # noqa: E402
     tpr_key,
 )
 
+# Generation tasks: the statistic is the target's length-normalised log-likelihood l (mean log-prob of
+# its tokens), stored as two-column "logits" [l, 0] with label 0, so that the classification statistic
+# z_y - logsumexp(z_{-y}) below is exactly l.
+GEN_STATISTIC = "length-normalised log-likelihood of the target (mean token log-prob, float64)"
+
 __all__ = [
     "ATTACKS",
     "BOUND_CONFIDENCE",
@@ -367,10 +372,12 @@ def prepare(out: str | Path, spec: AuditSpec, lm=None):
     spec.validate()
     out = check_writable_dir(out)
     task = get_task(spec.task)
+    if task.is_generation:  # pool of (input, target) rows; see GEN_STATISTIC
+        from promptport.generation import load_gen_split as load_split
     ds = load_split(
         task, spec.data, spec.split, text_column=spec.text_column, label_column=spec.label_column
     )
-    if ds.labels is None:
+    if not task.is_generation and ds.labels is None:
         raise BadInput("data", "the audit pool needs labels")
     if spec.pool_size > len(ds):
         raise BadInput(
@@ -380,9 +387,14 @@ def prepare(out: str | Path, spec: AuditSpec, lm=None):
     pool_index = np.sort(rng.choice(len(ds), spec.pool_size, replace=False))
     pool = ds.select(pool_index.tolist())
     masks = make_masks(spec.n_shadows, spec.pool_size, spec.pkeep, spec.seed)
-    labels = np.asarray(pool.labels, dtype=np.int64)
+    if task.is_generation:
+        labels = np.zeros(spec.pool_size, dtype=np.int64)
+        rows = zip(pool.inputs(task), pool.targets)
+    else:
+        labels = np.asarray(pool.labels, dtype=np.int64)
+        rows = zip(pool.texts(task), pool.labels)
     h = hashlib.sha256()
-    for text, y in zip(pool.texts(task), pool.labels):
+    for text, y in rows:
         h.update(f"{y}\t{text}\n".encode())
     doc = {
         "format": FORMAT,
@@ -515,7 +527,12 @@ def _train_shadow_list(
         if isinstance(lm, LoadedModel)
         else load_model(spec.model, dtype=spec.dtype, device=device)
     )
-    clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=cfg.max_length)
+    if task.is_generation:
+        from promptport.generation import PromptGenerator
+
+        clf = PromptGenerator(lm.model, lm.tokenizer, task, max_length=cfg.max_length)
+    else:
+        clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=cfg.max_length)
     enc = clf.encode(pool)
     bar = None
     if progress:
@@ -528,13 +545,25 @@ def _train_shadow_list(
         seed_everything(seed)
         members = np.flatnonzero(masks[s])
         res = train_prompt(clf, enc.subset(members.tolist()), None, replace(cfg, seed=seed))
-        logits = clf.predict_logits(enc, res.embeddings, batch_size=cfg.eval_batch_size).numpy()
-        pred = logits.argmax(-1)
+        if task.is_generation:
+            ll = clf.sequence_logprob(enc, res.embeddings, cfg.eval_batch_size).numpy()
+            logits = np.stack([ll, np.zeros_like(ll)], -1)  # GEN_STATISTIC
+            pred = labels  # no classes: the "accuracies" below are 1; loglik_in/out say more
+            extra = {
+                "statistic": GEN_STATISTIC,
+                "loglik_in": float(ll[masks[s]].mean()),
+                "loglik_out": float(ll[~masks[s]].mean()) if (~masks[s]).any() else None,
+            }
+        else:
+            logits = clf.predict_logits(enc, res.embeddings, batch_size=cfg.eval_batch_size).numpy()
+            pred = logits.argmax(-1)
+            extra = {}
         secs = time.perf_counter() - t0
         info = {
             "seed": seed,
             "n_in": int(len(members)),
             "seconds": round(secs, 3),
+            **extra,
             "acc_in": float((pred == labels)[masks[s]].mean()),
             "acc_out": float((pred == labels)[~masks[s]].mean()) if (~masks[s]).any() else None,
             "privacy": _json_safe(getattr(res, "privacy", None)),
@@ -629,7 +658,8 @@ def build_report(
         "n_nonmembers": n_neg,
         "evaluation": "leave-one-shadow-out: each shadow is the target once, the others are the "
         "references, with the same number of IN (and of OUT) references for every target of an example",
-        "statistic": "log p_y - log sum_{y'!=y} p_y' over the verbalizer classes (float64)",
+        "statistic": sh.info[0].get("statistic")
+        or "log p_y - log sum_{y'!=y} p_y' over the verbalizer classes (float64)",
         "primary": PRIMARY,
         "auc": attacks[PRIMARY]["auc"],
         "auc_ci": attacks[PRIMARY]["auc_ci"],

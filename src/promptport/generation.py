@@ -493,3 +493,153 @@ class PromptGenerator:
         m = generation_metrics(hyps, es.refs, self.task.metrics, n_boot=n_boot, seed=seed)
         m.update(seconds=round(secs, 3), inputs_per_s=round(len(es) / max(secs, 1e-9), 3))
         return m, hyps
+
+
+# ------------------------------------------------------------------------------------------ E2E files
+
+
+def prepare_e2e(
+    e2e_dir, out_dir, *, n_test_mrs: int = 100, val_fraction: float = 0.1, seed: int = 0
+) -> dict:
+    """Private train/validation from the challenge's dev set and test/public from its test set, split by
+    whole MRs (see scripts/prepare_e2e.py). Returns counts."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from promptport.fileio import atomic_path
+    from promptport.tasks import get_task
+
+    task = get_task("e2e_nlg")
+    src, out = Path(e2e_dir), Path(out_dir)
+    for f in ("devset.csv", "testset_w_refs.csv"):
+        if not (src / f).is_file():
+            raise BadInput("e2e", f"no {f} in {src}")
+    dev = load_gen_split(task, src / "devset.csv", "train")
+    test = load_gen_split(task, src / "testset_w_refs.csv", "test")
+    parts = split_by_input(dev, {"train": 1 - val_fraction, "validation": val_fraction}, seed)
+    n_mrs = len(set(test.keys()))
+    if not 0 < n_test_mrs < n_mrs:
+        raise BadInput("test_mrs", f"must be in [1, {n_mrs - 1}], got {n_test_mrs}")
+    f = n_test_mrs / n_mrs
+    parts.update(split_by_input(test, {"test": f, "public": 1 - f}, seed))
+    keys = {k: set(v.keys()) for k, v in parts.items()}
+    names = list(keys)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if keys[a] & keys[b]:
+                raise AssertionError(f"MR in both {a} and {b}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(name, rows, header):
+        with atomic_path(out / name) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+
+    for name in ("train", "validation", "test"):
+        ds = parts[name]
+        write_csv(f"{name}.csv", zip(ds.fields["mr"], ds.targets), ["mr", "ref"])
+    pub = parts["public"]
+    write_csv("public.csv", [[k[0]] for k in dict.fromkeys(pub.keys())], ["mr"])
+    with atomic_path(out / "public_corpus.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for x, r in zip(pub.inputs(task), pub.targets):
+            fh.write(json.dumps({"text": f"{x} {r}"}) + "\n")
+    return {
+        **{f"{k}_rows": len(v) for k, v in parts.items()},
+        **{f"{k}_mrs": len(v) for k, v in keys.items()},
+    }
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+def evaluate_stage(
+    e_dir,
+    *,
+    task: Task,
+    prompts: dict,
+    inputs: dict,
+    models: dict,
+    data,
+    split: str,
+    limit: int | None,
+    max_length: int,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+    log=print,
+) -> None:
+    """The pipeline's evaluation stage for a generation task: every baseline generates for the split's
+    distinct inputs; metrics against all references with bootstrap intervals. Writes
+    e_dir/metrics.json ({"baselines": {name: metrics}}), e_dir/NAME.jsonl (input, references, output)
+    and the stage manifest; reused when complete. `models`: {"teacher": path, "student": path}."""
+    import json
+    from pathlib import Path
+
+    from promptport.fileio import atomic_path, write_json
+    from promptport.manifest import is_complete, write_manifest
+    from promptport.models import load_model
+    from promptport.prompt import load_prompt
+
+    e_dir = Path(e_dir)
+    key_cfg = {
+        "split": split,
+        "limit": limit,
+        "task": task.name,
+        "kind": "generation",
+        "decoding": task.decoding.model_dump(),
+        "metrics": task.metrics,
+        "max_length": max_length,
+    }
+    if is_complete(e_dir, key_cfg, inputs):
+        log("[evaluate] reused")
+        return
+    t0 = time.perf_counter()
+    es = eval_set(task, load_gen_split(task, data, split), limit)
+    log(f"[evaluate] {len(prompts)} baselines on {task.name}/{split}: {len(es)} inputs")
+    loaded = {k: load_model(v) if isinstance(v, str) else v for k, v in models.items()}
+    gens = {k: PromptGenerator(m.model, m.tokenizer, task, max_length) for k, m in loaded.items()}
+    base = {}
+    for name, (which, p) in prompts.items():
+        emb = None if p is None else load_prompt(p).embeddings
+        m, hyps = gens[which].evaluate_generation(
+            es, emb, batch_size=batch_size, seed=seed, progress=progress, desc=name
+        )
+        base[name] = m
+        with atomic_path(e_dir / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for x, refs, h in zip(es.inputs, es.refs, hyps):
+                fh.write(json.dumps({"input": x, "references": refs, "output": h}) + "\n")
+        log(
+            f"  {name:18s} "
+            + "  ".join(
+                f"{k} {m[k]:.2f} [{m[k + '_ci'][0]:.1f}, {m[k + '_ci'][1]:.1f}]"
+                for k in task.metrics
+            )
+            + f"  ({m['seconds']:.0f} s)"
+        )
+    write_json(
+        e_dir / "metrics.json",
+        {"split": split, "n": len(es), "kind": "generation", "baselines": base},
+    )
+    write_manifest(
+        e_dir,
+        stage="evaluate",
+        config=key_cfg,
+        inputs=inputs,
+        outputs=[e_dir / "metrics.json"] + [e_dir / f"{k}.jsonl" for k in prompts],
+        seconds=time.perf_counter() - t0,
+        extra={"side": "user"},
+    )
+
+
+def summary_line(task: Task, base: dict, split: str, privacy: dict | None) -> str:
+    def f(name):
+        return ", ".join(f"{k} {base[name][k]:.1f}" for k in ("rougeL", "bleu") if k in base[name])
+
+    return (
+        f"POST transfer: {f('post_transfer')} on {task.name}/{split} "
+        f"(teacher zero-shot {f('teacher_zero_shot')}; direct transfer {f('direct_transfer')}; "
+        f"student + prompt {f('student_prompt')})"
+        + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
+    )

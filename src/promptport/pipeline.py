@@ -235,7 +235,12 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
 
     # Private data is read here only to check it against the public source; it never goes to transfer.
     # the whole split: tune() draws its train_limit subset at random, so any row may be trained on
-    private_train = load_split(task, cfg.private_data, cfg.train_split)
+    if task.is_generation:  # the inputs (e.g. E2E MRs) must not be shared with the public data
+        from promptport.generation import load_gen_split
+
+        private_train = load_gen_split(task, cfg.private_data, cfg.train_split)
+    else:
+        private_train = load_split(task, cfg.private_data, cfg.train_split)
     public_texts, public_id = load_texts(cfg.public_data, text_column=cfg.public_text_column)
     n_overlap = check_overlap(
         [t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap
@@ -481,7 +486,25 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         for k, (m, p) in prompts.items()
     }
     key_cfg = {"split": cfg.eval_split, "limit": cfg.eval_limit, "task": task.name}
-    if not is_complete(e_dir, key_cfg, inputs):
+    if task.is_generation:
+        from promptport.generation import evaluate_stage
+
+        evaluate_stage(
+            e_dir,
+            task=task,
+            prompts=prompts,
+            inputs=inputs,
+            models={"teacher": cfg.teacher, "student": student_path},
+            data=cfg.private_data,
+            split=cfg.eval_split,
+            limit=cfg.eval_limit,
+            max_length=tcfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            seed=cfg.seed,
+            progress=progress,
+            log=log,
+        )
+    elif not is_complete(e_dir, key_cfg, inputs):
         log(f"[evaluate] {len(prompts)} baselines on {task.name}/{cfg.eval_split}")
         t0 = time.perf_counter()
         ds = load_split(task, cfg.private_data, cfg.eval_split, limit=cfg.eval_limit)
@@ -558,12 +581,17 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
 
     privacy = read_json(u_dir / "prompt" / "prompt.json").get("privacy")
     post, direct, zs = base["post_transfer"], base["direct_transfer"], base["teacher_zero_shot"]
-    summary = (
-        f"POST transfer: {post['accuracy']:.4f} accuracy on {task.name}/{cfg.eval_split} "
-        f"(teacher zero-shot {zs['accuracy']:.4f}, direct transfer {direct['accuracy']:.4f}, "
-        f"student + prompt {base['student_prompt']['accuracy']:.4f})"
-        + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
-    )
+    if task.is_generation:
+        from promptport.generation import summary_line
+
+        summary = summary_line(task, base, cfg.eval_split, privacy)
+    else:
+        summary = (
+            f"POST transfer: {post['accuracy']:.4f} accuracy on {task.name}/{cfg.eval_split} "
+            f"(teacher zero-shot {zs['accuracy']:.4f}, direct transfer {direct['accuracy']:.4f}, "
+            f"student + prompt {base['student_prompt']['accuracy']:.4f})"
+            + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
+        )
     results = {
         "summary": summary,
         "eval_split": cfg.eval_split,
@@ -609,6 +637,8 @@ def sweep_alpha(
             raise BadInput("alphas", f"every alpha must be in [0, 1], got {a}")
     cfg = RunConfig(**read_json(run_dir / "config.json"))
     task = get_task(cfg.task)
+    if task.is_generation:
+        raise BadInput("task", "sweep-alpha supports classification tasks only")
     student_path = cfg.student or str(run_dir / "distill" / "student")
     teacher, student = (
         load_model(cfg.teacher, device=cfg.device),

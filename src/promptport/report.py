@@ -85,7 +85,9 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
 
     plots: dict[str, str] = {}
     base = results.get("baselines", {})
-    if base:
+    if base and _is_generation(base):
+        plots["generation"] = _png(_generation_plot(base))
+    elif base:
         names = [k for k in BASELINE_LABELS if k in base]
         accs = [base[k]["accuracy"] for k in names]
         err = np.array(
@@ -164,10 +166,96 @@ def _table_html(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _is_generation(base: dict) -> bool:
+    return any("rougeL" in b or "bleu" in b for b in base.values())
+
+
+GEN_METRIC_LABELS = {"rougeL": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF"}
+
+
+def _generation_plot(base: dict):
+    import matplotlib.pyplot as plt
+
+    names = [k for k in BASELINE_LABELS if k in base]
+    metrics = [m for m in GEN_METRIC_LABELS if m in base[names[0]]]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.2 * len(metrics) + 2, 0.5 + 0.45 * len(names)), sharey=True
+    )
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        v = [base[k][m] for k in names]
+        err = np.array(
+            [
+                [base[k][m] - base[k][m + "_ci"][0], base[k][m + "_ci"][1] - base[k][m]]
+                for k in names
+            ]
+        ).T
+        ax.barh(
+            [BASELINE_LABELS[k].split(" (")[0] for k in names],
+            v,
+            xerr=err,
+            color="#4C72B0",
+            capsize=3,
+        )
+        for i, k in enumerate(names):
+            ax.text(base[k][m + "_ci"][1] + 1, i, f"{v[i]:.1f}", va="center", fontsize=8)
+        ax.set_xlabel(f"{GEN_METRIC_LABELS[m]} (0-100, 95% CI)")
+        ax.set_xlim(0, 100)
+    np.atleast_1d(axes)[0].invert_yaxis()
+    return fig
+
+
+def _generation_table(results: dict) -> tuple[str, list[str], list[list]]:
+    base = results["baselines"]
+    metrics = [m for m in GEN_METRIC_LABELS if any(m in b for b in base.values())]
+    rows = []
+    for k, label in BASELINE_LABELS.items():
+        if k in base:
+            b = base[k]
+            row = [label]
+            for m in metrics:
+                row += [f"{b[m]:.2f}", f"[{b[m + '_ci'][0]:.1f}, {b[m + '_ci'][1]:.1f}]"]
+            rows.append(row + [f"{b.get('mean_output_words', 0):.1f}", b["n"]])
+    headers = ["method"]
+    for m in metrics:
+        headers += [GEN_METRIC_LABELS[m], "95% CI"]
+    return (
+        f"Generation on the private task's {results.get('eval_split', 'test')} split "
+        "(against all references of each input)",
+        headers + ["words/output", "inputs"],
+        rows,
+    )
+
+
+def generation_examples(
+    run_dir: Path, base: dict, n: int = 3
+) -> list[tuple[str, list[str], list[list]]]:
+    """A few inputs with their references and every method's output (from evaluate/NAME.jsonl)."""
+    outs = {}
+    for k in BASELINE_LABELS:
+        f = run_dir / "evaluate" / f"{k}.jsonl"
+        if k in base and f.is_file():
+            outs[k] = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()[:n]]
+    if not outs:
+        return []
+    first = next(iter(outs.values()))
+    sec = []
+    for i, ex in enumerate(first):
+        rows = [["references", " | ".join(ex["references"][:3])]]
+        rows += [
+            [BASELINE_LABELS[k].split(" (")[0], v[i]["output"]]
+            for k, v in outs.items()
+            if i < len(v)
+        ]
+        sec.append((f"Example {i + 1}: {ex['input']}", ["", "text"], rows))
+    return sec
+
+
 def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[str, str]]:
     sec: list = []
     base = results.get("baselines", {})
-    if base:
+    if base and _is_generation(base):
+        sec.append(_generation_table(results))
+    elif base:
         rows = []
         for k, label in BASELINE_LABELS.items():
             if k in base:
@@ -262,7 +350,10 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='summary'>{html.escape(results.get('summary', ''))}</p>",
     ]
-    for s in _sections(results):
+    sections = _sections(results)
+    if _is_generation(results.get("baselines", {})):
+        sections[1:1] = generation_examples(run_dir, results["baselines"])
+    for s in sections:
         md += [f"## {s[0]}", ""]
         body.append(f"<h2>{html.escape(s[0])}</h2>")
         if len(s) == 2:
@@ -273,6 +364,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
             body.append(_table_html(s[1], s[2]))
     captions = {
         "accuracy": "Accuracy per method",
+        "generation": "Generation metrics per method",
         "transfer_loss": "Transfer loss",
         "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)",
         "audit_roc": "Membership-inference ROC (log-log)",

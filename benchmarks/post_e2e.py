@@ -1,0 +1,94 @@
+"""POST on E2E NLG (generation) with the embedded SmolLM2 teacher: every baseline in one JSON.
+
+Prepares the MR-disjoint E2E files (scripts/prepare_e2e.py), runs `promptport run` with
+configs/e2e-smollm2.yaml (teacher tuning included) and writes benchmarks/results/post_e2e.json:
+`metrics.<method>.bleu` / `.rougeL` (0-100, sacrebleu / rouge-score against all references of each
+test MR) with `_ci` bootstrap intervals for teacher_zero_shot, student_zero_shot, student_prompt,
+direct_transfer, post_transfer and teacher_tuned, the wall time of every stage, and the differences the
+issue asks about. Needs ../shared/data/e2e.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from benchmarks.common import SHARED, finish, setup
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default="configs/e2e-smollm2.yaml")
+    ap.add_argument("--run-dir", default=None, help="default: the config's run_dir")
+    ap.add_argument("--data-dir", default="runs/e2e-data")
+    ap.add_argument("--student", default=None, help="an existing student (skips distillation)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a config key"
+    )
+    args = ap.parse_args(argv)
+    setup()
+    if not (SHARED / "e2e" / "devset.csv").is_file():
+        raise SystemExit(f"needs E2E at {SHARED / 'e2e'}")
+    from promptport.generation import prepare_e2e
+    from promptport.manifest import read_manifest
+    from promptport.pipeline import load_run_config, run_pipeline
+
+    split_info = prepare_e2e(SHARED / "e2e", args.data_dir, n_test_mrs=100, seed=0)
+    overrides = {
+        "run_dir": args.run_dir,
+        "private_data": args.data_dir,
+        "public_data": f"{args.data_dir}/public.csv",
+        "student": args.student,
+    }
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        overrides[k] = json.loads(v)
+    cfg = load_run_config(args.config, overrides)
+    if cfg.student is None:
+        cfg.distill = {**cfg.distill, "corpus": [f"{args.data_dir}/public_corpus.jsonl"]}
+    t0 = time.perf_counter()
+    r = run_pipeline(cfg, progress=False)
+    base = r["baselines"]
+    keys = ("bleu", "rougeL", "chrf")
+    metrics = {
+        name: {k: round(b[k], 2) for k in keys if k in b}
+        | {f"{k}_ci": [round(x, 2) for x in b[f"{k}_ci"]] for k in keys if k in b}
+        | {"n": b["n"], "mean_output_words": round(b["mean_output_words"], 1)}
+        for name, b in base.items()
+    }
+
+    def diff(a, b, k):
+        return round(base[a][k] - base[b][k], 2) if a in base and b in base else None
+
+    print(
+        "post_e2e "
+        + "  ".join(f"{k}: ROUGE-L {v['rougeL']} BLEU {v['bleu']}" for k, v in metrics.items())
+    )
+    finish(
+        "post_e2e",
+        {
+            "config": cfg.model_dump(),
+            "split": split_info,
+            "scale": "0-100",
+            "metrics": metrics,
+            "stage_seconds": {c["stage"]: c["seconds"] for c in r["costs"]}
+            | {"evaluate (all baselines)": read_manifest(f"{cfg.run_dir}/evaluate")["seconds"]}
+            | {f"generate {k}": b["seconds"] for k, b in base.items()},
+            "costs": r["costs"],
+            "differences": {
+                "teacher_tuned_minus_zero_shot_rougeL": diff(
+                    "teacher_tuned", "teacher_zero_shot", "rougeL"
+                ),
+                "post_minus_zero_shot_rougeL": diff("post_transfer", "teacher_zero_shot", "rougeL"),
+                "post_minus_zero_shot_bleu": diff("post_transfer", "teacher_zero_shot", "bleu"),
+                "post_minus_direct_rougeL": diff("post_transfer", "direct_transfer", "rougeL"),
+                "post_minus_direct_bleu": diff("post_transfer", "direct_transfer", "bleu"),
+            },
+            "wall_seconds": round(time.perf_counter() - t0, 1),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
