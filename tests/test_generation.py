@@ -496,7 +496,7 @@ def test_lira_audit_on_generation_uses_length_normalised_loglik(
         task="e2e_nlg",
         data=str(f),
         pool_size=8,
-        n_shadows=3,
+        n_shadows=4,
         tune={"n_tokens": 2, "init": "random", "max_steps": 2, "batch_size": 2, "max_length": 48},
     )
     r = audit(tmp_path / "audit", spec, n_boot=20)
