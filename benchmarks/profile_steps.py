@@ -72,6 +72,7 @@ def main(argv=None):
     )
     from promptport.models import load_model
     from promptport.prompt import init_prompt_embeddings
+    from promptport.runtime import autocast
     from promptport.transfer import public_dataset, transfer_loss
     from promptport.tune import dp_gradient, mean_gradient
 
@@ -154,16 +155,15 @@ def main(argv=None):
         task_ids, task_mask = clf.batch(enc.input_ids)
         b, n = lm_ids.shape
         cache = {
-            "t_topv": torch.randn(b, n, cfg.topk).to(torch.bfloat16),
+            "t_top_logp": torch.randn(b, n, cfg.topk).log_softmax(-1) - 0.1,
             "t_topi": torch.randint(0, v, (b, n, cfg.topk), generator=g).to(torch.int32),
-            "t_lse": torch.randn(b, n) + 20,
             "t_hidden": torch.randn(b, n, h).to(torch.bfloat16),
             "t_answer": torch.randn(len(task_ids), v).to(torch.bfloat16),
             "t_answer_h": torch.randn(len(task_ids), h).to(torch.bfloat16),
         }
 
         def distill_step():  # what distill()'s loop does per step (one process, no accumulation)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with autocast(lm_ids.device, cfg.precision):
                 (sh, sl), (ah, al) = fwd(
                     lm_ids=lm_ids,
                     lm_mask=torch.ones_like(lm_ids),

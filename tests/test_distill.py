@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -186,11 +187,11 @@ def test_kd_kl_full_topk_and_masking():
     )
     torch.testing.assert_close(kd_kl(s, t, T), ref)
     assert kd_kl(t, t, T).abs().max() < 1e-5
-    lse = torch.logsumexp(t / T, -1)
-    v, i = t.topk(50, -1)
-    torch.testing.assert_close(kd_kl(s, v, T, i, lse), ref, atol=1e-4, rtol=1e-4)  # k = V: exact
-    v, i = t.topk(8, -1)
-    approx = kd_kl(s, v, T, i, lse)
+    logp = torch.log_softmax(t / T, -1)  # what the teacher cache holds: exact top-k log-probs at T
+    v, i = logp.topk(50, -1)
+    torch.testing.assert_close(kd_kl(s, v, T, i), ref, atol=1e-4, rtol=1e-4)  # k = V: exact
+    v, i = logp.topk(8, -1)
+    approx = kd_kl(s, v, T, i)
     assert (approx >= -1e-6).all() and (
         approx <= ref + 1e-4
     ).all()  # a lower bound, exact in the top k
@@ -199,7 +200,7 @@ def test_kd_kl_full_topk_and_masking():
     ids = torch.randint(0, 50, (2, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     h_s, h_t = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
-    kw = dict(t_topv=v, t_topi=i, t_lse=lse, input_ids=ids, mask=mask, t_hidden=h_t)
+    kw = dict(t_top_logp=v, t_topi=i, input_ids=ids, mask=mask, t_hidden=h_t)
     a = distill_loss(cfg, s_logits=s, s_hidden=h_s, **kw)
     s2, h2 = s.clone(), h_s.clone()
     s2[1, 3:] += 100 * torch.randn(2, 50)  # padding positions: must not matter
@@ -210,6 +211,53 @@ def test_kd_kl_full_topk_and_masking():
     s3 = s.clone()
     s3[0, 2] += 5 * torch.randn(50)  # a real position: must matter
     assert not torch.allclose(distill_loss(cfg, s_logits=s3, s_hidden=h_s, **kw)["ce"], a["ce"])
+
+
+def test_teacher_cache_holds_exact_float32_top_k_log_probs(tiny_lm):
+    """issue 13 defect 9: the cache held top-k logits in bf16 (errors ~1e-2) while the KL called
+    them exact; it must hold the teacher's float32 log-probabilities at temperature T."""
+    from promptport.classify import project
+    from promptport.distill import cache_lm
+
+    torch.manual_seed(0)
+    blocks = torch.randint(0, tiny_lm.model.config.vocab_size, (3, 16))
+    T, k = 2.0, 8
+    c = cache_lm(tiny_lm.model, blocks, k, keep_hidden=False, precision="fp32", temperature=T)
+    with torch.no_grad():
+        out = tiny_lm.model.base_model(input_ids=blocks, attention_mask=torch.ones_like(blocks))
+        exact = torch.log_softmax(project(tiny_lm.model, out.last_hidden_state).float() / T, -1)
+    v, i = exact.topk(k, -1)
+    assert c["lm_top_logp"].dtype == torch.float32
+    assert torch.equal(c["lm_topi"].long(), i)
+    torch.testing.assert_close(c["lm_top_logp"], v, atol=1e-6, rtol=0)
+
+
+def test_autocast_follows_the_model_device(tiny_lm, monkeypatch):
+    """issue 13 defect 8: distillation hard-coded torch.autocast("cpu"), so bf16 did nothing on CUDA.
+    The autocast device type must be the model's device type, in the cache and the evaluation."""
+    import promptport.distill as distill_mod
+    from promptport.runtime import autocast
+
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        ctx = autocast(torch.device("cuda", 0), "bf16")
+    assert ctx.device == "cuda"
+    assert autocast("cpu", "bf16").fast_dtype == torch.bfloat16
+    assert not autocast("cpu", "fp32")._enabled
+
+    seen = []
+
+    def recorder(device, precision):
+        seen.append(torch.device(device).type)
+        return autocast(device, precision)
+
+    monkeypatch.setattr(distill_mod, "autocast", recorder)
+    blocks = torch.randint(0, tiny_lm.model.config.vocab_size, (2, 8))
+    distill_mod.cache_lm(tiny_lm.model, blocks, 4, False, "bf16", 1.0)
+    distill_mod.evaluate_student(tiny_lm.model, tiny_lm.model, blocks, None, 0, "bf16")
+    model_type = next(tiny_lm.model.parameters()).device.type
+    assert seen and set(seen) == {model_type}
+    src = Path(distill_mod.__file__).parent
+    assert not any('autocast("cpu"' in f.read_text() for f in src.glob("*.py"))
 
 
 def test_label_term_is_kl_between_class_distributions():
@@ -302,7 +350,7 @@ def test_distill_trains_saves_and_reloads(tiny_model_dir, text_file, tmp_path):
 
     build_tiny_llama(other, seed=1)
     with pytest.raises(BadInput, match="not the student's teacher"):
-        load_student(out / "student", teacher=str(other))
+        load_student(out / "student", teacher=load_model(str(other)))
     (out / "student" / "student.safetensors").write_bytes(b"garbage")
     with pytest.raises(BadInput, match="checksum"):
         load_model(str(out / "student"))

@@ -7,18 +7,37 @@ later loads take about a second.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from promptport.errors import BadInput, PromptportError
+from promptport.modelinfo import (
+    LoadedModel as LoadedModel,
+)
+from promptport.modelinfo import (
+    ModelInfo as ModelInfo,
+)
+from promptport.modelinfo import (
+    describe as describe,
+)
+from promptport.modelinfo import (
+    embedding_fingerprint as embedding_fingerprint,
+)
+from promptport.modelinfo import (
+    freeze as freeze,
+)
+from promptport.modelinfo import (
+    tokenizer_fingerprint as tokenizer_fingerprint,
+)
+from promptport.runtime import resolve_device as resolve_device
+from promptport.runtime import resolve_dtype as resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -46,66 +65,10 @@ EMBEDDED_MODELS = {
 ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "embedded": DEFAULT_MODEL}
 
 
-@dataclass
-class ModelInfo:
-    """What a prompt or a student must know about the model it was made on."""
-
-    model_id: str
-    architecture: str
-    hidden_size: int
-    num_layers: int
-    vocab_size: int
-    embedding_fingerprint: str
-    tokenizer_fingerprint: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    info: ModelInfo
-
-
 def cache_root() -> Path:
     """User cache for converted models; override with PROMPTPORT_CACHE."""
     env = os.environ.get("PROMPTPORT_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "promptport"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """cpu, cuda[:i] or auto (CUDA when present); under a multi-process launcher 'cuda' means this process's GPU."""
-    from promptport.distributed import local_device
-
-    if device == "auto":
-        return torch.device(local_device("cuda") if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and torch.cuda.is_available():
-        return torch.device(local_device(device))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(
-            "device", f"'{device}' requested but CUDA is not available; use --device cpu or auto"
-        )
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise BadInput("device", f"unknown device '{device}' (choose cpu, cuda, auto)")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise BadInput("dtype", f"unknown dtype '{dtype}' (choose {', '.join(sorted(table))})")
-    return table[dtype]
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -221,12 +184,14 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     kind, where = model_location(spec)
-    # --- distilled students (promptport.distill): own layers + a reference to the teacher they came from
+    # distilled students (promptport.student): own layers + a reference to the teacher they came from
     if kind == "local" and (Path(where) / "student.json").is_file():
-        from promptport.distill import load_student
+        from promptport import student
 
-        return load_student(where, dtype=dtype, device=device, padding_side=padding_side)
-    # --- end students
+        teacher = load_model(student.teacher_spec(where), dtype="float32")
+        return student.load_student(
+            where, teacher=teacher, dtype=dtype, device=device, padding_side=padding_side
+        )
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
         auto = AutoModelForMaskedLM if is_masked_lm_config(config) else AutoModelForCausalLM
@@ -251,36 +216,3 @@ def is_masked_lm_config(config) -> bool:
         not archs
         and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "bert")
     )
-
-
-def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def describe(model, tokenizer, model_id: str) -> ModelInfo:
-    cfg = model.config
-    return ModelInfo(
-        model_id=model_id,
-        architecture=(cfg.architectures or [type(model).__name__])[0],
-        hidden_size=int(model.get_input_embeddings().weight.shape[1]),
-        num_layers=int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0))),
-        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
-        embedding_fingerprint=embedding_fingerprint(model),
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-    )
-
-
-def embedding_fingerprint(model) -> str:
-    """sha256 of the input embedding matrix: identifies the space a soft prompt lives in."""
-    w = model.get_input_embeddings().weight.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(str(tuple(w.shape)).encode())
-    h.update(w.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
-    h = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    return h.hexdigest()[:16]

@@ -209,7 +209,7 @@ def estimate_run(
     auto). `shapes` ({"teacher": Shape, "student": Shape}) skips reading configs (tests, repeated calls).
     Returns {"device", "teacher", "student", "stages": {name: StagePlan dict}, "peak_bytes", ...}.
     """
-    from promptport.pipeline import RunConfig, load_run_config, stage_configs
+    from promptport.config import RunConfig, load_run_config, stage_configs
 
     if isinstance(config, RunConfig):
         cfg = config

@@ -43,8 +43,8 @@ def estimate_run(cfg) -> Estimate:
     """Peak memory per stage (from `plan.estimate_run`) and disk written by `promptport run` with this
     RunConfig, leaving out stages that are already complete in its run directory."""
     from promptport import plan
+    from promptport.config import stage_configs
     from promptport.manifest import read_manifest
-    from promptport.pipeline import stage_configs
 
     _, _, dcfg, _ = stage_configs(cfg)
     est = Estimate()

@@ -1,4 +1,4 @@
-"""Process-level set-up shared by every stage: seeds, threads, versions, quiet libraries."""
+"""Process-level set-up shared by every stage: seeds, devices and precision, versions, quiet libraries."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import random
 
 import numpy as np
 import torch
+
+from promptport.errors import BadInput
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -57,3 +59,45 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """cpu, cuda[:i] or auto (CUDA when present); under a multi-process launcher 'cuda' means this process's GPU."""
+    from promptport.distributed import local_device
+
+    if device == "auto":
+        return torch.device(local_device("cuda") if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.device(local_device(device))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(
+            "device", f"'{device}' requested but CUDA is not available; use --device cpu or auto"
+        )
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BadInput("device", f"unknown device '{device}' (choose cpu, cuda, auto)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise BadInput("dtype", f"unknown dtype '{dtype}' (choose {', '.join(sorted(table))})")
+    return table[dtype]
+
+
+def autocast(device: str | torch.device, precision: str):
+    """Mixed precision on the device the model lives on: bf16 autocast for `precision == "bf16"`, else off.
+
+    The device type comes from the model's device (never a hard-coded "cpu"), so bf16 takes effect on
+    CUDA as it does on CPU."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")

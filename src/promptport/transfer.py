@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from promptport.classify import Encoded, PromptClassifier
 from promptport.data import TextDataset, load_texts
 from promptport.errors import BadInput, PromptportError
 from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
+from promptport.losses import kl_divergence
 from promptport.manifest import write_manifest
 from promptport.models import LoadedModel, load_model
 from promptport.prompt import (
@@ -110,17 +110,11 @@ def transfer_loss(
 ) -> torch.Tensor:
     """The POST objective over full-vocabulary answer logits ([B, V] each); only t_p carries gradient."""
     T = temperature
-
-    def kl(target_logits, pred_logits):
-        p_log = F.log_softmax(target_logits.float() / T, -1)
-        q_log = F.log_softmax(pred_logits.float() / T, -1)
-        return (p_log.exp() * (p_log - q_log)).sum(-1)
-
     per_example = torch.zeros(t_p.shape[0], device=t_p.device)
     if alpha > 0:
-        per_example = per_example + alpha * T * T * kl(s_p - s, t_p - t)
+        per_example = per_example + alpha * T * T * kl_divergence(s_p - s, t_p - t, T)
     if alpha < 1:
-        per_example = per_example + (1 - alpha) * T * T * kl(s_p, t_p)
+        per_example = per_example + (1 - alpha) * T * T * kl_divergence(s_p, t_p, T)
     return per_example.mean() if reduction == "mean" else per_example
 
 

@@ -1,0 +1,124 @@
+"""The run configuration: the keys of a run YAML, loading it, and building every stage's config from it.
+
+`promptport run` (`promptport.pipeline`), the planner (`promptport.plan`) and the resource check
+(`promptport.resources`) all read a run through this module, so none of them imports another to get it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from promptport.errors import BadInput, unknown_key
+from promptport.fileio import read_yaml_mapping
+from promptport.models import DEFAULT_MODEL
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class RunConfig(BaseModel):
+    """Keys of a run YAML. Sections (distill, tune, dp, transfer, audit) take the options of their stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "cpu"
+    teacher: str = DEFAULT_MODEL
+    student: str | None = None  # an existing student; skips distillation
+    task: str = "rt_snippets"
+    private_data: str | None = None  # default: the task's own source (embedded for rt_snippets)
+    train_split: str = "train"
+    val_split: str = "validation"
+    eval_split: str = "test"
+    train_limit: int | None = None
+    val_limit: int | None = None
+    eval_limit: int | None = None
+    public_data: str = "embedded:rt_plots"
+    public_text_column: str | None = None
+    allow_overlap: bool = False
+    distill: dict[str, Any] = {}
+    tune: dict[str, Any] = {}
+    dp: dict[str, Any] | None = None
+    transfer: dict[str, Any] = {}
+    with_teacher_tuning: bool = False
+    audit: dict[str, Any] | None = None
+    eval_batch_size: int = 32
+    check_resources: bool = (
+        True  # refuse a run that would not fit in memory or on disk (promptport.resources)
+    )
+    reuse_student: bool = True  # take a student distilled earlier with the same teacher and recipe
+
+
+def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """A validated run config from YAML plus overrides. `path=None` reads no file (RunConfig's defaults plus
+    the overrides); the embedded offline default that `promptport run` uses is `load_run_config(DEFAULT_CONFIG)`."""
+    data = read_yaml_mapping(path) if path is not None else {}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = [k for k in data if k not in RunConfig.model_fields]
+    if unknown:
+        raise unknown_key(unknown[0], RunConfig.model_fields, "run config")
+    try:
+        cfg = RunConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise BadInput(".".join(str(x) for x in err["loc"]), err["msg"]) from None
+    return cfg
+
+
+def section(cls_or_fn, values: dict, name: str, drop: tuple[str, ...] = ()) -> dict:
+    """Check a config section's keys against a stage's dataclass fields or function parameters."""
+    if dataclasses.is_dataclass(cls_or_fn):
+        valid = [f.name for f in dataclasses.fields(cls_or_fn)]
+    else:
+        import inspect
+
+        valid = [p for p in inspect.signature(cls_or_fn).parameters]
+    valid = [v for v in valid if v not in drop]
+    for k in values:
+        if k not in valid:
+            raise unknown_key(f"{name}.{k}", valid)
+    return dict(values)
+
+
+def stage_configs(cfg: RunConfig):
+    """Build and validate every stage's config before any work, so a typo fails in a second."""
+    from promptport.transfer import TransferConfig
+    from promptport.tune import TuneConfig
+
+    tune_opts = section(TuneConfig, cfg.tune, "tune", drop=("dp",))
+    transfer_opts = section(TransferConfig, cfg.transfer, "transfer")
+    dp_cfg = None
+    if cfg.dp is not None:
+        from promptport.privacy import DPConfig
+
+        if cfg.dp.get("epsilon") is None:
+            raise BadInput("dp.epsilon", "DP-SGD needs a target epsilon (e.g. dp: {epsilon: 8})")
+        dp_cfg = DPConfig(**section(DPConfig, cfg.dp, "dp"))
+    tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
+    xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
+    xcfg.validate()
+    if cfg.audit is not None:
+        from promptport.audit import AuditSpec
+
+        AuditSpec(
+            model="-",
+            task=cfg.task,
+            **section(
+                AuditSpec,
+                cfg.audit,
+                "audit",
+                drop=("model", "task", "data", "split", "seed", "tune"),
+            ),
+        ).validate()
+    dcfg = None
+    if cfg.student is None:
+        from promptport.distill import DistillConfig
+
+        dcfg = DistillConfig(**{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")})
+        dcfg.check()
+    return tcfg, xcfg, dcfg, dp_cfg
