@@ -172,7 +172,7 @@ def test_available_reads_the_machine(tmp_path):
 
 
 def test_big_corpus_is_read_only_until_enough_text(tmp_path, monkeypatch, tiny_lm):
-    from promptport import data, distill
+    from promptport import corpus, data
 
     lines = [f"line {i} the movie was great and the acting was wonderful ." for i in range(5000)]
     big = tmp_path / "big.txt"
@@ -186,7 +186,7 @@ def test_big_corpus_is_read_only_until_enough_text(tmp_path, monkeypatch, tiny_l
             yield row
 
     monkeypatch.setattr(data, "read_rows", counting)
-    c = distill.build_corpus(
+    c = corpus.build_corpus(
         tiny_lm.tokenizer, [str(big)], block_size=16, max_tokens=480, heldout_blocks=2
     )
     assert (
@@ -194,9 +194,9 @@ def test_big_corpus_is_read_only_until_enough_text(tmp_path, monkeypatch, tiny_l
     )  # under the default budget (256M characters) a file is read whole, as before
     full = c.train.clone()
 
-    monkeypatch.setattr(distill, "CORPUS_READ_CHARS", 0)  # budget: 64 characters per needed token
+    monkeypatch.setattr(corpus, "CORPUS_READ_CHARS", 0)  # budget: 64 characters per needed token
     read.clear()
-    c2 = distill.build_corpus(
+    c2 = corpus.build_corpus(
         tiny_lm.tokenizer, [str(big)], block_size=16, max_tokens=480, heldout_blocks=2
     )
     need_chars = 64 * (480 + 2 * 16)
