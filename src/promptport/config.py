@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,50 @@ def section(cls_or_fn, values: dict, name: str, drop: tuple[str, ...] = ()) -> d
     for k in values:
         if k not in valid:
             raise unknown_key(f"{name}.{k}", valid)
+    if dataclasses.is_dataclass(cls_or_fn):
+        hints = typing.get_type_hints(cls_or_fn)
+        for k, v in values.items():
+            if k in hints and not _has_type(v, hints[k]):
+                raise BadInput(f"{name}.{k}", f"must be {_type_name(hints[k])}, got {v!r}")
     return dict(values)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a settings field's annotation (int for float is fine, bool is not a
+    number); annotations this does not know are accepted and left to the stage's own checks."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(x, args[0]) for x in value)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0]) if args else 'values'}"
+    return {
+        type(None): "empty",
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def stage_configs(cfg: RunConfig):
