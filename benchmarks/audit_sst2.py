@@ -98,6 +98,15 @@ def plain_student(teacher: str, layers: int, where: Path) -> str:
     return str(where)
 
 
+def student_kind(path: str) -> str:
+    """What the audited student is, from its own student.json (a plain extraction says so)."""
+    f = Path(path) / "student.json"
+    info = json.loads(f.read_text()) if f.is_file() else {}
+    if info.get("distilled") is False:
+        return f"plain extraction of layers {info.get('layers')} (first-last, NOT distilled)"
+    return "distilled student" if info else str(path)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
@@ -131,9 +140,7 @@ def main(argv=None) -> int:
     }
     result = {
         "model": model,
-        "model_kind": "distilled student"
-        if args.student
-        else f"plain extracted student ({args.layers} of the teacher's layers, first-last, NOT distilled)",
+        "model_kind": student_kind(model),
         "model_layers": lm.info.num_layers,
         "data": str(data),
         "pool_size": args.pool_size,

@@ -57,7 +57,7 @@ def _eps_key(e: float | None) -> str:
 def main(argv=None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    from benchmarks.audit_sst2 import plain_student
+    from benchmarks.audit_sst2 import plain_student, student_kind
     from promptport import audit as A
     from promptport.evaluate import evaluate
     from promptport.models import load_model
@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
         {
             "task": "sst2",
             "student": student_path,
-            "student_kind": _student_kind(student_path),
+            "student_kind": student_kind(student_path),
             "teacher": args.teacher,
             "teacher_zero_shot_accuracy": zero_shot,
             "settings": {k: v for k, v in vars(args).items() if k not in ("work",)}
@@ -198,15 +198,6 @@ def main(argv=None) -> dict:
             "wall_seconds": round(time.perf_counter() - t_start, 1),
         },
     )
-
-
-def _student_kind(path: str) -> str:
-    """What the student is, from its own student.json (a plain extraction says so)."""
-    info = json.loads((Path(path) / "student.json").read_text()) if Path(path).is_dir() else {}
-    extra = info.get("extra") or info
-    if extra.get("distilled") is False:
-        return f"plain extraction of layers {extra.get('layers')} (first-last, NOT distilled)"
-    return "distilled student"
 
 
 def _plot(points: list[dict], zero_shot: float, path: Path) -> None:
