@@ -525,3 +525,33 @@ def test_lira_audit_on_generation_uses_length_normalised_loglik(
     ll = g.sequence_logprob(enc, res.embeddings).numpy()
     np.testing.assert_allclose(stat[0], ll, rtol=1e-4, atol=1e-5)
     assert sh.info[0]["loglik_in"] == pytest.approx(ll[sh.masks[0]].mean(), rel=1e-4)
+
+
+def test_cli_evaluate_generation_and_bad_decoding(
+    tmp_path, tiny_model_dir, gen_private_dir, capsys
+):
+    import json
+
+    from promptport.cli import main
+
+    out = tmp_path / "ev"
+    code = main(
+        [
+            "evaluate", "--model", str(tiny_model_dir), "--task", "e2e_nlg",
+            "--data", str(gen_private_dir), "--split", "test", "--limit", "2", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["kind"] == "generation" and m["n"] == 2 and "rougeL_ci" in m
+    assert len((out / "outputs.jsonl").read_text().splitlines()) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "kind: generation\ndescription: d\ntemplate: '{mr}'\ncolumns: {mr: [mr], ref: [ref]}\n"
+        "target: ref\ndecoding: {max_new_tokens: 5000}\n"
+    )
+    capsys.readouterr()
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--task", str(bad), "--data", "x"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decoding.max_new_tokens" in err[0]

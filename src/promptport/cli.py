@@ -203,6 +203,12 @@ def evaluate_cmd(**v):
         label_column=v["label_column"],
         progress=True,
     )
+    if r.get("kind") == "generation":
+        scores = "  ".join(
+            f"{k} {r[k]:.2f} {r[k + '_ci']}" for k in ("bleu", "rougeL", "chrf") if k in r
+        )
+        out().print(f"evaluate: {r['task']}/{r['split']} {scores} (n={r['n']}) -> {v['out_dir']}")
+        return
     out().print(
         f"evaluate: {r['task']}/{r['split']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
         f"(n={r['n']}, {r['seconds']:.1f}s, {r['examples_per_s']:.1f} ex/s) -> "

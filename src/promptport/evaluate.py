@@ -37,6 +37,11 @@ def evaluate(
     if out is not None:
         check_writable_dir(out)
     the_task = get_task(task)
+    if the_task.is_generation:  # BLEU / ROUGE-L of generated text, see promptport.generation
+        return _evaluate_generation(
+            model, the_task, data, split, prompt, limit, out, batch_size, max_length, seed,
+            device, text_column, label_column, progress, t0,
+        )  # fmt: skip
     ds = load_split(
         the_task, data, split, limit=limit, text_column=text_column, label_column=label_column
     )
@@ -63,5 +68,35 @@ def evaluate(
     }
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "metrics.json", result)
+    return result
+
+
+def _evaluate_generation(
+    model, task, data, split, prompt, limit, out, batch_size, max_length, seed, device,
+    text_column, label_column, progress, t0,
+) -> dict:  # fmt: skip
+    from promptport.generation import evaluate_split
+
+    artifact = load_prompt(prompt) if prompt else None
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+    if artifact is not None:
+        check_compatible(artifact, lm.info)
+    m = evaluate_split(
+        lm, task, data=data, split=split, prompt=artifact, limit=limit, out=out,
+        batch_size=batch_size, max_length=max_length, seed=seed, text_column=text_column,
+        label_column=label_column, progress=progress,
+    )  # fmt: skip
+    result = {
+        "stage": "evaluate",
+        "task": task.name,
+        "model": lm.info.model_id,
+        "prompt": str(prompt) if prompt else None,
+        **m,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "seed": seed,
+        "versions": versions(),
+    }
+    if out is not None:
         write_json(Path(out) / "metrics.json", result)
     return result

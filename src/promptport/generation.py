@@ -643,3 +643,44 @@ def summary_line(task: Task, base: dict, split: str, privacy: dict | None) -> st
         f"student + prompt {f('student_prompt')})"
         + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
     )
+
+
+def evaluate_split(
+    lm,
+    task: Task,
+    *,
+    data,
+    split: str,
+    prompt=None,
+    limit: int | None = None,
+    out=None,
+    batch_size: int = 16,
+    max_length: int = 256,
+    seed: int = 0,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """`promptport evaluate` for a generation task: metrics over the split's distinct inputs (the first
+    `limit`), OUT/metrics.json and OUT/outputs.jsonl (input, references, output)."""
+    import json
+    from pathlib import Path
+
+    from promptport.fileio import atomic_path
+
+    ds = load_gen_split(task, data, split, text_column=text_column, label_column=label_column)
+    es = eval_set(task, ds, limit)
+    g = PromptGenerator(lm.model, lm.tokenizer, task, max_length)
+    m, hyps = g.evaluate_generation(
+        es,
+        None if prompt is None else prompt.embeddings,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(out) / "outputs.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for x, refs, h in zip(es.inputs, es.refs, hyps):
+                f.write(json.dumps({"input": x, "references": refs, "output": h}) + "\n")
+    return {"kind": "generation", "data": ds.source, "split": ds.split, **m}
