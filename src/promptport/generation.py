@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class GenDataset:
     targets: list[str] | None
     source: str
     split: str
+    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.fields.values())))
