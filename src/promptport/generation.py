@@ -599,10 +599,26 @@ def evaluate_stage(
     t0 = time.perf_counter()
     es = eval_set(task, load_gen_split(task, data, split), limit)
     log(f"[evaluate] {len(prompts)} baselines on {task.name}/{split}: {len(es)} inputs")
-    loaded = {k: load_model(v) if isinstance(v, str) else v for k, v in models.items()}
-    gens = {k: PromptGenerator(m.model, m.tokenizer, task, max_length) for k, m in loaded.items()}
+
+    class _Lazy(dict):  # a model loads only when a baseline that is not reused needs it
+        def __missing__(self, k):
+            m = models[k] if not isinstance(models[k], str) else load_model(models[k])
+            self[k] = PromptGenerator(m.model, m.tokenizer, task, max_length)
+            return self[k]
+
+    gens = _Lazy()
     base = {}
     for name, (which, p) in prompts.items():
+        # a baseline already generated with the same settings and prompt is reused (generation is the
+        # expensive part; adding a baseline to a finished run should not redo the others)
+        done = e_dir / f"{name}.metrics.json"
+        ident = json.loads(json.dumps({"key": key_cfg, "input": inputs.get(name)}, default=str))
+        if done.is_file() and (e_dir / f"{name}.jsonl").is_file():
+            old = json.loads(done.read_text(encoding="utf-8"))
+            if old.get("identity") == ident:
+                base[name] = old["metrics"]
+                log(f"  {name:18s} reused")
+                continue
         emb = None if p is None else load_prompt(p).embeddings
         m, hyps = gens[which].evaluate_generation(
             es, emb, batch_size=batch_size, seed=seed, progress=progress, desc=name
@@ -611,6 +627,7 @@ def evaluate_stage(
         with atomic_path(e_dir / f"{name}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for x, refs, h in zip(es.inputs, es.refs, hyps):
                 fh.write(json.dumps({"input": x, "references": refs, "output": h}) + "\n")
+        write_json(done, {"identity": ident, "metrics": m})
         log(
             f"  {name:18s} "
             + "  ".join(
