@@ -455,6 +455,11 @@ def test_run_pipeline_generation_end_to_end(tmp_path, tiny_model_dir, gen_privat
     logs.clear()
     run_pipeline(cfg, progress=False, log=logs.append)
     assert sum("reused" in ln for ln in logs) == 3  # tune, transfer, evaluate (distill: given)
+    # a stage redone with the same prompts regenerates nothing (per-baseline reuse)
+    (run / "evaluate" / "manifest.json").unlink()
+    logs.clear()
+    run_pipeline(cfg, progress=False, log=logs.append)
+    assert sum(ln.strip().endswith("reused") for ln in logs) == 2 + len(names)  # tune, transfer
     # a public MR equal to a private one is refused
     (gen_private_dir / "public.csv").write_text('mr\n"name[great 0], food[great 0]"\n"name[x]"\n')
     cfg2 = cfg.model_copy(update={"run_dir": str(tmp_path / "run2")})

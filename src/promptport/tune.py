@@ -868,6 +868,8 @@ def tune(
     )
 
     results = {}
+    if the_task.is_generation and train_eval_limit is not None:
+        train_eval_limit = min(train_eval_limit, 64)  # a teacher-forced loss needs few examples
     train_eval = _subset(train, train_eval_limit, cfg.seed + 7, "train_eval_limit")
     results["train"] = clf.evaluate(train_eval, res.embeddings, cfg.eval_batch_size, progress)
     if val is not None:
