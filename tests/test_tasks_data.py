@@ -168,9 +168,29 @@ def test_embedded_default_splits_are_disjoint_and_offline():
     t = get_task("rt_snippets")
     parts = {s: load_split(t, None, s) for s in ("train", "validation", "test")}
     sets = {s: set(d.fields["text"]) for s, d in parts.items()}
-    assert len(parts["train"]) > 9000 and 1000 < len(parts["validation"]) < 1600
+    assert len(parts["train"]) > 7000 and 800 < len(parts["validation"]) < 1200
     assert not sets["train"] & sets["validation"] and not sets["train"] & sets["test"]
     assert set(parts["train"].labels) == {0, 1}
     plots = load_embedded_text("rt_plots")
     assert len(plots) > 1000 and not set(plots) & sets["train"]
     assert len(load_embedded_text("headlines", limit=10)) == 10
+    # public reviews: other movies than the private snippets, no shared text
+    reviews = load_embedded_text("rt_reviews")
+    assert len(reviews) > 3000
+    private = set().union(*sets.values())
+    assert not set(reviews) & private
+
+
+def test_public_reviews_are_about_other_movies():
+    from promptport.data import _rt_rows, is_public_movie
+
+    rows = [r for r in _rt_rows() if r["category"] != "plot"]
+    public_movies = {r["movie_name"] for r in rows if is_public_movie(r["movie_name"])}
+    private_movies = {r["movie_name"] for r in rows} - public_movies
+    assert 100 < len(public_movies) < 250 and len(private_movies) > 300
+    t = get_task("rt_snippets")
+    private_texts = set()
+    for s in ("train", "validation", "test"):
+        private_texts |= set(load_split(t, None, s).fields["text"])
+    by_text = {r["text"].strip(): r["movie_name"] for r in rows}
+    assert all(by_text[x] in private_movies for x in private_texts)

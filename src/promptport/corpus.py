@@ -16,7 +16,7 @@ import torch
 
 from promptport.errors import BadInput
 
-EMBEDDED_TEXTS = ("rt_plots", "headlines", "speeches")
+EMBEDDED_TEXTS = ("rt_plots", "rt_reviews", "headlines", "speeches")
 DEFAULT_CORPUS = ("embedded:rt_plots", "embedded:headlines", "embedded:speeches")
 
 
