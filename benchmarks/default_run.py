@@ -38,7 +38,9 @@ def _sample_load(stop: threading.Event, out: list, every: float) -> None:
             out.append(la[0])
 
 
-def summarise(run_dir: Path, total_s: float, load_samples: list[float]) -> dict:
+def summarise(
+    run_dir: Path, total_s: float, load_samples: list[float], started: float | None = None
+) -> dict:
     """default_run.json's body from a finished run directory (also used by the test on a tiny run)."""
     from promptport.fileio import read_json
     from promptport.manifest import read_manifest
@@ -51,11 +53,21 @@ def summarise(run_dir: Path, total_s: float, load_samples: list[float]) -> dict:
             "ci95": m.get("accuracy_ci"),
             "macro_f1": m.get("macro_f1"),
         }
-    wall = {"total": round(total_s, 1)}
+    wall: dict = {"total": round(total_s, 1)}
+    reused = []
     for stage in STAGES:
         m = read_manifest(run_dir / stage) if (run_dir / stage).is_dir() else None
         if m and m.get("seconds") is not None:
             wall[stage] = round(float(m["seconds"]), 1)
+            if (
+                started is not None
+                and (run_dir / stage / "manifest.json").stat().st_mtime < started
+            ):
+                reused.append(stage)  # done by an earlier invocation (--keep): not in "total"
+    if reused:
+        wall["reused_from_earlier_invocation"] = reused
+        wall["total_with_reused_stages"] = round(total_s + sum(wall[s] for s in reused), 1)
+    end_to_end = wall.get("total_with_reused_stages", total_s)
     zs = accuracy["teacher_zero_shot"]["accuracy"]
     post = accuracy["post_transfer"]["accuracy"]
     curve = []
@@ -90,9 +102,9 @@ def summarise(run_dir: Path, total_s: float, load_samples: list[float]) -> dict:
                 "met": post - zs >= 0.03,
             },
             "end_to_end_within_1800_s": {
-                "value": round(total_s, 1),
+                "value": round(end_to_end, 1),
                 "target": 1800,
-                "met": total_s <= 1800,
+                "met": end_to_end <= 1800,
             },
         },
         "summary": res.get("summary"),
@@ -117,13 +129,14 @@ def main(argv=None) -> dict:
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_load, args=(stop, samples, 15.0), daemon=True)
     sampler.start()
+    started = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     total = time.perf_counter() - t0
     stop.set()
     if proc.returncode != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
-    body = summarise(run_dir, total, samples)
+    body = summarise(run_dir, total, samples, started)
     body["command"] = " ".join(["promptport"] + cmd[3:])
     return finish(args.name, body)
 
