@@ -85,7 +85,7 @@ class Sizes:
 
 PROFILES = {
     "quick": Sizes(
-        train_limit=600, val_limit=200, eval_limit=400, n_public=300, tune_epochs=2,
+        train_limit=600, val_limit=200, eval_limit=300, n_public=300, tune_epochs=2,
         transfer_epochs=1, n_tokens=20, tune_lr=0.03, dp_lr=0.3,
     ),
     "full": Sizes(
@@ -630,17 +630,26 @@ def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: 
 
 
 def _student(args, state: Path, log) -> str:
+    """--student, else the default run's recipe (or --distill-config's) from the student store, else
+    distilled here and filed in the store (one student shared by every task, method and seed)."""
     if args.student:
         return args.student
-    d = state / "student"
-    if not (d / "student" / "student.json").is_file():
-        from promptport.distill import DistillConfig, distill
-        from promptport.pipeline import DEFAULT_CONFIG, load_run_config
+    from promptport import student_store
+    from promptport.distill import DistillConfig, distill
+    from promptport.models import load_model
+    from promptport.pipeline import DEFAULT_CONFIG, load_run_config
 
-        cfg = DistillConfig(**load_run_config(args.distill_config or DEFAULT_CONFIG).distill)
-        log(f"[student] distilling {cfg.layers} layers into {d}")
-        distill(args.teacher, d, cfg, resume=(d / "checkpoint" / "state.json").is_file())
-    return str(d / "student")
+    rc = load_run_config(args.distill_config or DEFAULT_CONFIG)
+    cfg = DistillConfig(**{"seed": rc.seed, **rc.distill})
+    key, basis = student_store.recipe_key(load_model(args.teacher).info, cfg.to_dict())
+    entry = student_store.lookup(key)
+    if entry is not None:
+        log(f"[student] from the student store: {entry}")
+        return str(entry / "student")
+    d = state / "student"
+    log(f"[student] distilling {cfg.layers} layers into {d}")
+    distill(args.teacher, d, cfg, resume=(d / "checkpoint" / "state.json").is_file())
+    return str(student_store.put(key, basis, d) / "student")
 
 
 def main(argv=None) -> dict:
