@@ -146,7 +146,21 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         private_train = load_gen_split(task, cfg.private_data, cfg.train_split)
     else:
         private_train = load_split(task, cfg.private_data, cfg.train_split)
-    public_texts, public_id = load_texts(cfg.public_data, text_column=cfg.public_text_column)
+    public_src = cfg.public_data
+    if public_src.startswith("generate:"):  # the teacher writes the public texts (provider side)
+        from promptport.public_gen import generate_public
+
+        log(f"[public] the teacher writes {public_src.split(':', 1)[1]} public texts")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        public_src, _ = generate_public(
+            load_model(cfg.teacher, device=cfg.device),
+            task,
+            public_src,
+            run_dir / "public",
+            seed=cfg.seed,
+            progress=progress,
+        )
+    public_texts, public_id = load_texts(public_src, text_column=cfg.public_text_column)
     n_overlap = check_overlap(
         [t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap
     )
@@ -286,6 +300,7 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         "student": student_path,
         "teacher": cfg.teacher,
         "public_data": cfg.public_data,
+        "public_source": public_src,
         "prompt_sha256": read_manifest(u_dir)["outputs"]["prompt/prompt.safetensors"],
     }
     key_cfg = dataclasses.asdict(xcfg)
@@ -298,7 +313,7 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
             u_dir / "prompt",
             student_path,
             cfg.teacher,
-            public_data=cfg.public_data,
+            public_data=public_src,
             out=x_dir,
             cfg=xcfg,
             public_text_column=cfg.public_text_column,
@@ -555,6 +570,9 @@ def sweep_alpha(
     )
     enc = clf.encode(ds)
     out_dir = inside(run_dir, "sweep-alpha", "run_dir/sweep-alpha")
+    public_src = cfg.public_data
+    if public_src.startswith("generate:") and (run_dir / "public" / "texts.jsonl").is_file():
+        public_src = str(run_dir / "public" / "texts.jsonl")  # the texts the run's transfer used
     rows = []
     for a in alphas:
         xcfg = TransferConfig(**{"seed": cfg.seed, **cfg.transfer, "alpha": a, "method": "post"})
@@ -562,7 +580,7 @@ def sweep_alpha(
             run_dir / "tune" / "prompt",
             student,
             teacher,
-            public_data=cfg.public_data,
+            public_data=public_src,
             out=out_dir / f"alpha-{a:g}",
             cfg=xcfg,
             public_text_column=cfg.public_text_column,

@@ -544,7 +544,8 @@ def transfer(
     out = check_writable_dir(out)
     artifact = prompt if isinstance(prompt, PromptArtifact) else load_prompt(prompt)
     the_task = task_from_prompt(artifact, task)
-    if not the_task.is_generation:
+    generated = public_data.startswith("generate:")
+    if not the_task.is_generation and not generated:
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
         pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
 
@@ -578,6 +579,14 @@ def transfer(
             prompt_source=prompt,
         )
 
+    if generated:  # the teacher writes the public texts (promptport.public_gen), into OUT/public/
+        from promptport.public_gen import generate_public
+
+        path, _ = generate_public(
+            t_lm, the_task, public_data, out / "public", seed=cfg.seed, progress=progress
+        )
+        texts, source_id = load_texts(path)[0], f"{public_data} ({path})"
+        pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
     s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
     t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)
     s_enc, t_enc = s_clf.encode(pub), t_clf.encode(pub)
