@@ -815,7 +815,8 @@ def sweep_alpha_cmd(run_dir, alphas):
 @click.option(
     "--task-template",
     default=None,
-    help="Task whose template formats the public examples (e.g. sst2).",
+    help="Task whose template formats the public examples (e.g. sst2), or 'general': a mixture of "
+    "task templates and label-word sets for one student that every user's task can steer.",
 )
 @click.option(
     "--task-data",

@@ -136,7 +136,7 @@ class DistillConfig:
     alpha_cos: float = 1.0
     alpha_task: float = 0.0
     alpha_label: float = 0.0
-    task_template: str | None = None
+    task_template: str | None = None  # a task's template, or "general": the mixture (mixture.py)
     task_data: list[str] = field(default_factory=list)
     task_examples: int = 4000
     task_heldout: int = 128
@@ -647,22 +647,30 @@ class Distiller:
 
     def _build_task_data(self, data: DistillData) -> None:
         from promptport.classify import Verbalizer, is_masked_lm, template_for
+        from promptport.mixture import GENERAL, UnionScores, build_mixture_examples, general_tasks
         from promptport.tasks import get_task
 
         cfg, tok = self.cfg, self.teacher.tokenizer
-        # a masked-LM teacher reads its answer at the mask token the template puts in
-        task = template_for(get_task(cfg.task_template), tok, is_masked_lm(self.teacher.model))
+        masked = is_masked_lm(self.teacher.model)
         pairs, used = read_corpus_texts(cfg.task_data)
-        ids, meta, _ = build_task_examples(
-            tok,
-            task,
-            [x for _, x in pairs],
+        kw = dict(
             n=cfg.task_examples + cfg.task_heldout,
             max_length=cfg.task_max_length,
             seed=cfg.seed,
             sentences=cfg.task_sentences,
             prefix_prob=cfg.prefix_prob,
         )
+        if cfg.task_template == GENERAL:  # one student for every user: a mixture of templates
+            tasks = [template_for(t, tok, masked) for t in general_tasks()]
+            ids, meta, _ = build_mixture_examples(
+                tok, [x for _, x in pairs], build_fn=build_task_examples, tasks=tasks, **kw
+            )
+            scores = UnionScores(tok, tasks)
+        else:
+            # a masked-LM teacher reads its answer at the mask token the template puts in
+            task = template_for(get_task(cfg.task_template), tok, masked)
+            ids, meta, _ = build_task_examples(tok, task, [x for _, x in pairs], **kw)
+            scores = Verbalizer(tok, task).scores_from_vocab
         if len(ids) <= cfg.task_heldout:
             raise BadInput(
                 "task_data",
@@ -671,7 +679,7 @@ class Distiller:
         data.task_heldout, data.task_train = ids[: cfg.task_heldout], ids[cfg.task_heldout :]
         meta["sources"] = used
         data.task_meta = meta
-        data.class_scores = Verbalizer(tok, task).scores_from_vocab
+        data.class_scores = scores
 
     # ---- teacher cache
 
