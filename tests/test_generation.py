@@ -490,7 +490,8 @@ def test_lira_audit_on_generation_uses_length_normalised_loglik(
     from promptport.audit import GEN_STATISTIC, AuditSpec, audit, load_shadows, logit_confidence
     from promptport.models import load_model
 
-    f = tmp_path / "train.csv"
+    (tmp_path / "d").mkdir()
+    f = tmp_path / "d" / "train.csv"  # a folder of split files: the whole file is the train split
     with open(f, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["mr", "ref"])
@@ -499,7 +500,7 @@ def test_lira_audit_on_generation_uses_length_normalised_loglik(
     spec = AuditSpec(
         model=str(tiny_model_dir),
         task="e2e_nlg",
-        data=str(f),
+        data=str(f.parent),
         pool_size=8,
         n_shadows=4,
         tune={"n_tokens": 2, "init": "random", "max_steps": 2, "batch_size": 2, "max_length": 48},
@@ -519,7 +520,7 @@ def test_lira_audit_on_generation_uses_length_normalised_loglik(
 
     lm = load_model(str(tiny_model_dir))
     g = PromptGenerator(lm.model, lm.tokenizer, E2E, 48)
-    pool = load_gen_split(E2E, f, "train").select(sh.pool_index.tolist())
+    pool = load_gen_split(E2E, f.parent, "train").select(sh.pool_index.tolist())
     enc = g.encode(pool)
     seed = int(np.random.SeedSequence([spec.seed, 0]).generate_state(1)[0] % (2**31))
     seed_everything(seed)
@@ -560,3 +561,17 @@ def test_cli_evaluate_generation_and_bad_decoding(
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "decoding.max_new_tokens" in err[0]
+
+
+def test_one_generation_file_never_serves_two_splits(tmp_path):
+    """As for classification: one file splits by input hash, all references of an MR together."""
+    f = tmp_path / "all.csv"
+    rows = "".join(f'"name[r{i // 3}]",reference {i}\n' for i in range(300))  # 3 refs per MR
+    f.write_text("mr,ref\n" + rows)
+    parts = {s: load_gen_split(E2E, f, s) for s in ("train", "validation", "test")}
+    keys = {s: set(d.keys()) for s, d in parts.items()}
+    assert not (keys["train"] & keys["validation"]) and not (keys["train"] & keys["test"])
+    assert not (keys["validation"] & keys["test"])
+    assert sum(len(d) for d in parts.values()) == 300
+    assert all(len(d) % 3 == 0 for d in parts.values())  # whole MRs
+    assert len(load_gen_split(E2E, f, "all")) == 300

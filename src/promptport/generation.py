@@ -93,6 +93,7 @@ def load_gen_split(
     if not p.exists():
         raise BadInput("data", f"'{data}' does not exist")
     path = find_split_file(p, split) if p.is_dir() else p
+    one_file = not p.is_dir() and split != "all"
     names = task.template_fields
     fields: dict[str, list[str]] = {f: [] for f in names}
     targets: list[str] = []
@@ -129,14 +130,35 @@ def load_gen_split(
             if not t:
                 raise BadInput("data", f"{path}:{lineno}: empty reference in column '{tcol}'")
             targets.append(t)
-        if limit is not None and len(fields[names[0]]) >= limit:
+        if limit is not None and len(fields[names[0]]) >= limit and not one_file:
             break
     ds = GenDataset(
         fields, targets if tcol is not None else None, str(path), canonical_split(split)
     )
+    if one_file:  # one file holds every split: whole inputs (MRs) by hash, never a row twice
+        ds = _hash_split_by_input(ds, split, limit)
     if len(ds) == 0:
         raise BadInput("data", f"{path}: no examples")
     return ds
+
+
+def _hash_split_by_input(ds: GenDataset, split: str, limit: int | None) -> GenDataset:
+    """The rows whose input hashes into `split`'s share (train 80%, validation 10%, test 10%), so all
+    references of one input (one MR) fall in the same split; the rule `data.hash_split` uses."""
+    from promptport.data import HASH_SPLITS, _hash_bucket, canonical_split
+
+    canon = canonical_split(split)
+    if canon not in HASH_SPLITS:
+        raise BadInput(
+            "split", f"a single file splits into train/validation/test (or 'all'), not '{split}'"
+        )
+    lo, hi = HASH_SPLITS[canon]
+    idx = [i for i, key in enumerate(ds.keys()) if lo <= _hash_bucket("\t".join(key)) < hi]
+    out = ds.select(idx[:limit] if limit is not None else idx)
+    out.meta["split_rule"] = (
+        f"input hash {lo:.0%}-{hi:.0%} of one file (train 80% / validation 10% / test 10%)"
+    )
+    return out
 
 
 @dataclass
@@ -516,8 +538,8 @@ def prepare_e2e(
     for f in ("devset.csv", "testset_w_refs.csv"):
         if not (src / f).is_file():
             raise BadInput("e2e", f"no {f} in {src}")
-    dev = load_gen_split(task, src / "devset.csv", "train")
-    test = load_gen_split(task, src / "testset_w_refs.csv", "test")
+    dev = load_gen_split(task, src / "devset.csv", "all")
+    test = load_gen_split(task, src / "testset_w_refs.csv", "all")
     parts = split_by_input(dev, {"train": 1 - val_fraction, "validation": val_fraction}, seed)
     n_mrs = len(set(test.keys()))
     if not 0 < n_test_mrs < n_mrs:
