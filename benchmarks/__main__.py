@@ -29,11 +29,16 @@ BENCHMARKS = {
     "audit_transferred": ("benchmarks.audit_transferred", ("full",), False),
     "privacy_utility": ("benchmarks.privacy_utility", ("full",), False),
 }
+# the fair baselines (left padding, logits_to_keep=1) are the headline; the naive ones (full logits at
+# every position) follow them
 RATIO_FIELDS = [
+    "speedup_vs_hf_fair",
     "speedup_vs_hf",
     "transfer_overhead",
+    "speedup_vs_peft_fair",
     "speedup_vs_peft",
     "dp_overhead",
+    "speedup_vs_opacus_fair",
     "speedup_vs_opacus",
     "user_speedup",
     "post_speedup",

@@ -1,9 +1,16 @@
 """The tools a user would otherwise pick, set up to do exactly our job: Hugging Face PEFT prompt tuning
-(`PromptTuningConfig`) with a verbalizer loss computed the usual way (full logits at every position,
-read at the answer position), and Opacus DP-SGD (`PrivacyEngine.make_private`, hooks mode) on that model.
+(`PromptTuningConfig`) with a verbalizer loss, and Opacus DP-SGD (`PrivacyEngine.make_private`, hooks
+mode) on that model. Each comes in two forms:
 
-They get the same frozen model, batch, sequence length, prompt initialisation, loss and optimiser as our
-path, so a timing ratio measures only how the step is computed.
+- naive (`verbalizer_loss`): the usual way, `pm(input_ids, attention_mask).logits` -- full-vocabulary
+  logits at every position [B, n + L, V] on a right-padded batch, read at the answer position;
+- fair (`fair_verbalizer_loss`): what a careful user writes -- a left-padded batch, so the answer is
+  the last position for every example, and transformers' `logits_to_keep=1`, so the LM head runs on
+  that position only ([B, 1, V]). Same numbers at the answer position, far fewer computed.
+
+Both get the same frozen model, batch, prompt initialisation, loss and optimiser as our path, so the
+naive ratio shows what computing logits everywhere costs, and the fair ratio what remains of our
+advantage against a user who avoids that (the label-word-only projection, our DP machinery).
 """
 
 from __future__ import annotations
@@ -35,12 +42,59 @@ def verbalizer_loss(
 ) -> torch.Tensor:
     """Cross-entropy of the class scores read from the full [B, n + L, V] logits at the last real token
     (right padding: PEFT puts the virtual tokens first, so that is n + length - 1)."""
-    logits = pm(input_ids=input_ids, attention_mask=attention_mask).logits
-    last = n_virtual + attention_mask.sum(-1) - 1
     scores = verbalizer.scores_from_vocab(
-        logits[torch.arange(logits.shape[0], device=logits.device), last]
+        naive_answer_logits(pm, input_ids, attention_mask, n_virtual)
     )
     return F.cross_entropy(scores.float(), labels)
+
+
+def left_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int):
+    """A right-padded batch re-padded on the left (same tokens per row): the answer, the last real token,
+    is then the last position of every row."""
+    from promptport.classify import collate
+
+    rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask)]
+    ids, mask = collate(rows, pad_id, "left")
+    return ids.to(input_ids.device), mask.to(attention_mask.device)
+
+
+def fair_answer_logits(pm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, V] logits at the answer position of a LEFT-padded batch, the LM head run on that position only.
+
+    This is PEFT's prompt-tuning forward (its prompt encoder via `get_prompt`, the virtual tokens put in
+    front of the input embeddings, the mask extended) written out so that the position ids can be passed:
+    PEFT drops `position_ids` for prompt tuning ("not supported ... Ignoring"), and the default positions
+    count the left padding, which moves the prompt away from the text by the pad count and changes the
+    result. Positions from the mask make every row compute what it does unpadded, as in the naive form.
+    """
+    model = pm.get_base_model()
+    b = input_ids.shape[0]
+    embeds = model.get_input_embeddings()(input_ids)
+    prompt = pm.get_prompt(batch_size=b).to(embeds.dtype)  # [B, n, H]
+    mask = torch.cat(
+        [attention_mask.new_ones(b, prompt.shape[1]), attention_mask], dim=1
+    )  # as PEFT does
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        inputs_embeds=torch.cat([prompt, embeds], dim=1),
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+def fair_verbalizer_loss(pm, verbalizer, input_ids, attention_mask, labels) -> torch.Tensor:
+    """The careful user's loss on a left-padded batch: class scores from `fair_answer_logits`."""
+    scores = verbalizer.scores_from_vocab(fair_answer_logits(pm, input_ids, attention_mask))
+    return F.cross_entropy(scores.float(), labels)
+
+
+def naive_answer_logits(pm, input_ids, attention_mask, n_virtual: int) -> torch.Tensor:
+    """[B, V] logits at the answer position, read from the full [B, n + L, V] logits (right padding)."""
+    logits = pm(input_ids=input_ids, attention_mask=attention_mask).logits
+    last = n_virtual + attention_mask.sum(-1) - 1
+    return logits[torch.arange(logits.shape[0], device=logits.device), last]
 
 
 def per_example_prompt_lookup(pm) -> None:

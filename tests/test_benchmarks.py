@@ -49,12 +49,16 @@ def test_tune_throughput(bench, tiny_model_dir, capsys):
         row = res["results"][name]
         assert row["loss_abs_diff"] < 1e-4  # PEFT's full-logit loss is ours, computed the long way
         assert (
-            len(row["ours"]["times_s"]) == len(row["peft"]["times_s"]) == 5
-            if name == "student_2l"
-            else 3
-        )
+            row["loss_abs_diff_fair"] < 1e-4
+        )  # and so is the careful user's (answer position only)
+        rounds = 5 if name == "student_2l" else 3
+        assert [len(row[k]["times_s"]) for k in ("ours", "peft", "peft_fair")] == [rounds] * 3
         _check_target(row["target"], row["speedup_vs_peft"], goal)
-    assert res["speedup_vs_peft"] == res["results"]["student_2l"]["speedup_vs_peft"]
+        _check_target(row["target_fair"], row["speedup_vs_peft_fair"], goal)
+    s = res["results"]["student_2l"]
+    assert res["speedup_vs_peft"] == res["speedup_vs_peft_naive"] == s["speedup_vs_peft"]
+    assert res["speedup_vs_peft_fair"] == s["speedup_vs_peft_fair"]
+    assert res["speedup_vs_peft_fair_teacher"] == res["results"]["teacher"]["speedup_vs_peft_fair"]
 
 
 def test_dp_overhead(bench, tiny_model_dir, capsys):
@@ -64,13 +68,105 @@ def test_dp_overhead(bench, tiny_model_dir, capsys):
     res = _result(bench, "dp_overhead", capsys)
     row = res["results"]["student_2l"]
     assert row["per_example_grad_rel_max_diff"] < 1e-4  # Opacus's per-sample gradients are ours
+    assert row["per_example_grad_rel_max_diff_fair"] < 1e-4  # in the careful user's form too
     assert row["stock_peft_opacus_grad_sample_batch"] in (
         1,
         4,
     )  # 1: stock PEFT hides the batch from Opacus
-    assert set(row["timings"]) == {"ours", "ours_dp", "peft", "opacus"}
+    assert set(row["timings"]) == {"ours", "ours_dp", "peft", "opacus", "peft_fair", "opacus_fair"}
     _check_target(res["target_dp_overhead"], res["dp_overhead"], 1.15, higher=False)
     _check_target(res["target_speedup_vs_opacus"], res["speedup_vs_opacus"], 2.0)
+    _check_target(res["target_speedup_vs_opacus_fair"], res["speedup_vs_opacus_fair"], 2.0)
+    assert res["speedup_vs_opacus_fair"] == row["speedup_vs_opacus_fair"]
+    assert res["speedup_vs_opacus_naive"] == res["speedup_vs_opacus"] == row["speedup_vs_opacus"]
+
+
+def _head_rows(model, fn) -> list[int]:
+    """Run fn() and return how many positions the LM head projected, per call."""
+    seen = []
+    h = model.get_output_embeddings().register_forward_hook(
+        lambda m, args, out: seen.append(int(out.shape[:-1].numel()))
+    )
+    try:
+        fn()
+    finally:
+        h.remove()
+    return seen
+
+
+def test_fair_baseline_computes_the_naive_numbers_at_the_answer_only(bench, tiny_lm):
+    """The fair PEFT baseline (left padding, logits_to_keep=1) must give the naive baseline's answer
+    logits, loss and prompt gradient -- the same numbers, only fewer positions through the LM head.
+    PEFT's own forward on the left-padded batch (it drops position ids for prompt tuning) is a different
+    computation, and this test tells it apart."""
+    import torch
+    from benchmarks.baselines import (
+        fair_answer_logits,
+        fair_verbalizer_loss,
+        left_pad,
+        naive_answer_logits,
+        peft_prompt_model,
+        prompt_parameters,
+        verbalizer_loss,
+    )
+
+    from promptport.classify import PromptClassifier
+    from promptport.data import TextDataset
+    from promptport.tasks import get_task
+
+    task = get_task("sst2")
+    texts = ["a gem", "the plot goes nowhere and the actors know it", "fine", "warm and funny film"]
+    ds = TextDataset({"text": texts}, [1, 0, 1, 1], "mem", "train")
+    clf = PromptClassifier(tiny_lm.model, tiny_lm.tokenizer, task, max_length=32)
+    enc = clf.encode(ds)
+    ids, mask = clf.batch(enc.input_ids)
+    assert len(set(mask.sum(-1).tolist())) > 1  # unequal lengths: padding matters
+    ids_l, mask_l = left_pad(ids, mask, tiny_lm.tokenizer.pad_token_id)
+    assert bool((mask_l[:, -1] == 1).all()) and torch.equal(mask_l.sum(-1), mask.sum(-1))
+    n = 3
+    init = torch.randn(
+        n, tiny_lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0)
+    )
+    naive, fair = peft_prompt_model(tiny_lm.model, init), peft_prompt_model(tiny_lm.model, init)
+    with torch.no_grad():
+        rows_naive = _head_rows(tiny_lm.model, lambda: naive_answer_logits(naive, ids, mask, n))
+        rows_fair = _head_rows(tiny_lm.model, lambda: fair_answer_logits(fair, ids_l, mask_l))
+        a = naive_answer_logits(naive, ids, mask, n)
+        b = fair_answer_logits(fair, ids_l, mask_l)
+        peft_own = fair(input_ids=ids_l, attention_mask=mask_l, logits_to_keep=1).logits[:, -1]
+        ours = clf.vocab_logits(ids, mask, init)
+    assert rows_naive == [len(texts) * (n + ids.shape[1])] and rows_fair == [len(texts)]
+    scale = float(a.abs().max())
+    assert float((b - a).abs().max()) < 1e-5 * scale  # same numbers ...
+    assert float((ours - a).abs().max()) < 1e-5 * scale  # ... as ours
+    assert float((peft_own - a).abs().max()) > 1e-4 * scale  # a different computation is caught
+    y = enc.labels
+    verbalizer_loss(naive, clf.verbalizer, ids, mask, y, n).backward()
+    fair_verbalizer_loss(fair, clf.verbalizer, ids_l, mask_l, y).backward()
+    g_naive, g_fair = prompt_parameters(naive)[0].grad, prompt_parameters(fair)[0].grad
+    assert float((g_fair - g_naive).abs().max()) < 1e-5 * float(g_naive.abs().max())
+
+
+def test_eval_throughput(bench, tiny_model_dir, capsys):
+    from benchmarks import eval_throughput
+
+    eval_throughput.main(["--model", str(tiny_model_dir), "--n", "12", "--batch-size", "4"])
+    res = _result(bench, "eval_throughput", capsys)
+    for name, rounds in (("student_2l", 3), ("teacher", 2)):
+        row = res["results"][name]
+        assert row["same_tokens_both_sides"] is True and row["n"] == 12
+        assert {k: len(v["times_s"]) for k, v in row["timings"].items()} == {
+            "ours": rounds,
+            "hf": rounds,
+            "hf_fair": rounds,
+        }
+        assert row["fair_vs_naive_answer_logits_max_abs_diff"] < 1e-4
+        assert row["prediction_agreement"] == row["prediction_agreement_fair"] == 1.0
+    s = res["results"]["student_2l"]
+    assert res["speedup_vs_hf_fair"] == s["speedup_vs_hf_fair"]
+    assert res["speedup_vs_hf"] == s["speedup_vs_hf"] == s["speedup_vs_hf_naive"]
+    _check_target(res["target_fair_student"], res["speedup_vs_hf_fair"], 2.0)
+    _check_target(res["target_student"], res["speedup_vs_hf"], 2.0)
 
 
 def test_user_vs_teacher(bench, tiny_model_dir, capsys):
