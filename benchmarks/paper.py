@@ -77,6 +77,7 @@ class Sizes:
     tune_lr: float
     dp_lr: float
     max_length: int = 96
+    batch_size: int = 16
 
     @property
     def key(self) -> str:
@@ -286,8 +287,8 @@ class Stages:
             lr=z.dp_lr if dp else z.tune_lr,
             optimizer="sgd" if dp else "adam",
             epochs=z.tune_epochs,
-            batch_size=16,
-            grad_accum=4 if dp else 1,
+            batch_size=z.batch_size,
+            grad_accum=max(1, min(4, z.train_limit // (4 * z.batch_size))) if dp else 1,
             max_length=z.max_length,
             seed=seed,
             dp=DPConfig(epsilon=dp) if dp else None,

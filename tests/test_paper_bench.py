@@ -148,3 +148,43 @@ def test_targets_from_means():
     assert t["post_beats_zero_shot_and_direct"]["tasks"] == ["a"]
     assert t["mean_gain_kept"]["value"] == pytest.approx(0.5)
     assert t["dp8_gap_points"]["value"] == pytest.approx(1.0)
+
+
+def test_real_stages_on_tiny_models(tmp_path, tiny_model_dir, sst_like_dir):
+    """The real stage functions (tune, DP tune, transfer, evaluate, non-distilled student) through the
+    grid on tiny models: every method and two ablations produce a cell with an accuracy."""
+    from promptport.distill import extract_student, save_student, select_layers, set_trainable
+    from promptport.models import load_model
+    from promptport.student import teacher_reference
+
+    (sst_like_dir / "test.tsv").write_text(
+        "sentence\tlabel\n" + "the jokes land\t1\nbad acting\t0\n" * 4
+    )
+    public = tmp_path / "public.jsonl"
+    public.write_text(
+        "".join(json.dumps({"text": f"news item {i} on markets"}) + "\n" for i in range(40))
+    )
+    teacher = load_model(str(tiny_model_dir))
+    layers = select_layers(4, 2, "first-last")
+    s = extract_student(teacher.model, layers)
+    student = save_student(
+        tmp_path / "student", s, teacher.tokenizer, set_trainable(s),
+        {"teacher": teacher_reference(str(tiny_model_dir), teacher.info), "layers": layers},
+    )  # fmt: skip
+    sizes = paper.Sizes(
+        train_limit=8, val_limit=4, eval_limit=8, n_public=20, tune_epochs=1, transfer_epochs=1,
+        n_tokens=3, tune_lr=0.05, dp_lr=0.3, max_length=32, batch_size=4,
+    )  # fmt: skip
+    specs = {"sst2": {"task": "sst2", "data": str(sst_like_dir), "public": str(public)}}
+    grid = paper.Grid(
+        tmp_path / "state", paper.Stages(str(tiny_model_dir), sizes), str(student), specs,
+        log=lambda *_: None,
+    )  # fmt: skip
+    for m in paper.METHODS:
+        r = grid.run_cell("sst2", m, 0)
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["n"] == 8
+    grid.run_ablation("non_distilled", "sst2", 0)
+    grid.run_ablation("alpha", "sst2", 0)
+    tables = paper.collect(tmp_path / "state")
+    assert set(tables["tasks"]["sst2"]) == set(paper.METHODS)
+    assert set(tables["ablations"]) == {"non_distilled", "alpha"}
