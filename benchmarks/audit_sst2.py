@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     for name in names:
         out = args.work / f"audit-{name}"
         t0 = time.perf_counter()
-        s = A.build_report(out, n_boot=args.n_boot)
+        s = A.audit_report(out, n_boot=args.n_boot)
         prim = s["attacks"][s["primary"]]
         result["audits"][name] = {
             "dir": str(out),

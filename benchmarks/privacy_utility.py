@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
         )
         t0 = time.perf_counter()
         r = A.audit(d / "audit", spec, resume=True, n_boot=500, lm=student)
-        s = r["summary"] or A.build_report(d / "audit", n_boot=500)
+        s = r["summary"] or A.audit_report(d / "audit", n_boot=500)
         timings["audit"] = round(time.perf_counter() - t0, 1)
         points.append(
             {

@@ -313,7 +313,7 @@ def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
     with pytest.raises(A.PromptportError, match="does not belong"):
         A.load_shadows(out)
     A.shadow_path(out, 4).unlink()
-    summary = A.build_report(out, n_boot=50)
+    summary = A.audit_report(out, n_boot=50)
     assert (
         summary["n_shadows"] == 4
         and summary["auc"] > 0.9

@@ -425,17 +425,21 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_model_dir, text_file, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = cut / "checkpoint" / "state.json"
+    state = cut / "checkpoint" / "checkpoint.pt"
+
+    def saved_step() -> int:
+        return int(torch.load(state, weights_only=True)["step"]) if state.is_file() else 0
+
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["step"] >= 4:
+        if saved_step() >= 4:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (cut / "metrics.json").exists()
-    done = json.loads(state.read_text())["step"]
+    done = saved_step()
     assert 4 <= done < steps
     subprocess.run(
         _cli(*_tiny_args(tiny_model_dir, text_file, cut, steps), "--resume"),

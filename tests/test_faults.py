@@ -120,7 +120,7 @@ def _run_distill(job):
     from promptport.distill import DistillConfig, distill
 
     out = Path(job["out"])
-    has_ckpt = any((out / d / "state.json").is_file() for d in ("checkpoint", "checkpoint.old"))
+    has_ckpt = (out / "checkpoint" / "checkpoint.pt").is_file()
     distill(job["teacher"], out, DistillConfig(**job["cfg"]), resume=has_ckpt)
 
 
@@ -406,18 +406,19 @@ def test_distill_killed_at_random_points(world):
     assert ma["after"] == pytest.approx(mb["after"], abs=1e-6) and ma["before"] == mb["before"]
 
 
-def test_distill_killed_inside_the_checkpoint_swap(world):
-    """The checkpoint is replaced by two renames (old away, new in): a kill between them must lose nothing."""
+def test_distill_killed_inside_the_checkpoint_write(world):
+    """The checkpoint is one file written to a temp file and renamed: a kill between the two must
+    leave the previous checkpoint intact and lose nothing."""
     cfg = dict(DISTILL_CFG, corpus=[world["public"]], task_data=[world["public"]], max_steps=4)
     ref, cut = _jobs(world, "distill-swap", teacher=world["teacher"], cfg=cfg)
     ref["stage"] = cut["stage"] = "distill"
     segment(ref)
-    # events on files named "checkpoint": 1 before / 2 after the first swap's first rename (step 1, no old one
-    # yet), then 3/4 (old away) and 5/6 (new in) at step 2: kill at 4 = between the two renames of step 2
-    killed, _ = segment(cut, 4, only=("checkpoint", "checkpoint.old"))
-    assert killed and not (Path(cut["out"]) / "checkpoint").exists()
-    assert (Path(cut["out"]) / "checkpoint.old" / "state.json").is_file()
-    KILLS.append(("distill (checkpoint swap)", [4]))
+    # events on checkpoint.pt: 1 before / 2 after the rename of step 1's checkpoint, 3 / 4 at step 2:
+    # kill at 3 = step 2's checkpoint written to its temp file but not yet renamed
+    killed, _ = segment(cut, 3, only=("checkpoint.pt",))
+    ckpt = Path(cut["out"]) / "checkpoint" / "checkpoint.pt"
+    assert killed and torch.load(ckpt, weights_only=True)["step"] == 1
+    KILLS.append(("distill (checkpoint write)", [3]))
     segment(cut)
     assert_same_tensors(
         Path(ref["out"]) / "student" / "student.safetensors",

@@ -106,15 +106,15 @@ def test_memory_comes_from_plan_and_disk_grows_with_the_distillation_cache(
     tmp_path, tiny_model_dir, sst_like_dir
 ):
     from promptport import plan
-    from promptport.resources import estimate_run
+    from promptport.resources import estimate_resources
 
     base = dict(layers=2, max_tokens=10_000, topk=8, alpha_cos=1.0)
     cfg = _cfg(tmp_path, tiny_model_dir, None, sst_like_dir, distill=base)
-    small = estimate_run(cfg)
+    small = estimate_resources(cfg)
     assert small.memory == {
         k: v["peak_bytes"] for k, v in plan.estimate_run(cfg)["stages"].items()
     }  # reused
-    big = estimate_run(
+    big = estimate_resources(
         _cfg(tmp_path, tiny_model_dir, None, sst_like_dir, distill=dict(base, max_tokens=20_000))
     )
     hidden = plan.model_shape(str(tiny_model_dir)).hidden
@@ -127,7 +127,7 @@ def test_memory_comes_from_plan_and_disk_grows_with_the_distillation_cache(
     # a complete stage costs nothing more
     (tmp_path / "run" / "distill").mkdir(parents=True)
     (tmp_path / "run" / "distill" / "manifest.json").write_text(json.dumps({"status": "complete"}))
-    again = estimate_run(cfg)
+    again = estimate_resources(cfg)
     assert "distill" not in again.memory and cache not in again.disk
 
 

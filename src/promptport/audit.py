@@ -29,6 +29,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ from promptport.lira import (  # noqa: E402
     leave_one_out,
     lira_scores,
     logit_confidence,
+    make_masks,
     rmia_scores,
     roc,
     roc_curve_fast,
@@ -131,29 +133,6 @@ class AuditSpec:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def make_masks(n_shadows: int, n_examples: int, pkeep: float = 0.5, seed: int = 0) -> np.ndarray:
-    """[N, P] bool: every example IN for exactly k = round(pkeep * N) shadows (as in Carlini et al.'s
-    code, so each example has the same number of IN and OUT references) *and* every shadow trained on
-    round(pkeep * P) examples (within one). Carlini et al.'s columns-only design lets subset sizes vary;
-    a DP mechanism's output may depend on the set size (its sampling rate does), and pooling guesses
-    over targets of different sizes then moves the AUC away from 0.5 on data where membership has no
-    effect. A balanced start is mixed by random 2x2 swaps, which keep every row and column sum."""
-    if n_shadows < 1 or n_examples < 1:
-        raise BadInput("shadows", "an audit needs at least one shadow and one example")
-    rng = np.random.default_rng([seed, 0x6C697261])
-    k = int(round(pkeep * n_shadows))
-    # example j is IN for k consecutive shadows starting at j*k (mod N): columns sum to k, rows to
-    # within one of k*P/N
-    start = (np.arange(n_examples) * k) % n_shadows
-    m = ((np.arange(n_shadows)[:, None] - start[None, :]) % n_shadows) < k
-    draws = rng.integers(0, [n_shadows, n_shadows, n_examples, n_examples], (8 * m.size, 4))
-    for r1, r2, c1, c2 in draws.tolist():
-        if m[r1, c1] and m[r2, c2] and not m[r1, c2] and not m[r2, c1]:
-            m[r1, c1] = m[r2, c2] = False
-            m[r1, c2] = m[r2, c1] = True
-    return m[rng.permutation(n_shadows)][:, rng.permutation(n_examples)]
-
-
 def parse_shadow_ids(text: str | None, n_shadows: int) -> list[int]:
     """'0-7', '3', '0,2,5-6' -> sorted ids; None -> all."""
     if text is None or str(text).strip() in ("", "all"):
@@ -215,7 +194,7 @@ def save_shadow(
     """One shadow's pool logits and mask, and its prompt (so that the audit of a transferred prompt
     can transfer every shadow to the teacher later)."""
     p = shadow_path(out, s)
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "logits": np.asarray(logits, dtype=np.float32),
         "mask": np.asarray(mask, dtype=np.uint8),
     }
@@ -300,23 +279,13 @@ def tune_config_from_spec(spec: AuditSpec):
     return TuneConfig.from_dict(spec.tune)
 
 
-TUNE_OPTIONS = (
-    "n_tokens",
-    "init",
-    "init_text",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "schedule",
-    "warmup_steps",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "max_length",
-    "eval_batch_size",
-)
-DP_OPTIONS = ("epsilon", "delta", "max_grad_norm", "accountant")
+def _cli_names(cls) -> tuple[str, ...]:
+    """The command-line settings of `cls` a shadow uses (shadows train without validation or
+    checkpoints, so the loop-only tuning settings do not apply)."""
+    from promptport.options import cli_fields
+    from promptport.tune import LOOP_ONLY_SETTINGS
+
+    return tuple(f.name for f in cli_fields(cls) if f.name not in LOOP_ONLY_SETTINGS)
 
 
 def tune_settings(
@@ -336,21 +305,21 @@ def tune_settings(
                 f"'{like}' records no tuning configuration (was it made by promptport tune?)",
             )
         base = dict(cfg)
-    tune = {k: values[k] for k in TUNE_OPTIONS if k in values and (not base or k in given)}
-    tune = {**{k: v for k, v in base.items() if k in TUNE_OPTIONS}, **tune}
-    dp_given = [
-        k
-        for k in DP_OPTIONS
-        if k in given and values.get(k) is not None and k in ("epsilon", "delta")
-    ]
+    from promptport.privacy import DPConfig, dp_from_settings
+    from promptport.tune import TuneConfig
+
+    tune_names, dp_names = _cli_names(TuneConfig), _cli_names(DPConfig)
+    tune = {k: values[k] for k in tune_names if k in values and (not base or k in given)}
+    tune = {**{k: v for k, v in base.items() if k in tune_names}, **tune}
     if values.get("dp"):
-        if values.get("epsilon") is None and not (base.get("dp") or {}).get("epsilon"):
-            raise BadInput("epsilon", "--dp needs a target --epsilon")
         dp = dict(base.get("dp") or {})
-        dp.update({k: values[k] for k in DP_OPTIONS if k in values and (k in given or k not in dp)})
-        tune["dp"] = {k: v for k, v in dp.items() if k in DP_OPTIONS + ("secure_rng",)}
-    elif dp_given:
-        raise BadInput(dp_given[0], "is a DP setting: add --dp")
+        dp.update({k: values[k] for k in dp_names if k in values and (k in given or k not in dp)})
+        dp_cfg = dp_from_settings(True, dp)
+        assert dp_cfg is not None  # enabled: a DPConfig or an error
+        tune["dp"] = dp_cfg.to_dict()
+    elif given & set(dp_names):
+        dp_from_settings(False, {k: values.get(k) for k in given & set(dp_names)})
+        tune["dp"] = base.get("dp") if base and "dp" not in given else None
     else:
         tune["dp"] = base.get("dp") if base and "dp" not in given else None
     tune["seed"] = int(values.get("seed", 0) or 0)
@@ -366,14 +335,17 @@ def _json_safe(x):
 def prepare(out: str | Path, spec: AuditSpec, lm=None):
     """Create (or re-open) the audit directory: spec, pool and masks. Deterministic in the spec, so several
     processes or machines that start slices of the same audit write identical files."""
-    from promptport.data import load_split
+    from promptport.data import load_split as load_text_split
     from promptport.tasks import get_task
 
     spec.validate()
     out = check_writable_dir(out)
     task = get_task(spec.task)
+    load_split: Any = load_text_split
     if task.is_generation:  # pool of (input, target) rows; see GEN_STATISTIC
-        from promptport.generation import load_gen_split as load_split
+        from promptport.generation import load_gen_split
+
+        load_split = load_gen_split
     ds = load_split(
         task, spec.data, spec.split, text_column=spec.text_column, label_column=spec.label_column
     )
@@ -396,7 +368,7 @@ def prepare(out: str | Path, spec: AuditSpec, lm=None):
     h = hashlib.sha256()
     for text, y in rows:
         h.update(f"{y}\t{text}\n".encode())
-    doc = {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "spec": asdict(spec),
         "pool": {
@@ -519,7 +491,7 @@ def _train_shadow_list(
     from promptport.runtime import seed_everything
     from promptport.tune import train_prompt
 
-    timings = {"trained": [], "seconds": []}
+    timings: dict[str, list] = {"trained": [], "seconds": []}
     if not todo:
         return timings
     lm = (
@@ -527,6 +499,7 @@ def _train_shadow_list(
         if isinstance(lm, LoadedModel)
         else load_model(spec.model, dtype=spec.dtype, device=device)
     )
+    clf: Any  # a PromptGenerator or a PromptClassifier: the loop uses either
     if task.is_generation:
         from promptport.generation import PromptGenerator
 
@@ -534,11 +507,9 @@ def _train_shadow_list(
     else:
         clf = PromptClassifier(lm.model, lm.tokenizer, task, max_length=cfg.max_length)
     enc = clf.encode(pool)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from promptport.checkpoint import progress_bar
 
-        bar = tqdm(total=len(todo), desc="shadows", unit="shadow", dynamic_ncols=True)
+    bar = progress_bar(len(todo), "shadows", progress, unit="shadow")
     for s in todo:
         t0 = time.perf_counter()
         seed = int(np.random.SeedSequence([spec.seed, s]).generate_state(1)[0] % (2**31))
@@ -603,7 +574,7 @@ def theoretical_epsilon(spec: AuditSpec, infos: list[dict]) -> tuple[float | Non
     return eps, delta
 
 
-def build_report(
+def audit_report(
     out: str | Path,
     *,
     n_boot: int = 1000,
@@ -788,7 +759,7 @@ def audit_summary(out: str | Path) -> dict:
     )
     if rep.is_file() and rep.stat().st_mtime >= newest:
         return read_json(rep)
-    return build_report(out)
+    return audit_report(out)
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -830,7 +801,7 @@ def audit(
             device
         )  # under a launcher: the main process writes the report, the others read it
         if dist.is_main:
-            summary = build_report(out, n_boot=n_boot, delta=delta, seed=spec.seed)
+            summary = audit_report(out, n_boot=n_boot, delta=delta, seed=spec.seed)
         dist.barrier()
         if not dist.is_main:
             summary = read_json(out / REPORT_DIR / "report.json")

@@ -344,8 +344,6 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 
 def _progress(total: int, desc: str, enabled: bool, unit: str = "it"):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    from promptport.checkpoint import progress_bar
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    return progress_bar(total, desc, enabled, unit)

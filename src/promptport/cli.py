@@ -17,6 +17,9 @@ from rich.console import Console
 
 from promptport.errors import BadInput, PromptportError, unknown_key
 from promptport.fileio import read_yaml_mapping
+from promptport.options import click_options, option_values
+from promptport.privacy import DPConfig
+from promptport.tune import LOOP_ONLY_SETTINGS, TuneConfig
 
 
 def out() -> Console:
@@ -177,7 +180,7 @@ def apply_config(ctx: click.Context, values: dict) -> dict:
 )
 @options(*column_options)
 @common
-def evaluate_cmd(**v):
+def evaluate_cmd(**opts):
     """Accuracy and macro-F1, zero-shot or with a soft prompt; writes OUT/metrics.json.
 
     \b
@@ -188,31 +191,33 @@ def evaluate_cmd(**v):
     from promptport.evaluate import evaluate
 
     r = evaluate(
-        v["model"],
-        v["task"],
-        data=v["data"],
-        split=v["split"],
-        prompt=str(v["prompt"]) if v["prompt"] else None,
-        limit=v["limit"],
-        out=v["out_dir"],
-        batch_size=v["batch_size"],
-        max_length=v["max_length"],
-        seed=v["seed"],
-        device=v["device"],
-        text_column=v["text_column"],
-        label_column=v["label_column"],
+        opts["model"],
+        opts["task"],
+        data=opts["data"],
+        split=opts["split"],
+        prompt=str(opts["prompt"]) if opts["prompt"] else None,
+        limit=opts["limit"],
+        out=opts["out_dir"],
+        batch_size=opts["batch_size"],
+        max_length=opts["max_length"],
+        seed=opts["seed"],
+        device=opts["device"],
+        text_column=opts["text_column"],
+        label_column=opts["label_column"],
         progress=True,
     )
     if r.get("kind") == "generation":
         scores = "  ".join(
             f"{k} {r[k]:.2f} {r[k + '_ci']}" for k in ("bleu", "rougeL", "chrf") if k in r
         )
-        out().print(f"evaluate: {r['task']}/{r['split']} {scores} (n={r['n']}) -> {v['out_dir']}")
+        out().print(
+            f"evaluate: {r['task']}/{r['split']} {scores} (n={r['n']}) -> {opts['out_dir']}"
+        )
         return
     out().print(
         f"evaluate: {r['task']}/{r['split']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f} "
         f"(n={r['n']}, {r['seconds']:.1f}s, {r['examples_per_s']:.1f} ex/s) -> "
-        f"{Path(v['out_dir']) / 'metrics.json'}"
+        f"{Path(opts['out_dir']) / 'metrics.json'}"
     )
 
 
@@ -257,103 +262,16 @@ def evaluate_cmd(**v):
     is_flag=True,
     help="Continue the run checkpointed in OUT/checkpoint exactly (same command).",
 )
-@click.option(
-    "--n-tokens", type=int, default=20, show_default=True, help="Number of virtual tokens."
-)
-@click.option(
-    "--init",
-    type=click.Choice(["text", "vocab", "random"]),
-    default="text",
-    show_default=True,
-    help="Initial prompt: embeddings of a text, of random vocabulary tokens, or random.",
-)
-@click.option(
-    "--init-text", default=None, help="Text for --init text (default: the task's description)."
-)
-@click.option(
-    "--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True
-)
-@click.option("--lr", type=float, default=3e-2, show_default=True, help="Learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "linear", "cosine"]),
-    default="linear",
-    show_default=True,
-    help="Learning-rate schedule after warm-up.",
-)
-@click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option(
-    "--epochs", type=float, default=1.0, show_default=True, help="Passes over the training data."
-)
-@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Examples per forward pass (DP: the expected batch is batch-size x grad-accum).",
-)
-@click.option(
-    "--grad-accum",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Forward passes per optimizer step.",
-)
-@click.option(
-    "--eval-every", type=int, default=None, help="Evaluate every N steps (default: every epoch)."
-)
-@click.option(
-    "--patience", type=int, default=None, help="Stop after N evaluations without improvement."
-)
-@click.option(
-    "--checkpoint-every",
-    type=int,
-    default=None,
-    help="Checkpoint every N steps (default: at evaluations).",
-)
-@click.option(
-    "--max-length",
-    type=int,
-    default=128,
-    show_default=True,
-    help="Token limit per input; longer texts lose tokens from the left, the template is kept.",
-)
-@click.option("--eval-batch-size", type=int, default=32, show_default=True)
+@click_options(TuneConfig)
 @click.option(
     "--dp",
     is_flag=True,
     help="Train with DP-SGD (Poisson sampling, per-example clipping, Gaussian noise).",
 )
-@click.option(
-    "--epsilon", type=float, default=None, help="DP: target epsilon for the whole run (needs --dp)."
-)
-@click.option(
-    "--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N)."
-)
-@click.option(
-    "--max-grad-norm",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="DP: per-example clip norm C.",
-)
-@click.option(
-    "--accountant",
-    type=click.Choice(["prv", "rdp"]),
-    default="prv",
-    show_default=True,
-    help="DP: privacy accountant (Opacus); PRV falls back to RDP with a warning where it fails.",
-)
-@click.option(
-    "--secure-rng",
-    is_flag=True,
-    help="DP: draw noise and batches from the OS's CSPRNG (not reproducible).",
-)
+@click_options(DPConfig)
 @options(*column_options)
 @common
-def tune_cmd(**v):
+def tune_cmd(**opts):
     """Tune a soft prompt on a frozen model, optionally with DP-SGD; writes OUT/prompt and OUT/metrics.json.
 
     \b
@@ -363,65 +281,28 @@ def tune_cmd(**v):
       promptport tune --task sst2 --data path/to/sst2 --dp --epsilon 8 --delta 1e-5 --out runs/sst2-dp
       promptport tune ... --resume                                            (continue after a crash)
     """
-    from promptport.privacy import DPConfig
-    from promptport.tune import TuneConfig, tune
+    from promptport.privacy import dp_from_settings
+    from promptport.tune import tune
 
-    dp_fields = {"epsilon": v["epsilon"], "delta": v["delta"]}
-    if v["dp"]:
-        if v["epsilon"] is None:
-            raise BadInput("epsilon", "--dp needs a target --epsilon")
-        dp = DPConfig(
-            epsilon=v["epsilon"],
-            delta=v["delta"],
-            max_grad_norm=v["max_grad_norm"],
-            accountant=v["accountant"],
-            secure_rng=v["secure_rng"],
-        )
-    else:
-        given = [k for k, x in dp_fields.items() if x is not None] + (
-            ["secure_rng"] if v["secure_rng"] else []
-        )
-        if given:
-            raise BadInput(given[0], "is a DP setting: add --dp")
-        dp = None
-    cfg = TuneConfig(
-        n_tokens=v["n_tokens"],
-        init=v["init"],
-        init_text=v["init_text"],
-        optimizer=v["optimizer"],
-        lr=v["lr"],
-        weight_decay=v["weight_decay"],
-        schedule=v["schedule"],
-        warmup_steps=v["warmup_steps"],
-        epochs=v["epochs"],
-        max_steps=v["max_steps"],
-        batch_size=v["batch_size"],
-        grad_accum=v["grad_accum"],
-        eval_every=v["eval_every"],
-        patience=v["patience"],
-        max_length=v["max_length"],
-        eval_batch_size=v["eval_batch_size"],
-        seed=v["seed"],
-        dp=dp,
-        checkpoint_every=v["checkpoint_every"],
-    )
-    val_split = None if (v["val_split"] or "").lower() in ("", "none") else v["val_split"]
+    dp = dp_from_settings(opts["dp"], option_values(DPConfig, opts))
+    cfg = TuneConfig(**option_values(TuneConfig, opts), seed=opts["seed"], dp=dp)
+    val_split = None if (opts["val_split"] or "").lower() in ("", "none") else opts["val_split"]
     m = tune(
-        v["model"],
-        v["task"],
-        data=v["data"],
-        out=v["out_dir"],
-        train_split=v["train_split"],
+        opts["model"],
+        opts["task"],
+        data=opts["data"],
+        out=opts["out_dir"],
+        train_split=opts["train_split"],
         val_split=val_split,
-        test_split=v["test_split"],
-        train_limit=v["train_limit"],
-        val_limit=v["val_limit"],
+        test_split=opts["test_split"],
+        train_limit=opts["train_limit"],
+        val_limit=opts["val_limit"],
         cfg=cfg,
-        device=v["device"],
-        resume=v["resume"],
+        device=opts["device"],
+        resume=opts["resume"],
         progress=True,
-        text_column=v["text_column"],
-        label_column=v["label_column"],
+        text_column=opts["text_column"],
+        label_column=opts["label_column"],
         echo=lambda s: out().print(s, markup=False),
     )
     parts = [f"train {m['train_accuracy']:.4f}"]
@@ -431,7 +312,7 @@ def tune_cmd(**v):
         parts.append(f"test {m['test_accuracy']:.4f}")
     out().print(
         f"tune: {m['task']} accuracy {', '.join(parts)}; {m['steps']} steps, {m['examples_per_s']:.1f} ex/s, "
-        f"{m['wall_seconds']:.1f}s -> {Path(v['out_dir']) / 'prompt'}",
+        f"{m['wall_seconds']:.1f}s -> {Path(opts['out_dir']) / 'prompt'}",
         markup=False,
     )
 
@@ -450,15 +331,15 @@ def tune_cmd(**v):
     help="base_model_name_or_path for the adapter config (default: the prompt's model).",
 )
 @common
-def export_cmd(**v):
+def export_cmd(**opts):
     """Export a prompt as a PEFT adapter that `PeftModel.from_pretrained(model, DIR)` loads."""
     from promptport.fileio import check_writable_dir
     from promptport.prompt import export_peft, load_prompt
 
-    check_writable_dir(v["peft"], "peft")
-    art = load_prompt(v["prompt"])
-    export_peft(art, v["peft"], v["base_model"])
-    out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {v['peft']}")
+    check_writable_dir(opts["peft"], "peft")
+    art = load_prompt(opts["prompt"])
+    export_peft(art, opts["peft"], opts["base_model"])
+    out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {opts['peft']}")
 
 
 @app.command("tasks")
@@ -557,7 +438,7 @@ def tasks_cmd():
     "as an uninterrupted run).",
 )
 @common
-def transfer_cmd(**v):
+def transfer_cmd(**opts):
     """Provider side: transfer a user's prompt from the student to the teacher with public data only.
 
     \b
@@ -568,9 +449,9 @@ def transfer_cmd(**v):
     """
     from promptport.transfer import TransferConfig, transfer
 
-    if v["student"] is None:
+    if opts["student"] is None:
         raise BadInput("student", "give the model the prompt was tuned on (--student)")
-    alpha = v["alpha"]
+    alpha = opts["alpha"]
     if alpha != "auto":
         try:
             alpha = float(alpha)
@@ -579,61 +460,61 @@ def transfer_cmd(**v):
                 "alpha", f"must be a number in [0, 1] or 'auto', got '{alpha}'"
             ) from None
     cfg = TransferConfig(
-        method=v["method"],
+        method=opts["method"],
         alpha=alpha,
-        temperature=v["temperature"],
-        init=v["init"],
-        n_public=v["n_public"],
-        steps=v["steps"],
-        epochs=v["epochs"],
-        lr=v["lr"],
-        batch_size=v["batch_size"],
-        max_length=v["max_length"],
-        seed=v["seed"],
+        temperature=opts["temperature"],
+        init=opts["init"],
+        n_public=opts["n_public"],
+        steps=opts["steps"],
+        epochs=opts["epochs"],
+        lr=opts["lr"],
+        batch_size=opts["batch_size"],
+        max_length=opts["max_length"],
+        seed=opts["seed"],
     )
-    if len(v["prompt"]) > 1:
+    if len(opts["prompt"]) > 1:
         from promptport.transfer import transfer_many
 
-        if v["resume"]:
+        if opts["resume"]:
             raise BadInput(
                 "resume", "resume one prompt's transfer at a time (its OUT/NN-NAME directory)"
             )
         m = transfer_many(
-            list(v["prompt"]),
-            v["student"],
-            v["teacher"],
-            public_data=v["public_data"],
-            out=v["out_dir"],
+            list(opts["prompt"]),
+            opts["student"],
+            opts["teacher"],
+            public_data=opts["public_data"],
+            out=opts["out_dir"],
             cfg=cfg,
-            task=v["task"],
-            public_text_column=v["public_text_column"],
-            device=v["device"],
+            task=opts["task"],
+            public_text_column=opts["public_text_column"],
+            device=opts["device"],
             progress=True,
         )
         shared = sum(r["unprompted_cache_shared"] for r in m["runs"])
         out().print(
             f"transfer: {m['prompts']} prompts, {shared} reused the shared public-data cache "
-            f"-> {Path(v['out_dir']) / 'summary.json'}"
+            f"-> {Path(opts['out_dir']) / 'summary.json'}"
         )
         return
     r = transfer(
-        v["prompt"][0],
-        v["student"],
-        v["teacher"],
-        public_data=v["public_data"],
-        out=v["out_dir"],
+        opts["prompt"][0],
+        opts["student"],
+        opts["teacher"],
+        public_data=opts["public_data"],
+        out=opts["out_dir"],
         cfg=cfg,
-        task=v["task"],
-        public_text_column=v["public_text_column"],
-        device=v["device"],
+        task=opts["task"],
+        public_text_column=opts["public_text_column"],
+        device=opts["device"],
         progress=True,
-        resume=v["resume"],
+        resume=opts["resume"],
     )
     best = r["best"] or {}
     out().print(
         f"transfer: {r['method']} alpha={r['alpha']:.3f} on {r['n_public']} public examples, {r['steps']} "
         f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "
-        f"({r['wall_seconds']:.0f}s) -> {Path(v['out_dir']) / 'prompt'}"
+        f"({r['wall_seconds']:.0f}s) -> {Path(opts['out_dir']) / 'prompt'}"
     )
 
 
@@ -908,7 +789,7 @@ def sweep_alpha_cmd(run_dir, alphas):
     help="Output: OUT/student, OUT/metrics.json, OUT/metrics.jsonl, OUT/checkpoint.",
 )
 @common
-def distill_cmd(**v):
+def distill_cmd(**opts):
     """Distil the teacher into a small student (same width and tokenizer, fewer layers).
 
     The teacher's outputs are cached once; the student then trains from the cache for several epochs.
@@ -924,47 +805,47 @@ def distill_cmd(**v):
     from promptport.distill import DEFAULT_CORPUS, DistillConfig, distill
 
     cfg = DistillConfig(
-        layers=v["layers"],
-        strategy=v["strategy"],
-        corpus=list(v["corpus"]) or list(DEFAULT_CORPUS),
-        max_tokens=v["max_tokens"],
-        block_size=v["block_size"],
-        heldout_blocks=v["heldout_blocks"],
-        teacher_samples=v["teacher_samples"],
-        temperature=v["temperature"],
-        alpha_ce=v["alpha_ce"],
-        alpha_lm=v["alpha_lm"],
-        alpha_cos=v["alpha_cos"],
-        alpha_task=v["alpha_task"],
-        alpha_label=v["alpha_label"],
-        task_template=v["task_template"],
-        task_data=list(v["task_data"]),
-        task_examples=v["task_examples"],
-        prefix_prob=v["prefix_prob"],
-        topk=v["topk"],
-        epochs=v["epochs"],
-        max_steps=v["max_steps"],
-        batch_size=v["batch_size"],
-        task_batch_size=v["task_batch_size"],
-        grad_accum=v["grad_accum"],
-        lr=v["lr"],
-        warmup=v["warmup"],
-        schedule=v["schedule"],
-        precision=v["precision"],
-        freeze_embeddings=not v["train_embeddings"],
-        eval_every=v["eval_every"],
-        save_every=v["save_every"],
-        seed=v["seed"],
+        layers=opts["layers"],
+        strategy=opts["strategy"],
+        corpus=list(opts["corpus"]) or list(DEFAULT_CORPUS),
+        max_tokens=opts["max_tokens"],
+        block_size=opts["block_size"],
+        heldout_blocks=opts["heldout_blocks"],
+        teacher_samples=opts["teacher_samples"],
+        temperature=opts["temperature"],
+        alpha_ce=opts["alpha_ce"],
+        alpha_lm=opts["alpha_lm"],
+        alpha_cos=opts["alpha_cos"],
+        alpha_task=opts["alpha_task"],
+        alpha_label=opts["alpha_label"],
+        task_template=opts["task_template"],
+        task_data=list(opts["task_data"]),
+        task_examples=opts["task_examples"],
+        prefix_prob=opts["prefix_prob"],
+        topk=opts["topk"],
+        epochs=opts["epochs"],
+        max_steps=opts["max_steps"],
+        batch_size=opts["batch_size"],
+        task_batch_size=opts["task_batch_size"],
+        grad_accum=opts["grad_accum"],
+        lr=opts["lr"],
+        warmup=opts["warmup"],
+        schedule=opts["schedule"],
+        precision=opts["precision"],
+        freeze_embeddings=not opts["train_embeddings"],
+        eval_every=opts["eval_every"],
+        save_every=opts["save_every"],
+        seed=opts["seed"],
     )
     r = distill(
-        v["teacher"],
-        v["out_dir"],
+        opts["teacher"],
+        opts["out_dir"],
         cfg,
-        student=v["student"],
-        resume=v["resume"],
-        device=v["device"],
+        student=opts["student"],
+        resume=opts["resume"],
+        device=opts["device"],
         progress=True,
-        time_budget_s=v["time_budget"],
+        time_budget_s=opts["time_budget"],
     )
     if r.get("rank", 0) != 0 or "after" not in r:
         return
@@ -1082,60 +963,9 @@ def plan_cmd(run_config, teacher, layers, device, as_json):
     default=None,
     help="delta for the 95% empirical epsilon lower bound (default: the DP delta, else 1e-5).",
 )
-@click.option(
-    "--n-tokens", type=int, default=20, show_default=True, help="Tuning: number of virtual tokens."
-)
-@click.option(
-    "--init",
-    type=click.Choice(["text", "vocab", "random"]),
-    default="text",
-    show_default=True,
-    help="Tuning: initial prompt.",
-)
-@click.option(
-    "--init-text",
-    default=None,
-    help="Tuning: text for --init text (default: the task's description).",
-)
-@click.option(
-    "--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True
-)
-@click.option("--lr", type=float, default=3e-2, show_default=True, help="Tuning: learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "linear", "cosine"]),
-    default="linear",
-    show_default=True,
-)
-@click.option("--warmup-steps", type=int, default=0, show_default=True)
-@click.option(
-    "--epochs",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Tuning: passes over each shadow's training half.",
-)
-@click.option(
-    "--max-steps", type=int, default=None, help="Tuning: optimizer steps (overrides --epochs)."
-)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option(
-    "--max-length", type=int, default=128, show_default=True, help="Token limit per input."
-)
-@click.option("--eval-batch-size", type=int, default=32, show_default=True)
+@click_options(TuneConfig, help_prefix="Tuning: ", exclude=LOOP_ONLY_SETTINGS)
 @click.option("--dp", is_flag=True, help="Audit DP-SGD training (needs --epsilon).")
-@click.option(
-    "--epsilon", type=float, default=None, help="DP: target epsilon of each shadow's training run."
-)
-@click.option(
-    "--delta", type=float, default=None, help="DP: delta, in (0, 1/N). Default: 1/(10 N)."
-)
-@click.option(
-    "--max-grad-norm", type=float, default=1.0, show_default=True, help="DP: per-example clip norm."
-)
-@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
+@click_options(DPConfig, help_prefix="Shadows' ")
 @click.option(
     "--dtype",
     default="float32",
@@ -1144,7 +974,7 @@ def plan_cmd(run_config, teacher, layers, device, as_json):
 )
 @options(*column_options)
 @common
-def audit_cmd(**v):
+def audit_cmd(**opts):
     """LiRA membership-inference audit: how much does a prompt tuned this way leak about its training data?
 
     Trains N shadow prompts, each on a random half of an audit pool with exactly the given tuning
@@ -1165,7 +995,7 @@ def audit_cmd(**v):
     from promptport.audit import (
         AuditSpec,
         audit,
-        build_report,
+        audit_report,
         format_summary,
         read_spec,
         tune_settings,
@@ -1175,51 +1005,55 @@ def audit_cmd(**v):
     defaults = {p.name: p.get_default(ctx) for p in ctx.command.params}
     given = {
         k
-        for k in v
+        for k in opts
         if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
-        or v[k] != defaults.get(k)
+        or opts[k] != defaults.get(k)
     }  # the second: values from --config
-    spec_file = Path(v["out_dir"]) / "audit.json"
-    if v["report_only"]:
-        s = build_report(v["out_dir"], n_boot=v["n_boot"], delta=v["audit_delta"], seed=v["seed"])
-        out().print(format_summary(s) + f" -> {Path(v['out_dir']) / 'report'}", markup=False)
+    spec_file = Path(opts["out_dir"]) / "audit.json"
+    if opts["report_only"]:
+        s = audit_report(
+            opts["out_dir"], n_boot=opts["n_boot"], delta=opts["audit_delta"], seed=opts["seed"]
+        )
+        out().print(format_summary(s) + f" -> {Path(opts['out_dir']) / 'report'}", markup=False)
         return
-    if v["resume"] and spec_file.is_file() and not given & set(_AUDIT_SPEC_OPTIONS):
-        spec = read_spec(v["out_dir"])  # `audit --out DIR --resume`: the settings live in DIR
+    if opts["resume"] and spec_file.is_file() and not given & set(_AUDIT_SPEC_OPTIONS):
+        spec = read_spec(opts["out_dir"])  # `audit --out DIR --resume`: the settings live in DIR
     else:
-        tune = tune_settings(v, given, like=v["like_prompt"])
+        tune = tune_settings(opts, given, like=opts["like_prompt"])
         spec = AuditSpec(
-            model=v["model"],
-            task=v["task"],
-            data=v["data"],
-            split=v["split"],
-            pool_size=v["pool_size"],
-            n_shadows=v["n_shadows"],
-            seed=v["seed"],
-            dtype=v["dtype"],
-            text_column=v["text_column"],
-            label_column=v["label_column"],
+            model=opts["model"],
+            task=opts["task"],
+            data=opts["data"],
+            split=opts["split"],
+            pool_size=opts["pool_size"],
+            n_shadows=opts["n_shadows"],
+            seed=opts["seed"],
+            dtype=opts["dtype"],
+            text_column=opts["text_column"],
+            label_column=opts["label_column"],
             tune=tune,
         )
     r = audit(
-        v["out_dir"],
+        opts["out_dir"],
         spec,
-        shadow_ids=v["shadow_ids"],
-        resume=v["resume"],
-        n_boot=v["n_boot"],
-        delta=v["audit_delta"],
-        device=v["device"],
+        shadow_ids=opts["shadow_ids"],
+        resume=opts["resume"],
+        n_boot=opts["n_boot"],
+        delta=opts["audit_delta"],
+        device=opts["device"],
         progress=True,
     )
     if r["summary"] is None:
         out().print(
             f"audit: trained {len(r['trained'])} shadow(s) ({len(r['skipped'])} already done); "
-            f"{len(r['finished'])}/{r['n_shadows']} finished in {v['out_dir']} -- the report is written "
+            f"{len(r['finished'])}/{r['n_shadows']} finished in {opts['out_dir']} -- the report is written "
             "when all are (or use --report-only)",
             markup=False,
         )
         return
-    out().print(format_summary(r["summary"]) + f" -> {Path(v['out_dir']) / 'report'}", markup=False)
+    out().print(
+        format_summary(r["summary"]) + f" -> {Path(opts['out_dir']) / 'report'}", markup=False
+    )
 
 
 _AUDIT_SPEC_OPTIONS = (

@@ -139,14 +139,12 @@ def stage_configs(cfg: RunConfig):
     transfer_opts = section(TransferConfig, cfg.transfer, "transfer")
     dp_cfg = None
     if cfg.dp is not None:
-        from promptport.privacy import DPConfig
+        from promptport.privacy import DPConfig, dp_from_settings
 
-        if cfg.dp.get("epsilon") is None:
-            raise BadInput("dp.epsilon", "DP-SGD needs a target epsilon (e.g. dp: {epsilon: 8})")
-        dp_cfg = DPConfig(**section(DPConfig, cfg.dp, "dp"))
-    tcfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
-    xcfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
-    xcfg.validate()
+        dp_cfg = dp_from_settings(True, section(DPConfig, cfg.dp, "dp"), prefix="dp.")
+    tune_cfg = TuneConfig(**{"seed": cfg.seed, **tune_opts}, dp=dp_cfg)
+    transfer_cfg = TransferConfig(**{"seed": cfg.seed, **transfer_opts})
+    transfer_cfg.validate()
     if cfg.audit is not None:
         from promptport.audit import AuditSpec
 
@@ -160,10 +158,12 @@ def stage_configs(cfg: RunConfig):
                 drop=("model", "task", "data", "split", "seed", "tune"),
             ),
         ).validate()
-    dcfg = None
+    distill_cfg = None
     if cfg.student is None:
         from promptport.distill import DistillConfig
 
-        dcfg = DistillConfig(**{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")})
-        dcfg.check()
-    return tcfg, xcfg, dcfg, dp_cfg
+        distill_cfg = DistillConfig(
+            **{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")}
+        )
+        distill_cfg.check()
+    return tune_cfg, transfer_cfg, distill_cfg, dp_cfg

@@ -109,7 +109,9 @@ def build_corpus(
     if not pairs:
         raise BadInput("corpus", f"the corpus is empty ({', '.join(sources) or 'no sources'})")
     order = np.random.default_rng(seed).permutation(len(pairs))
-    token_lists, counts, n_tok = [], {}, 0
+    token_lists: list[list[int]] = []
+    counts: dict[str, int] = {}
+    n_tok = 0
     for start in range(0, len(order), 512):  # tokenise lazily: big corpora are cut at max_tokens
         chunk = [pairs[i] for i in order[start : start + 512]]
         enc = tokenizer([t for _, t in chunk], add_special_tokens=False)["input_ids"]

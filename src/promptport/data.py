@@ -308,16 +308,20 @@ def load_embedded(task: Task, split: str, limit: int | None = None) -> TextDatas
     lo, hi = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}.get(
         canon, (None, None)
     )
-    if lo is None:
+    if lo is None or hi is None:
         raise BadInput("split", f"embedded data has splits train/validation/test, not '{split}'")
-    texts, labels = [], []
+    texts: list[str] = []
+    labels: list[int] = []
     for r in _rt_rows():
         if r["category"] == "plot" or not (lo <= _hash_bucket(r["text"].strip()) < hi):
             continue
         if is_public_movie(r.get("movie_name", "")):
             continue
         texts.append(r["text"].strip())
-        labels.append(task.class_index(r["category"]))
+        label = task.class_index(r["category"])
+        if label is None:
+            raise BadInput("task", f"'{task.name}' has no class for '{r['category']}'")
+        labels.append(label)
         if limit is not None and len(texts) >= limit:
             break
     field_name = task.template_fields[0]

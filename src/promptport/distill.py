@@ -17,21 +17,21 @@ averaged across processes before the optimiser step.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptport.checkpoint import Checkpoint, MetricsLog, checkpoint_file, progress_bar
 from promptport.classify import collate
 from promptport.corpus import (
     DEFAULT_CORPUS,
@@ -48,7 +48,7 @@ from promptport.corpus import (
     task_prefixes,
 )
 from promptport.errors import BadInput
-from promptport.fileio import append_jsonl, atomic_path, read_json, write_json
+from promptport.fileio import atomic_path, read_json, write_json
 from promptport.losses import distill_loss, kd_kl, kl_from_log_probs, masked_mean
 from promptport.modelinfo import LoadedModel
 from promptport.runtime import autocast
@@ -472,22 +472,6 @@ def _reduction(before: dict, after: dict, key: str) -> float | None:
     return round(1 - after[key] / before[key], 4)
 
 
-def _bar(total: int, desc: str, enabled: bool, unit: str = "it", initial: int = 0):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        unit_scale=unit == "tok",
-        initial=initial,
-        dynamic_ncols=True,
-        leave=False,
-    )
-
-
 # ---------------------------------------------------------------- the recipe
 
 
@@ -556,8 +540,18 @@ class Distiller:
         self.teacher_spec = self.teacher.info.model_id if isinstance(t, LoadedModel) else t
         self.device = model_device(self.teacher.model)
         self._check_teacher_kind()
-        self.ckpt_dir = self.out / "checkpoint"
-        self.state = self._read_checkpoint_state() if self.resume else None
+        info = self.teacher.info
+        identity = {
+            "config": cfg.to_dict(),
+            "teacher": [info.embedding_fingerprint, info.tokenizer_fingerprint],
+        }
+        self.checkpoint = Checkpoint(checkpoint_file(self.out), "distill", identity)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl" if self.dist.is_main else None)
+        self.state = None
+        if self.resume:
+            if not self.checkpoint.exists():
+                raise BadInput("resume", f"no checkpoint in {self.checkpoint.path.parent}")
+            self.state = self.checkpoint.load(self.metrics)
         self._make_student()
         self.data = self._build_data()
 
@@ -570,24 +564,6 @@ class Distiller:
                 "the LM term is next-token cross-entropy; a masked-LM teacher distils with "
                 "alpha_ce, alpha_cos and the task terms",
             )
-
-    def _read_checkpoint_state(self) -> dict:
-        out, ckpt_dir = self.out, self.ckpt_dir
-        if not ckpt_dir.exists() and (out / "checkpoint.old" / "state.json").is_file():
-            # killed between the two renames of a swap; another rank of the launch may have fixed it
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(out / "checkpoint.old", ckpt_dir)
-        if not (ckpt_dir / "state.json").is_file():
-            raise BadInput("resume", f"no checkpoint in {ckpt_dir}")
-        state = read_json(ckpt_dir / "state.json")
-        check_same_teacher(state["teacher"], self.teacher.info, field="resume")
-        now = self.cfg.to_dict()
-        if state["config"] != now:
-            diff = sorted(k for k in now if state["config"].get(k) != now[k])
-            raise BadInput(
-                "resume", f"the checkpoint was made with other settings ({', '.join(diff)})"
-            )
-        return state
 
     def _make_student(self) -> None:
         """A fresh cut of the teacher, or an existing student of the same teacher."""
@@ -653,13 +629,14 @@ class Distiller:
         cfg, tok = self.cfg, self.teacher.tokenizer
         masked = is_masked_lm(self.teacher.model)
         pairs, used = read_corpus_texts(cfg.task_data)
-        kw = dict(
+        kw: dict = dict(
             n=cfg.task_examples + cfg.task_heldout,
             max_length=cfg.task_max_length,
             seed=cfg.seed,
             sentences=cfg.task_sentences,
             prefix_prob=cfg.prefix_prob,
         )
+        scores: Any
         if cfg.task_template == GENERAL:  # one student for every user: a mixture of templates
             tasks = [template_for(t, tok, masked) for t in general_tasks()]
             ids, meta, _ = build_mixture_examples(
@@ -667,6 +644,7 @@ class Distiller:
             )
             scores = UnionScores(tok, tasks)
         else:
+            assert cfg.task_template is not None  # DistillConfig.check: the task terms need one
             # a masked-LM teacher reads its answer at the mask token the template puts in
             task = template_for(get_task(cfg.task_template), tok, masked)
             ids, meta, _ = build_task_examples(tok, task, [x for _, x in pairs], **kw)
@@ -711,13 +689,14 @@ class Distiller:
     def _compute_cache_part(self) -> dict[str, torch.Tensor]:
         cfg, dist, data = self.cfg, self.dist, self.data
         tmodel, tok = self.teacher.model, self.teacher.tokenizer
-        lm_rows = np.array_split(np.arange(data.n_lm), dist.world)[dist.rank] if data.n_lm else []
+        none = np.zeros(0, dtype=np.int64)
+        lm_rows = np.array_split(np.arange(data.n_lm), dist.world)[dist.rank] if data.n_lm else none
         task_rows = (
-            np.array_split(np.arange(data.n_task), dist.world)[dist.rank] if data.n_task else []
+            np.array_split(np.arange(data.n_task), dist.world)[dist.rank] if data.n_task else none
         )
         task_train = data.task_train or []
         total = len(lm_rows) * cfg.block_size + sum(len(task_train[i]) for i in task_rows)
-        bar = _bar(total, "teacher cache", self.progress and dist.is_main, unit="tok")
+        bar = progress_bar(total, "teacher cache", self.progress and dist.is_main, unit="tok")
         part: dict[str, torch.Tensor] = {}
         if len(lm_rows):
             assert data.corpus is not None
@@ -766,36 +745,22 @@ class Distiller:
             float(np.mean([len(x) for x in data.task_train or []])) if data.n_task else 0
         )
         self.tokens_per_step = lm_tokens + cfg.task_batch_size * task_tok_mean
-        self.metrics_path = self.out / "metrics.jsonl"
 
     def restore(self) -> int:
         """Load the checkpoint's weights, optimiser, scheduler and RNG; returns its step."""
-        from safetensors.torch import load_file
-
-        state, ckpt_dir = self.state, self.ckpt_dir
+        state = self.state
         if state is None:
-            if self.dist.is_main and self.metrics_path.exists():
-                self.metrics_path.unlink()
+            self.metrics.reset()
             return 0
-        step = int(state["step"])
-        own_w = load_file(str(ckpt_dir / "student_own.safetensors"))
         named = dict(self.student.named_parameters())
         with torch.no_grad():
-            for n, w in own_w.items():
+            for n, w in state["student_own"].items():
                 named[n].copy_(w)
-        self.opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+        self.opt.load_state_dict(state["optimizer"])
         lambdas = [None] * len(self.sched.lr_lambdas)
         self.sched.load_state_dict({**state["scheduler"], "lr_lambdas": lambdas})
-        torch.set_rng_state(torch.load(ckpt_dir / "rng.pt", weights_only=True)["torch"])
-        if self.dist.is_main and self.metrics_path.is_file():  # drop lines logged after it
-            keep = [
-                ln
-                for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step
-            ]
-            with atomic_path(self.metrics_path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in keep))
-        return step
+        torch.set_rng_state(state["rng"])
+        return int(state["step"])
 
     # ---- one step
 
@@ -891,33 +856,20 @@ class Distiller:
     # ---- checkpoint and evaluation
 
     def save_checkpoint(self, step: int) -> None:
-        """checkpoint.tmp -> checkpoint (the previous one kept as checkpoint.old during the swap)."""
-        from safetensors.torch import save_file
-
+        """The whole training state in one atomically written file (main process)."""
         if not self.dist.is_main:
             return
-        tmp_dir, old = self.out / "checkpoint.tmp", self.out / "checkpoint.old"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
         named = dict(self.student.named_parameters())
-        own = {n: named[n].detach().cpu().contiguous() for n in self.own}
-        save_file(own, str(tmp_dir / "student_own.safetensors"))
-        torch.save(self.opt.state_dict(), tmp_dir / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp_dir / "rng.pt")
-        sched = {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"}
         state = {
             "step": step,
             "total_steps": self.total_steps,
-            "config": self.cfg.to_dict(),
-            "teacher": teacher_reference(self.teacher_spec, self.teacher.info),
-            "scheduler": sched,
-            "before": self.before,
+            "student_own": {n: named[n].detach().cpu().contiguous() for n in self.own},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": {k: v for k, v in self.sched.state_dict().items() if k != "lr_lambdas"},
+            "rng": torch.get_rng_state(),
+            "before": json.dumps(self.before),
         }
-        write_json(tmp_dir / "state.json", state)
-        if self.ckpt_dir.exists():
-            os.replace(self.ckpt_dir, old)
-        os.replace(tmp_dir, self.ckpt_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        self.checkpoint.save(state, self.metrics)
 
     def evaluate(self) -> dict:
         data = self.data
@@ -937,7 +889,7 @@ class Distiller:
         """Steps from `step` to the end (or until the time budget is spent); returns the last step."""
         cfg, dist = self.cfg, self.dist
         delay = float(os.environ.get("PROMPTPORT_STEP_DELAY", "0") or 0)  # tests: widen kill window
-        bar = _bar(self.total_steps, "distil", self.progress and dist.is_main, "step", step)
+        bar = progress_bar(self.total_steps, "distil", self.progress and dist.is_main, "step", step)
         t_train = time.perf_counter()
         self.start_step, self.stopped_early, step_s = step, False, 0.0
         self.forward.train()
@@ -985,13 +937,14 @@ class Distiller:
             self.forward.eval()
             rec["eval"] = self.evaluate()
             self.forward.train()
-        append_jsonl(self.metrics_path, rec)
+        self.metrics.append(rec)
 
     def finish(self, step: int) -> dict:
         """Final checkpoint, evaluation, the student folder and metrics.json (main process)."""
         from promptport.runtime import versions
 
-        cfg, out = self.cfg, self.out
+        cfg, out, before = self.cfg, self.out, self.before
+        assert before is not None  # evaluated (or restored) before training, on the main process
         self.save_checkpoint(step)
         after = self.evaluate()
         strategy = cfg.strategy if self.student_dir is None else "continued"
@@ -1015,8 +968,8 @@ class Distiller:
             "parameters": self.counts,
             "before": self.before,
             "after": after,
-            "kl_reduction": _reduction(self.before, after, "kl_per_token"),
-            "answer_kl_reduction": _reduction(self.before, after, "answer_kl"),
+            "kl_reduction": _reduction(before, after, "kl_per_token"),
+            "answer_kl_reduction": _reduction(before, after, "answer_kl"),
             "steps": step,
             "total_steps": self.total_steps,
             "stopped_early": self.stopped_early,
@@ -1042,7 +995,9 @@ class Distiller:
         self.dist.barrier()
         self.before = None
         if self.dist.is_main:
-            self.before = self.state["before"] if self.state is not None else self.evaluate()
+            self.before = (
+                json.loads(self.state["before"]) if self.state is not None else self.evaluate()
+            )
         step = self.train(step)
         result = self.finish(step) if self.dist.is_main else None
         self.dist.barrier()

@@ -100,3 +100,55 @@ def _evaluate_generation(
     if out is not None:
         write_json(Path(out) / "metrics.json", result)
     return result
+
+
+def evaluate_baselines(
+    models: dict[str, str | LoadedModel],
+    task,
+    prompts: dict[str, tuple[str, Path | None]],
+    out: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    max_length: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    log=print,
+) -> dict:
+    """Several (model, prompt) baselines on one split, as `promptport run` reports them: for each name in
+    `prompts` -> (a key of `models`, a prompt folder or None for zero-shot), accuracy, macro-F1 and
+    bootstrap intervals; writes OUT/NAME.npz (labels, predictions, logits) and OUT/metrics.json."""
+    import numpy as np
+
+    from promptport.classify import classification_metrics
+    from promptport.report import bootstrap_ci
+
+    out = Path(out)
+    the_task = get_task(task)
+    ds = load_split(the_task, data, split, limit=limit)
+    loaded = {
+        k: m if isinstance(m, LoadedModel) else load_model(m, device=device)
+        for k, m in models.items()
+    }
+    clfs = {
+        k: PromptClassifier(m.model, m.tokenizer, the_task, max_length) for k, m in loaded.items()
+    }
+    encs = {k: c.encode(ds) for k, c in clfs.items()}
+    baselines = {}
+    for name, (which, prompt) in prompts.items():
+        emb = None if prompt is None else load_prompt(prompt).embeddings
+        logits = clfs[which].predict_logits(encs[which], emb, batch_size, progress, desc=name)
+        y_pred = logits.argmax(-1).numpy()
+        labels = encs[which].labels
+        assert labels is not None  # evaluation splits are loaded with their labels
+        y = labels.numpy()
+        m = classification_metrics(y, y_pred, len(the_task.classes))
+        m.update(bootstrap_ci(y, y_pred, len(the_task.classes), seed=seed))
+        np.savez(out / f"{name}.npz", y_true=y, y_pred=y_pred, logits=logits.numpy())
+        baselines[name] = m
+        log(f"  {name:18s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    write_json(out / "metrics.json", {"split": split, "n": len(ds), "baselines": baselines})
+    return baselines

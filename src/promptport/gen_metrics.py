@@ -13,6 +13,8 @@ thousand cheap score computations, not a thousand tokenisations.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from promptport.errors import BadInput
@@ -43,13 +45,16 @@ def segment_statistics(hyps: list[str], refs: list[list[str]], metrics=METRIC_NA
     if "bleu" in metrics or "chrf" in metrics:
         from sacrebleu.metrics import BLEU, CHRF
 
-        streams = _ref_streams(refs)
+        # sacrebleu takes None where a segment has fewer references (its own multi-reference layout)
+        streams = cast("list[list[str]]", _ref_streams(refs))
         if "bleu" in metrics:
-            m = BLEU()
-            out["bleu"] = (m, np.asarray(m._extract_corpus_statistics(hyps, streams), dtype=float))
+            bleu = BLEU()
+            stats = bleu._extract_corpus_statistics(hyps, streams)
+            out["bleu"] = (bleu, np.asarray(stats, dtype=float))
         if "chrf" in metrics:
-            m = CHRF()
-            out["chrf"] = (m, np.asarray(m._extract_corpus_statistics(hyps, streams), dtype=float))
+            chrf = CHRF()
+            stats = chrf._extract_corpus_statistics(hyps, streams)
+            out["chrf"] = (chrf, np.asarray(stats, dtype=float))
     if "rougeL" in metrics:
         from rouge_score import rouge_scorer
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from promptport.classify import Encoded
 from promptport.errors import BadInput
 from promptport.generation import PromptGenerator, source_ids, target_logits
+from promptport.losses import kl_from_log_probs
 
 REST_FLOOR = 1e-30
 
@@ -56,10 +57,6 @@ def coarse_logprobs(kept_logits: torch.Tensor, lse: torch.Tensor, T: float, rest
         return lp
     left = (1.0 - lp.exp().sum(-1)).clamp(min=REST_FLOOR)
     return torch.cat([lp, left.log()[:, None]], dim=-1)
-
-
-def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
-    return (p_log.exp() * (p_log - q_log)).sum(-1)
 
 
 def generation_transfer_loss(
@@ -89,9 +86,9 @@ def generation_transfer_loss(
         a_t = coarse_logprobs(t, lse_t, T, rest)
         shift_target = F.log_softmax(a_sp - a_s, -1)
         shift_pred = F.log_softmax(a_tp - a_t, -1)
-        loss = loss + alpha * T * T * _kl(shift_target, shift_pred)
+        loss = loss + alpha * T * T * kl_from_log_probs(shift_target, shift_pred)
     if alpha < 1:
-        loss = loss + (1 - alpha) * T * T * _kl(a_sp, a_tp)
+        loss = loss + (1 - alpha) * T * T * kl_from_log_probs(a_sp, a_tp)
     return loss
 
 
@@ -145,13 +142,15 @@ def build_gen_cache(
 
     t0 = time.perf_counter()
     parts: dict[str, list] = {n: [] for n in ("kept", "s", "s_p", "t", "lse_s", "lse_sp", "lse_t")}
-    counts = enc.labels.tolist()
+    assert enc.labels is not None  # continuation lengths
+    labels = enc.labels
+    counts = labels.tolist()
     bar = _progress(math.ceil(len(enc) / batch_size), "cache s, s_p, t", progress, "batch")
     ps = p_s.to(student.device)
     for start in range(0, len(enc), batch_size):
         idx = list(range(start, min(start + batch_size, len(enc))))
         ids, mask = student.batch([enc.input_ids[i] for i in idx])
-        y = enc.labels[idx]
+        y = labels[idx]
         s, _, _ = target_logits(student.model, ids, mask, y)
         sp, _, _ = target_logits(student.model, ids, mask, y, ps)
         ids_t, mask_t = teacher.batch([enc.input_ids[i] for i in idx])
@@ -228,7 +227,7 @@ def train_gen_transfer(
 ):
     """Adam on p_t against the cached targets; keep the p_t with the lowest held-out public loss."""
     from promptport.fileio import append_jsonl
-    from promptport.transfer import TransferResult
+    from promptport.transfer_common import TransferResult
 
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(enc)
@@ -317,10 +316,9 @@ def transfer_generation(
     """The transfer stage for a generation task (called by `promptport.transfer.transfer`)."""
     from promptport.data import load_texts
     from promptport.fileio import write_json
-    from promptport.manifest import write_manifest
     from promptport.prompt import init_prompt_embeddings, make_metadata, save_prompt
     from promptport.runtime import versions
-    from promptport.transfer import _fingerprint_prompt, method_alpha, public_dataset
+    from promptport.transfer_common import method_alpha, public_dataset, write_transfer_manifest
 
     t_start = time.perf_counter()
     field = the_task.template_fields[0]
@@ -341,6 +339,7 @@ def transfer_generation(
         tc = time.perf_counter()
         enc = continuations(student, p_s, inputs, cfg.max_length, progress=progress)
         cont_seconds = time.perf_counter() - tc
+        assert enc.labels is not None  # continuation lengths
         n_positions = int(enc.labels.sum())
         cache = build_gen_cache(
             student, teacher, p_s, enc, k=cfg.top_k, temperature=cfg.temperature, progress=progress
@@ -414,21 +413,7 @@ def transfer_generation(
         "versions": versions(),
     }
     write_json(out / "metrics.json", result)
-    write_manifest(
-        out,
-        stage="transfer",
-        config=asdict(cfg),
-        inputs={
-            "prompt": _fingerprint_prompt(prompt_source or artifact, artifact),
-            "public_data": {"source": source_id, "n_examples": len(pub)},
-            "student": s_lm.info.to_dict(),
-            "teacher": t_lm.info.to_dict(),
-        },
-        outputs=[
-            out / "prompt" / "prompt.safetensors",
-            out / "prompt" / "prompt.json",
-            out / "metrics.json",
-        ],
-        seconds=wall,
-    )
+    source = prompt_source or artifact
+    n = len(pub)
+    write_transfer_manifest(out, cfg, source, artifact, source_id, n, s_lm, t_lm, wall)
     return result

@@ -118,6 +118,7 @@ def load_gen_split(
                 )
                 for f in names
             }
+            assert task.target is not None  # a generation task names its target field
             tcands = [label_column] if label_column else task.columns[task.target]
             if require_target:
                 tcol = pick(row, tcands, f"target '{task.target}'")
@@ -185,7 +186,9 @@ def eval_set(task: Task, ds: GenDataset, limit: int | None = None) -> EvalSet:
         raise BadInput("data", f"{ds.source}: evaluation needs references (target column)")
     texts = ds.inputs(task)
     groups: dict[tuple, int] = {}
-    keys, inputs, refs = [], [], []
+    keys: list[tuple] = []
+    inputs: list[str] = []
+    refs: list[list[str]] = []
     for k, x, t in zip(ds.keys(), texts, ds.targets):
         if k not in groups:
             groups[k] = len(keys)
@@ -346,7 +349,7 @@ class PromptGenerator:
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        self._stop = None
+        self._stop: list[int] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -382,6 +385,7 @@ class PromptGenerator:
         for s in range(0, len(enc), batch_size):
             idx = order[s : s + batch_size]
             ids, mask = self.batch([enc.input_ids[i] for i in idx])
+            assert enc.labels is not None  # target lengths, set by encode
             y = enc.labels[torch.as_tensor(idx)]
             out[torch.as_tensor(idx)] = -self.loss(ids, mask, y, p, "none").double().cpu()
             if bar is not None:
@@ -544,8 +548,8 @@ def prepare_e2e(
     n_mrs = len(set(test.keys()))
     if not 0 < n_test_mrs < n_mrs:
         raise BadInput("test_mrs", f"must be in [1, {n_mrs - 1}], got {n_test_mrs}")
-    f = n_test_mrs / n_mrs
-    parts.update(split_by_input(test, {"test": f, "public": 1 - f}, seed))
+    test_fraction = n_test_mrs / n_mrs
+    parts.update(split_by_input(test, {"test": test_fraction, "public": 1 - test_fraction}, seed))
     keys = {k: set(v.keys()) for k, v in parts.items()}
     names = list(keys)
     for i, a in enumerate(names):

@@ -25,6 +25,8 @@ Three rules keep the figures honest:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import special, stats
 
@@ -47,6 +49,30 @@ PRIMARY = "online/global"  # Carlini et al. recommend the fixed (global) varianc
 FPR_LEVELS = (0.001, 0.01)
 BOUND_CONFIDENCE = 0.95
 RMIA_OFFLINE_A, RMIA_GAMMA = 0.3, 1.0
+
+
+# The audit's mask design (promptport.audit uses it; the null-data check below uses the same one).
+def make_masks(n_shadows: int, n_examples: int, pkeep: float = 0.5, seed: int = 0) -> np.ndarray:
+    """[N, P] bool: every example IN for exactly k = round(pkeep * N) shadows (as in Carlini et al.'s
+    code, so each example has the same number of IN and OUT references) *and* every shadow trained on
+    round(pkeep * P) examples (within one). Carlini et al.'s columns-only design lets subset sizes vary;
+    a DP mechanism's output may depend on the set size (its sampling rate does), and pooling guesses
+    over targets of different sizes then moves the AUC away from 0.5 on data where membership has no
+    effect. A balanced start is mixed by random 2x2 swaps, which keep every row and column sum."""
+    if n_shadows < 1 or n_examples < 1:
+        raise BadInput("shadows", "an audit needs at least one shadow and one example")
+    rng = np.random.default_rng([seed, 0x6C697261])
+    k = int(round(pkeep * n_shadows))
+    # example j is IN for k consecutive shadows starting at j*k (mod N): columns sum to k, rows to
+    # within one of k*P/N
+    start = (np.arange(n_examples) * k) % n_shadows
+    m = ((np.arange(n_shadows)[:, None] - start[None, :]) % n_shadows) < k
+    draws = rng.integers(0, [n_shadows, n_shadows, n_examples, n_examples], (8 * m.size, 4))
+    for r1, r2, c1, c2 in draws.tolist():
+        if m[r1, c1] and m[r2, c2] and not m[r1, c2] and not m[r2, c1]:
+            m[r1, c1] = m[r2, c2] = False
+            m[r1, c2] = m[r2, c1] = True
+    return m[rng.permutation(n_shadows)][:, rng.permutation(n_examples)]
 
 
 def attack_key(attack: str, variance: str | None) -> str:
@@ -200,7 +226,8 @@ def _equal_reference_selection(
     out_counts = np.stack([(~masks[o]).sum(0) for o in others])
     k_in, k_out = in_counts.min(0), out_counts.min(0)  # [P]
     rng = np.random.default_rng([seed, 0x726566])
-    sel_in, sel_out = [], []
+    sel_in: list[np.ndarray] = []
+    sel_out: list[np.ndarray] = []
     for s in range(n):
         ref = masks[others[s]]
         keys = rng.random(ref.shape)
@@ -393,7 +420,7 @@ def epsilon_lower_bound(
     perm = np.random.default_rng([seed, 0x656273]).permutation(n)
     choose, count = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
     m_choose, m_count = members[choose], members[count]
-    best = {"bound": 0.0, "attack": None, "threshold": None}
+    best: dict[str, Any] = {"bound": 0.0, "attack": None, "threshold": None}
     pos, neg = int(m_choose.sum()), int((~m_choose).sum())
     for key, sc in scores.items():
         thr, fps, tps = roc_counts(np.asarray(sc)[choose], m_choose)
@@ -450,7 +477,6 @@ def null_study(
 
     Returns {"attacks": {key: {"mean_auc", "auc_sd", "aucs"}}, "bounds": [...], "bound_zero_fraction"}.
     """
-    from promptport.audit import make_masks  # the audit's own mask design, not a copy
 
     aucs: dict[str, list[float]] = {}
     bounds = []

@@ -122,5 +122,8 @@ def distill_loss(
     if s_answer is not None and cfg.alpha_label and class_scores is not None:
         s_cls, t_cls = class_scores(s_answer.float()), class_scores(t_answer.float())
         terms["label"] = cfg.alpha_label * kd_kl(s_cls, t_cls, 1.0).mean()
-    terms["total"] = sum(terms.values()) if terms else torch.zeros(())
+    total = torch.zeros(())
+    for i, term in enumerate(terms.values()):
+        total = term if i == 0 else total + term  # the sum in insertion order, as sum() adds
+    terms["total"] = total
     return terms

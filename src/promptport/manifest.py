@@ -55,6 +55,14 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return read_json(p) if p.is_file() else None
 
 
+def stage_manifest(stage_dir: Path) -> dict:
+    """The manifest of a stage that has run (an error naming the folder when there is none)."""
+    m = read_manifest(stage_dir)
+    if m is None:
+        raise PromptportError(f"{Path(stage_dir) / MANIFEST} is missing: the stage has not run")
+    return m
+
+
 def verify_outputs(stage_dir: Path, manifest: dict) -> None:
     """A truncated or altered artifact is detected and named."""
     for rel, digest in manifest.get("outputs", {}).items():

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,7 +123,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
 
         log.info("converting %s from GGUF to safetensors in %s (once)", name, target)
         tok = AutoTokenizer.from_pretrained(gdir, gguf_file=em.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             gdir, gguf_file=em.gguf_file, dtype=torch.float32
         )
         if getattr(model, "hf_quantizer", None) is not None:
@@ -195,7 +196,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=kind != "hub")
         auto = AutoModelForMaskedLM if is_masked_lm_config(config) else AutoModelForCausalLM
-        model = auto.from_pretrained(
+        model: Any = auto.from_pretrained(
             where, dtype=resolve_dtype(dtype), config=config, local_files_only=kind != "hub"
         )
     except (OSError, ValueError, KeyError) as e:

@@ -12,28 +12,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from promptport.config import (
-    DEFAULT_CONFIG as DEFAULT_CONFIG,
-)
-from promptport.config import (
-    RunConfig as RunConfig,
-)
-from promptport.config import (
-    load_run_config as load_run_config,
-)
-from promptport.config import (
-    section as section,
-)
-from promptport.config import (
-    stage_configs as stage_configs,
-)
+from promptport.checkpoint import checkpoint_file
+from promptport.config import DEFAULT_CONFIG as DEFAULT_CONFIG
+from promptport.config import RunConfig as RunConfig
+from promptport.config import load_run_config as load_run_config
+from promptport.config import section as section
+from promptport.config import stage_configs as stage_configs
 from promptport.errors import BadInput
 from promptport.fileio import check_writable_dir, inside, read_json, write_json
-from promptport.manifest import is_complete, read_manifest, write_manifest
+from promptport.manifest import is_complete, read_manifest, stage_manifest, write_manifest
 
 
 def _text_hashes(texts) -> set[str]:
@@ -115,31 +106,85 @@ def run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         raise
 
 
-def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
-    from promptport.classify import PromptClassifier
-    from promptport.data import load_split, load_texts
-    from promptport.models import load_model
-    from promptport.prompt import load_prompt
-    from promptport.report import bootstrap_ci, build_report
-    from promptport.runtime import seed_everything, versions
-    from promptport.tasks import get_task
-    from promptport.transfer import transfer
-    from promptport.tune import tune
+def run_stage(
+    run_dir: Path,
+    name: str,
+    config: dict,
+    inputs: dict,
+    fn: Callable[[Path, bool], object],
+    side: str,
+    *,
+    outputs: Callable[[Path], list[Path]],
+    extra: Callable[[Path], dict] | None = None,
+    log=print,
+    describe: str = "",
+) -> Path:
+    """The one way a pipeline stage runs: reuse RUN/NAME when its manifest is complete for the same
+    config and inputs; otherwise run `fn(stage_dir, resume)` (resume: an interrupted attempt with the
+    same config and inputs left a checkpoint) and write the manifest (config, inputs, outputs with
+    sha256, seconds, side and what `extra` adds). Returns the stage directory."""
+    stage_dir = _stage(run_dir, name)
+    if is_complete(stage_dir, config, inputs):
+        log(f"[{name}] reused")
+        return stage_dir
+    log(f"[{name}] {describe}" if describe else f"[{name}]")
+    t0 = time.perf_counter()
+    fn(stage_dir, _attempt(stage_dir, name, config, inputs))
+    more = extra(stage_dir) if extra is not None else {}
+    write_manifest(
+        stage_dir,
+        stage=name,
+        config=config,
+        inputs=inputs,
+        outputs=outputs(stage_dir),
+        seconds=time.perf_counter() - t0,
+        extra={"side": side, **more},
+    )
+    return stage_dir
 
-    t_run = time.perf_counter()
+
+def _cost(stage_dir: Path, stage: str, side: str, notes: str, tokens_key: str = "tokens") -> dict:
+    metrics = stage_dir / "metrics.json"
+    tokens = read_json(metrics).get(tokens_key, "-") if metrics.is_file() else "-"
+    seconds = stage_manifest(stage_dir)["seconds"]
+    return {"stage": stage, "side": side, "seconds": seconds, "tokens": tokens, "notes": notes}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every stage of one `promptport run` reads: the config, checked stage configs, the task."""
+
+    cfg: RunConfig
+    run_dir: Path
+    task: Any
+    tune_cfg: Any
+    transfer_cfg: Any
+    distill_cfg: Any
+    dp_cfg: Any
+    public_id: str
+    public_source: str  # cfg.public_data, or the file of texts the teacher wrote for generate:N
+    progress: bool
+    log: Callable
+    costs: list[dict] = dataclasses.field(default_factory=list)
+
+
+def _prepare(cfg: RunConfig, progress: bool, log) -> tuple[_Run, int]:
+    """Checked configs, and the private/public overlap check (private data is read here only for it;
+    it never goes to a provider-side stage). Returns the run and the number of overlapping texts."""
+    from promptport.data import load_split, load_texts
+    from promptport.runtime import seed_everything
+    from promptport.tasks import get_task
+
     run_dir = check_writable_dir(cfg.run_dir, "run_dir")
-    if (
-        run_dir.is_dir()
-    ):  # temp files of atomic writes cut short by a kill; we hold the lock, no one else writes
+    if run_dir.is_dir():  # temp files of atomic writes cut short by a kill; we hold the lock
         for stale in run_dir.rglob(".*.tmp"):
             if stale.is_file():
                 stale.unlink()
     seed_everything(cfg.seed)
     task = get_task(cfg.task)
-    tcfg, xcfg, dcfg, dp_cfg = stage_configs(cfg)
-
-    # Private data is read here only to check it against the public source; it never goes to transfer.
+    tune_cfg, transfer_cfg, distill_cfg, dp_cfg = stage_configs(cfg)
     # the whole split: tune() draws its train_limit subset at random, so any row may be trained on
+    private_train: Any  # a GenDataset or a TextDataset: both have .fields
     if task.is_generation:  # the inputs (e.g. E2E MRs) must not be shared with the public data
         from promptport.generation import load_gen_split
 
@@ -148,17 +193,14 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         private_train = load_split(task, cfg.private_data, cfg.train_split)
     public_src = cfg.public_data
     if public_src.startswith("generate:"):  # the teacher writes the public texts (provider side)
+        from promptport.models import load_model
         from promptport.public_gen import generate_public
 
         log(f"[public] the teacher writes {public_src.split(':', 1)[1]} public texts")
         run_dir.mkdir(parents=True, exist_ok=True)
+        teacher = load_model(cfg.teacher, device=cfg.device)
         public_src, _ = generate_public(
-            load_model(cfg.teacher, device=cfg.device),
-            task,
-            public_src,
-            run_dir / "public",
-            seed=cfg.seed,
-            progress=progress,
+            teacher, task, public_src, run_dir / "public", seed=cfg.seed, progress=progress
         )
     public_texts, public_id = load_texts(public_src, text_column=cfg.public_text_column)
     n_overlap = check_overlap(
@@ -167,250 +209,177 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     del private_train
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.model_dump())
-    costs: list[dict] = []
+    configs = (tune_cfg, transfer_cfg, distill_cfg, dp_cfg)
+    run = _Run(cfg, run_dir, task, *configs, public_id, str(public_src), progress, log)
+    return run, n_overlap
 
-    # 1. distil (provider)
+
+def _distill_stage(run: _Run) -> str:
+    """1. distil (provider): the student folder's path (the configured student, a student of the same
+    teacher and recipe from the provider's student store, or a new one, filed in the store)."""
+    from promptport.distill import distill
+
+    cfg, distill_cfg = run.cfg, run.distill_cfg
     if cfg.student is not None:
-        student_path = cfg.student
-    else:
-        from promptport.distill import distill
+        return cfg.student
+    from_store: list[Path] = []  # the store entry this run's student was copied from, if any
 
-        d_dir = _stage(run_dir, "distill")
-        inputs = {"teacher": cfg.teacher}
-        key_cfg = dcfg.to_dict()
-        entry = store_key = None
-        if cfg.reuse_student and not is_complete(d_dir, key_cfg, inputs):
+    def go(stage_dir: Path, again: bool) -> None:
+        store_key = None
+        if cfg.reuse_student:
             from promptport import student_store
+            from promptport.models import load_model
 
-            t_info = load_model(cfg.teacher, device=cfg.device).info
-            store_key = student_store.recipe_key(t_info, key_cfg)
+            info = load_model(cfg.teacher, device=cfg.device).info
+            store_key = student_store.recipe_key(info, distill_cfg.to_dict())
             entry = student_store.lookup(store_key[0])
-        if entry is not None:
-            log(f"[distill] reused from the student store: {entry}")
-            t0 = time.perf_counter()
-            student_store.fetch(entry, d_dir)
-            write_manifest(
-                d_dir,
-                stage="distill",
-                config=key_cfg,
-                inputs=inputs,
-                outputs=[p for p in (d_dir / "student").rglob("*") if p.is_file()]
-                + [d_dir / "metrics.json"],
-                seconds=time.perf_counter() - t0,
-                extra={"side": "provider", "student_store": str(entry)},
-            )
-        elif not is_complete(d_dir, key_cfg, inputs):
-            log(f"[distill] {cfg.teacher} -> {dcfg.layers}-layer student")
-            t0 = time.perf_counter()
-            again = _attempt(d_dir, "distill", key_cfg, inputs)
-            has_ckpt = any(
-                (d_dir / c / "state.json").is_file() for c in ("checkpoint", "checkpoint.old")
-            )
-            distill(
-                cfg.teacher,
-                d_dir,
-                dcfg,
-                resume=again and has_ckpt,
-                device=cfg.device,
-                progress=progress,
-            )
-            write_manifest(
-                d_dir,
-                stage="distill",
-                config=key_cfg,
-                inputs=inputs,
-                outputs=[p for p in (d_dir / "student").rglob("*") if p.is_file()]
-                + [d_dir / "metrics.json"],
-                seconds=time.perf_counter() - t0,
-                extra={"side": "provider"},
-            )
-            if store_key is not None:
-                student_store.put(*store_key, d_dir)
-        else:
-            log("[distill] reused")
-        student_path = str(d_dir / "student")
-        dm = read_json(d_dir / "metrics.json") if (d_dir / "metrics.json").is_file() else {}
-        costs.append(
-            {
-                "stage": "distill",
-                "side": "provider",
-                "seconds": read_manifest(d_dir)["seconds"],
-                "tokens": dm.get("tokens_trained", "-"),
-                "notes": "once per teacher, shared by all users"
-                + (" (this run: copied from the student store)" if entry is not None else ""),
-            }
+            if entry is not None:
+                run.log(f"[distill] reused from the student store: {entry}")
+                student_store.fetch(entry, stage_dir)
+                from_store.append(entry)
+                return
+        resume = again and checkpoint_file(stage_dir).is_file()
+        distill(
+            cfg.teacher,
+            stage_dir,
+            distill_cfg,
+            resume=resume,
+            device=cfg.device,
+            progress=run.progress,
         )
+        if store_key is not None:
+            student_store.put(*store_key, stage_dir)
 
-    # 2. tune (user, private data)
-    u_dir = _stage(run_dir, "tune")
-    inputs = {
-        "student": student_path,
+    def outputs(stage_dir: Path) -> list[Path]:
+        files = [p for p in (stage_dir / "student").rglob("*") if p.is_file()]
+        return files + [stage_dir / "metrics.json"]
+
+    distill_dir = run_stage(
+        run.run_dir,
+        "distill",
+        distill_cfg.to_dict(),
+        {"teacher": cfg.teacher},
+        go,
+        "provider",
+        outputs=outputs,
+        extra=lambda _: {"student_store": str(from_store[0])} if from_store else {},
+        log=run.log,
+        describe=f"{cfg.teacher} -> {distill_cfg.layers}-layer student",
+    )
+    notes = "once per teacher, shared by all users"
+    if from_store:
+        notes += " (this run: copied from the student store)"
+    run.costs.append(_cost(distill_dir, "distill", "provider", notes, tokens_key="tokens_trained"))
+    return str(distill_dir / "student")
+
+
+def _tune_stage(run: _Run, name: str, model: str, side: str, describe: str) -> Path:
+    """2. tune (user, private data) on `model`; also the optional teacher-tuning reference."""
+    from promptport.tune import tune
+
+    cfg, task = run.cfg, run.task
+    inputs: dict[str, Any] = {
+        "student" if name == "tune" else "teacher": model,
         "task": task.name,
         "private_data": cfg.private_data or "task default",
-        "limits": [cfg.train_limit, cfg.val_limit],
     }
-    key_cfg = dataclasses.asdict(tcfg)
-    if not is_complete(u_dir, key_cfg, inputs):
-        log(f"[tune] prompt on the student with private data{' (DP-SGD)' if dp_cfg else ''}")
-        t0 = time.perf_counter()
+    if name == "tune":
+        inputs["limits"] = [cfg.train_limit, cfg.val_limit]
+
+    def go(stage_dir: Path, resume: bool) -> None:
         tune(
-            student_path,
+            model,
             task,
             data=cfg.private_data,
-            out=u_dir,
+            out=stage_dir,
             train_split=cfg.train_split,
             val_split=cfg.val_split,
             train_limit=cfg.train_limit,
             val_limit=cfg.val_limit,
-            cfg=tcfg,
+            cfg=run.tune_cfg,
             device=cfg.device,
-            progress=progress,
-            resume=_attempt(u_dir, "tune", key_cfg, inputs),
+            progress=run.progress,
+            resume=resume,
         )
-        write_manifest(
-            u_dir,
-            stage="tune",
-            config=key_cfg,
-            inputs=inputs,
-            outputs=[
-                u_dir / "prompt" / "prompt.safetensors",
-                u_dir / "prompt" / "prompt.json",
-                u_dir / "metrics.json",
-            ],
-            seconds=time.perf_counter() - t0,
-            extra={"side": "user"},
+
+    def outputs(stage_dir: Path) -> list[Path]:
+        files = [stage_dir / "prompt" / "prompt.safetensors", stage_dir / "metrics.json"]
+        return (
+            files
+            if name != "tune"
+            else [*files[:1], stage_dir / "prompt" / "prompt.json", files[1]]
         )
-    else:
-        log("[tune] reused")
-    um = read_json(u_dir / "metrics.json")
-    costs.append(
-        {
-            "stage": "tune (student)",
-            "side": "user",
-            "seconds": read_manifest(u_dir)["seconds"],
-            "tokens": um.get("tokens", "-"),
-            "notes": "private data stays here",
-        }
+
+    config = dataclasses.asdict(run.tune_cfg)
+    return run_stage(
+        run.run_dir, name, config, inputs, go, side, outputs=outputs, log=run.log, describe=describe
     )
 
-    # 3. transfer (provider, public data only): receives the prompt artifact, never the private data
-    x_dir = _stage(run_dir, "transfer")
+
+def _transfer_stage(run: _Run, tune_dir: Path, student_path: str) -> Path:
+    """3. transfer (provider, public data only): receives the prompt artifact, never private data."""
+    from promptport.transfer import transfer
+
+    cfg, transfer_cfg = run.cfg, run.transfer_cfg
     inputs = {
-        "prompt": str(u_dir / "prompt"),
+        "prompt": str(tune_dir / "prompt"),
         "student": student_path,
         "teacher": cfg.teacher,
         "public_data": cfg.public_data,
-        "public_source": public_src,
-        "prompt_sha256": read_manifest(u_dir)["outputs"]["prompt/prompt.safetensors"],
+        "public_source": run.public_source,
+        "prompt_sha256": stage_manifest(tune_dir)["outputs"]["prompt/prompt.safetensors"],
     }
-    key_cfg = dataclasses.asdict(xcfg)
-    if not is_complete(x_dir, key_cfg, inputs):
-        log(
-            f"[transfer] {xcfg.method}, alpha={xcfg.alpha}, {xcfg.n_public} public examples from {public_id}"
-        )
-        t0 = time.perf_counter()
+
+    def go(stage_dir: Path, resume: bool) -> None:
         transfer(
-            u_dir / "prompt",
+            tune_dir / "prompt",
             student_path,
             cfg.teacher,
-            public_data=public_src,
-            out=x_dir,
-            cfg=xcfg,
+            public_data=run.public_source,
+            out=stage_dir,
+            cfg=transfer_cfg,
             public_text_column=cfg.public_text_column,
             device=cfg.device,
-            progress=progress,
-            resume=_attempt(x_dir, "transfer", key_cfg, inputs),
+            progress=run.progress,
+            resume=resume,
         )
-        m = read_manifest(x_dir)
-        write_manifest(
-            x_dir,
-            stage="transfer",
-            config=key_cfg,
-            inputs=inputs,
-            outputs=[x_dir / p for p in m["outputs"]],
-            seconds=time.perf_counter() - t0,
-            extra={"side": "provider", "stage_inputs": m["inputs"]},
-        )
-    else:
-        log("[transfer] reused")
-    xm = read_json(x_dir / "metrics.json")
-    costs.append(
-        {
-            "stage": "transfer",
-            "side": "provider",
-            "seconds": read_manifest(x_dir)["seconds"],
-            "tokens": xm.get("tokens", "-"),
-            "notes": f"{xm['n_public']} public examples",
-        }
+
+    def outputs(stage_dir: Path) -> list[Path]:  # what transfer() itself listed in its manifest
+        return [stage_dir / p for p in stage_manifest(stage_dir)["outputs"]]
+
+    describe = f"{transfer_cfg.method}, alpha={transfer_cfg.alpha}, {transfer_cfg.n_public} public examples from {run.public_id}"
+    transfer_dir = run_stage(
+        run.run_dir,
+        "transfer",
+        dataclasses.asdict(transfer_cfg),
+        inputs,
+        go,
+        "provider",
+        outputs=outputs,
+        extra=lambda stage_dir: {"stage_inputs": stage_manifest(stage_dir)["inputs"]},
+        log=run.log,
+        describe=describe,
     )
+    n_public = read_json(transfer_dir / "metrics.json")["n_public"]
+    run.costs.append(_cost(transfer_dir, "transfer", "provider", f"{n_public} public examples"))
+    return transfer_dir
 
-    # 3b. optional reference: prompt tuning directly on the teacher with private data (what POST avoids)
-    tt_dir = None
-    if cfg.with_teacher_tuning:
-        tt_dir = _stage(run_dir, "teacher-tuning")
-        inputs = {
-            "teacher": cfg.teacher,
-            "task": task.name,
-            "private_data": cfg.private_data or "task default",
-        }
-        key_cfg = dataclasses.asdict(tcfg)
-        if not is_complete(tt_dir, key_cfg, inputs):
-            log("[teacher-tuning] non-private reference: prompt tuning on the teacher itself")
-            t0 = time.perf_counter()
-            tune(
-                cfg.teacher,
-                task,
-                data=cfg.private_data,
-                out=tt_dir,
-                train_split=cfg.train_split,
-                val_split=cfg.val_split,
-                train_limit=cfg.train_limit,
-                val_limit=cfg.val_limit,
-                cfg=tcfg,
-                device=cfg.device,
-                progress=progress,
-                resume=_attempt(tt_dir, "teacher-tuning", key_cfg, inputs),
-            )
-            write_manifest(
-                tt_dir,
-                stage="teacher-tuning",
-                config=key_cfg,
-                inputs=inputs,
-                outputs=[tt_dir / "prompt" / "prompt.safetensors", tt_dir / "metrics.json"],
-                seconds=time.perf_counter() - t0,
-                extra={"side": "user+provider"},
-            )
-        costs.append(
-            {
-                "stage": "tune (teacher, reference)",
-                "side": "reference",
-                "seconds": read_manifest(tt_dir)["seconds"],
-                "tokens": read_json(tt_dir / "metrics.json").get("tokens", "-"),
-                "notes": "needs private data on the teacher",
-            }
-        )
 
-    # 4. evaluate every baseline on the private task's evaluation split (user side; never used for selection)
-    e_dir = _stage(run_dir, "evaluate")
-    prompts = {
-        "student_prompt": ("student", u_dir / "prompt"),
-        "direct_transfer": ("teacher", u_dir / "prompt"),
-        "post_transfer": ("teacher", x_dir / "prompt"),
-        "teacher_zero_shot": ("teacher", None),
-        "student_zero_shot": ("student", None),
-    }
-    if tt_dir is not None:
-        prompts["teacher_tuned"] = ("teacher", tt_dir / "prompt")
+def _evaluate_stage(run: _Run, prompts: dict[str, tuple[str, Path | None]], student_path: str):
+    """4. every baseline on the private task's evaluation split (user side; never used for selection)."""
+    from promptport.evaluate import evaluate_baselines
+
+    cfg, task = run.cfg, run.task
     inputs = {
         k: (m, None if p is None else read_json(Path(p) / "prompt.json").get("sha256"))
         for k, (m, p) in prompts.items()
     }
-    key_cfg = {"split": cfg.eval_split, "limit": cfg.eval_limit, "task": task.name}
-    if task.is_generation:
+    if task.is_generation:  # generation: the evaluation generates; it keeps its own manifest
         from promptport.generation import evaluate_stage
 
+        gen_dir = _stage(run.run_dir, "evaluate")
         evaluate_stage(
-            e_dir,
+            gen_dir,
             task=task,
             prompts=prompts,
             inputs=inputs,
@@ -418,120 +387,152 @@ def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
             data=cfg.private_data,
             split=cfg.eval_split,
             limit=cfg.eval_limit,
-            max_length=tcfg.max_length,
+            max_length=run.tune_cfg.max_length,
             batch_size=cfg.eval_batch_size,
             seed=cfg.seed,
-            progress=progress,
-            log=log,
+            progress=run.progress,
+            log=run.log,
         )
-    elif not is_complete(e_dir, key_cfg, inputs):
-        log(f"[evaluate] {len(prompts)} baselines on {task.name}/{cfg.eval_split}")
-        t0 = time.perf_counter()
-        ds = load_split(task, cfg.private_data, cfg.eval_split, limit=cfg.eval_limit)
-        models = {
-            "teacher": load_model(cfg.teacher, device=cfg.device),
-            "student": load_model(student_path, device=cfg.device),
-        }
-        max_len = tcfg.max_length
-        clfs = {k: PromptClassifier(m.model, m.tokenizer, task, max_len) for k, m in models.items()}
-        encs = {k: c.encode(ds) for k, c in clfs.items()}
-        base = {}
-        for name, (which, p) in prompts.items():
-            emb = None if p is None else load_prompt(p).embeddings
-            logits = clfs[which].predict_logits(
-                encs[which], emb, cfg.eval_batch_size, progress, desc=name
-            )
-            y_pred = logits.argmax(-1).numpy()
-            y = encs[which].labels.numpy()
-            from promptport.classify import classification_metrics
+        return read_json(gen_dir / "metrics.json")["baselines"]
+    config = {"split": cfg.eval_split, "limit": cfg.eval_limit, "task": task.name}
 
-            m = classification_metrics(y, y_pred, len(task.classes))
-            m.update(bootstrap_ci(y, y_pred, len(task.classes), seed=cfg.seed))
-            np.savez(e_dir / f"{name}.npz", y_true=y, y_pred=y_pred, logits=logits.numpy())
-            base[name] = m
-            log(f"  {name:18s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
-        write_json(
-            e_dir / "metrics.json", {"split": cfg.eval_split, "n": len(ds), "baselines": base}
-        )
-        write_manifest(
-            e_dir,
-            stage="evaluate",
-            config=key_cfg,
-            inputs=inputs,
-            outputs=[e_dir / "metrics.json"] + [e_dir / f"{k}.npz" for k in prompts],
-            seconds=time.perf_counter() - t0,
-            extra={"side": "user"},
-        )
-    else:
-        log("[evaluate] reused")
-    base = read_json(e_dir / "metrics.json")["baselines"]
-
-    audit_summary = None
-    if cfg.audit is not None:
-        # The user's own leakage audit of their tuning configuration (user side, private data).
-        from promptport.audit import SPEC_FILE, AuditSpec, audit, format_summary
-
-        a_dir = inside(run_dir, "audit", "run_dir/audit")
-        spec = AuditSpec(
-            model=student_path,
-            task=task.name,
+    def go(stage_dir: Path, resume: bool) -> None:
+        evaluate_baselines(
+            {"teacher": cfg.teacher, "student": student_path},
+            task,
+            prompts,
+            stage_dir,
             data=cfg.private_data,
-            split=cfg.train_split,
+            split=cfg.eval_split,
+            limit=cfg.eval_limit,
+            max_length=run.tune_cfg.max_length,
+            batch_size=cfg.eval_batch_size,
             seed=cfg.seed,
-            tune=dataclasses.asdict(tcfg),
-            **cfg.audit,
-        )
-        spec.validate()
-        log(f"[audit] LiRA with {spec.n_shadows} shadow prompts on a pool of {spec.pool_size}")
-        t0 = time.perf_counter()
-        r = audit(
-            a_dir, spec, resume=(a_dir / SPEC_FILE).exists(), device=cfg.device, progress=progress
-        )
-        audit_summary = r["summary"]
-        if audit_summary:
-            log("  " + format_summary(audit_summary))
-        costs.append(
-            {
-                "stage": "audit (LiRA shadows)",
-                "side": "user",
-                "seconds": round(time.perf_counter() - t0, 1),
-                "notes": f"{spec.n_shadows} shadows",
-            }
+            device=cfg.device,
+            progress=run.progress,
+            log=run.log,
         )
 
-    privacy = read_json(u_dir / "prompt" / "prompt.json").get("privacy")
-    post, direct, zs = base["post_transfer"], base["direct_transfer"], base["teacher_zero_shot"]
+    def outputs(stage_dir: Path) -> list[Path]:
+        return [stage_dir / "metrics.json"] + [stage_dir / f"{k}.npz" for k in prompts]
+
+    describe = f"{len(prompts)} baselines on {task.name}/{cfg.eval_split}"
+    evaluate_dir = run_stage(
+        run.run_dir,
+        "evaluate",
+        config,
+        inputs,
+        go,
+        "user",
+        outputs=outputs,
+        log=run.log,
+        describe=describe,
+    )
+    return read_json(evaluate_dir / "metrics.json")["baselines"]
+
+
+def _audit_stage(run: _Run, student_path: str) -> dict | None:
+    """The user's own leakage audit of their tuning configuration (user side, private data)."""
+    from promptport.audit import SPEC_FILE, AuditSpec, audit, format_summary
+
+    cfg = run.cfg
+    assert cfg.audit is not None
+    a_dir = inside(run.run_dir, "audit", "run_dir/audit")
+    spec = AuditSpec(
+        model=student_path,
+        task=run.task.name,
+        data=cfg.private_data,
+        split=cfg.train_split,
+        seed=cfg.seed,
+        tune=dataclasses.asdict(run.tune_cfg),
+        **cfg.audit,
+    )
+    spec.validate()
+    run.log(f"[audit] LiRA with {spec.n_shadows} shadow prompts on a pool of {spec.pool_size}")
+    t0 = time.perf_counter()
+    resume = (a_dir / SPEC_FILE).exists()
+    r = audit(a_dir, spec, resume=resume, device=cfg.device, progress=run.progress)
+    if r["summary"]:
+        run.log("  " + format_summary(r["summary"]))
+    run.costs.append(
+        {
+            "stage": "audit (LiRA shadows)",
+            "side": "user",
+            "seconds": round(time.perf_counter() - t0, 1),
+            "notes": f"{spec.n_shadows} shadows",
+        }
+    )
+    return r["summary"]
+
+
+def _summary(run: _Run, base: dict, privacy: dict | None) -> str:
+    task, split = run.task, run.cfg.eval_split
     if task.is_generation:
         from promptport.generation import summary_line
 
-        summary = summary_line(task, base, cfg.eval_split, privacy)
-    else:
-        summary = (
-            f"POST transfer: {post['accuracy']:.4f} accuracy on {task.name}/{cfg.eval_split} "
-            f"(teacher zero-shot {zs['accuracy']:.4f}, direct transfer {direct['accuracy']:.4f}, "
-            f"student + prompt {base['student_prompt']['accuracy']:.4f})"
-            + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
+        return summary_line(task, base, split, privacy)
+    post, direct, zs = base["post_transfer"], base["direct_transfer"], base["teacher_zero_shot"]
+    return (
+        f"POST transfer: {post['accuracy']:.4f} accuracy on {task.name}/{split} "
+        f"(teacher zero-shot {zs['accuracy']:.4f}, direct transfer {direct['accuracy']:.4f}, "
+        f"student + prompt {base['student_prompt']['accuracy']:.4f})"
+        + (f"; prompt privacy epsilon={privacy.get('epsilon'):.3g}" if privacy else "; no DP")
+    )
+
+
+def _run_pipeline(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
+    from promptport.report import build_report
+    from promptport.runtime import versions
+
+    t_run = time.perf_counter()
+    run, n_overlap = _prepare(cfg, progress, log)
+    student_path = _distill_stage(run)
+    dp_note = " (DP-SGD)" if run.dp_cfg else ""
+    tune_dir = _tune_stage(
+        run, "tune", student_path, "user", f"prompt on the student with private data{dp_note}"
+    )
+    run.costs.append(_cost(tune_dir, "tune (student)", "user", "private data stays here"))
+    transfer_dir = _transfer_stage(run, tune_dir, student_path)
+    prompts: dict[str, tuple[str, Path | None]] = {
+        "student_prompt": ("student", tune_dir / "prompt"),
+        "direct_transfer": ("teacher", tune_dir / "prompt"),
+        "post_transfer": ("teacher", transfer_dir / "prompt"),
+        "teacher_zero_shot": ("teacher", None),
+        "student_zero_shot": ("student", None),
+    }
+    if cfg.with_teacher_tuning:  # the non-private reference POST avoids: tuning on the teacher
+        describe = "non-private reference: prompt tuning on the teacher itself"
+        teacher_tuning_dir = _tune_stage(
+            run, "teacher-tuning", cfg.teacher, "user+provider", describe
         )
+        notes = "needs private data on the teacher"
+        run.costs.append(_cost(teacher_tuning_dir, "tune (teacher, reference)", "reference", notes))
+        prompts["teacher_tuned"] = ("teacher", teacher_tuning_dir / "prompt")
+    base = _evaluate_stage(run, prompts, student_path)
+    audit_summary = _audit_stage(run, student_path) if cfg.audit is not None else None
+
+    privacy = read_json(tune_dir / "prompt" / "prompt.json").get("privacy")
+    summary = _summary(run, base, privacy)
     results = {
         "summary": summary,
         "eval_split": cfg.eval_split,
         "baselines": base,
         "privacy": privacy,
-        "costs": costs,
+        "costs": run.costs,
         "audit": audit_summary,
         "info": {
-            "task": task.name,
+            "task": run.task.name,
             "teacher": cfg.teacher,
             "student": student_path,
-            "public_data": public_id,
+            "public_data": run.public_id,
             "public_overlap_with_private": n_overlap,
             "seed": cfg.seed,
             "run_seconds": round(time.perf_counter() - t_run, 1),
             **{k: v for k, v in versions().items() if k in ("promptport", "torch", "transformers")},
         },
     }
-    write_json(run_dir / "results.json", results)
-    build_report(run_dir)
+    write_json(run.run_dir / "results.json", results)
+    build_report(run.run_dir)
     return results
 
 
@@ -575,14 +576,16 @@ def sweep_alpha(
         public_src = str(run_dir / "public" / "texts.jsonl")  # the texts the run's transfer used
     rows = []
     for a in alphas:
-        xcfg = TransferConfig(**{"seed": cfg.seed, **cfg.transfer, "alpha": a, "method": "post"})
+        transfer_cfg = TransferConfig(
+            **{"seed": cfg.seed, **cfg.transfer, "alpha": a, "method": "post"}
+        )
         r = transfer(
             run_dir / "tune" / "prompt",
             student,
             teacher,
             public_data=public_src,
             out=out_dir / f"alpha-{a:g}",
-            cfg=xcfg,
+            cfg=transfer_cfg,
             public_text_column=cfg.public_text_column,
             progress=progress,
         )
@@ -592,6 +595,7 @@ def sweep_alpha(
             cfg.eval_batch_size,
             progress,
         )
+        assert enc.labels is not None  # the validation split has labels
         m = classification_metrics(enc.labels.numpy(), logits.argmax(-1).numpy(), len(task.classes))
         rows.append(
             {

@@ -219,19 +219,9 @@ def estimate_run(
         cfg = load_run_config(config)
     if teacher is not None:
         cfg = cfg.model_copy(update={"teacher": teacher})
-    tcfg, xcfg, dcfg, dp_cfg = stage_configs(cfg)
+    tune_cfg, transfer_cfg, distill_cfg, dp_cfg = stage_configs(cfg)
     dev = _device_kind(device or cfg.device)
-    shapes = dict(shapes or {})
-    t_shape = shapes.get("teacher") or model_shape(cfg.teacher)
-    if "student" in shapes:
-        s_shape = shapes["student"]
-    elif cfg.student is not None and layers is None:
-        s_shape = model_shape(cfg.student)
-    else:
-        k = layers if layers is not None else (dcfg.layers if dcfg is not None else None)
-        if k is None:
-            raise BadInput("layers", "give --layers (the config names an existing student)")
-        s_shape = t_shape.with_layers(int(k))
+    t_shape, s_shape = _run_shapes(cfg, distill_cfg, layers, dict(shapes or {}))
     gpu = dev == "cuda"
     base = CUDA_CONTEXT_BYTES if gpu else RUNTIME_BYTES
     fp = 4  # stages load weights in float32 (load_model's default)
@@ -244,79 +234,35 @@ def estimate_run(
     )
     stages: dict[str, StagePlan] = {}
 
-    if dcfg is not None:
-        own = (
-            s_shape.params - s_shape.embedding_params
-        )  # embeddings and head stay frozen and shared
-        block = dcfg.block_size
-        lm_tokens = dcfg.max_tokens if dcfg.uses_lm else 0
-        cache = lm_tokens * (
-            dcfg.topk * (2 + 4) + 4 + (2 * t_shape.hidden if dcfg.alpha_cos else 0)
-        )
-        if dcfg.alpha_task:
-            cache += dcfg.task_examples * (2 * t_shape.vocab + 2 * t_shape.hidden)
-        act_b = 2 if dcfg.precision == "bf16" else 4
-        lm_tok = (dcfg.batch_size * block) if dcfg.uses_lm else 0
-        task_tok = dcfg.task_batch_size * dcfg.task_max_length if dcfg.alpha_task else 0
-        logits = (
-            lm_tok * t_shape.vocab * 4 * 4
-        )  # student logits, log-softmax and their gradients (fp32)
-        train = {
-            "teacher weights": t_w,
-            "student weights": s_w,
-            "optimizer (grad + AdamW)": own * 4 * 3,
-            "teacher cache": cache,
-            "activations": activation_bytes(s_shape, lm_tok + task_tok, act_b) + logits,
-        }
-        cache_phase = {
-            "teacher weights": t_w,
-            "student weights": s_w,
-            "teacher cache": cache,
-            "teacher forward": 8 * block * t_shape.vocab * 4 * 2
-            + inference_bytes(t_shape, 8 * block, act_b),
-        }
-        phases = {"training the student": train, "caching the teacher": cache_phase}
-        if not gpu:
-            phases["loading the teacher"] = {"teacher weights": load_peak(t_shape, None, fp)}
-        stages["distill"] = _peak("distill", base, phases)
+    if distill_cfg is not None:
+        stages["distill"] = _distill_plan(distill_cfg, t_shape, s_shape, base, gpu, fp)
 
-    def tune_plan(
-        name: str, model: Shape, loading: dict, n_tokens: int, note: str = ""
-    ) -> StagePlan:
-        seq = tcfg.max_length + n_tokens
-        per_step = tcfg.batch_size * seq
-        w = weights_bytes(model, fp)
-        train = {
-            "weights": w,
-            "activations (batch x full length)": activation_bytes(model, per_step),
-            "evaluation batch": inference_bytes(model, tcfg.eval_batch_size * seq),
-        }
-        return _peak(name, base, {"training the prompt": train, "loading": loading}, note)
-
-    stages["tune"] = tune_plan("tune", s_shape, s_load, tcfg.n_tokens)
+    stages["tune"] = _tune_plan(tune_cfg, "tune", s_shape, s_load, base)
     if cfg.with_teacher_tuning:
         t_load = (
             {"teacher weights": t_w} if gpu else {"loading teacher": load_peak(t_shape, None, fp)}
         )
-        stages["teacher-tuning"] = tune_plan("teacher-tuning", t_shape, t_load, tcfg.n_tokens)
+        stages["teacher-tuning"] = _tune_plan(tune_cfg, "teacher-tuning", t_shape, t_load, base)
 
     # transfer: student (rebuilt from the teacher) and teacher resident, three [n_public, V] logit tables,
     # the teacher's prompt-training step
-    seq = xcfg.max_length + tcfg.n_tokens
-    cache = 3 * xcfg.n_public * t_shape.vocab * 4
+    seq = transfer_cfg.max_length + tune_cfg.n_tokens
+    cache = 3 * transfer_cfg.n_public * t_shape.vocab * 4
     x_train = {
         "teacher weights": t_w,
         "student weights": s_w,
         "logit cache": cache,
-        "activations (batch x full length)": activation_bytes(t_shape, xcfg.batch_size * seq)
-        + xcfg.batch_size * t_shape.vocab * 4 * 8,
+        "activations (batch x full length)": activation_bytes(
+            t_shape, transfer_cfg.batch_size * seq
+        )
+        + transfer_cfg.batch_size * t_shape.vocab * 4 * 8,
     }
     x_load = {"student load": sum(s_load.values()), "logit cache": 0}
     stages["transfer"] = _peak(
         "transfer", base, {"training the teacher prompt": x_train, "loading": x_load}
     )
 
-    seq = tcfg.max_length + tcfg.n_tokens
+    seq = tune_cfg.max_length + tune_cfg.n_tokens
     e = {
         "teacher weights": t_w,
         "student weights": s_w,
@@ -327,9 +273,8 @@ def estimate_run(
     )
 
     if cfg.audit is not None:
-        stages["audit"] = tune_plan(
-            "audit", s_shape, s_load, tcfg.n_tokens, "shadows train one after another"
-        )
+        note = "shadows train one after another"
+        stages["audit"] = _tune_plan(tune_cfg, "audit", s_shape, s_load, base, note)
 
     out = {
         "device": dev,
@@ -349,6 +294,71 @@ def estimate_run(
     out["available_bytes"] = available_bytes(dev)
     out["warnings"] = _warnings(out, t_w, base)
     return out
+
+
+def _run_shapes(cfg, distill_cfg, layers: int | None, shapes: dict) -> tuple[Shape, Shape]:
+    """(teacher, student) shapes: given, read from the configs, or the teacher cut to `layers`."""
+    t_shape = shapes.get("teacher") or model_shape(cfg.teacher)
+    if "student" in shapes:
+        return t_shape, shapes["student"]
+    if cfg.student is not None and layers is None:
+        return t_shape, model_shape(cfg.student)
+    k = layers if layers is not None else (distill_cfg.layers if distill_cfg is not None else None)
+    if k is None:
+        raise BadInput("layers", "give --layers (the config names an existing student)")
+    return t_shape, t_shape.with_layers(int(k))
+
+
+def _distill_plan(
+    distill_cfg, t_shape: Shape, s_shape: Shape, base: int, gpu: bool, fp: int
+) -> StagePlan:
+    t_w, s_w = weights_bytes(t_shape, fp), weights_bytes(s_shape, fp)
+    own = s_shape.params - s_shape.embedding_params  # embeddings and head stay frozen and shared
+    block = distill_cfg.block_size
+    lm_tokens = distill_cfg.max_tokens if distill_cfg.uses_lm else 0
+    # per LM position: top-k float32 log-probabilities and int32 ids, bf16 hidden state for the cos term
+    cache = lm_tokens * (
+        distill_cfg.topk * (4 + 4) + (2 * t_shape.hidden if distill_cfg.alpha_cos else 0)
+    )
+    if distill_cfg.alpha_task:
+        cache += distill_cfg.task_examples * (2 * t_shape.vocab + 2 * t_shape.hidden)
+    act_b = 2 if distill_cfg.precision == "bf16" else 4
+    lm_tok = (distill_cfg.batch_size * block) if distill_cfg.uses_lm else 0
+    task_tok = (
+        distill_cfg.task_batch_size * distill_cfg.task_max_length if distill_cfg.alpha_task else 0
+    )
+    logits = lm_tok * t_shape.vocab * 4 * 4  # student logits, log-softmax, their gradients (fp32)
+    train = {
+        "teacher weights": t_w,
+        "student weights": s_w,
+        "optimizer (grad + AdamW)": own * 4 * 3,
+        "teacher cache": cache,
+        "activations": activation_bytes(s_shape, lm_tok + task_tok, act_b) + logits,
+    }
+    cache_phase = {
+        "teacher weights": t_w,
+        "student weights": s_w,
+        "teacher cache": cache,
+        "teacher forward": 8 * block * t_shape.vocab * 4 * 2
+        + inference_bytes(t_shape, 8 * block, act_b),
+    }
+    phases = {"training the student": train, "caching the teacher": cache_phase}
+    if not gpu:
+        phases["loading the teacher"] = {"teacher weights": load_peak(t_shape, None, fp)}
+    return _peak("distill", base, phases)
+
+
+def _tune_plan(
+    tune_cfg, name: str, model: Shape, loading: dict, base: int, note: str = "", fp: int = 4
+) -> StagePlan:
+    seq = tune_cfg.max_length + tune_cfg.n_tokens
+    per_step = tune_cfg.batch_size * seq
+    train = {
+        "weights": weights_bytes(model, fp),
+        "activations (batch x full length)": activation_bytes(model, per_step),
+        "evaluation batch": inference_bytes(model, tune_cfg.eval_batch_size * seq),
+    }
+    return _peak(name, base, {"training the prompt": train, "loading": loading}, note)
 
 
 def _device_kind(device: str) -> str:

@@ -23,12 +23,13 @@ import functools
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
 from promptport.errors import BadInput
+from promptport.options import setting
 
 ACCOUNTANTS = ("prv", "rdp")
 MAX_SIGMA = 1e4  # beyond this the run is noise; a target that needs more is unreachable
@@ -38,11 +39,17 @@ MAX_SIGMA = 1e4  # beyond this the run is noise; a target that needs more is unr
 class DPConfig:
     """Differential privacy settings for prompt tuning (example-level DP on the training split)."""
 
-    epsilon: float
-    delta: float | None = None  # None -> 1 / (10 N) for N training examples
-    max_grad_norm: float = 1.0
-    accountant: str = "prv"
-    secure_rng: bool = False
+    epsilon: float = setting(help="DP: target epsilon for the whole run (needs --dp).")
+    delta: float | None = setting(None, "DP: delta, in (0, 1/N). Default: 1/(10 N).")
+    max_grad_norm: float = setting(1.0, "DP: per-example clip norm C.")
+    accountant: str = setting(
+        "prv",
+        "DP: privacy accountant (Opacus); PRV falls back to RDP with a warning where it fails.",
+        choices=ACCOUNTANTS,
+    )
+    secure_rng: bool = setting(
+        False, "DP: draw noise and batches from the OS's CSPRNG (not reproducible)."
+    )
 
     def resolved_delta(self, n: int) -> float:
         return self.delta if self.delta is not None else 1.0 / (10 * n)
@@ -74,6 +81,26 @@ class DPConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DP_ONLY_SETTINGS = ("epsilon", "delta", "secure_rng")  # meaningless without DP
+
+
+def dp_from_settings(enabled: bool, settings: dict, prefix: str = "") -> DPConfig | None:
+    """The one static check of DP settings (command line, audit and run config alike): DP needs a
+    target epsilon; a DP-only setting without DP is refused. `prefix` names the field's section."""
+    if not enabled:
+        stray = [k for k in DP_ONLY_SETTINGS if settings.get(k) not in (None, False)]
+        if stray:
+            raise BadInput(prefix + stray[0], "is a DP setting: add --dp (a dp: section in YAML)")
+        return None
+    if settings.get("epsilon") is None:
+        raise BadInput(
+            prefix + "epsilon",
+            "DP-SGD needs a target epsilon (--dp --epsilon 8, or dp: {epsilon: 8} in YAML)",
+        )
+    names = {f.name for f in fields(DPConfig)}
+    return DPConfig(**{k: v for k, v in settings.items() if k in names})
 
 
 # ---------------------------------------------------------------- accounting
@@ -393,7 +420,7 @@ def clip_and_noise(
 def library_versions() -> dict:
     import importlib.metadata as md
 
-    out = {}
+    out: dict[str, str | None] = {}
     for pkg in ("promptport", "opacus", "torch", "numpy"):
         try:
             out[pkg] = md.version(pkg)

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -224,7 +225,7 @@ def export_peft(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if model_config is not None:
         kwargs = {
             "num_layers": getattr(model_config, "num_hidden_layers", None),

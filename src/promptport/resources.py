@@ -39,14 +39,14 @@ class Estimate:
         return sum(self.disk.values())
 
 
-def estimate_run(cfg) -> Estimate:
+def estimate_resources(cfg) -> Estimate:
     """Peak memory per stage (from `plan.estimate_run`) and disk written by `promptport run` with this
     RunConfig, leaving out stages that are already complete in its run directory."""
     from promptport import plan
     from promptport.config import stage_configs
     from promptport.manifest import read_manifest
 
-    _, _, dcfg, _ = stage_configs(cfg)
+    _, _, distill_cfg, _ = stage_configs(cfg)
     est = Estimate()
     try:
         p = plan.estimate_run(cfg)
@@ -61,15 +61,17 @@ def estimate_run(cfg) -> Estimate:
 
     est.memory = {k: int(v["peak_bytes"]) for k, v in p["stages"].items() if not done(k)}
     est.available_memory = p.get("available_bytes")
-    if dcfg is not None and not done("distill"):
+    if distill_cfg is not None and not done("distill"):
         t = plan.model_shape(cfg.teacher)
         own = (
-            t.with_layers(dcfg.layers).params - t.embedding_params
+            t.with_layers(distill_cfg.layers).params - t.embedding_params
         )  # the student's trained weights
-        cache = (dcfg.max_tokens if dcfg.uses_lm else 0) * (
-            dcfg.topk * (2 + 4) + 4 + (2 * t.hidden if dcfg.alpha_cos else 0)
+        cache = (distill_cfg.max_tokens if distill_cfg.uses_lm else 0) * (
+            distill_cfg.topk * (2 + 4) + 4 + (2 * t.hidden if distill_cfg.alpha_cos else 0)
         )
-        cache += (dcfg.task_examples if dcfg.alpha_task else 0) * (t.vocab + t.hidden) * 2
+        cache += (
+            (distill_cfg.task_examples if distill_cfg.alpha_task else 0) * (t.vocab + t.hidden) * 2
+        )
         est.disk["distill: teacher cache"] = cache
         est.disk["distill: checkpoints (two during a swap) and student"] = own * 4 * (3 * 2 + 1)
     est.disk["prompts, metrics, reports"] = 16 * 1024**2
@@ -105,7 +107,7 @@ def preflight(cfg) -> Estimate | None:
         cfg, "check_resources", True
     ):
         return None
-    est = estimate_run(cfg)
+    est = estimate_resources(cfg)
     mem, disk = available(cfg.run_dir)
     if est.available_memory is not None and not str(cfg.device).startswith("cpu"):
         mem = est.available_memory  # the GPU's free memory

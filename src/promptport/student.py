@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ def extract_student(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Mod
             "layers", f"layer indices {layers} are not distinct indices of a {n}-layer teacher"
         )
     cfg = student_config(teacher.config, layers)
-    student = type(teacher)(cfg)
+    student: Any = type(teacher)(cfg)  # a transformers PreTrainedModel
     prefix = path + "."
     sd = {}
     new_index = {old: new for new, old in enumerate(layers)}

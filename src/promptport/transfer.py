@@ -25,18 +25,18 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from promptport.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
+from promptport.checkpoint import Checkpoint, MetricsLog, progress_bar
 from promptport.classify import Encoded, PromptClassifier
-from promptport.data import TextDataset, load_texts
+from promptport.data import load_texts
 from promptport.errors import BadInput, PromptportError
-from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
+from promptport.fileio import check_writable_dir, write_json
 from promptport.losses import kl_divergence
-from promptport.manifest import write_manifest
 from promptport.models import LoadedModel, load_model
 from promptport.prompt import (
     PromptArtifact,
@@ -48,11 +48,14 @@ from promptport.prompt import (
 )
 from promptport.runtime import seed_everything, versions
 from promptport.tasks import Task, get_task, task_from_dict
+from promptport.transfer_common import (
+    TransferResult,
+    method_alpha,
+    public_dataset,
+    write_transfer_manifest,
+)
 
 METHODS = ("post", "output", "shift", "direct")
-CHECKPOINT_FILE = (
-    "checkpoint.pt"  # OUT/checkpoint/: p_t, optimiser, data order and RNG at each evaluation
-)
 
 
 @dataclass
@@ -116,10 +119,6 @@ def transfer_loss(
     if alpha < 1:
         per_example = per_example + (1 - alpha) * T * T * kl_divergence(s_p, t_p, T)
     return per_example.mean() if reduction == "mean" else per_example
-
-
-def method_alpha(method: str, alpha: float) -> float:
-    return {"post": alpha, "output": 0.0, "shift": 1.0}[method]
 
 
 @dataclass
@@ -221,24 +220,6 @@ def public_labels(task: Task, public_data: str, texts: list[str], text_column=No
     return torch.tensor(ys)
 
 
-def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
-    """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
-    if len(task.template_fields) != 1:
-        raise BadInput(
-            "public_data",
-            f"task template has fields {task.template_fields}; public transfer data "
-            "needs a single-field template",
-        )
-    uniq = list(dict.fromkeys(t for t in texts if t.strip()))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))[:n]
-    if len(order) < 2:
-        raise BadInput("public_data", f"need at least 2 distinct public texts, got {len(uniq)}")
-    return TextDataset(
-        {task.template_fields[0]: [uniq[i] for i in order]}, None, "public", "public"
-    )
-
-
 def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -> Task:
     """The task the prompt was tuned for, from the template and verbalizer stored in it: the provider
     needs no registry entry, and a registry entry of the same name cannot swap the template. A `task`
@@ -269,8 +250,12 @@ def task_from_prompt(artifact: PromptArtifact, task: str | Task | None = None) -
     except BadInput:
         known = None
     if known is not None and task is not None:
-        stored = (t["template"], t.get("classes"), t.get("verbalizer"))
-        given = (known.template, known.classes if not t.get("kind") else None, known.verbalizer)
+        stored: tuple = (t["template"], t.get("classes"), t.get("verbalizer"))
+        given: tuple = (
+            known.template,
+            known.classes if not t.get("kind") else None,
+            known.verbalizer,
+        )
         if t.get("kind") == "generation":
             stored, given = stored[:1], given[:1]
         if stored != given:
@@ -290,16 +275,87 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
-@dataclass
-class TransferResult:
-    embeddings: torch.Tensor
-    alpha: float
-    history: list[dict] = field(default_factory=list)
-    best: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    cache_seconds: float = 0.0
-    steps: int = 0
-    tokens: int = 0
+def _heldout_loss(teacher, t_enc, cache, p_t, held, alpha: float, cfg, dist) -> float:
+    """Mean transfer loss over the held-out public examples (each process its shard)."""
+    dev = teacher.device
+    n_held = len(held)
+    total = torch.zeros((), dtype=torch.float64)
+    mine = torch.as_tensor(dist.shard(held.tolist()), dtype=torch.long)
+    with torch.inference_mode():
+        for i in range(0, len(mine), cfg.batch_size * 2):
+            idx = mine[i : i + cfg.batch_size * 2]
+            ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
+            t_p = teacher.vocab_logits(ids, mask, p_t.detach())
+            total += float(
+                transfer_loss(
+                    t_p,
+                    cache.s_p[idx].to(dev),
+                    cache.s[idx].to(dev),
+                    cache.t[idx].to(dev),
+                    alpha,
+                    cfg.temperature,
+                    "none",
+                )
+                .double()
+                .sum()
+            )
+    return float(dist.sum(total)) / n_held
+
+
+def _step_loss(teacher, t_enc, cache, p_t, idx, alpha: float, cfg, dist) -> tuple[float, int]:
+    """Backpropagate this process's share of the batch's mean loss into p_t; sum over processes."""
+    dev = teacher.device
+    mine = torch.as_tensor(dist.shard(idx.tolist()), dtype=torch.long)
+    local = torch.zeros(2, dtype=torch.float64)  # [loss share, real tokens]
+    if len(mine):
+        ids, mask = teacher.batch([t_enc.input_ids[j] for j in mine])
+        t_p = teacher.vocab_logits(ids, mask, p_t)
+        loss = transfer_loss(
+            t_p,
+            cache.s_p[mine].to(dev),
+            cache.s[mine].to(dev),
+            cache.t[mine].to(dev),
+            alpha,
+            cfg.temperature,
+            "none",
+        ).sum() / len(idx)
+        loss.backward()
+        local += torch.tensor([float(loss.detach()), float(mask.sum())], dtype=torch.float64)
+    if p_t.grad is None:
+        p_t.grad = torch.zeros_like(p_t)
+    p_t.grad = dist.sum(p_t.grad)
+    both = dist.sum(local)
+    return float(both[0]), int(both[1])
+
+
+def _loop_identity(cfg, alpha: float, n: int, total: int, p_s, cache) -> dict:
+    """What a transfer checkpoint must match to be resumed: settings, prompt and cached targets."""
+    return {
+        "config": asdict(cfg),
+        "alpha": alpha,
+        "n": n,
+        "total": total,
+        "p_s": hashlib.sha256(p_s.detach().float().cpu().numpy().tobytes()).hexdigest(),
+        "targets": hashlib.sha256(
+            b"".join(x.float().cpu().numpy().tobytes() for x in (cache.s, cache.s_p, cache.t))
+        ).hexdigest(),
+    }
+
+
+def _loop_state(step: int, p_t, opt, generator, loop: dict, best: dict, best_emb) -> dict:
+    """The transfer loop's state at `step`, as its checkpoint stores it."""
+    return {
+        "step": step,
+        "p_t": p_t.detach().cpu().clone(),
+        "optimizer": opt.state_dict(),
+        "generator": generator.get_state(),
+        "order": loop["order"],
+        "pos": loop["pos"],
+        "tokens": loop["tokens"],
+        "history": json.dumps(loop["history"]),
+        "best": json.dumps(best),
+        "best_emb": best_emb.cpu().clone(),
+    }
 
 
 def train_transfer(
@@ -333,174 +389,66 @@ def train_transfer(
     perm = torch.randperm(n, generator=g)
     n_held = max(1, int(round(n * cfg.heldout_fraction)))
     held, train = perm[:n_held], perm[n_held:]
-    p_t = torch.nn.Parameter(
-        (p_s if init_embeddings is None else init_embeddings)
-        .detach()
-        .clone()
-        .float()
-        .to(teacher.device)
-    )
+    init = p_s if init_embeddings is None else init_embeddings
+    p_t = torch.nn.Parameter(init.detach().clone().float().to(teacher.device))
     opt = torch.optim.Adam([p_t], lr=cfg.lr)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * steps_per_epoch)))
     eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
     dev = teacher.device
 
-    def heldout_loss() -> float:
-        total = torch.zeros((), dtype=torch.float64)
-        mine = torch.as_tensor(dist.shard(held.tolist()), dtype=torch.long)
-        with torch.inference_mode():
-            for i in range(0, len(mine), cfg.batch_size * 2):
-                idx = mine[i : i + cfg.batch_size * 2]
-                ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
-                t_p = teacher.vocab_logits(ids, mask, p_t.detach())
-                total += float(
-                    transfer_loss(
-                        t_p,
-                        cache.s_p[idx].to(dev),
-                        cache.s[idx].to(dev),
-                        cache.t[idx].to(dev),
-                        alpha,
-                        cfg.temperature,
-                        "none",
-                    )
-                    .double()
-                    .sum()
-                )
-        return float(dist.sum(total)) / n_held
+    def held_loss() -> float:
+        return _heldout_loss(teacher, t_enc, cache, p_t, held, alpha, cfg, dist)
 
-    def step_loss(idx: torch.Tensor) -> tuple[float, int]:
-        """Backpropagate this process's share of the batch's mean loss into p_t; sum over processes."""
-        mine = torch.as_tensor(dist.shard(idx.tolist()), dtype=torch.long)
-        local = torch.zeros(2, dtype=torch.float64)  # [loss share, real tokens]
-        if len(mine):
-            ids, mask = teacher.batch([t_enc.input_ids[j] for j in mine])
-            t_p = teacher.vocab_logits(ids, mask, p_t)
-            loss = transfer_loss(
-                t_p,
-                cache.s_p[mine].to(dev),
-                cache.s[mine].to(dev),
-                cache.t[mine].to(dev),
-                alpha,
-                cfg.temperature,
-                "none",
-            ).sum() / len(idx)
-            loss.backward()
-            local += torch.tensor([float(loss.detach()), float(mask.sum())], dtype=torch.float64)
-        if p_t.grad is None:
-            p_t.grad = torch.zeros_like(p_t)
-        p_t.grad = dist.sum(p_t.grad)
-        both = dist.sum(local)
-        return float(both[0]), int(both[1])
-
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    identity = json.dumps(
-        {
-            "config": asdict(cfg),
-            "alpha": alpha,
-            "n": n,
-            "total": total,
-            "p_s": hashlib.sha256(p_s.detach().float().cpu().numpy().tobytes()).hexdigest(),
-            "targets": hashlib.sha256(
-                b"".join(x.float().cpu().numpy().tobytes() for x in (cache.s, cache.s_p, cache.t))
-            ).hexdigest(),
-        },
-        sort_keys=True,
+    identity = _loop_identity(cfg, alpha, n, total, p_s, cache)
+    ckpt = (
+        Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, "transfer", identity)
+        if checkpoint_dir is not None
+        else None
     )
+    metrics = MetricsLog(metrics_path)
     t0, tokens, start = time.perf_counter(), 0, 1
-    if resume and ckpt is not None and ckpt.is_file():
-        try:
-            st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise BadInput("resume", f"cannot read {ckpt}: {str(e).splitlines()[0]}") from None
-        if st.get("identity") != identity:
-            raise BadInput(
-                "resume",
-                f"{ckpt} was made by a different transfer (other prompt, public data or "
-                "settings); start a fresh run in another output directory",
-            )
+    if resume and ckpt is not None and ckpt.exists():
+        st = ckpt.load(metrics)
         with torch.no_grad():
             p_t.copy_(st["p_t"].to(dev))
         opt.load_state_dict(st["optimizer"])
         g.set_state(st["generator"])
-        order, pos, start, tokens = (
-            st["order"],
-            int(st["pos"]),
-            int(st["step"]) + 1,
-            int(st["tokens"]),
-        )
-        history, best, best_emb = (
-            json.loads(st["history"]),
-            json.loads(st["best"]),
-            st["best_emb"].to(dev),
-        )
-        if metrics_path is not None and metrics_path.exists():
-            with open(metrics_path, "r+b") as f:  # forget lines written after the checkpoint
-                f.truncate(int(st["metrics_offset"]))
+        order, pos = st["order"], int(st["pos"])
+        start, tokens = int(st["step"]) + 1, int(st["tokens"])
+        history, best = json.loads(st["history"]), json.loads(st["best"])
+        best_emb = st["best_emb"].to(dev)
     else:
-        if metrics_path is not None and metrics_path.exists():
-            metrics_path.write_text("")
-        history = [{"step": 0, "heldout_loss": heldout_loss()}]
+        if metrics.path is not None and metrics.path.exists():
+            metrics.reset()
+        history = [{"step": 0, "heldout_loss": held_loss()}]
         best = dict(history[0])
         best_emb = p_t.detach().clone()
         order = train[torch.randperm(len(train), generator=g)]
         pos = 0
 
-    def save_checkpoint(step: int) -> None:
-        offset = (
-            metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
-        )
-        state = {
-            "identity": identity,
-            "step": step,
-            "p_t": p_t.detach().cpu().clone(),
-            "optimizer": opt.state_dict(),
-            "generator": g.get_state(),
-            "order": order.clone(),
-            "pos": pos,
-            "tokens": tokens,
-            "history": json.dumps(history),
-            "best": json.dumps(best),
-            "best_emb": best_emb.cpu().clone(),
-            "metrics_offset": offset,
-        }
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt) as tmp:
-            torch.save(state, tmp)
-
-    bar = None
-    if progress and dist.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total,
-            initial=start - 1,
-            desc="transfer",
-            unit="step",
-            dynamic_ncols=True,
-            leave=False,
-        )
+    bar = progress_bar(total, "transfer", progress and dist.is_main, initial=start - 1)
     for step in range(start, total + 1):
         if pos + cfg.batch_size > len(order):
             order, pos = train[torch.randperm(len(train), generator=g)], 0
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
         opt.zero_grad(set_to_none=True)
-        loss, n_tok = step_loss(idx)
+        loss, n_tok = _step_loss(teacher, t_enc, cache, p_t, idx, alpha, cfg, dist)
         opt.step()
         tokens += n_tok + p_t.shape[0] * len(idx)
         rec = {"step": step, "loss": loss}
         if step % eval_every == 0 or step == total:
-            rec["heldout_loss"] = heldout_loss()
+            rec["heldout_loss"] = held_loss()
             if rec["heldout_loss"] < best["heldout_loss"]:
                 best = {"step": step, "heldout_loss": rec["heldout_loss"]}
                 best_emb = p_t.detach().clone()
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(rec)
-        if metrics_path is not None:
-            append_jsonl(metrics_path, rec)
+        metrics.append(rec)
         if ckpt is not None and "heldout_loss" in rec and dist.is_main:
-            save_checkpoint(step)
+            loop = {"order": order.clone(), "pos": pos, "tokens": tokens, "history": history}
+            ckpt.save(_loop_state(step, p_t, opt, g, loop, best, best_emb), metrics)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(
@@ -511,6 +459,139 @@ def train_transfer(
     return TransferResult(
         best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens
     )
+
+
+def _load_pair(student, teacher, artifact, cfg, device: str) -> tuple[LoadedModel, LoadedModel]:
+    """Student and teacher, checked against the prompt and each other (one tokenizer)."""
+    s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
+    t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
+    check_compatible(artifact, s_lm.info)
+    if (cfg.init == "copy" or cfg.method == "direct") and (
+        artifact.hidden_size != t_lm.info.hidden_size
+    ):
+        raise BadInput(
+            "prompt",
+            f"copy init needs the teacher's width: prompt has hidden size "
+            f"{artifact.hidden_size}, teacher '{t_lm.info.model_id}' has "
+            f"{t_lm.info.hidden_size} (use --init text)",
+        )
+    if s_lm.info.tokenizer_fingerprint != t_lm.info.tokenizer_fingerprint:
+        raise BadInput("student", "student and teacher use different tokenizers")
+    return s_lm, t_lm
+
+
+def _train_teacher_prompt(
+    artifact,
+    the_task,
+    s_lm,
+    t_lm,
+    pub,
+    source_id,
+    cfg,
+    progress,
+    resume,
+    shared,
+    out,
+    public_data,
+    public_text_column,
+) -> tuple[torch.Tensor, float | None, TransferResult | None, dict, bool]:
+    """The teacher prompt: copied (direct) or trained against the cached student targets.
+    Returns (embeddings, alpha, TransferResult or None, auto-alpha details, shared-cache hit)."""
+    s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
+    t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)
+    s_enc, t_enc = s_clf.encode(pub), t_clf.encode(pub)
+    p_s = artifact.embeddings
+    if cfg.method == "direct":
+        return p_s.clone(), None, None, {}, False
+    alpha_info: dict = {}
+    key = (
+        the_task.template,
+        source_id,
+        len(pub),
+        cfg.seed,
+        cfg.max_length,
+        s_lm.info.embedding_fingerprint,
+        s_lm.info.model_id,
+        t_lm.info.model_id,
+    )
+    cache_shared = shared is not None and key in shared
+    cache = build_cache(
+        s_clf,
+        t_clf,
+        p_s,
+        s_enc,
+        t_enc,
+        progress=progress,
+        unprompted=shared[key] if cache_shared and shared is not None else None,
+    )
+    if shared is not None:
+        shared[key] = (cache.s, cache.t)
+    if cfg.method != "post":  # output and shift train one term: that is the alpha used
+        alpha = method_alpha(cfg.method, 0.0)
+    elif cfg.alpha == "auto":
+        labels = public_labels(
+            the_task, public_data, pub.fields[the_task.template_fields[0]], public_text_column
+        )
+        alpha, alpha_info = auto_alpha(
+            cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average, labels
+        )
+    else:
+        alpha = float(cfg.alpha)
+    init = None
+    if cfg.init == "text":
+        init = init_prompt_embeddings(
+            t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", the_task.description
+        )
+    res = train_transfer(
+        t_clf,
+        t_enc,
+        cache,
+        p_s,
+        cfg,
+        alpha=alpha,
+        init_embeddings=init,
+        metrics_path=out / "metrics.jsonl",
+        progress=progress,
+        checkpoint_dir=out / "checkpoint",
+        resume=resume,
+    )
+    return res.embeddings, alpha, res, alpha_info, cache_shared
+
+
+def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: float) -> dict:
+    """metrics.json of a transfer."""
+    return {
+        "stage": "transfer",
+        "method": cfg.method,
+        "alpha": alpha,
+        "alpha_auto": alpha_info or None,
+        "n_public": len(pub),
+        "public_source": source_id,
+        "steps": 0 if res is None else res.steps,
+        "best": None if res is None else res.best,
+        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
+        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
+        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
+        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
+        "unprompted_cache_shared": cache_shared,
+        "tokens": 0 if res is None else res.tokens,
+        "tokens_per_s": None
+        if res is None or res.seconds == 0
+        else round(res.tokens / res.seconds, 1),
+        "wall_seconds": round(wall, 3),
+        "config": asdict(cfg),
+        "versions": versions(),
+    }
+
+
+def _generated_public(t_lm, the_task, public_data: str, out, cfg, progress) -> tuple[list, str]:
+    """Public texts the teacher writes (`generate:N`), kept in OUT/public/; (texts, source id)."""
+    from promptport.public_gen import generate_public
+
+    path, _ = generate_public(
+        t_lm, the_task, public_data, out / "public", seed=cfg.seed, progress=progress
+    )
+    return load_texts(path)[0], f"{public_data} ({path})"
 
 
 def transfer(
@@ -549,20 +630,7 @@ def transfer(
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
         pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
 
-    s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
-    t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
-    check_compatible(artifact, s_lm.info)
-    if (cfg.init == "copy" or cfg.method == "direct") and (
-        artifact.hidden_size != t_lm.info.hidden_size
-    ):
-        raise BadInput(
-            "prompt",
-            f"copy init needs the teacher's width: prompt has hidden size "
-            f"{artifact.hidden_size}, teacher '{t_lm.info.model_id}' has "
-            f"{t_lm.info.hidden_size} (use --init text)",
-        )
-    if s_lm.info.tokenizer_fingerprint != t_lm.info.tokenizer_fingerprint:
-        raise BadInput("student", "student and teacher use different tokenizers")
+    s_lm, t_lm = _load_pair(student, teacher, artifact, cfg, device)
     if the_task.is_generation:
         from promptport.gen_transfer import transfer_generation
 
@@ -580,81 +648,29 @@ def transfer(
         )
 
     if generated:  # the teacher writes the public texts (promptport.public_gen), into OUT/public/
-        from promptport.public_gen import generate_public
-
-        path, _ = generate_public(
-            t_lm, the_task, public_data, out / "public", seed=cfg.seed, progress=progress
-        )
-        texts, source_id = load_texts(path)[0], f"{public_data} ({path})"
+        texts, source_id = _generated_public(t_lm, the_task, public_data, out, cfg, progress)
         pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
-    s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
-    t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)
-    s_enc, t_enc = s_clf.encode(pub), t_clf.encode(pub)
-    p_s = artifact.embeddings
-
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     ckpt_dir = out / "checkpoint"
     if not resume:
         metrics_path.unlink(missing_ok=True)  # (several processes may race to it)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    alpha_info: dict = {}
-    cache_shared = False
-    if cfg.method == "direct":
-        emb, alpha, res = p_s.clone(), None, None
-    else:
-        key = (
-            the_task.template,
-            source_id,
-            len(pub),
-            cfg.seed,
-            cfg.max_length,
-            s_lm.info.embedding_fingerprint,
-            s_lm.info.model_id,
-            t_lm.info.model_id,
-        )
-        cache_shared = shared is not None and key in shared
-        cache = build_cache(
-            s_clf,
-            t_clf,
-            p_s,
-            s_enc,
-            t_enc,
-            progress=progress,
-            unprompted=shared[key] if cache_shared else None,
-        )
-        if shared is not None:
-            shared[key] = (cache.s, cache.t)
-        if cfg.method != "post":  # output and shift train one term: that is the alpha used
-            alpha = method_alpha(cfg.method, 0.0)
-        elif cfg.alpha == "auto":
-            labels = public_labels(
-                the_task, public_data, pub.fields[the_task.template_fields[0]], public_text_column
-            )
-            alpha, alpha_info = auto_alpha(
-                cache, t_clf.verbalizer.token_ids, t_clf.verbalizer.average, labels
-            )
-        else:
-            alpha = float(cfg.alpha)
-        init = None
-        if cfg.init == "text":
-            init = init_prompt_embeddings(
-                t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", the_task.description
-            )
-        res = train_transfer(
-            t_clf,
-            t_enc,
-            cache,
-            p_s,
-            cfg,
-            alpha=alpha,
-            init_embeddings=init,
-            metrics_path=metrics_path,
-            progress=progress,
-            checkpoint_dir=ckpt_dir,
-            resume=resume,
-        )
-        emb = res.embeddings
+    emb, alpha, res, alpha_info, cache_shared = _train_teacher_prompt(
+        artifact,
+        the_task,
+        s_lm,
+        t_lm,
+        pub,
+        source_id,
+        cfg,
+        progress,
+        resume,
+        shared,
+        out,
+        public_data,
+        public_text_column,
+    )
 
     training = {
         "stage": "transfer",
@@ -686,52 +702,17 @@ def transfer(
     )
     from promptport.distributed import group
 
-    is_main = group(t_lm.model.device).is_main  # under a launcher every process holds the same p_t
+    is_main = group(
+        next(t_lm.model.parameters()).device
+    ).is_main  # under a launcher every process holds the same p_t
     if is_main:
         save_prompt(out / "prompt", emb, meta)
     wall = time.perf_counter() - t_start
-    result = {
-        "stage": "transfer",
-        "method": cfg.method,
-        "alpha": alpha,
-        "alpha_auto": alpha_info or None,
-        "n_public": len(pub),
-        "public_source": source_id,
-        "steps": 0 if res is None else res.steps,
-        "best": None if res is None else res.best,
-        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
-        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
-        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
-        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
-        "unprompted_cache_shared": cache_shared,
-        "tokens": 0 if res is None else res.tokens,
-        "tokens_per_s": None
-        if res is None or res.seconds == 0
-        else round(res.tokens / res.seconds, 1),
-        "wall_seconds": round(wall, 3),
-        "config": asdict(cfg),
-        "versions": versions(),
-    }
+    result = _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall)
     if not is_main:
         return result
     write_json(out / "metrics.json", result)
-    write_manifest(
-        out,
-        stage="transfer",
-        config=asdict(cfg),
-        inputs={
-            "prompt": _fingerprint_prompt(prompt, artifact),
-            "public_data": {"source": source_id, "n_examples": len(pub)},
-            "student": s_lm.info.to_dict(),
-            "teacher": t_lm.info.to_dict(),
-        },
-        outputs=[
-            out / "prompt" / "prompt.safetensors",
-            out / "prompt" / "prompt.json",
-            out / "metrics.json",
-        ],
-        seconds=wall,
-    )
+    write_transfer_manifest(out, cfg, prompt, artifact, source_id, len(pub), s_lm, t_lm, wall)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifacts are complete
     return result
 
@@ -796,14 +777,3 @@ def transfer_many(
     }
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
-    info = {
-        "n_tokens": artifact.n_tokens,
-        "hidden_size": artifact.hidden_size,
-        "sha256": (artifact.meta.get("sha256") or {}).get("prompt.safetensors"),
-    }
-    if not isinstance(prompt, PromptArtifact):
-        info["path"] = str(prompt)
-    return info

@@ -16,16 +16,21 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from promptport.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
+from promptport.checkpoint import Checkpoint, MetricsLog, progress_bar
 from promptport.classify import Encoded, PromptClassifier
 from promptport.distributed import SINGLE, Single
 from promptport.errors import BadInput
-from promptport.fileio import append_jsonl, atomic_path, check_writable_dir, write_json
+from promptport.fileio import check_writable_dir, write_json
+from promptport.options import setting
 from promptport.privacy import (
     DPConfig,
     PoissonSampler,
@@ -41,35 +46,44 @@ from promptport.prompt import INITS, init_prompt_embeddings
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = "promptport.tune-checkpoint/1"
+# Settings of the training loop around the optimisation (validation, early stopping, checkpoints):
+# audit shadows train without validation or checkpoints, so `promptport audit` does not offer them.
+LOOP_ONLY_SETTINGS = ("eval_every", "patience", "checkpoint_every")
 
 
 @dataclass
 class TuneConfig:
     """Prompt-tuning settings; every field is also a `promptport tune` option and a YAML key."""
 
-    n_tokens: int = 20
-    init: str = "text"
-    init_text: str | None = None  # None -> the task's description
-    optimizer: str = "adam"
-    lr: float = 3e-2
-    weight_decay: float = 0.0
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = (
-        16  # examples per forward pass; DP: the expected batch is batch_size * grad_accum
+    n_tokens: int = setting(20, "Number of virtual tokens.")
+    init: str = setting(
+        "text",
+        "Initial prompt: embeddings of a text, of random vocabulary tokens, or random.",
+        choices=INITS,
     )
-    grad_accum: int = 1
-    eval_every: int | None = None  # steps; None -> once per epoch and at the end
-    patience: int | None = None  # evaluations without improvement before stopping
-    max_length: int = 128
-    eval_batch_size: int = 32
-    seed: int = 0
-    dp: DPConfig | None = None
-    checkpoint_every: int | None = None  # steps; None -> at every evaluation
+    init_text: str | None = setting(None, "Text for --init text (default: the task's description).")
+    optimizer: str = setting("adam", "Optimizer.", choices=OPTIMIZERS)
+    lr: float = setting(3e-2, "Learning rate.")
+    weight_decay: float = setting(0.0, "Weight decay.")
+    schedule: str = setting("linear", "Learning-rate schedule after warm-up.", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "Linear warm-up steps.")
+    epochs: float = setting(1.0, "Passes over the training data.")
+    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
+    batch_size: int = setting(
+        16, "Examples per forward pass (DP: the expected batch is batch-size x grad-accum)."
+    )
+    grad_accum: int = setting(1, "Forward passes per optimizer step.")
+    eval_every: int | None = setting(None, "Evaluate every N steps (default: every epoch).")
+    patience: int | None = setting(None, "Stop after N evaluations without improvement.")
+    max_length: int = setting(
+        128, "Token limit per input; longer texts lose tokens from the left, the template is kept."
+    )
+    eval_batch_size: int = setting(32, "Examples per evaluation batch.")
+    seed: int = setting(0, "Random seed (the --seed every command has).", cli=False)
+    dp: DPConfig | None = setting(None, "DP-SGD settings (the DP options).", cli=False)
+    checkpoint_every: int | None = setting(
+        None, "Checkpoint every N steps (default: at evaluations)."
+    )
 
     def validate(self, n_train: int) -> None:
         def positive(name, integer=True, allow_none=False):
@@ -178,6 +192,7 @@ def _batch(
     clf: PromptClassifier, enc: Encoded, idx
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ids, mask = clf.batch([enc.input_ids[i] for i in idx])
+    assert enc.labels is not None  # training splits are checked to have labels
     return ids, mask, enc.labels[torch.as_tensor(list(idx), dtype=torch.long)].to(clf.device)
 
 
@@ -250,14 +265,14 @@ def dp_gradient(
         clipped += s
         loss_sum += float(losses.sum())
         norms.append(n.detach().cpu())
-    clipped, loss_sum = dist.sum(clipped), float(dist.sum(loss_sum))
+    clipped, loss_total = dist.sum(clipped), float(dist.sum(loss_sum))
     grad = dist.broadcast(
         noisy_average(clipped, max_grad_norm, sigma, expected_batch_size, generator)
     )
     norms = [n for part in dist.gather_objects([norms]) for n in part] if dist.world > 1 else norms
     norms_t = torch.cat(norms) if norms else torch.zeros(0)
     stats = {
-        "loss": loss_sum / len(idx) if idx else None,
+        "loss": loss_total / len(idx) if idx else None,
         "batch_size": len(idx),
         "grad_norm_median": float(norms_t.median()) if len(norms_t) else None,
         "clipped_fraction": float((norms_t > max_grad_norm).float().mean())
@@ -281,7 +296,7 @@ class ShuffleSampler:
         self.epoch = 0
 
     def sample(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.pos >= len(self.perm):
                 self.perm = torch.randperm(self.n, generator=self.rng).tolist()
@@ -390,12 +405,11 @@ class _Run:
         self.step = 0
         self.history: list[dict] = []
         self.best: dict = {}
-        self.best_embeddings = None
+        self.best_embeddings: torch.Tensor | None = None
         self.bad_evals = 0
         self.stopped_early = False
         self.train_seconds = 0.0
         self.examples = 0
-        self.metrics_offset = 0
         self.dp = cfg.dp
         if self.dp is not None:
             self.q = cfg.logical_batch / n
@@ -403,7 +417,9 @@ class _Run:
             self.sigma, self.accountant_used = calibrate_sigma(
                 self.dp.epsilon, self.delta, self.q, self.total, self.dp.accountant
             )
-            self.sampler = PoissonSampler(n, self.q, seed=cfg.seed + 1, secure=self.dp.secure_rng)
+            self.sampler: PoissonSampler | ShuffleSampler = PoissonSampler(
+                n, self.q, seed=cfg.seed + 1, secure=self.dp.secure_rng
+            )
             self.noise_rng = (
                 SecureRNG() if self.dp.secure_rng else torch.Generator().manual_seed(cfg.seed + 2)
             )
@@ -422,8 +438,6 @@ class _Run:
 
     def state_dict(self) -> dict:
         s = {
-            "format": CHECKPOINT_FORMAT,
-            "identity": json.dumps(self.identity(), sort_keys=True),
             "prompt": self.prompt.detach().cpu().clone(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
@@ -437,7 +451,6 @@ class _Run:
             "stopped_early": self.stopped_early,
             "train_seconds": self.train_seconds,
             "examples": self.examples,
-            "metrics_offset": self.metrics_offset,
             "sampler": self.sampler.state_dict(),
         }
         if self.dp is not None:
@@ -453,18 +466,7 @@ class _Run:
         return s
 
     def load_state_dict(self, s: dict) -> None:
-        if s.get("format") != CHECKPOINT_FORMAT:
-            raise BadInput(
-                "resume", f"not a promptport tuning checkpoint (format {s.get('format')!r})"
-            )
-        mine, theirs = self.identity(), json.loads(s["identity"])
-        if mine != theirs:
-            diff = _first_difference(theirs, mine)
-            raise BadInput(
-                "resume",
-                f"the checkpoint was made by a different run ({diff}); resume with the same "
-                "command, data and model, or start a fresh run in another output directory",
-            )
+        """Restore a state that `promptport.checkpoint.Checkpoint.load` checked is this run's."""
         with torch.no_grad():
             self.prompt.copy_(s["prompt"].to(self.prompt.device))
         self.opt.load_state_dict(s["optimizer"])
@@ -475,7 +477,6 @@ class _Run:
         self.best_embeddings = s["best_embeddings"]
         self.bad_evals, self.stopped_early = int(s["bad_evals"]), bool(s["stopped_early"])
         self.train_seconds, self.examples = float(s["train_seconds"]), int(s["examples"])
-        self.metrics_offset = int(s["metrics_offset"])
         self.sampler.load_state_dict(s["sampler"])
         if self.dp is not None:
             p = s["privacy"]
@@ -502,6 +503,7 @@ class _Run:
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
         if self.dp is None:
+            assert isinstance(self.sampler, ShuffleSampler)
             idx = self.dist.broadcast_object(self.sampler.sample(cfg.logical_batch))
             grad, loss = mean_gradient(
                 self.clf, self.prompt, self.train, idx, cfg.batch_size, self.dist
@@ -509,6 +511,7 @@ class _Run:
             stats = {"loss": loss, "batch_size": len(idx)}
         else:
             # every process samples (keeping its sampler state in step); rank 0's batch is the batch
+            assert isinstance(self.sampler, PoissonSampler)
             idx = self.dist.broadcast_object([int(i) for i in self.sampler.sample()])
             grad, stats = dp_gradient(
                 self.clf,
@@ -572,22 +575,6 @@ def _model_fingerprint(clf: PromptClassifier) -> str:
     ).hexdigest()[:16]
 
 
-def _first_difference(a, b, path="") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    return f"{path or 'value'}: checkpoint {a!r}, now {b!r}"
-
-
-def _save_checkpoint(run: _Run, ckpt_dir: Path, metrics_path: Path | None) -> None:
-    run.metrics_offset = (
-        metrics_path.stat().st_size if metrics_path is not None and metrics_path.exists() else 0
-    )
-    with atomic_path(ckpt_dir / CHECKPOINT_FILE) as tmp:
-        torch.save(run.state_dict(), tmp)
-
-
 def train_prompt(
     clf: PromptClassifier,
     train: Encoded,
@@ -617,9 +604,7 @@ def train_prompt(
     if val is not None and (len(val) == 0 or val.labels is None):
         raise BadInput("data", "the validation split is empty or has no labels")
     cfg.validate(len(train))
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    metrics_path = Path(metrics_path) if metrics_path is not None else None
-    ckpt_file = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
+    ckpt_file = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt_file is not None and ckpt_file.exists() and not resume:
         raise BadInput(
             "resume",
@@ -628,29 +613,21 @@ def train_prompt(
         )
     dist.barrier()  # no process may write a checkpoint before every process has checked for one
     run = _Run(clf, train, val, cfg, init_embeddings, dist)
+    # the main process writes checkpoints and metrics
+    metrics = MetricsLog(metrics_path if dist.is_main else None)
+    ckpt = Checkpoint(ckpt_file, "tune", run.identity()) if ckpt_file is not None else None
     resumed_from = None
-    if resume and ckpt_file is not None and ckpt_file.exists():
-        try:
-            state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise BadInput("resume", f"cannot read {ckpt_file}: {str(e).splitlines()[0]}") from None
-        run.load_state_dict(state)
+    if resume and ckpt is not None and ckpt.exists():
+        run.load_state_dict(ckpt.load(metrics))
         resumed_from = run.step
-        if metrics_path is not None and metrics_path.exists() and dist.is_main:
-            with open(metrics_path, "r+b") as f:  # forget lines written after the checkpoint
-                f.truncate(run.metrics_offset)
-    elif metrics_path is not None and dist.is_main:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    if not dist.is_main:  # the main process writes checkpoints and metrics
-        ckpt_dir = metrics_path = None
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        metrics.reset()
+    if not dist.is_main:
+        ckpt = None
 
     def log(rec: dict) -> None:
         run.history.append(rec)
-        if metrics_path is not None:
-            append_jsonl(metrics_path, rec)
+        metrics.append(rec)
 
     if resumed_from is None:
         start = {
@@ -668,18 +645,8 @@ def train_prompt(
     else:
         log({"type": "resume", "step": resumed_from})
 
-    bar = None
-    if progress and dist.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=run.total,
-            initial=run.step,
-            desc="tune" + (" (DP)" if run.dp else ""),
-            unit="step",
-            dynamic_ncols=True,
-            leave=False,
-        )
+    desc = "tune" + (" (DP)" if run.dp else "")
+    bar = progress_bar(run.total, desc, progress and dist.is_main, initial=run.step)
     t_wall = time.perf_counter()
     while run.step < run.total and not run.stopped_early:
         t0 = time.perf_counter()
@@ -709,11 +676,17 @@ def train_prompt(
             if cfg.patience is not None and run.bad_evals >= cfg.patience and not last:
                 run.stopped_early = True
                 log({"type": "early_stop", "step": run.step, "best_step": run.best["step"]})
-        if ckpt_dir is not None and (run.step % run.ckpt_every == 0 or last or run.stopped_early):
-            _save_checkpoint(run, ckpt_dir, metrics_path)
+        if ckpt is not None and (run.step % run.ckpt_every == 0 or last or run.stopped_early):
+            ckpt.save(run.state_dict(), metrics)
     if bar is not None:
         bar.close()
 
+    return _result(run, train, val, resumed_from, t_wall)
+
+
+def _result(run: _Run, train: Encoded, val: Encoded | None, resumed_from, t_wall: float):
+    """The TuneResult of a finished loop: the best prompt (or the last) and its privacy statement."""
+    cfg = run.cfg
     last_emb = run.prompt.detach().cpu().clone()
     if val is None or run.best_embeddings is None:
         best_emb = last_emb
@@ -770,6 +743,60 @@ def _subset(enc: Encoded, limit: int | None, seed: int, field_name: str) -> Enco
     return enc.subset(idx.tolist())
 
 
+def _prompt_model(lm, the_task, max_length: int) -> Any:
+    """A PromptGenerator for a generation task, else a PromptClassifier (the loop uses either)."""
+    if the_task.is_generation:
+        from promptport.generation import PromptGenerator
+
+        return PromptGenerator(lm.model, lm.tokenizer, the_task, max_length=max_length)
+    from promptport.classify import PromptClassifier
+
+    return PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=max_length)
+
+
+def _load_splits(the_task, data, train_split, val_split, test_split, columns: dict, echo) -> dict:
+    """The named splits (train, and validation / test when named), refusing any split used twice or
+    splits that share content."""
+    from promptport.data import canonical_split, check_disjoint_splits
+    from promptport.data import load_split as load_text_split
+
+    if (
+        val_split is not None
+        and test_split is not None
+        and canonical_split(val_split) == canonical_split(test_split)
+    ):
+        raise BadInput(
+            "val_split",
+            f"the validation split '{val_split}' is also the test split; model selection "
+            "on test data would make the test accuracy meaningless",
+        )
+    if canonical_split(train_split) in {canonical_split(s) for s in (val_split, test_split) if s}:
+        raise BadInput("train_split", f"'{train_split}' is also used for validation or test")
+    columns = dict(columns)
+    if the_task.is_generation:  # same loop; the loss is the target tokens' cross-entropy
+        from promptport.generation import load_gen_split
+
+        load_split: Callable[..., Any] = load_gen_split
+        columns.pop("split_column")
+    else:
+        load_split = load_text_split
+    splits = {"train": load_split(the_task, data, train_split, **columns)}
+    if val_split:
+        splits["validation"] = load_split(the_task, data, val_split, **columns)
+    if test_split:
+        splits["test"] = load_split(the_task, data, test_split, **columns)
+    if not the_task.is_generation:
+        check_disjoint_splits(
+            splits["train"], val_split=splits.get("validation"), test_split=splits.get("test")
+        )
+    split_rules = {
+        k: rule for k, v in splits.items() if (rule := getattr(v, "meta", {}).get("split_rule"))
+    }
+    if split_rules and echo is not None:
+        echo(f"one data file: splits by text hash ({split_rules['train']})")
+    return splits
+
+
 def tune(
     model,
     task,
@@ -796,8 +823,6 @@ def tune(
 
     Under `accelerate launch --num_processes N` the training batches are split over the N processes
     (same result as one process); the main process writes the outputs."""
-    from promptport.classify import PromptClassifier
-    from promptport.data import canonical_split, check_disjoint_splits, load_split
     from promptport.distributed import group
     from promptport.models import LoadedModel, load_model
     from promptport.prompt import make_metadata, save_prompt
@@ -808,44 +833,11 @@ def tune(
     out = check_writable_dir(out)
     seed_everything(cfg.seed)
     the_task = get_task(task)
-    if (
-        val_split is not None
-        and test_split is not None
-        and canonical_split(val_split) == canonical_split(test_split)
-    ):
-        raise BadInput(
-            "val_split",
-            f"the validation split '{val_split}' is also the test split; model selection "
-            "on test data would make the test accuracy meaningless",
-        )
-    if canonical_split(train_split) in {canonical_split(s) for s in (val_split, test_split) if s}:
-        raise BadInput("train_split", f"'{train_split}' is also used for validation or test")
     columns = dict(text_column=text_column, label_column=label_column, split_column=split_column)
-    if the_task.is_generation:  # same loop; the loss is the target tokens' cross-entropy
-        from promptport.generation import PromptGenerator, load_gen_split
-
-        load_split = load_gen_split
-        columns.pop("split_column")
-    splits = {"train": load_split(the_task, data, train_split, **columns)}
-    if val_split:
-        splits["validation"] = load_split(the_task, data, val_split, **columns)
-    if test_split:
-        splits["test"] = load_split(the_task, data, test_split, **columns)
-    if not the_task.is_generation:
-        check_disjoint_splits(
-            splits["train"], val_split=splits.get("validation"), test_split=splits.get("test")
-        )
-    split_rules = {
-        k: v.meta.get("split_rule") for k, v in splits.items() if v.meta.get("split_rule")
-    }
-    if split_rules and echo is not None:
-        echo(f"one data file: splits by text hash ({split_rules['train']})")
+    splits = _load_splits(the_task, data, train_split, val_split, test_split, columns, echo)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     check_frozen(lm.model)
-    if the_task.is_generation:
-        clf = PromptGenerator(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
-    else:
-        clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=cfg.max_length)
+    clf = _prompt_model(lm, the_task, cfg.max_length)
     enc = {k: clf.encode(v) for k, v in splits.items()}
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
     val = (
@@ -867,15 +859,15 @@ def tune(
         dist=dist,
     )
 
-    results = {}
     if the_task.is_generation and train_eval_limit is not None:
         train_eval_limit = min(train_eval_limit, 64)  # a teacher-forced loss needs few examples
     train_eval = _subset(train, train_eval_limit, cfg.seed + 7, "train_eval_limit")
-    results["train"] = clf.evaluate(train_eval, res.embeddings, cfg.eval_batch_size, progress)
-    if val is not None:
-        results["validation"] = clf.evaluate(val, res.embeddings, cfg.eval_batch_size, progress)
-    if "test" in enc:
-        results["test"] = clf.evaluate(enc["test"], res.embeddings, cfg.eval_batch_size, progress)
+    named = {"train": train_eval, "validation": val, "test": enc.get("test")}
+    results = {
+        k: clf.evaluate(e, res.embeddings, cfg.eval_batch_size, progress)
+        for k, e in named.items()
+        if e is not None
+    }
 
     # The artifact travels to the provider: settings only. No data path, no set sizes, accuracies,
     # throughput or early-stopping outcome (examples/s x seconds is about the sum of the realised

@@ -1,0 +1,87 @@
+"""What the classification transfer (`promptport.transfer`) and the generation transfer
+(`promptport.gen_transfer`) share: the method's alpha, the public examples, the result of the
+optimisation and the stage manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from promptport.data import TextDataset
+from promptport.errors import BadInput
+from promptport.manifest import write_manifest
+from promptport.prompt import PromptArtifact
+from promptport.tasks import Task
+
+
+def method_alpha(method: str, alpha: float) -> float:
+    return {"post": alpha, "output": 0.0, "shift": 1.0}[method]
+
+
+def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
+    """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
+    if len(task.template_fields) != 1:
+        raise BadInput(
+            "public_data",
+            f"task template has fields {task.template_fields}; public transfer data "
+            "needs a single-field template",
+        )
+    uniq = list(dict.fromkeys(t for t in texts if t.strip()))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))[:n]
+    if len(order) < 2:
+        raise BadInput("public_data", f"need at least 2 distinct public texts, got {len(uniq)}")
+    return TextDataset(
+        {task.template_fields[0]: [uniq[i] for i in order]}, None, "public", "public"
+    )
+
+
+@dataclass
+class TransferResult:
+    embeddings: torch.Tensor
+    alpha: float
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    cache_seconds: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+
+
+def fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
+    """The prompt input of a transfer manifest: its shape, sha256 and (given a path) where it was."""
+    info = {
+        "n_tokens": artifact.n_tokens,
+        "hidden_size": artifact.hidden_size,
+        "sha256": (artifact.meta.get("sha256") or {}).get("prompt.safetensors"),
+    }
+    if not isinstance(prompt, PromptArtifact):
+        info["path"] = str(prompt)
+    return info
+
+
+def write_transfer_manifest(
+    out, cfg, prompt, artifact, source_id, n_public, s_lm, t_lm, wall, outputs=None
+) -> None:
+    """OUT/manifest.json: the inputs with fingerprints (the prompt artifact and the public source
+    only) and the outputs with sha256."""
+    write_manifest(
+        out,
+        stage="transfer",
+        config=asdict(cfg),
+        inputs={
+            "prompt": fingerprint_prompt(prompt, artifact),
+            "public_data": {"source": source_id, "n_examples": n_public},
+            "student": s_lm.info.to_dict(),
+            "teacher": t_lm.info.to_dict(),
+        },
+        outputs=outputs
+        or [
+            out / "prompt" / "prompt.safetensors",
+            out / "prompt" / "prompt.json",
+            out / "metrics.json",
+        ],
+        seconds=wall,
+    )
