@@ -584,14 +584,16 @@ def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: flo
     }
 
 
-def _generated_public(t_lm, the_task, public_data: str, out, cfg, progress) -> tuple[list, str]:
-    """Public texts the teacher writes (`generate:N`), kept in OUT/public/; (texts, source id)."""
+def _generated_public(t_lm, the_task, public_data: str, out, cfg, progress):
+    """The public examples from texts the teacher writes (`generate:N`, kept in OUT/public/) and
+    their source id."""
     from promptport.public_gen import generate_public
 
     path, _ = generate_public(
         t_lm, the_task, public_data, out / "public", seed=cfg.seed, progress=progress
     )
-    return load_texts(path)[0], f"{public_data} ({path})"
+    texts = load_texts(path)[0]
+    return public_dataset(the_task, texts, cfg.n_public, cfg.seed), f"{public_data} ({path})"
 
 
 def transfer(
@@ -648,8 +650,7 @@ def transfer(
         )
 
     if generated:  # the teacher writes the public texts (promptport.public_gen), into OUT/public/
-        texts, source_id = _generated_public(t_lm, the_task, public_data, out, cfg, progress)
-        pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed)
+        pub, source_id = _generated_public(t_lm, the_task, public_data, out, cfg, progress)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     ckpt_dir = out / "checkpoint"
