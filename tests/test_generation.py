@@ -454,12 +454,14 @@ def test_run_pipeline_generation_end_to_end(tmp_path, tiny_model_dir, gen_privat
     assert str(gen_private_dir / "train.csv") not in json.dumps(tm)
     logs.clear()
     run_pipeline(cfg, progress=False, log=logs.append)
-    assert sum("reused" in ln for ln in logs) == 3  # tune, transfer, evaluate (distill: given)
+    # tune, teacher-tuning, transfer, evaluate (distill: given); every stage says so the same way
+    assert sum("reused" in ln for ln in logs) == 4
     # a stage redone with the same prompts regenerates nothing (per-baseline reuse)
     (run / "evaluate" / "manifest.json").unlink()
     logs.clear()
     run_pipeline(cfg, progress=False, log=logs.append)
-    assert sum(ln.strip().endswith("reused") for ln in logs) == 2 + len(names)  # tune, transfer
+    # tune, teacher-tuning, transfer, and each baseline
+    assert sum(ln.strip().endswith("reused") for ln in logs) == 3 + len(names)
     # a public MR equal to a private one is refused
     (gen_private_dir / "public.csv").write_text('mr\n"name[great 0], food[great 0]"\n"name[x]"\n')
     cfg2 = cfg.model_copy(update={"run_dir": str(tmp_path / "run2")})
