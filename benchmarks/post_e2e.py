@@ -26,12 +26,19 @@ def main(argv=None):
     ap.add_argument(
         "--set", action="append", default=[], metavar="KEY=JSON", help="override a config key"
     )
+    ap.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing: collect the baselines and stage times already in the run directory "
+        "(the JSON says which baselines are missing)",
+    )
     args = ap.parse_args(argv)
+    if args.collect_only:
+        return collect(args)
     setup()
     if not (SHARED / "e2e" / "devset.csv").is_file():
         raise SystemExit(f"needs E2E at {SHARED / 'e2e'}")
     from promptport.generation import prepare_e2e
-    from promptport.manifest import read_manifest
     from promptport.pipeline import load_run_config, run_pipeline
 
     split_info = prepare_e2e(SHARED / "e2e", args.data_dir, n_test_mrs=100, seed=0)
@@ -50,11 +57,52 @@ def main(argv=None):
     t0 = time.perf_counter()
     r = run_pipeline(cfg, progress=False)
     base = r["baselines"]
+    return write_result(cfg, split_info, base, r["costs"], time.perf_counter() - t0)
+
+
+METHODS = (
+    "teacher_zero_shot",
+    "student_zero_shot",
+    "student_prompt",
+    "direct_transfer",
+    "post_transfer",
+    "teacher_tuned",
+)
+
+
+def collect(args):
+    """Baselines and stage times from a run directory (finished or not), without running anything."""
+    from pathlib import Path
+
+    from promptport.fileio import read_json
+    from promptport.manifest import read_manifest
+    from promptport.pipeline import load_run_config
+
+    cfg = load_run_config(args.config, {"run_dir": args.run_dir})
+    run = Path(cfg.run_dir)
+    base = {}
+    for k in METHODS:
+        f = run / "evaluate" / f"{k}.metrics.json"
+        if f.is_file():
+            base[k] = read_json(f)["metrics"]
+    costs = []
+    for stage in ("distill", "tune", "transfer", "teacher-tuning"):
+        m = read_manifest(run / stage)
+        if m and m.get("status") == "complete":
+            costs.append({"stage": stage, "seconds": round(m["seconds"], 1)})
+    return write_result(cfg, None, base, costs, None)
+
+
+def write_result(cfg, split_info, base, costs, wall):
     keys = ("bleu", "rougeL", "chrf")
     metrics = {
         name: {k: round(b[k], 2) for k in keys if k in b}
         | {f"{k}_ci": [round(x, 2) for x in b[f"{k}_ci"]] for k in keys if k in b}
-        | {"n": b["n"], "mean_output_words": round(b["mean_output_words"], 1)}
+        | {
+            "n": b["n"],
+            "mean_output_words": round(b["mean_output_words"], 1),
+            "generate_seconds": b.get("seconds"),
+        }
         for name, b in base.items()
     }
 
@@ -65,17 +113,17 @@ def main(argv=None):
         "post_e2e "
         + "  ".join(f"{k}: ROUGE-L {v['rougeL']} BLEU {v['bleu']}" for k, v in metrics.items())
     )
-    finish(
+    return finish(
         "post_e2e",
         {
             "config": cfg.model_dump(),
             "split": split_info,
             "scale": "0-100",
+            "complete": all(k in base for k in METHODS),
+            "missing": [k for k in METHODS if k not in base],
             "metrics": metrics,
-            "stage_seconds": {c["stage"]: c["seconds"] for c in r["costs"]}
-            | {"evaluate (all baselines)": read_manifest(f"{cfg.run_dir}/evaluate")["seconds"]}
-            | {f"generate {k}": b["seconds"] for k, b in base.items()},
-            "costs": r["costs"],
+            "stage_seconds": {c["stage"]: c["seconds"] for c in costs}
+            | {f"generate {k}": b.get("seconds") for k, b in base.items()},
             "differences": {
                 "teacher_tuned_minus_zero_shot_rougeL": diff(
                     "teacher_tuned", "teacher_zero_shot", "rougeL"
@@ -85,7 +133,7 @@ def main(argv=None):
                 "post_minus_direct_rougeL": diff("post_transfer", "direct_transfer", "rougeL"),
                 "post_minus_direct_bleu": diff("post_transfer", "direct_transfer", "bleu"),
             },
-            "wall_seconds": round(time.perf_counter() - t0, 1),
+            "wall_seconds": None if wall is None else round(wall, 1),
         },
     )
 
