@@ -246,7 +246,7 @@ def generation_examples(
             for k, v in outs.items()
             if i < len(v)
         ]
-        sec.append((f"Example {i + 1}: {ex['input']}", ["", "text"], rows))
+        sec.append((f"Example {i + 1}: {' '.join(ex['input'].split())}", ["", "text"], rows))
     return sec
 
 
