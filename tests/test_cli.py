@@ -174,3 +174,24 @@ def test_export_peft_cli(tiny_lm, tmp_path, capsys):
         json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["peft_type"]
         == "PROMPT_TUNING"
     )
+
+
+def test_split_column_from_the_command_line(tiny_model_dir, tmp_path, capsys):
+    """One file with a split column: evaluate reads only the named split; a missing column is exit 2."""
+    f = tmp_path / "all.tsv"
+    names = ["train", "dev", "test"]
+    f.write_text(
+        "sentence\tlabel\tpart\n"
+        + "".join(f"review {i} text\t{i % 2}\t{names[i % 3]}\n" for i in range(30))
+    )
+    base = ["evaluate", "--model", tiny_model_dir, "--task", "sst2", "--data", f]
+    rc, text = run(
+        base + ["--split", "test", "--split-column", "part", "--out", tmp_path / "e"], capsys
+    )
+    assert rc == 0, text
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == 10
+    rc, text = run(base + ["--split", "test", "--out", tmp_path / "h"], capsys)  # hash split
+    m = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert rc == 0 and m["n"] < 10 and "text hash" in m["split_rule"]
+    rc, text = run(base + ["--split-column", "nope", "--out", tmp_path / "x"], capsys)
+    assert rc == 2 and "split_column" in text

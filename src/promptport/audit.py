@@ -114,6 +114,7 @@ class AuditSpec:
     seed: int = 0
     dtype: str = "float32"
     text_column: str | None = None
+    split_column: str | None = None  # a single data file's column naming each row's split
     label_column: str | None = None
     tune: dict = field(default_factory=dict)  # asdict(TuneConfig), DP config nested under "dp"
 
@@ -347,7 +348,12 @@ def prepare(out: str | Path, spec: AuditSpec, lm=None):
 
         load_split = load_gen_split
     ds = load_split(
-        task, spec.data, spec.split, text_column=spec.text_column, label_column=spec.label_column
+        task,
+        spec.data,
+        spec.split,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        split_column=spec.split_column,
     )
     if not task.is_generation and ds.labels is None:
         raise BadInput("data", "the audit pool needs labels")

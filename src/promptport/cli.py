@@ -107,6 +107,12 @@ column_options = [
     click.option(
         "--label-column", default=None, help="Label column in your data files (default: label)."
     ),
+    click.option(
+        "--split-column",
+        default=None,
+        help="With one data file: the column naming each row's split (train/dev/test). Without "
+        "it, one file is split 80/10/10 by a stable text hash, so no split repeats another.",
+    ),
 ]
 
 
@@ -204,6 +210,7 @@ def evaluate_cmd(**opts):
         device=opts["device"],
         text_column=opts["text_column"],
         label_column=opts["label_column"],
+        split_column=opts["split_column"],
         progress=True,
     )
     if r.get("kind") == "generation":
@@ -303,6 +310,7 @@ def tune_cmd(**opts):
         progress=True,
         text_column=opts["text_column"],
         label_column=opts["label_column"],
+        split_column=opts["split_column"],
         echo=lambda s: out().print(s, markup=False),
     )
     parts = [f"train {m['train_accuracy']:.4f}"]
@@ -1031,6 +1039,7 @@ def audit_cmd(**opts):
             dtype=opts["dtype"],
             text_column=opts["text_column"],
             label_column=opts["label_column"],
+            split_column=opts["split_column"],
             tune=tune,
         )
     r = audit(
@@ -1087,6 +1096,7 @@ _AUDIT_SPEC_OPTIONS = (
     "dtype",
     "text_column",
     "label_column",
+    "split_column",
 )
 
 

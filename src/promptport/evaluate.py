@@ -30,8 +30,10 @@ def evaluate(
     text_column: str | None = None,
     label_column: str | None = None,
     progress: bool = False,
+    split_column: str | None = None,
 ) -> dict:
-    """Accuracy and macro-F1 of `model` (optionally with a prompt artifact) on one split of a task."""
+    """Accuracy and macro-F1 of `model` (optionally with a prompt artifact) on one split of a task.
+    `split_column`: a single data file's column naming each row's split."""
     t0 = time.perf_counter()
     seed_everything(seed)
     if out is not None:
@@ -43,8 +45,9 @@ def evaluate(
             device, text_column, label_column, progress, t0,
         )  # fmt: skip
     ds = load_split(
-        the_task, data, split, limit=limit, text_column=text_column, label_column=label_column
-    )
+        the_task, data, split, limit=limit, text_column=text_column, label_column=label_column,
+        split_column=split_column,
+    )  # fmt: skip
     artifact = load_prompt(prompt) if prompt else None
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     if artifact is not None:
@@ -60,6 +63,7 @@ def evaluate(
         "model": lm.info.model_id,
         "data": ds.source,
         "split": ds.split,
+        "split_rule": ds.meta.get("split_rule"),
         "prompt": str(prompt) if prompt else None,
         **metrics,
         "wall_seconds": round(time.perf_counter() - t0, 3),
