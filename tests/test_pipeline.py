@@ -215,9 +215,12 @@ def test_run_with_audit_section(tmp_path, tiny_model_dir, student_dir, private_d
         student_dir,
         private_dir,
         public_file,
-        audit={"pool_size": 12, "n_shadows": 4},
+        audit={"pool_size": 12, "n_shadows": 4, "transferred": True},
     )
     r = run_pipeline(cfg, progress=False, log=lambda m: None)
+    moved = r["audit"]["transferred"]
+    assert moved["n_shadows"] == 4 and moved["student_auc"] == r["audit"]["auc"]
+    assert "Audit of the transferred prompt" in (tmp_path / "run" / "report.md").read_text()
     a = r["audit"]
     assert a["n_shadows"] == 4 and a["n_examples"] == 12 and a["n_guesses"] == 48
     assert a["auc_ci"][0] <= a["auc"] <= a["auc_ci"][1]

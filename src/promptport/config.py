@@ -148,12 +148,15 @@ def stage_configs(cfg: RunConfig):
     if cfg.audit is not None:
         from promptport.audit import AuditSpec
 
+        audit_opts = {k: v for k, v in cfg.audit.items() if k != "transferred"}
+        if not isinstance(cfg.audit.get("transferred", False), bool):
+            raise BadInput("audit.transferred", "must be true or false")
         AuditSpec(
             model="-",
             task=cfg.task,
             **section(
                 AuditSpec,
-                cfg.audit,
+                audit_opts,
                 "audit",
                 drop=("model", "task", "data", "split", "seed", "tune"),
             ),

@@ -438,6 +438,8 @@ def _audit_stage(run: _Run, student_path: str) -> dict | None:
     cfg = run.cfg
     assert cfg.audit is not None
     a_dir = inside(run.run_dir, "audit", "run_dir/audit")
+    opts = dict(cfg.audit)
+    transferred = opts.pop("transferred", False)
     spec = AuditSpec(
         model=student_path,
         task=run.task.name,
@@ -445,7 +447,7 @@ def _audit_stage(run: _Run, student_path: str) -> dict | None:
         split=cfg.train_split,
         seed=cfg.seed,
         tune=dataclasses.asdict(run.tune_cfg),
-        **cfg.audit,
+        **opts,
     )
     spec.validate()
     run.log(f"[audit] LiRA with {spec.n_shadows} shadow prompts on a pool of {spec.pool_size}")
@@ -462,7 +464,45 @@ def _audit_stage(run: _Run, student_path: str) -> dict | None:
             "notes": f"{spec.n_shadows} shadows",
         }
     )
-    return r["summary"]
+    summary = r["summary"]
+    if transferred and summary:
+        summary = dict(summary, transferred=_audit_transferred(run, a_dir, student_path))
+    return summary
+
+
+def _audit_transferred(run: _Run, a_dir: Path, student_path: str) -> dict:
+    """Every shadow prompt transferred to the teacher with the run's public data and transfer
+    settings; the same attacks on the teacher side (promptport.audit_transfer)."""
+    from promptport.audit_transfer import compare_sides, transfer_shadows
+
+    if run.task.is_generation:
+        raise BadInput("audit.transferred", "the transferred-prompt audit is for classification")
+    run.log("[audit] transferring every shadow prompt to the teacher (public data only)")
+    t0 = time.perf_counter()
+    transfer_shadows(
+        a_dir,
+        run.cfg.teacher,
+        public_data=run.cfg.public_data,
+        cfg=run.transfer_cfg,
+        student=student_path,
+        public_text_column=run.cfg.public_text_column,
+        device=run.cfg.device,
+        progress=run.progress,
+    )
+    rep = compare_sides(a_dir)
+    run.log(
+        f"  transferred prompts: teacher-side AUC {rep['teacher_auc']:.4f} "
+        f"{rep['teacher_auc_ci']} vs student-side {rep['student_auc']:.4f} {rep['student_auc_ci']}"
+    )
+    run.costs.append(
+        {
+            "stage": "audit (transferred shadows)",
+            "side": "user",
+            "seconds": round(time.perf_counter() - t0, 1),
+            "notes": "each shadow prompt transferred to the teacher with public data",
+        }
+    )
+    return rep
 
 
 def _summary(run: _Run, base: dict, privacy: dict | None) -> str:

@@ -333,6 +333,25 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
                 [[k, v] for k, v in audit.items() if not isinstance(v, (dict, list))],
             )
         )
+    moved = (audit or {}).get("transferred")
+    if moved:
+        sides = [("student (user's prompts)", "student"), ("teacher (transferred)", "teacher")]
+        sec.append(
+            (
+                "Audit of the transferred prompt (same shadows, same attacks)",
+                ["side", "AUC", "AUC 95% CI", "TPR@1%FPR", "95% eps lower bound"],
+                [
+                    [
+                        name,
+                        f"{moved[key]['auc']:.4f}",
+                        "[{:.4f}, {:.4f}]".format(*moved[key]["auc_ci"]),
+                        f"{moved[key]['tpr_at_1%fpr']:.4f}",
+                        f"{moved[key]['empirical_epsilon_lower_bound']:.3g}",
+                    ]
+                    for name, key in sides
+                ],
+            )
+        )
     info = results.get("info", {})
     if info:
         sec.append(("Run", ["field", "value"], [[k, v] for k, v in info.items()]))
