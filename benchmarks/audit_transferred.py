@@ -36,6 +36,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="transfer nothing more: compare the shadows already transferred (at least 3)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from promptport.audit_transfer import compare_sides, transfer_shadows
@@ -46,14 +51,16 @@ def main(argv=None) -> dict:
     audit_dir = args.work / f"audit-{args.config}"
     t0 = time.perf_counter()
     cfg = TransferConfig(n_public=args.n_public, steps=args.steps, batch_size=8, max_length=64)
-    r = transfer_shadows(
-        audit_dir,
-        args.teacher,
-        public_data=str(SHARED / "imdb"),
-        cfg=cfg,
-        shadow_ids=list(range(args.shadows)),
-        progress=True,
-    )
+    r = {"transferred": []}
+    if not args.compare_only:
+        r = transfer_shadows(
+            audit_dir,
+            args.teacher,
+            public_data=str(SHARED / "imdb"),
+            cfg=cfg,
+            shadow_ids=list(range(args.shadows)),
+            progress=True,
+        )
     rep = compare_sides(audit_dir, n_boot=args.n_boot)
     print(
         f"student AUC {rep['student_auc']:.3f} {rep['student_auc_ci']}, teacher AUC "
