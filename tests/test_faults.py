@@ -533,6 +533,7 @@ def test_run_killed_at_stage_boundaries(world):
         val_split="validation",
         eval_split="test",
         allow_overlap=True,
+        reuse_student=False,
         distill=dict(
             DISTILL_CFG,
             corpus=[world["public"]],
