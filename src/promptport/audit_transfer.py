@@ -213,6 +213,13 @@ def compare_sides(
         "teacher": tea,
         "reading": "transfer reads the user's prompt and public data only (post-processing): the "
         "teacher side cannot leak more than the student side beyond sampling noise",
+        "complete": len(teacher.ids) == len(full.ids),
     }
+    if not report["complete"]:
+        report["caveat"] = (
+            f"only {len(teacher.ids)} of {len(full.ids)} shadows transferred: on a subset the masks "
+            "are no longer balanced per example, which the unbiasedness of the attacks relies on; "
+            "transfer every shadow before reading these figures"
+        )
     write_json(audit_dir / SUBDIR / "report.json", report)
     return report
