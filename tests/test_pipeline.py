@@ -279,6 +279,7 @@ def test_student_store_reuses_a_student_across_runs(
         cfg = _cfg(
             tmp_path, tiny_model_dir, None, private_dir, public_file,
             run_dir=str(tmp_path / name), distill={**distill_cfg, **d}, student=None,
+            reuse_student=True,
         )  # fmt: skip
         run_pipeline(cfg, progress=False, log=logs.append)
         return logs, tmp_path / name / "distill"

@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
     check_resources: bool = (
         True  # refuse a run that would not fit in memory or on disk (promptport.resources)
     )
-    reuse_student: bool = True  # take a student distilled earlier with the same teacher and recipe
+    reuse_student: bool = False  # take a student distilled earlier (same teacher, recipe, code)
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:

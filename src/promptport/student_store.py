@@ -52,6 +52,16 @@ def _source_identity(src: str) -> object:
     return [src]  # a hub id
 
 
+def _code_fingerprint() -> str:
+    """sha256 of the distillation code: a student made by other code is never taken for this one's."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("distill.py", "student.py", "corpus.py", "losses.py", "mixture.py", "data.py"):
+        if (here / name).is_file():
+            h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def recipe_key(teacher_info, recipe: dict) -> tuple[str, dict]:
     """(key, what it hashes) for a teacher (ModelInfo) and a distillation recipe (DistillConfig.to_dict())."""
     sources = {
@@ -68,6 +78,7 @@ def recipe_key(teacher_info, recipe: dict) -> tuple[str, dict]:
         },
         "recipe": recipe,
         "sources": sources,
+        "code": _code_fingerprint(),
     }
     blob = json.dumps(basis, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20], basis
