@@ -227,9 +227,11 @@ def _hash_bucket(text: str) -> float:
 HASH_SPLITS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 
 
-def hash_split(ds: TextDataset, split: str, limit: int | None = None) -> TextDataset:
+def hash_split(ds, split: str, limit: int | None = None, what: str = "text"):
     """The rows of `ds` whose text hashes into `split`'s share (train 80%, validation 10%, test 10%):
-    disjoint, stable across runs and machines, and the same rule the embedded data uses."""
+    disjoint, stable across runs and machines, and the same rule the embedded data uses. Any dataset
+    with `fields`, `select` and `meta` (classification and generation alike); rows with equal fields
+    (one MR's references) always fall in the same split."""
     canon = canonical_split(split)
     if canon not in HASH_SPLITS:
         raise BadInput(
@@ -240,7 +242,7 @@ def hash_split(ds: TextDataset, split: str, limit: int | None = None) -> TextDat
     idx = [i for i, vals in enumerate(rows) if lo <= _hash_bucket("\t".join(vals).strip()) < hi]
     out = ds.select(idx[:limit] if limit is not None else idx)
     out.meta["split_rule"] = (
-        f"text hash {lo:.0%}-{hi:.0%} of one file (train 80% / validation 10% / test 10%)"
+        f"{what} hash {lo:.0%}-{hi:.0%} of one file (train 80% / validation 10% / test 10%)"
     )
     return out
 

@@ -137,29 +137,12 @@ def load_gen_split(
         fields, targets if tcol is not None else None, str(path), canonical_split(split)
     )
     if one_file:  # one file holds every split: whole inputs (MRs) by hash, never a row twice
-        ds = _hash_split_by_input(ds, split, limit)
+        from promptport.data import hash_split
+
+        ds = hash_split(ds, split, limit, what="input")
     if len(ds) == 0:
         raise BadInput("data", f"{path}: no examples")
     return ds
-
-
-def _hash_split_by_input(ds: GenDataset, split: str, limit: int | None) -> GenDataset:
-    """The rows whose input hashes into `split`'s share (train 80%, validation 10%, test 10%), so all
-    references of one input (one MR) fall in the same split; the rule `data.hash_split` uses."""
-    from promptport.data import HASH_SPLITS, _hash_bucket, canonical_split
-
-    canon = canonical_split(split)
-    if canon not in HASH_SPLITS:
-        raise BadInput(
-            "split", f"a single file splits into train/validation/test (or 'all'), not '{split}'"
-        )
-    lo, hi = HASH_SPLITS[canon]
-    idx = [i for i, key in enumerate(ds.keys()) if lo <= _hash_bucket("\t".join(key)) < hi]
-    out = ds.select(idx[:limit] if limit is not None else idx)
-    out.meta["split_rule"] = (
-        f"input hash {lo:.0%}-{hi:.0%} of one file (train 80% / validation 10% / test 10%)"
-    )
-    return out
 
 
 @dataclass
