@@ -59,6 +59,7 @@ from promptport.lira import (  # noqa: E402
     lira_scores,
     logit_confidence,
     make_masks,
+    metrics_with_intervals,
     rmia_scores,
     roc,
     roc_curve_fast,
@@ -609,13 +610,7 @@ def audit_report(
     all_scores = all_attack_scores(stat, members, seed=seed)
     attacks, curves = {}, {}
     for key, scores in all_scores.items():
-        m = roc_metrics(scores, members)
-        m.update(
-            {
-                f"{k}_ci": v
-                for k, v in bootstrap_intervals(scores, members, n_boot, seed=seed).items()
-            }
-        )
+        m = metrics_with_intervals(scores, members, n_boot, seed)
         attacks[key], curves[key] = m, roc(scores, members)
     bound = epsilon_lower_bound(all_scores, members, delta, confidence, seed=seed)
     files = _write_report_files(rep_dir, sh, stat, all_scores, curves)

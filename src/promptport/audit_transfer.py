@@ -39,10 +39,9 @@ from promptport.fileio import read_json, write_json
 from promptport.lira import (
     FPR_LEVELS,
     all_attack_scores,
-    bootstrap_intervals,
     epsilon_lower_bound,
     logit_confidence,
-    roc_metrics,
+    metrics_with_intervals,
     tpr_key,
 )
 
@@ -55,11 +54,7 @@ def _side_metrics(sh: ShadowSet, n_boot: int, delta: float, seed: int) -> dict:
     scores = all_attack_scores(stat, sh.masks, seed=seed)
     attacks = {}
     for key, sc in scores.items():
-        m = roc_metrics(sc, sh.masks)
-        m.update(
-            {f"{k}_ci": v for k, v in bootstrap_intervals(sc, sh.masks, n_boot, seed=seed).items()}
-        )
-        attacks[key] = m
+        attacks[key] = metrics_with_intervals(sc, sh.masks, n_boot, seed)
     correct = sh.logits.argmax(-1) == sh.labels[None, :]
     prim = attacks[PRIMARY]
     return {

@@ -359,6 +359,15 @@ def bootstrap_intervals(
     return {k: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] for k, v in draws.items()}
 
 
+def metrics_with_intervals(scores, members, n_boot: int = 1000, seed: int = 0) -> dict:
+    """roc_metrics plus a `<metric>_ci` bootstrap interval for each."""
+    m = roc_metrics(scores, members)
+    m.update(
+        {f"{k}_ci": v for k, v in bootstrap_intervals(scores, members, n_boot, seed=seed).items()}
+    )
+    return m
+
+
 # ------------------------------------------------------------------------------------------ epsilon
 
 
