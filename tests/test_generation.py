@@ -577,3 +577,20 @@ def test_one_generation_file_never_serves_two_splits(tmp_path):
     assert sum(len(d) for d in parts.values()) == 300
     assert all(len(d) % 3 == 0 for d in parts.values())  # whole MRs
     assert len(load_gen_split(E2E, f, "all")) == 300
+
+
+def test_generation_split_column_selects_rows(tmp_path):
+    """`split_column` names each row's split (the audit and tune pass it for every task kind)."""
+    f = tmp_path / "all.csv"
+    f.write_text(
+        "mr,ref,part\n"
+        + "".join(f'"name[r{i}]",reference {i},{"train" if i % 4 else "dev"}\n' for i in range(40))
+    )
+    train = load_gen_split(E2E, f, "train", split_column="part")
+    dev = load_gen_split(E2E, f, "validation", split_column="part")
+    assert len(train) == 30 and len(dev) == 10
+    assert not set(train.keys()) & set(dev.keys())
+    with pytest.raises(BadInput, match="split_column"):
+        load_gen_split(E2E, f, "train", split_column="nope")
+    with pytest.raises(BadInput, match="split_column"):
+        load_gen_split(E2E, f, "test", split_column="part")

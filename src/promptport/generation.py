@@ -77,11 +77,13 @@ def load_gen_split(
     require_target: bool = True,
     text_column: str | None = None,
     label_column: str | None = None,
+    split_column: str | None = None,
 ) -> GenDataset:
     """One split of a generation task from a folder of split files or a single file (CSV/TSV/JSONL).
 
     `text_column` / `label_column` override the input column (single-field templates) and the target
-    column. An empty target is refused with its file and line."""
+    column. A single file holds every split: the rows whose `split_column` names the split, else whole
+    inputs by hash (the classification loader's rule). An empty target is refused with its file and line."""
     from pathlib import Path
 
     from promptport.data import canonical_split, find_split_file, read_rows
@@ -93,7 +95,8 @@ def load_gen_split(
     if not p.exists():
         raise BadInput("data", f"'{data}' does not exist")
     path = find_split_file(p, split) if p.is_dir() else p
-    one_file = not p.is_dir() and split != "all"
+    one_file = not p.is_dir() and split != "all" and split_column is None
+    want = canonical_split(split)
     names = task.template_fields
     fields: dict[str, list[str]] = {f: [] for f in names}
     targets: list[str] = []
@@ -109,6 +112,13 @@ def load_gen_split(
         )
 
     for lineno, row in read_rows(path):
+        if split_column is not None and not p.is_dir():
+            if split_column not in row:
+                raise BadInput(
+                    "split_column", f"{path}: no column '{split_column}' (the file has {list(row)})"
+                )
+            if canonical_split(str(row[split_column]).strip()) != want:
+                continue
         if cols is None:
             cols = {
                 f: pick(
@@ -141,7 +151,8 @@ def load_gen_split(
 
         ds = hash_split(ds, split, limit, what="input")
     if len(ds) == 0:
-        raise BadInput("data", f"{path}: no examples")
+        where = f" with {split_column} = '{split}'" if split_column else ""
+        raise BadInput("split_column" if split_column else "data", f"{path}: no examples{where}")
     return ds
 
 
