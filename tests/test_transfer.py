@@ -307,7 +307,14 @@ def test_transfer_uses_the_prompt_template_not_the_registry(pair, tmp_path, publ
 
 @pytest.mark.parametrize(
     "bad",
-    [{"alpha": 1.5}, {"alpha": -0.1}, {"temperature": 0}, {"method": "mix"}, {"init": "zeros"}],
+    [
+        {"alpha": 1.5},
+        {"alpha": -0.1},
+        {"temperature": 0},
+        {"method": "mix"},
+        {"init": "zeros"},
+        {"space": "tokens"},
+    ],
 )
 def test_bad_config(bad, pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
@@ -365,3 +372,37 @@ def test_transfer_cli(pair, user_prompt, public_file, tmp_path, capsys, tiny_mod
     assert main(two) == 0, capsys.readouterr().err
     assert "2 prompts, 1 reused the shared public-data cache" in capsys.readouterr().out
     assert (tmp_path / "two" / "01-user_prompt" / "prompt" / "prompt.safetensors").is_file()
+
+
+def test_label_space_compares_class_distributions(pair, user_prompt, public_file, tmp_path):
+    """space 'labels': the cached full-vocabulary logits become class scores (the verbalizer's mean
+    over each class's label words), the loss compares those, and the transfer still learns."""
+    from promptport.classify import PromptClassifier
+    from promptport.transfer import TransferCache, label_space
+
+    teacher, student = pair
+    clf = PromptClassifier(teacher.model, teacher.tokenizer, get_task("sst2"))
+    torch.manual_seed(0)
+    V = teacher.model.get_output_embeddings().weight.shape[0]
+    s, s_p, t = (torch.randn(5, V) for _ in range(3))
+    lab = label_space(TransferCache(s, s_p, t), clf.verbalizer)
+    rows = [[int(i) for i in ids] for ids in clf.verbalizer.per_class]
+    want = torch.stack([s_p[:, r].mean(-1) for r in rows], -1)
+    torch.testing.assert_close(lab.s_p, want)
+    assert lab.s.shape == (5, 2) and lab.t.shape == (5, 2)
+    cfg = TransferConfig(n_public=60, epochs=6, lr=5e-2, batch_size=8, seed=0, space="labels")
+    r = transfer(
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "lab", cfg=cfg
+    )
+    assert r["config"]["space"] == "labels"
+    assert r["best"]["heldout_loss"] < r["initial_heldout_loss"] * 0.9
+
+
+def test_transfer_cli_options_are_the_config_fields():
+    """Adding a transfer setting is one edit in TransferConfig: the CLI shows every field marked cli."""
+    from promptport.cli import app
+    from promptport.options import cli_fields
+
+    names = {p.name for p in app.commands["transfer"].params}
+    assert {f.name for f in cli_fields(TransferConfig)} <= names
+    assert "space" in names and "alpha" in names

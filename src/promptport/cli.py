@@ -19,6 +19,7 @@ from promptport.errors import BadInput, PromptportError, unknown_key
 from promptport.fileio import read_yaml_mapping
 from promptport.options import click_options, option_values
 from promptport.privacy import DPConfig
+from promptport.transfer import TransferConfig
 from promptport.tune import LOOP_ONLY_SETTINGS, TuneConfig
 
 
@@ -391,41 +392,12 @@ def tasks_cmd():
 )
 @click.option("--public-text-column", default=None, help="Text column of the public data files.")
 @click.option(
-    "--method",
-    type=click.Choice(["post", "output", "shift", "direct"]),
-    default="post",
-    show_default=True,
-    help="post: both KL terms; output / shift: one term (ablations); direct: p_s unchanged.",
-)
-@click.option(
     "--alpha",
     default="0.5",
     show_default=True,
     help="Weight of the shift term in [0, 1], or 'auto' (from public-data agreement).",
 )
-@click.option(
-    "--temperature", "-T", type=float, default=2.0, show_default=True, help="Softmax temperature."
-)
-@click.option(
-    "--init",
-    type=click.Choice(["copy", "text"]),
-    default="copy",
-    show_default=True,
-    help="Start p_t from a copy of p_s, or from the task description's embeddings.",
-)
-@click.option(
-    "--n-public", type=int, default=1000, show_default=True, help="Number of public examples used."
-)
-@click.option(
-    "--steps",
-    type=int,
-    default=None,
-    help="Optimiser steps (default: --epochs over the public set).",
-)
-@click.option("--epochs", type=float, default=2.0, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--max-length", type=int, default=128, show_default=True)
+@click_options(TransferConfig)
 @click.option(
     "--task",
     default=None,
@@ -455,7 +427,7 @@ def transfer_cmd(**opts):
           --teacher smollm2-135m-instruct --public-data embedded:rt_plots --out runs/transfer
       promptport transfer --prompt alice/prompt --prompt bob/prompt ...   (several users, one job)
     """
-    from promptport.transfer import TransferConfig, transfer
+    from promptport.transfer import transfer
 
     if opts["student"] is None:
         raise BadInput("student", "give the model the prompt was tuned on (--student)")
@@ -467,19 +439,7 @@ def transfer_cmd(**opts):
             raise BadInput(
                 "alpha", f"must be a number in [0, 1] or 'auto', got '{alpha}'"
             ) from None
-    cfg = TransferConfig(
-        method=opts["method"],
-        alpha=alpha,
-        temperature=opts["temperature"],
-        init=opts["init"],
-        n_public=opts["n_public"],
-        steps=opts["steps"],
-        epochs=opts["epochs"],
-        lr=opts["lr"],
-        batch_size=opts["batch_size"],
-        max_length=opts["max_length"],
-        seed=opts["seed"],
-    )
+    cfg = TransferConfig(**option_values(TransferConfig, opts), alpha=alpha, seed=opts["seed"])
     if len(opts["prompt"]) > 1:
         from promptport.transfer import transfer_many
 

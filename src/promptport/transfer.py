@@ -38,6 +38,7 @@ from promptport.errors import BadInput, PromptportError
 from promptport.fileio import check_writable_dir, write_json
 from promptport.losses import kl_divergence
 from promptport.models import LoadedModel, load_model
+from promptport.options import setting
 from promptport.prompt import (
     PromptArtifact,
     check_compatible,
@@ -58,24 +59,51 @@ from promptport.transfer_common import (
 METHODS = ("post", "output", "shift", "direct")
 
 
+SPACES = ("vocab", "labels")
+
+
 @dataclass
 class TransferConfig:
-    method: str = (
-        "post"  # post (both terms) | output (2nd term) | shift (1st term) | direct (p_s unchanged)
+    """Transfer settings; every field is also a `promptport transfer` option and a run-YAML key."""
+
+    method: str = setting(
+        "post",
+        "post: both KL terms; output / shift: one term (ablations); direct: p_s unchanged.",
+        choices=METHODS,
     )
-    alpha: float | str = 0.5  # or "auto": from public-data agreement, see auto_alpha()
-    temperature: float = 2.0
-    init: str = "copy"  # copy of p_s (possible: the student keeps the teacher's width) | text
-    n_public: int = 1000
-    heldout_fraction: float = 0.1
-    steps: int | None = None  # default: epochs over the training part of the public set
-    epochs: float = 2.0
-    lr: float = 1e-3
-    batch_size: int = 16
-    max_length: int = 128
-    eval_every: int | None = None
-    seed: int = 0
-    top_k: int = 256  # generation tasks: kept tokens per position in the cache (see gen_transfer)
+    alpha: float | str = setting(
+        0.5,
+        "Weight of the shift term in [0, 1], or 'auto' (from public-data agreement).",
+        cli=False,  # a number or 'auto': its own option in the CLI
+    )
+    temperature: float = setting(2.0, "Softmax temperature.")
+    space: str = setting(
+        "vocab",
+        "Distributions the KL terms compare: the full vocabulary at the answer position (the paper), "
+        "or the task's classes (label-word scores), which keeps only what the task reads.",
+        choices=SPACES,
+    )
+    init: str = setting(
+        "copy",
+        "Start p_t from a copy of p_s, or from the task description's embeddings.",
+        choices=("copy", "text"),
+    )
+    n_public: int = setting(1000, "Number of public examples used.")
+    heldout_fraction: float = setting(
+        0.1, "Share of the public examples held out to pick the best step.", cli=False
+    )
+    steps: int | None = setting(None, "Optimiser steps (default: --epochs over the public set).")
+    epochs: float = setting(2.0, "Passes over the public examples.")
+    lr: float = setting(1e-3, "Adam learning rate.")
+    batch_size: int = setting(16, "Public examples per step.")
+    max_length: int = setting(128, "Token limit per public input.")
+    eval_every: int | None = setting(None, "Held-out evaluation every N steps.", cli=False)
+    seed: int = setting(0, "Random seed (the --seed every command has).", cli=False)
+    top_k: int = setting(
+        256,
+        "Generation tasks: kept tokens per position in the cache (see gen_transfer).",
+        cli=False,
+    )
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -89,6 +117,8 @@ class TransferConfig:
             raise BadInput("alpha", f"must be in [0, 1] or 'auto', got {self.alpha!r}")
         if self.temperature <= 0:
             raise BadInput("temperature", f"must be > 0, got {self.temperature}")
+        if self.space not in SPACES:
+            raise BadInput("space", f"must be one of {', '.join(SPACES)}, got '{self.space}'")
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
         for name in ("n_public", "batch_size", "max_length", "top_k"):
@@ -275,6 +305,24 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def label_space(cache: TransferCache, verbalizer) -> TransferCache:
+    """The cached full-vocabulary logits as class scores (`space: labels`): the KL terms then compare
+    the class distributions, the only part of the answer distribution the task reads."""
+    return TransferCache(
+        verbalizer.scores_from_vocab(cache.s),
+        verbalizer.scores_from_vocab(cache.s_p),
+        verbalizer.scores_from_vocab(cache.t),
+        cache.seconds,
+    )
+
+
+def _answer_logits(teacher, cfg, ids, mask, p_t) -> torch.Tensor:
+    """The teacher's prompted answer logits in the space the loss compares."""
+    if cfg.space == "labels":
+        return teacher.class_logits(ids, mask, p_t)
+    return teacher.vocab_logits(ids, mask, p_t)
+
+
 def _heldout_loss(teacher, t_enc, cache, p_t, held, alpha: float, cfg, dist) -> float:
     """Mean transfer loss over the held-out public examples (each process its shard)."""
     dev = teacher.device
@@ -285,7 +333,7 @@ def _heldout_loss(teacher, t_enc, cache, p_t, held, alpha: float, cfg, dist) -> 
         for i in range(0, len(mine), cfg.batch_size * 2):
             idx = mine[i : i + cfg.batch_size * 2]
             ids, mask = teacher.batch([t_enc.input_ids[j] for j in idx])
-            t_p = teacher.vocab_logits(ids, mask, p_t.detach())
+            t_p = _answer_logits(teacher, cfg, ids, mask, p_t.detach())
             total += float(
                 transfer_loss(
                     t_p,
@@ -309,7 +357,7 @@ def _step_loss(teacher, t_enc, cache, p_t, idx, alpha: float, cfg, dist) -> tupl
     local = torch.zeros(2, dtype=torch.float64)  # [loss share, real tokens]
     if len(mine):
         ids, mask = teacher.batch([t_enc.input_ids[j] for j in mine])
-        t_p = teacher.vocab_logits(ids, mask, p_t)
+        t_p = _answer_logits(teacher, cfg, ids, mask, p_t)
         loss = transfer_loss(
             t_p,
             cache.s_p[mine].to(dev),
@@ -384,6 +432,8 @@ def train_transfer(
     dist = group(teacher.device)
     if not dist.is_main:
         metrics_path = None
+    if cfg.space == "labels":
+        cache = label_space(cache, teacher.verbalizer)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
     perm = torch.randperm(n, generator=g)
@@ -627,6 +677,8 @@ def transfer(
     out = check_writable_dir(out)
     artifact = prompt if isinstance(prompt, PromptArtifact) else load_prompt(prompt)
     the_task = task_from_prompt(artifact, task)
+    if the_task.is_generation and cfg.space != "vocab":
+        raise BadInput("space", "a generation task has no classes: use space 'vocab'")
     generated = public_data.startswith("generate:")
     if not the_task.is_generation and not generated:
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
