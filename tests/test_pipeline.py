@@ -103,6 +103,9 @@ def test_report_command_rebuilds(
     (tmp_path / "run" / "report.html").unlink()
     assert main(["report", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "report.html").is_file()
+    # the user's own validation curve (tune/metrics.jsonl evaluations) is in the report
+    assert "User's validation curve" in (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "plots" / "user_validation.png").stat().st_size > 1000
 
 
 def test_sweep_alpha_adds_curve(

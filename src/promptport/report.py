@@ -115,6 +115,9 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
         ):  # the value right of its interval, so the whisker never hides it
             ax.text(base[k]["accuracy_ci"][1] + 0.01, i, f"{accs[i]:.3f}", va="center", fontsize=8)
         plots["accuracy"] = _png(fig)
+    user_curve = _user_curve_plot(run_dir, plt)
+    if user_curve is not None:
+        plots["user_validation"] = user_curve
     curve = run_dir / "transfer" / "metrics.jsonl"
     if curve.is_file():
         recs = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
@@ -150,6 +153,33 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
     if roc.is_file():
         plots["audit_roc"] = base64.b64encode(roc.read_bytes()).decode()
     return plots
+
+
+def _user_curve_plot(run_dir: Path, plt) -> str | None:
+    """The user's own validation curve while tuning on the student (tune/metrics.jsonl): did the prompt
+    learn, and when did it stop improving? None when the run has no tuning evaluations."""
+    path = run_dir / "tune" / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    evals = [
+        r
+        for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        if r.get("type") == "eval"
+    ]
+    if not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = [k for k in evals[-1] if k.startswith("val_") and k != "val_seconds"]
+    for k in names:
+        pts = [(r["step"], r[k]) for r in evals if isinstance(r.get(k), (int, float))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=k[4:])
+    best = evals[-1].get("best_step")
+    if best is not None:
+        ax.axvline(best, color="#999", ls="--", lw=0.8, label=f"kept prompt (step {best})")
+    ax.set_xlabel("tuning step (student)")
+    ax.set_ylabel("user's validation split")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def _table_md(headers: list[str], rows: list[list]) -> str:
@@ -384,6 +414,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     captions = {
         "accuracy": "Accuracy per method",
         "generation": "Generation metrics per method",
+        "user_validation": "User's validation curve (prompt tuning on the student)",
         "transfer_loss": "Transfer loss",
         "alpha_sweep": "Alpha sweep (teacher + p_t accuracy)",
         "audit_roc": "Membership-inference ROC (log-log)",
