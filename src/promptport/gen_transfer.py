@@ -314,6 +314,8 @@ def transfer_generation(
     prompt_source=None,
 ) -> dict:
     """The transfer stage for a generation task (called by `promptport.transfer.transfer`)."""
+    if cfg.space != "vocab":
+        raise BadInput("space", "a generation task has no classes: use space 'vocab'")
     from promptport.data import load_texts
     from promptport.fileio import write_json
     from promptport.prompt import init_prompt_embeddings, make_metadata, save_prompt

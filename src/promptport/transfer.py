@@ -677,8 +677,6 @@ def transfer(
     out = check_writable_dir(out)
     artifact = prompt if isinstance(prompt, PromptArtifact) else load_prompt(prompt)
     the_task = task_from_prompt(artifact, task)
-    if the_task.is_generation and cfg.space != "vocab":
-        raise BadInput("space", "a generation task has no classes: use space 'vocab'")
     generated = public_data.startswith("generate:")
     if not the_task.is_generation and not generated:
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
