@@ -406,3 +406,16 @@ def test_transfer_cli_options_are_the_config_fields():
     names = {p.name for p in app.commands["transfer"].params}
     assert {f.name for f in cli_fields(TransferConfig)} <= names
     assert "space" in names and "alpha" in names
+
+
+def test_text_init_starts_from_the_task_description(pair, user_prompt, public_file, tmp_path):
+    """init 'text': with no steps, the teacher prompt is the description's embeddings (teacher_init)."""
+    teacher, student = pair
+    cfg = TransferConfig(n_public=20, steps=0, batch_size=4, init="text")
+    transfer(
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "t", cfg=cfg
+    )
+    want = init_prompt_embeddings(
+        teacher.model, teacher.tokenizer, 4, "text", get_task("sst2").description
+    )
+    torch.testing.assert_close(load_prompt(tmp_path / "t" / "prompt").embeddings, want.float())

@@ -318,9 +318,14 @@ def transfer_generation(
         raise BadInput("space", "a generation task has no classes: use space 'vocab'")
     from promptport.data import load_texts
     from promptport.fileio import write_json
-    from promptport.prompt import init_prompt_embeddings, make_metadata, save_prompt
+    from promptport.prompt import make_metadata, save_prompt
     from promptport.runtime import versions
-    from promptport.transfer_common import method_alpha, public_dataset, write_transfer_manifest
+    from promptport.transfer_common import (
+        method_alpha,
+        public_dataset,
+        teacher_init,
+        write_transfer_manifest,
+    )
 
     t_start = time.perf_counter()
     field = the_task.template_fields[0]
@@ -350,11 +355,7 @@ def transfer_generation(
             raise BadInput("alpha", "alpha 'auto' is defined for classification tasks only")
         # output and shift train one term: report the alpha that trains, not the configured one
         alpha = float(cfg.alpha) if cfg.method == "post" else method_alpha(cfg.method, 0.0)
-        init = None
-        if cfg.init == "text":
-            init = init_prompt_embeddings(
-                t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", the_task.description
-            )
+        init = teacher_init(cfg, t_lm, artifact, the_task)
         res = train_gen_transfer(
             teacher,
             enc,

@@ -42,7 +42,6 @@ from promptport.options import setting
 from promptport.prompt import (
     PromptArtifact,
     check_compatible,
-    init_prompt_embeddings,
     load_prompt,
     make_metadata,
     save_prompt,
@@ -53,6 +52,7 @@ from promptport.transfer_common import (
     TransferResult,
     method_alpha,
     public_dataset,
+    teacher_init,
     write_transfer_manifest,
 )
 
@@ -587,11 +587,7 @@ def _train_teacher_prompt(
         )
     else:
         alpha = float(cfg.alpha)
-    init = None
-    if cfg.init == "text":
-        init = init_prompt_embeddings(
-            t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", the_task.description
-        )
+    init = teacher_init(cfg, t_lm, artifact, the_task)
     res = train_transfer(
         t_clf,
         t_enc,

@@ -1,6 +1,6 @@
 """What the classification transfer (`promptport.transfer`) and the generation transfer
 (`promptport.gen_transfer`) share: the method's alpha, the public examples, the result of the
-optimisation and the stage manifest."""
+optimisation, the teacher prompt's start and the stage manifest."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ from promptport.tasks import Task
 
 def method_alpha(method: str, alpha: float) -> float:
     return {"post": alpha, "output": 0.0, "shift": 1.0}[method]
+
+
+def teacher_init(cfg, t_lm, artifact: PromptArtifact, task: Task) -> torch.Tensor | None:
+    """The teacher prompt's start: None (a copy of the user's prompt) or, with `init: text`, the
+    embeddings of the task's description in the teacher's vocabulary."""
+    if cfg.init != "text":
+        return None
+    from promptport.prompt import init_prompt_embeddings
+
+    return init_prompt_embeddings(
+        t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", task.description
+    )
 
 
 def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
