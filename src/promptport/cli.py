@@ -19,6 +19,7 @@ from promptport.errors import BadInput, PromptportError, unknown_key
 from promptport.fileio import read_yaml_mapping
 from promptport.options import click_options, option_values
 from promptport.privacy import DPConfig
+from promptport.serve import ServeConfig
 from promptport.transfer import TransferConfig
 from promptport.tune import LOOP_ONLY_SETTINGS, TuneConfig
 
@@ -349,6 +350,29 @@ def export_cmd(**opts):
     art = load_prompt(opts["prompt"])
     export_peft(art, opts["peft"], opts["base_model"])
     out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {opts['peft']}")
+
+
+@app.command("serve")
+@click_options(ServeConfig)
+@common
+def serve_cmd(**opts):
+    """Serve transferred prompts over an OpenAI-compatible HTTP API, many tenants on one teacher.
+
+    \b
+    Examples:
+      promptport serve --registry prompts                      # loopback, one tenant, no keys
+      promptport serve --registry prompts --keys keys.yaml --host 0.0.0.0
+      curl -s localhost:8000/v1/classify -H 'Authorization: Bearer KEY' \\
+           -d '{"model": "sentiment", "input": "a charming film"}'
+
+    Register a prompt: POST /v1/prompts (multipart: id, prompt.safetensors, prompt.json), or copy
+    its folder to REGISTRY/tenants/TENANT/ID/ before starting. keys.yaml maps tenant -> key.
+    SIGTERM or Ctrl-C answers the requests already accepted, then exits 0.
+    """
+    from promptport.serve import serve
+
+    cfg = ServeConfig(**option_values(ServeConfig, opts), device=opts["device"])
+    serve(cfg, log=lambda s: err().print(s, markup=False))
 
 
 @app.command("tasks")

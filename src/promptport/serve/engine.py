@@ -1,0 +1,179 @@
+"""One teacher, many tenants' prompts, one forward pass: the rows of a batch each carry their own soft
+prompt, left-padded so that every row's answer (classification) or next token (generation) is at
+the last position. Plain torch over the transformers model; no HTTP here.
+
+Classification reads the answer exactly as `PromptClassifier` does for `promptport evaluate` (the
+prompt's own template and verbalizer; position ids from the attention mask), so a served prompt
+gives the classes and probabilities the offline evaluation gives. Generation runs
+`model.generate(inputs_embeds=...)` with the KV cache, one call per group of rows that share their
+sampling settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from promptport.classify import _position_ids, encode, project
+from promptport.data import TextDataset
+from promptport.errors import BadInput
+from promptport.modelinfo import LoadedModel
+from promptport.serve.registry import Refused, ServedPrompt
+
+
+@dataclass
+class ClassifyRow:
+    prompt: ServedPrompt
+    ids: list[int]
+
+
+@dataclass
+class GenerateRow:
+    prompt: ServedPrompt
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    n_tokens: int
+
+
+class ServeEngine:
+    """The served model: tokenises requests and answers batches of rows (one thread at a time)."""
+
+    def __init__(self, lm: LoadedModel, max_input_tokens: int = 512):
+        if getattr(lm.model.config, "is_encoder_decoder", False) or type(
+            lm.model
+        ).__name__.endswith("ForMaskedLM"):
+            raise BadInput("model", "serving needs a causal (decoder-only) LM")
+        self.lm, self.tokenizer = lm, lm.tokenizer
+        self.model: Any = lm.model  # a transformers causal LM
+        self.max_input_tokens = max_input_tokens
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- tokenising (called on the request's side, before batching)
+    def classify_ids(self, prompt: ServedPrompt, inputs: list[str | dict]) -> list[list[int]]:
+        """template(x) token ids per input, truncated from the left of the text as `evaluate` does."""
+        task = prompt.task
+        fields = task.template_fields
+        cols: dict[str, list[str]] = {f: [] for f in fields}
+        for i, x in enumerate(inputs):
+            if isinstance(x, str):
+                if len(fields) != 1:
+                    raise Refused(
+                        f"input[{i}]", f"this prompt's template needs the fields {fields}"
+                    )
+                x = {fields[0]: x}
+            missing = [f for f in fields if not isinstance(x.get(f), str)]
+            if missing or set(x) - set(fields):
+                raise Refused(f"input[{i}]", f"needs exactly the string fields {fields}")
+            for f in fields:
+                cols[f].append(x[f])
+        ds = TextDataset(cols, None, "request", "serve")
+        enc = encode(self.tokenizer, task, ds, self.max_input_tokens)
+        return enc.input_ids
+
+    def completion_ids(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(ids) > self.max_input_tokens:
+            raise Refused(
+                "prompt", f"{len(ids)} tokens; this server takes at most {self.max_input_tokens}"
+            )
+        return list(ids)
+
+    # -- batches
+    def _left_padded(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T, H] embeddings [pad..., prompt_i, x_i] and the [B, T] mask."""
+        emb = self.model.get_input_embeddings()
+        seqs = []
+        for r in rows:
+            x = emb(torch.tensor(r.ids, device=self.device))
+            seqs.append(torch.cat([r.prompt.embeddings.to(x.dtype), x]))
+        T = max(s.shape[0] for s in seqs)
+        H = seqs[0].shape[1]
+        out = seqs[0].new_zeros(len(seqs), T, H)
+        mask = torch.zeros(len(seqs), T, dtype=torch.long, device=self.device)
+        for i, s in enumerate(seqs):
+            out[i, T - s.shape[0] :] = s
+            mask[i, T - s.shape[0] :] = 1
+        return out, mask
+
+    @torch.inference_mode()
+    def classify(self, rows: list[ClassifyRow]) -> list[torch.Tensor]:
+        """Class probabilities per row (each row with its prompt's verbalizer), one forward pass."""
+        with self._lock:
+            embeds, mask = self._left_padded(rows)
+            out = self.model.base_model(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=_position_ids(self.model, mask),
+            )
+            h = out.last_hidden_state[:, -1]
+            probs: list[torch.Tensor] = []
+            for i, r in enumerate(rows):
+                v = r.prompt.verbalizer
+                assert v is not None  # classification prompts have one (registry)
+                scores = v.scores(project(self.model, h[i : i + 1], v.token_ids))
+                probs.append(torch.softmax(scores.float(), -1)[0].cpu())
+            return probs
+
+    @torch.inference_mode()
+    def generate(self, rows: list[GenerateRow]) -> list[Completion]:
+        """Completions per row; rows that share sampling settings share one generate() call."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            key = (r.temperature > 0, round(r.temperature, 6), round(r.top_p, 6))
+            groups.setdefault(key, []).append(i)
+        results: list[Completion | None] = [None] * len(rows)
+        with self._lock:
+            for (sample, temperature, top_p), idx in groups.items():
+                for i, c in zip(
+                    idx, self._generate_group([rows[i] for i in idx], sample, temperature, top_p)
+                ):
+                    results[i] = c
+        return results  # type: ignore[return-value]
+
+    def _generate_group(self, rows, sample: bool, temperature: float, top_p: float):
+        from transformers import GenerationConfig
+
+        embeds, mask = self._left_padded(rows)
+        gc = GenerationConfig(
+            max_new_tokens=max(r.max_tokens for r in rows),
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=top_p if sample else None,
+            top_k=None,
+            eos_token_id=self.eos_ids or None,
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+        seq = self.model.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=gc)
+        out = []
+        eos = set(self.eos_ids)
+        for r, toks in zip(rows, seq.tolist()):
+            toks = toks[: r.max_tokens]
+            cut = next((k for k, t in enumerate(toks) if t in eos), None)
+            reason = "stop" if cut is not None else "length"
+            toks = toks if cut is None else toks[:cut]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            hits = [text.index(s) for s in r.stop if s in text]
+            if hits:
+                text, reason = text[: min(hits)], "stop"
+            out.append(Completion(text, reason, len(toks)))
+        return out
