@@ -262,3 +262,24 @@ def test_default_run_reads_the_runs_results(bench, tmp_path, tiny_model_dir, sst
     t = res["targets"]["post_at_least_3_points_above_teacher_zero_shot"]
     assert t["met"] == (t["value"] >= 0.03)
     assert res["user_validation_curve"] and "load_during_run" in res
+
+
+def test_serve_load(bench, tiny_model_dir, capsys):
+    """Both servers answer every request with the same probabilities and exit 0 on SIGTERM; the JSON
+    carries the speedup with its target, the per-mode latencies and the engine's own ceiling."""
+    from benchmarks import serve_load
+
+    args = ["--model", str(tiny_model_dir), "--clients", "4", "--tenants", "2", "--requests", "2"]
+    serve_load.main([*args, "--rounds", "1", "--max-batch", "4", "--threads", "1"])
+    res = _result(bench, "serve_load", capsys)
+    assert res["answers_max_abs_diff"] < 1e-4
+    for mode in ("batched", "unbatched"):
+        row = res[mode]
+        assert row["requests"] == 8 and row["server_exit_codes"] == [0]
+        assert 0 < row["latency_p50_s"] <= row["latency_p99_s"]
+    assert res["unbatched"]["mean_batch_rows"] == [1.0]
+    assert 1.0 <= res["batched"]["mean_batch_rows"][0] <= 4.0
+    speedup = res["batched"]["requests_per_s"] / res["unbatched"]["requests_per_s"]
+    assert abs(res["batching_speedup"] - speedup) < 1e-2
+    _check_target(res["target_batching_speedup"], res["batching_speedup"], 3.0)
+    assert res["engine_ceiling"]["rows"] == 16 and res["engine_ceiling"]["speedup"] > 0

@@ -11,13 +11,14 @@ sampling settings.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from promptport.classify import _position_ids, encode, project
+from promptport.classify import encode, project
 from promptport.data import TextDataset
 from promptport.errors import BadInput
 from promptport.modelinfo import LoadedModel
@@ -58,10 +59,15 @@ class ServeEngine:
         self.lm, self.tokenizer = lm, lm.tokenizer
         self.model: Any = lm.model  # a transformers causal LM
         self.max_input_tokens = max_input_tokens
+        self.max_pack_tokens = max(1024, max_input_tokens)  # attention over a pack is quadratic
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.eos_ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
         self._lock = threading.Lock()
+        model: Any = lm.model
+        self._dtype = model.get_input_embeddings().weight.dtype
+        params = inspect.signature(model.base_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -114,24 +120,82 @@ class ServeEngine:
             mask[i, T - s.shape[0] :] = 1
         return out, mask
 
+    def _prefix(self, prompt: ServedPrompt) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The soft prompt's keys and values per layer, computed once per prompt: in a causal LM the
+        prompt's positions never see the input, so its cache is exact for every request."""
+        if prompt.prefix_kv is None:
+            out = self.model.base_model(
+                inputs_embeds=prompt.embeddings[None].to(self._dtype), use_cache=True
+            )
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            prompt.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return prompt.prefix_kv
+
     @torch.inference_mode()
     def classify(self, rows: list[ClassifyRow]) -> list[torch.Tensor]:
-        """Class probabilities per row (each row with its prompt's verbalizer), one forward pass."""
+        """Class probabilities per row (each row with its prompt's verbalizer).
+
+        The rows are packed into one sequence with no padding: row i's tokens see its own prompt's
+        cached keys and values and its own earlier tokens (a block-diagonal causal mask), with
+        positions counted from the end of its prompt, exactly as if it ran alone."""
         with self._lock:
-            embeds, mask = self._left_padded(rows)
-            out = self.model.base_model(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=_position_ids(self.model, mask),
-            )
-            h = out.last_hidden_state[:, -1]
             probs: list[torch.Tensor] = []
-            for i, r in enumerate(rows):
-                v = r.prompt.verbalizer
-                assert v is not None  # classification prompts have one (registry)
-                scores = v.scores(project(self.model, h[i : i + 1], v.token_ids))
-                probs.append(torch.softmax(scores.float(), -1)[0].cpu())
+            start = 0
+            while start < len(rows):
+                end, n_tok = start + 1, len(rows[start].ids)
+                while end < len(rows) and n_tok + len(rows[end].ids) <= self.max_pack_tokens:
+                    n_tok += len(rows[end].ids)
+                    end += 1
+                probs += self._classify_packed(rows[start:end])
+                start = end
             return probs
+
+    def _classify_packed(self, rows: list[ClassifyRow]) -> list[torch.Tensor]:
+        from transformers import DynamicCache
+
+        uniq: dict[int, tuple[int, ServedPrompt]] = {}  # id(prompt) -> (offset, prompt)
+        offset = 0
+        for r in rows:
+            if id(r.prompt) not in uniq:
+                uniq[id(r.prompt)] = (offset, r.prompt)
+                offset += r.prompt.embeddings.shape[0]
+        prefixes = [self._prefix(p) for _, p in uniq.values()]
+        layers = [
+            (torch.cat([p[i][0] for p in prefixes], 2), torch.cat([p[i][1] for p in prefixes], 2))
+            for i in range(len(prefixes[0]))
+        ]
+        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        P, N = offset, sum(len(r.ids) for r in rows)
+        dev = self.device
+        ids = torch.tensor([t for r in rows for t in r.ids], device=dev)[None]
+        mask = torch.zeros(1, 1, N, P + N, dtype=torch.bool, device=dev)
+        pos = torch.empty(1, N, dtype=torch.long, device=dev)
+        last, s = [], 0
+        for r in rows:
+            k, n = len(r.ids), r.prompt.embeddings.shape[0]
+            o = uniq[id(r.prompt)][0]
+            mask[0, 0, s : s + k, o : o + n] = True
+            mask[0, 0, s : s + k, P + s : P + s + k] = torch.ones(
+                k, k, dtype=torch.bool, device=dev
+            ).tril()
+            pos[0, s : s + k] = n + torch.arange(k, device=dev)
+            s += k
+            last.append(s - 1)
+        out = self.model.base_model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=False,
+            **{self._cache_kw: cache},
+        )
+        h = out.last_hidden_state[0, last]
+        probs = []
+        for i, r in enumerate(rows):
+            v = r.prompt.verbalizer
+            assert v is not None  # classification prompts have one (registry)
+            scores = v.scores(project(self.model, h[i : i + 1], v.token_ids))
+            probs.append(torch.softmax(scores.float(), -1)[0].cpu())
+        return probs
 
     @torch.inference_mode()
     def generate(self, rows: list[GenerateRow]) -> list[Completion]:

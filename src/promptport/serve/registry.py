@@ -52,6 +52,7 @@ class ServedPrompt:
     meta: dict
     created: int
     verbalizer: Verbalizer | None = field(default=None, repr=False)
+    prefix_kv: list | None = field(default=None, repr=False)  # the engine's cache of the prompt
 
     @property
     def kind(self) -> str:
