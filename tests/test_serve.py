@@ -368,3 +368,52 @@ def test_no_keys_means_loopback_only(tmp_path, tiny_model_dir):
     )  # fmt: skip
     assert r.returncode == 2
     assert "host" in r.stderr and "--keys" in r.stderr
+
+
+def test_vllm_export_gives_the_embeddings_our_server_generates_from(tmp_path, tiny_lm, capsys):
+    """`promptport export --vllm`: the exported prompt + `prompt_embeds(text)` is the sequence our own
+    generation feeds the model (same greedy tokens from HF generate), and the base64 form loads back
+    with torch.load(weights_only=True), as vLLM reads it."""
+    import base64
+
+    from promptport.cli import main
+    from promptport.serve.vllm import load_vllm_export, prompt_embeds, to_base64
+
+    src = make_prompt(tiny_lm, tmp_path / "p", 3)
+    assert main(["export", str(src), "--vllm", str(tmp_path / "v")]) == 0
+    soft, meta = load_vllm_export(tmp_path / "v")
+    assert meta["model"] == tiny_lm.info.model_id and meta["task"]["classes"] == [
+        "negative",
+        "positive",
+    ]
+    emb = prompt_embeds(soft, tiny_lm.model.get_input_embeddings(), tiny_lm.tokenizer, "the movie")
+    ids = tiny_lm.tokenizer("the movie", return_tensors="pt")["input_ids"]
+    assert emb.shape == (soft.shape[0] + ids.shape[1], tiny_lm.info.hidden_size)
+    torch.testing.assert_close(emb[: soft.shape[0]], soft)
+    back = torch.load(io.BytesIO(base64.b64decode(to_base64(emb))), weights_only=True)
+    torch.testing.assert_close(back, emb)
+    # tampering is caught
+    (tmp_path / "v" / "prompt_embeds.safetensors").write_bytes(b"x" * 10)
+    with pytest.raises(Exception, match="checksum"):
+        load_vllm_export(tmp_path / "v")
+    assert main(["export", str(src)]) == 2
+
+
+def test_vllm_serves_the_export(tmp_path, tiny_lm, tiny_model_dir):
+    """Where vLLM is installed (GPU machines): vLLM's greedy output for the exported prompt equals
+    transformers' generate on the same embeddings."""
+    vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (GPU machines)")
+    from promptport.prompt import load_prompt
+    from promptport.serve.vllm import export_vllm, load_vllm_export, prompt_embeds
+
+    export_vllm(load_prompt(make_prompt(tiny_lm, tmp_path / "p", 3)), tmp_path / "v")
+    soft, _ = load_vllm_export(tmp_path / "v")
+    emb = prompt_embeds(soft, tiny_lm.model.get_input_embeddings(), tiny_lm.tokenizer, "the movie")
+    llm = vllm.LLM(model=str(tiny_model_dir), enable_prompt_embeds=True, dtype="float32")
+    out = llm.generate({"prompt_embeds": emb}, vllm.SamplingParams(max_tokens=5, temperature=0))
+    with torch.inference_mode():
+        seq = tiny_lm.model.generate(
+            inputs_embeds=emb[None], attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long),
+            max_new_tokens=5, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )  # fmt: skip
+    assert list(out[0].outputs[0].token_ids) == seq[0].tolist()[: len(out[0].outputs[0].token_ids)]

@@ -332,24 +332,49 @@ def tune_cmd(**opts):
 @click.option(
     "--peft",
     type=click.Path(path_type=Path),
-    required=True,
+    default=None,
     help="Write a PEFT prompt-tuning adapter folder here.",
+)
+@click.option(
+    "--vllm",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the prompt for vLLM's prompt-embeddings input here (docs/serving.md).",
 )
 @click.option(
     "--base-model",
     default=None,
-    help="base_model_name_or_path for the adapter config (default: the prompt's model).",
+    help="The model the export names (default: the prompt's model).",
 )
 @common
 def export_cmd(**opts):
-    """Export a prompt as a PEFT adapter that `PeftModel.from_pretrained(model, DIR)` loads."""
+    """Export a prompt as a PEFT adapter (`PeftModel.from_pretrained(model, DIR)`) and/or for vLLM
+    (`vllm serve MODEL --enable-prompt-embeds`).
+
+    \b
+    Examples:
+      promptport export runs/demo/transfer/prompt --peft adapters/sentiment
+      promptport export runs/demo/transfer/prompt --vllm exports/sentiment
+    """
     from promptport.fileio import check_writable_dir
     from promptport.prompt import export_peft, load_prompt
 
-    check_writable_dir(opts["peft"], "peft")
+    if not opts["peft"] and not opts["vllm"]:
+        raise BadInput("peft", "give --peft DIR and/or --vllm DIR")
     art = load_prompt(opts["prompt"])
-    export_peft(art, opts["peft"], opts["base_model"])
-    out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {opts['peft']}")
+    if opts["peft"]:
+        check_writable_dir(opts["peft"], "peft")
+        export_peft(art, opts["peft"], opts["base_model"])
+        out().print(f"export: {art.n_tokens}-token prompt -> PEFT adapter {opts['peft']}")
+    if opts["vllm"]:
+        from promptport.serve.vllm import export_vllm
+
+        check_writable_dir(opts["vllm"], "vllm")
+        export_vllm(art, opts["vllm"], opts["base_model"])
+        out().print(
+            f"export: {art.n_tokens}-token prompt -> {opts['vllm']} for vLLM "
+            "(prompt_embeds.safetensors, vllm.json; docs/serving.md)"
+        )
 
 
 @app.command("serve")
