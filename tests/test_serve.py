@@ -80,20 +80,33 @@ class Server:
             return -9
 
 
-@pytest.fixture()
-def keys_file(tmp_path) -> Path:
-    p = tmp_path / "keys.yaml"
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("keys") / "keys.yaml"
     p.write_text("".join(f"{t}: {k}\n" for t, k in KEYS.items()))
     return p
 
 
+def _start(root: Path, lm, model_dir: Path, keys: Path, *extra: str):
+    reg = root / "registry"
+    for tenant, seed in (("alice", 1), ("bob", 2)):
+        make_prompt(lm, reg / "tenants" / tenant / "sentiment", seed)
+    return Server(model_dir, reg, keys, *extra), reg
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, tiny_lm, tiny_model_dir, keys_file):
+    """alice/sentiment and bob/sentiment (same id, different prompts), served; shared by the tests
+    that leave the registry as they found it."""
+    srv, reg = _start(tmp_path_factory.mktemp("shared"), tiny_lm, tiny_model_dir, keys_file)
+    yield srv, reg
+    srv.stop()
+
+
 @pytest.fixture()
 def two_tenants(tmp_path, tiny_lm, tiny_model_dir, keys_file):
-    """A registry with alice/sentiment and bob/sentiment (same id, different prompts), served."""
-    reg = tmp_path / "registry"
-    for tenant, seed in (("alice", 1), ("bob", 2)):
-        make_prompt(tiny_lm, reg / "tenants" / tenant / "sentiment", seed)
-    srv = Server(tiny_model_dir, reg, keys_file)
+    """The same, a server of the test's own (for tests that stop it or change what is registered)."""
+    srv, reg = _start(tmp_path, tiny_lm, tiny_model_dir, keys_file)
     yield srv, reg
     srv.stop()
 
@@ -110,13 +123,13 @@ def prompt_files(d: Path) -> dict[str, bytes]:
     return {PROMPT_FILE: (d / PROMPT_FILE).read_bytes(), META_FILE: (d / META_FILE).read_bytes()}
 
 
-def test_two_tenants_get_what_evaluate_gives(two_tenants, tmp_path, tiny_model_dir, sst_like_dir):
+def test_two_tenants_get_what_evaluate_gives(shared_server, tmp_path, tiny_model_dir, sst_like_dir):
     """The served classes and probabilities equal `promptport evaluate`'s (its logits, softmaxed) for
     each tenant's own prompt, through httpx and through the openai client's generic POST."""
     from promptport.data import load_split
     from promptport.evaluate import evaluate_baselines
 
-    srv, reg = two_tenants
+    srv, reg = shared_server
     task = get_task("sst2")
     ds = load_split(task, str(sst_like_dir), "validation")
     texts = ds.fields[task.template_fields[0]]
@@ -153,14 +166,14 @@ def test_two_tenants_get_what_evaluate_gives(two_tenants, tmp_path, tiny_model_d
     assert abs(r.json()["data"][0]["probs"]["positive"] - served["alice"][0][1]) < 1e-4
 
 
-def test_completions_with_the_openai_client_match_the_generator(two_tenants, tiny_lm):
+def test_completions_with_the_openai_client_match_the_generator(shared_server, tiny_lm):
     """Greedy completions through the official client equal PromptGenerator-style generation with
     the same prompt (KV cache, left padding), for two prompts of different tenants in one batch."""
     import openai
 
     from promptport.prompt import load_prompt
 
-    srv, reg = two_tenants
+    srv, reg = shared_server
     texts = ["the movie was great", "worst film of the year ."]
     for tenant in ("alice", "bob"):
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key=KEYS[tenant])
@@ -185,8 +198,8 @@ def test_completions_with_the_openai_client_match_the_generator(two_tenants, tin
         assert r.usage.prompt_tokens > 0
 
 
-def test_isolation_between_tenants(two_tenants, tiny_lm, tmp_path):
-    srv, reg = two_tenants
+def test_isolation_between_tenants(shared_server, tiny_lm, tmp_path):
+    srv, reg = shared_server
     with srv.client() as anon:
         assert anon.get("/v1/models").status_code == 401
         r = anon.post("/v1/classify", json={"model": "sentiment", "input": "x"})
@@ -272,8 +285,8 @@ def test_bad_prompts_are_refused_and_nothing_is_half_registered(
         srv2.stop()
 
 
-def test_malformed_requests_answer_4xx_json(two_tenants):
-    srv, _ = two_tenants
+def test_malformed_requests_answer_4xx_json(shared_server):
+    srv, _ = shared_server
     with srv.client("alice") as c:
         cases = [
             (
@@ -358,6 +371,38 @@ def test_sigterm_drains_accepted_requests(two_tenants):
         t.join(60)
     assert srv.proc.wait(60) == 0
     assert results == [200] * 12
+
+
+def test_per_key_concurrency_limit(tmp_path, tiny_lm, tiny_model_dir, keys_file):
+    """Beyond --max-concurrency requests of one key answer 429 at once; another key is not held up."""
+    srv, _ = _start(
+        tmp_path,
+        tiny_lm,
+        tiny_model_dir,
+        keys_file,
+        "--max-concurrency",
+        "2",
+        "--max-wait-ms",
+        "1500",
+    )
+    codes: dict[str, list[int]] = {"alice": [], "bob": []}
+
+    def call(tenant):
+        with srv.client(tenant) as c:
+            r = c.post("/v1/classify", json={"model": "sentiment", "input": "the movie"})
+            codes[tenant].append(r.status_code)
+
+    try:
+        threads = [threading.Thread(target=call, args=("alice",)) for _ in range(5)]
+        threads.append(threading.Thread(target=call, args=("bob",)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        srv.stop()
+    assert sorted(codes["alice"]) == [200, 200, 429, 429, 429]
+    assert codes["bob"] == [200]
 
 
 def test_no_keys_means_loopback_only(tmp_path, tiny_model_dir):
