@@ -28,6 +28,7 @@ BENCHMARKS = {
     "audit_null": ("benchmarks.audit_null", ("full",), False),
     "audit_transferred": ("benchmarks.audit_transferred", ("full",), False),
     "privacy_utility": ("benchmarks.privacy_utility", ("full",), False),
+    "serve_load": ("benchmarks.serve_load", ("full",), False),
 }
 # the fair baselines (left padding, logits_to_keep=1) are the headline; the naive ones (full logits at
 # every position) follow them
