@@ -462,3 +462,42 @@ def test_vllm_serves_the_export(tmp_path, tiny_lm, tiny_model_dir):
             max_new_tokens=5, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id,
         )  # fmt: skip
     assert list(out[0].outputs[0].token_ids) == seq[0].tolist()[: len(out[0].outputs[0].token_ids)]
+
+
+def test_an_interrupted_registration_is_never_served(tmp_path, tiny_lm):
+    """A crash between writing the files and the rename leaves them in .staging: the next start clears
+    them and serves only what was registered whole; a registered prompt whose file was altered on disk
+    since is skipped, and named."""
+    from promptport.serve.registry import PromptRegistry, Refused, files_from_tar
+
+    root = tmp_path / "reg"
+    reg = PromptRegistry.open(root, tiny_lm.info, tiny_lm.tokenizer, torch.device("cpu"))
+    src = make_prompt(tiny_lm, tmp_path / "p", 1)
+    reg.register_dir("alice", "ok", src)
+    half = root / ".staging" / "deadbeef"
+    half.mkdir(parents=True)
+    (half / PROMPT_FILE).write_bytes((src / PROMPT_FILE).read_bytes()[:100])
+    altered = make_prompt(tiny_lm, root / "tenants" / "alice" / "altered", 2)
+    raw = bytearray((altered / PROMPT_FILE).read_bytes())
+    raw[-3] ^= 0x55
+    (altered / PROMPT_FILE).write_bytes(bytes(raw))
+    again = PromptRegistry.open(root, tiny_lm.info, tiny_lm.tokenizer, torch.device("cpu"))
+    assert [p.id for p in again.list("alice")] == ["ok"]
+    assert not (root / ".staging").exists()
+    assert len(again.skipped) == 1 and again.skipped[0].startswith("alice/altered")
+    # archives: paths that climb out, absolute paths and oversize content are refused unread
+    for name in ("../prompt.json", "/etc/prompt.json", "a/b/prompt.json"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tf.addfile(info, io.BytesIO(b"{}"))
+        with pytest.raises(Refused, match="not a plain prompt file"):
+            files_from_tar(buf.getvalue(), 1 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo(PROMPT_FILE)
+        info.size = 5000
+        tf.addfile(info, io.BytesIO(b"x" * 5000))
+    with pytest.raises(Refused, match="more than"):
+        files_from_tar(buf.getvalue(), 1000)
