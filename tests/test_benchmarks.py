@@ -283,3 +283,16 @@ def test_serve_load(bench, tiny_model_dir, capsys):
     assert abs(res["batching_speedup"] - speedup) < 1e-2
     _check_target(res["target_batching_speedup"], res["batching_speedup"], 3.0)
     assert res["engine_ceiling"]["rows"] == 16 and res["engine_ceiling"]["speedup"] > 0
+
+
+def test_audit_ci_coverage(bench, capsys):
+    from benchmarks import audit_ci_coverage
+
+    args = ["--shadows", "4", "--repetitions", "3", "--examples", "40", "--n-boot", "20"]
+    audit_ci_coverage.main(args)
+    res = _result(bench, "audit_ci_coverage", capsys)
+    for model in ("plain", "shadow_class_bias"):
+        r = res["by_n"]["4"][model]
+        assert 0.3 < r["mean_auc"] < 0.7 and r["auc_sd"] >= 0
+        for kind in ("examples_only", "two_way"):
+            assert 0 <= r[kind]["coverage"] <= 1 and r[kind]["mean_width"] > 0
