@@ -14,6 +14,7 @@ TPR@1%FPR). Needs ../shared/data/imdb.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -74,9 +75,12 @@ def main(argv=None) -> dict:
             "config": args.config,
             "teacher": args.teacher,
             "public_data": "imdb (train reviews, text only)",
-            "transfer": {"n_public": args.n_public, "steps": args.steps},
+            # every transfer setting the shadows were transferred with (the work folder's spec.json)
+            "transfer": (rep.get("transfer") or {}).get("transfer")
+            or {"n_public": args.n_public, "steps": args.steps},
             **{k: v for k, v in rep.items() if k not in ("transfer",)},
             "shadows_transferred_this_run": r["transferred"],
+            "command": "python -m benchmarks.audit_transferred " + " ".join(argv or sys.argv[1:]),
             "wall_seconds": round(time.perf_counter() - t0, 1),
         },
     )
