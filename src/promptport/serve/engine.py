@@ -1,10 +1,11 @@
-"""One teacher, many tenants' prompts, one forward pass: the rows of a batch each carry their own soft
-prompt, left-padded so that every row's answer (classification) or next token (generation) is at
-the last position. Plain torch over the transformers model; no HTTP here.
+"""One teacher, many tenants' prompts, one forward pass: each row of a batch carries its own soft
+prompt. Plain torch over the transformers model; no HTTP here.
 
-Classification reads the answer exactly as `PromptClassifier` does for `promptport evaluate` (the
-prompt's own template and verbalizer; position ids from the attention mask), so a served prompt
-gives the classes and probabilities the offline evaluation gives. Generation runs
+Classification packs the rows into one sequence without padding; each row attends to its own
+prompt's cached keys and values (computed once per prompt) and to its own earlier tokens. It reads
+the answer as `PromptClassifier` does for `promptport evaluate` (the prompt's own template and
+verbalizer, positions counted from the start of the prompt), so a served prompt gives the classes
+and probabilities the offline evaluation gives. Generation left-pads [prompt_i, x_i] and runs
 `model.generate(inputs_embeds=...)` with the KV cache, one call per group of rows that share their
 sampling settings.
 """
