@@ -59,9 +59,8 @@ class ServeConfig:
         choices=("float32", "bfloat16", "float16"),
     )
 
-    def limits(self):
-        from promptport.serve.app import Limits
-
+    def checked(self) -> ServeConfig:
+        """The settings, refused with the field's name where a limit is out of range."""
         for name in (
             "max_batch",
             "max_input_tokens",
@@ -75,15 +74,7 @@ class ServeConfig:
                 raise BadInput(name, f"must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise BadInput("max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
-        return Limits(
-            max_batch=self.max_batch,
-            max_wait_ms=self.max_wait_ms,
-            max_new_tokens=self.max_new_tokens,
-            max_inputs=self.max_inputs,
-            max_body_bytes=self.max_body_bytes,
-            max_upload_bytes=self.max_upload_bytes,
-            max_concurrency=self.max_concurrency,
-        )  # fmt: skip
+        return self
 
 
 def load_keys(path: str | Path) -> dict[str, str]:
@@ -132,7 +123,7 @@ def build(cfg: ServeConfig):
     from promptport.serve.engine import ServeEngine
     from promptport.serve.registry import PromptRegistry
 
-    limits = cfg.limits()
+    cfg.checked()
     keys = load_keys(cfg.keys) if cfg.keys else None
     if keys is None and not is_loopback(cfg.host):
         raise BadInput(
@@ -143,7 +134,7 @@ def build(cfg: ServeConfig):
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     engine = ServeEngine(lm, cfg.max_input_tokens)
     registry = PromptRegistry.open(cfg.registry, lm.info, lm.tokenizer, engine.device)
-    return create_app(engine, registry, keys=keys, limits=limits), registry
+    return create_app(engine, registry, keys=keys, limits=cfg), registry
 
 
 def serve(cfg: ServeConfig, log=print) -> None:

@@ -32,23 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from promptport.errors import BadInput
+from promptport.serve import ServeConfig
 from promptport.serve.batching import MicroBatcher
 from promptport.serve.engine import ClassifyRow, GenerateRow, ServeEngine
 from promptport.serve.registry import PromptRegistry, Refused, ServedPrompt, files_from_tar
 
 log = logging.getLogger("promptport.serve")
 DEFAULT_TENANT = "default"
-
-
-@dataclass
-class Limits:
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
-    max_new_tokens: int = 256
-    max_inputs: int = 64
-    max_body_bytes: int = 1 << 20
-    max_upload_bytes: int = 64 << 20
-    max_concurrency: int = 16
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -125,7 +115,7 @@ class Auth:
 class BodyLimit:
     """ASGI middleware: a body over the limit (declared or streamed) is answered 413 unread."""
 
-    def __init__(self, app, limits: Limits):
+    def __init__(self, app, limits: ServeConfig):
         self.app, self.limits = app, limits
 
     async def __call__(self, scope, receive, send):
@@ -197,7 +187,7 @@ class ServerState:
     batcher: MicroBatcher
     metrics: Metrics
     auth: Auth
-    limits: Limits
+    limits: ServeConfig
     active: dict[str, int]
 
 
@@ -231,11 +221,11 @@ def create_app(
     registry: PromptRegistry,
     *,
     keys: dict[str, str] | None = None,
-    limits: Limits | None = None,
+    limits: ServeConfig | None = None,
 ) -> FastAPI:
     """The server as an ASGI app (uvicorn runs it; tests may too). `keys`: API key -> tenant; None
     means one tenant, 'default', and no authentication (the caller binds to loopback)."""
-    lim = limits or Limits()
+    lim = (limits or ServeConfig()).checked()
     metrics = Metrics()
     batcher = MicroBatcher(
         {"classify": engine.classify, "generate": engine.generate},
@@ -422,7 +412,7 @@ async def delete(prompt_id: str, tenant: Tenant, st: State):
     return {"id": prompt_id, "object": "model", "deleted": True}
 
 
-async def _uploaded_files(request: Request, lim: Limits) -> dict[str, bytes]:
+async def _uploaded_files(request: Request, lim: ServeConfig) -> dict[str, bytes]:
     """{file name: bytes} from a multipart upload: the files themselves, or one tar 'archive'; the
     form field 'id' comes back under the key '\\0id' (no file can have that name)."""
     ctype = request.headers.get("content-type", "")
