@@ -64,8 +64,10 @@ def main(argv=None) -> dict:
         )
     rep = compare_sides(audit_dir, n_boot=args.n_boot)
     print(
-        f"student AUC {rep['student_auc']:.3f} {rep['student_auc_ci']}, teacher AUC "
-        f"{rep['teacher_auc']:.3f} {rep['teacher_auc_ci']} ({rep['n_shadows']} shadows)",
+        f"student AUC {rep['student_auc']:.3f} {rep['student_auc_ci']} "
+        f"(p {rep['student']['membership_p_value']:.3g}), teacher AUC {rep['teacher_auc']:.3f} "
+        f"{rep['teacher_auc_ci']} (p {rep['teacher']['membership_p_value']:.3g}) "
+        f"({rep['n_shadows']} shadows)",
         flush=True,
     )
     return finish(

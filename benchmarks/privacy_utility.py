@@ -172,6 +172,9 @@ def main(argv=None) -> dict:
                 "delta": (tuned.get("privacy") or {}).get("delta"),
                 "audit_auc": s["auc"],
                 "audit_auc_ci": s["auc_ci"],
+                "audit_auc_ci_unit": s["bootstrap"]["unit"],
+                "audit_membership_p_value": s["membership_test"]["p_value"],
+                "audit_chance_auc_95": s["membership_test"]["null_auc_95"],
                 "audit_tpr_at_1%fpr": s["tpr_at_1%fpr"],
                 "empirical_epsilon_lower_bound_95": s["empirical_epsilon_lower_bound"],
                 "seconds_this_run": timings,
@@ -179,7 +182,8 @@ def main(argv=None) -> dict:
         )
         print(
             f"eps={key}: POST {post['accuracy']:.3f} (zero-shot {zero_shot:.3f}), audit AUC "
-            f"{s['auc']:.3f} [{s['auc_ci'][0]:.3f}, {s['auc_ci'][1]:.3f}]",
+            f"{s['auc']:.3f} [{s['auc_ci'][0]:.3f}, {s['auc_ci'][1]:.3f}], p "
+            f"{s['membership_test']['p_value']:.3g}",
             flush=True,
         )
     _plot(points, zero_shot, RESULTS / "privacy_utility.png")

@@ -199,6 +199,59 @@ def test_null_audits_are_at_chance_and_bound_nothing(n_shadows):
     assert r["bound_zero_fraction"] >= 0.95, r["bounds"]
 
 
+def _collapsed_shadows_null(r, n=8, p=100):
+    """Null data shaped like real no-DP audits on a weak student: each shadow's prompt favours one
+    class strongly (its own), whatever its IN set; membership has no effect."""
+    rng = np.random.default_rng([n, r, 5])
+    masks = A.make_masks(n, p, seed=r)
+    y = rng.integers(0, 2, p)
+    mode = 3.0 * rng.choice([-1.0, 1.0], (n, 1))
+    stat = rng.normal(0, 2, p) + mode * (2 * y - 1) + rng.normal(0, 1, (n, p))
+    return stat, masks
+
+
+def test_auc_interval_covers_chance_when_shadows_differ():
+    """The audit's interval must account for the shadows' own randomness: on null audits whose shadows
+    collapse to a class each, the examples-only interval (what the audit printed) covers 0.5 less
+    often than its nominal 95% (benchmarks/audit_ci_coverage.json); the two-way interval covers it."""
+    hits = {"two_way": [], "examples": []}
+    for r in range(40):
+        stat, masks = _collapsed_shadows_null(r)
+        sc = A.leave_one_out(stat, masks, "online", "global", seed=r)
+        for unit in hits:
+            lo, hi = lira.bootstrap_intervals(sc, masks, 150, seed=r, unit=unit)["auc"]
+            hits[unit].append(lo <= 0.5 <= hi)
+    assert np.mean(hits["two_way"]) >= 0.95, np.mean(hits["two_way"])
+    assert np.mean(hits["examples"]) < np.mean(hits["two_way"])
+    with pytest.raises(A.BadInput, match="unit"):
+        lira.bootstrap_intervals(sc, masks, 10, unit="pairs")
+
+
+def test_membership_test_is_exact_on_null_data_and_finds_a_leak():
+    """p-values of the randomisation test are uniform when membership has no effect, whatever the
+    shadows' structure (here: each collapsed to a class), and minimal on a clear leak."""
+    n, p, draws = 8, 100, 19
+
+    def design(i):
+        return A.make_masks(n, p, seed=50_000 + i)
+
+    ps = []
+    for r in range(60):
+        stat, masks = _collapsed_shadows_null(r, n, p)
+        t = lira.membership_test(stat, masks, design, draws=draws, seed=r)
+        assert t["auc"] == pytest.approx(
+            A.roc_metrics(A.leave_one_out(stat, masks, "online", "global", seed=r), masks)["auc"]
+        )
+        ps.append(t["p_value"])
+    ps = np.array(ps)
+    # P(p <= k/20) = k/20 exactly under the null; 60 draws, binomial 99.9% bounds
+    assert 0.0 <= (ps <= 0.1).mean() <= 0.27 and 0.3 <= (ps <= 0.5).mean() <= 0.7, np.sort(ps)
+    stat, masks = synthetic(n=8, p=100, shift=1.0)
+    leak = lira.membership_test(stat, masks, design, draws=draws)
+    assert leak["p_value"] == pytest.approx(1 / (draws + 1))
+    assert leak["null_auc_95"][1] < leak["auc"]
+
+
 def test_rmia_matches_privacy_meter_reference():
     """privacy_meter's `run_rmia` (offline_a = 0.3, gamma 1), restated here on a fixed input: each
     example OUT for exactly half of the references, a population that is OUT everywhere."""
@@ -327,7 +380,10 @@ def test_prepare_masks_resume_and_report(sst_like_dir, tmp_path):
     assert len(rows) == 1 + 4 * 20
     assert A.audit_summary(out) == json.loads((out / "report" / "report.json").read_text())
     assert not (out / "manifest.json").exists()  # only a complete audit gets a stage manifest
-    assert "AUC" in A.format_summary(summary)
+    assert "AUC" in A.format_summary(summary) and "p = " in A.format_summary(summary)
+    assert summary["bootstrap"]["unit"] == lira.BOOTSTRAP_UNIT["two_way"]
+    t = summary["membership_test"]  # the leaky fake: the observed AUC beats every fresh mask
+    assert t["auc"] == pytest.approx(summary["auc"]) and t["p_value"] == pytest.approx(1 / 200)
 
 
 # ------------------------------------------------------------------ end to end on a tiny model

@@ -229,6 +229,9 @@ def test_run_with_audit_section(tmp_path, tiny_model_dir, student_dir, private_d
     assert a["auc_ci"][0] <= a["auc"] <= a["auc_ci"][1]
     assert a["empirical_epsilon_lower_bound"] >= 0.0 and a["theoretical_epsilon"] is None
     assert "Membership-inference" in (tmp_path / "run" / "report.html").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "p-value, membership has no effect" in md and "two-way bootstrap" in md
+    assert 0.0 < moved["teacher"]["membership_p_value"] <= 1.0
     bad = _cfg(
         tmp_path, tiny_model_dir, student_dir, private_dir, public_file, audit={"shadowz": 3}
     )

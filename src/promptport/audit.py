@@ -44,6 +44,7 @@ REPORT_DIR = "report"
 # The mathematics lives in promptport.lira; these names stay importable from here.
 from promptport.lira import (  # noqa: E402
     ATTACKS,
+    BOOTSTRAP_UNIT,
     BOUND_CONFIDENCE,
     FPR_LEVELS,
     PRIMARY,
@@ -59,6 +60,7 @@ from promptport.lira import (  # noqa: E402
     lira_scores,
     logit_confidence,
     make_masks,
+    membership_test,
     metrics_with_intervals,
     rmia_scores,
     roc,
@@ -581,6 +583,20 @@ def theoretical_epsilon(spec: AuditSpec, infos: list[dict]) -> tuple[float | Non
     return eps, delta
 
 
+def shadows_membership_test(
+    sh: ShadowSet, stat: np.ndarray, seed: int = 0, draws: int = 199
+) -> dict:
+    """lira.membership_test on a shadow set: the fresh masks come from make_masks with the audit's own
+    design (planned shadows, pool, pkeep), other seeds, restricted to the finished shadows."""
+    spec, p = sh.spec, sh.masks.shape[1]
+
+    def fresh(i: int) -> np.ndarray:
+        other = int(np.random.default_rng([spec.seed, 0x6E756C6C, i]).integers(2**62))
+        return make_masks(spec.n_shadows, p, spec.pkeep, other)[sh.ids]
+
+    return membership_test(stat, sh.masks, fresh, PRIMARY, draws, seed)
+
+
 def audit_report(
     out: str | Path,
     *,
@@ -589,8 +605,12 @@ def audit_report(
     confidence: float = 0.95,
     seed: int = 0,
     min_shadows: int = 3,
+    null_draws: int = 199,
 ) -> dict:
-    """Score all attacks leave-one-shadow-out on the finished shadows; write report/ and return the summary."""
+    """Score all attacks leave-one-shadow-out on the finished shadows; write report/ and return the summary.
+
+    Intervals resample shadows and examples (lira.bootstrap_intervals); `membership_test` is the exact
+    randomisation test over `null_draws` fresh masks (lira.membership_test)."""
     t0 = time.perf_counter()
     out = Path(out)
     sh = load_shadows(out)
@@ -613,11 +633,12 @@ def audit_report(
         m = metrics_with_intervals(scores, members, n_boot, seed)
         attacks[key], curves[key] = m, roc(scores, members)
     bound = epsilon_lower_bound(all_scores, members, delta, confidence, seed=seed)
+    null_test = shadows_membership_test(sh, stat, seed, null_draws)
     files = _write_report_files(rep_dir, sh, stat, all_scores, curves)
     pred = sh.logits.argmax(-1)
     correct = pred == sh.labels[None, :]
     summary = {
-        "format": "promptport.audit-report/1",
+        "format": "promptport.audit-report/2",
         "stage": "audit",
         "model": (sh.info[0].get("model") or {}).get("model_id", sh.spec.model),
         "task": sh.spec.task,
@@ -635,6 +656,10 @@ def audit_report(
         "primary": PRIMARY,
         "auc": attacks[PRIMARY]["auc"],
         "auc_ci": attacks[PRIMARY]["auc_ci"],
+        # what the audit printed before the two-way interval, for comparison (it holds shadows fixed)
+        "auc_ci_examples_only": bootstrap_intervals(
+            all_scores[PRIMARY], members, n_boot, seed=seed, unit="examples"
+        )["auc"],
         "tpr_at_1%fpr": attacks[PRIMARY][tpr_key(0.01)],
         "tpr_at_0.1%fpr": attacks[PRIMARY][tpr_key(0.001)],
         "dp": bool(sh.spec.tune.get("dp")),
@@ -642,6 +667,7 @@ def audit_report(
         "delta": delta,
         "empirical_epsilon_lower_bound": bound["value"],
         "empirical_epsilon_lower_bound_detail": bound,
+        "membership_test": null_test,
         "attacks": attacks,
         "shadow_accuracy_in": float(correct[members].mean()),
         "shadow_accuracy_out": float(correct[~members].mean()),
@@ -650,7 +676,7 @@ def audit_report(
         "bootstrap": {
             "n": n_boot,
             "level": 0.95,
-            "unit": "examples (all guesses about an example together)",
+            "unit": BOOTSTRAP_UNIT["two_way"],
         },
         "files": files,
         "report_seconds": round(time.perf_counter() - t0, 3),
@@ -819,10 +845,13 @@ def format_summary(s: dict) -> str:
     ci = s["auc_ci"]
     eps = "none (no DP)" if s["theoretical_epsilon"] is None else f"{s['theoretical_epsilon']:.3g}"
     b = s["empirical_epsilon_lower_bound_detail"]
+    t = s["membership_test"]
     return (
         f"audit: {s['primary']} AUC {s['auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}], TPR@1%FPR "
         f"{s['tpr_at_1%fpr']:.4f}, TPR@0.1%FPR {s['tpr_at_0.1%fpr']:.4f}; epsilon: accountant {eps}, "
         f"empirical lower bound {b['value']:.3g} ({b['confidence']:.0%} one-sided, attack and "
         f"threshold chosen on other shadows) at delta {s['delta']:.0e} "
-        f"({s['n_shadows']} shadows x {s['n_examples']} examples)"
+        f"({s['n_shadows']} shadows x {s['n_examples']} examples); randomisation test of "
+        f"'membership has no effect': p = {t['p_value']:.3g} (chance AUC for these shadows "
+        f"{t['null_auc_95'][0]:.3f}-{t['null_auc_95'][1]:.3f}, {t['draws']} fresh masks)"
     )

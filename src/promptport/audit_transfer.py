@@ -33,6 +33,7 @@ from promptport.audit import (
     prepare,
     save_shadow,
     shadow_path,
+    shadows_membership_test,
 )
 from promptport.errors import BadInput, PromptportError
 from promptport.fileio import read_json, write_json
@@ -57,6 +58,7 @@ def _side_metrics(sh: ShadowSet, n_boot: int, delta: float, seed: int) -> dict:
         attacks[key] = metrics_with_intervals(sc, sh.masks, n_boot, seed)
     correct = sh.logits.argmax(-1) == sh.labels[None, :]
     prim = attacks[PRIMARY]
+    test = shadows_membership_test(sh, stat, seed)
     return {
         "auc": prim["auc"],
         "auc_ci": prim["auc_ci"],
@@ -65,6 +67,8 @@ def _side_metrics(sh: ShadowSet, n_boot: int, delta: float, seed: int) -> dict:
         "empirical_epsilon_lower_bound": epsilon_lower_bound(scores, sh.masks, delta, seed=seed)[
             "value"
         ],
+        "membership_p_value": test["p_value"],
+        "chance_auc_95": test["null_auc_95"],
         "accuracy_in": float(correct[sh.masks].mean()),
         "accuracy_out": float(correct[~sh.masks].mean()),
         "attacks": {k: {"auc": v["auc"], "auc_ci": v["auc_ci"]} for k, v in attacks.items()},

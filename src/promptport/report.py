@@ -360,7 +360,8 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
             (
                 "Membership-inference audit (LiRA)",
                 ["metric", "value"],
-                [[k, v] for k, v in audit.items() if not isinstance(v, (dict, list))],
+                [[k, v] for k, v in audit.items() if not isinstance(v, (dict, list))]
+                + _audit_rows(audit),
             )
         )
     moved = (audit or {}).get("transferred")
@@ -369,12 +370,20 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
         sec.append(
             (
                 "Audit of the transferred prompt (same shadows, same attacks)",
-                ["side", "AUC", "AUC 95% CI", "TPR@1%FPR", "95% eps lower bound"],
+                [
+                    "side",
+                    "AUC",
+                    "AUC 95% CI",
+                    "p (no membership effect)",
+                    "TPR@1%FPR",
+                    "95% eps lower bound",
+                ],
                 [
                     [
                         name,
                         f"{moved[key]['auc']:.4f}",
                         "[{:.4f}, {:.4f}]".format(*moved[key]["auc_ci"]),
+                        f"{moved[key]['membership_p_value']:.3g}",
                         f"{moved[key]['tpr_at_1%fpr']:.4f}",
                         f"{moved[key]['empirical_epsilon_lower_bound']:.3g}",
                     ]
@@ -386,6 +395,24 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
     if info:
         sec.append(("Run", ["field", "value"], [[k, v] for k, v in info.items()]))
     return sec
+
+
+def _audit_rows(audit: dict) -> list[list]:
+    """The interval and the randomisation test, with what each assumes, as rows a person reads."""
+    rows = []
+    if "auc_ci" in audit:
+        unit = (audit.get("bootstrap") or {}).get("unit", "")
+        rows.append(["AUC 95% interval", "[{:.4f}, {:.4f}] ({})".format(*audit["auc_ci"], unit)])
+    t = audit.get("membership_test")
+    if t:
+        rows.append(
+            [
+                "p-value, membership has no effect",
+                f"{t['p_value']:.3g} ({t['draws']} fresh masks; chance AUC for these shadows "
+                f"{t['null_auc_95'][0]:.3f}-{t['null_auc_95'][1]:.3f}; {t['assumes']})",
+            ]
+        )
+    return rows
 
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
