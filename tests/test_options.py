@@ -67,3 +67,55 @@ def test_a_new_field_becomes_an_option():
     assert r.exit_code == 0 and r.output.strip() == repr({"n_things": 5, "mode": "b"})
     assert CliRunner().invoke(cmd, ["--mode", "c"]).exit_code == 2
     assert "How many things." in CliRunner().invoke(cmd, ["--help"]).output
+
+
+def test_distill_options_are_the_config_fields():
+    """`promptport distill` options come from DistillConfig: every field but the shared --seed,
+    with its default and help; repeatable options for the lists, an on/off pair for the bools."""
+    from promptport.distill import DistillConfig
+
+    params = _params("distill")
+    fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    assert {f.name for f in cli_fields(DistillConfig)} == set(fields) - {"seed"}
+    for name, f in fields.items():
+        assert f.metadata.get("help"), name
+        if name == "seed":
+            continue
+        opt = params[name]
+        assert opt.help == f.metadata["help"]
+        if str(f.type).startswith("list["):
+            assert opt.multiple, name
+        elif f.default is not dataclasses.MISSING:
+            assert opt.default == f.default, (name, opt.default, f.default)
+    assert params["corpus"].opts == ["--corpus", "-c"]
+    assert params["freeze_embeddings"].secondary_opts == ["--train-embeddings"]
+
+
+def test_distill_cli_builds_the_config_a_python_user_would(monkeypatch, tmp_path):
+    """Not given, a repeatable option keeps the field's default (the embedded corpus); the flags map
+    onto the fields; a bad choice is a one-line error naming the option, exit code 2."""
+    from click.testing import CliRunner
+
+    import promptport.distill as D
+
+    seen = {}
+
+    def fake(teacher, out, cfg, **kw):
+        seen["cfg"] = cfg
+        return {"rank": 1}
+
+    monkeypatch.setattr(D, "distill", fake)
+    r = CliRunner().invoke(app, ["distill", "--out", str(tmp_path), "--layers", "2"])
+    assert r.exit_code == 0, r.output
+    assert seen["cfg"] == D.DistillConfig(layers=2)
+    r = CliRunner().invoke(
+        app,
+        ["distill", "--out", str(tmp_path), "-c", "a.txt", "-c", "b.txt", "--train-embeddings",
+         "--task-whole-texts", "-T", "3", "--seed", "4"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert cfg.corpus == ["a.txt", "b.txt"] and not cfg.freeze_embeddings
+    assert not cfg.task_sentences and cfg.temperature == 3.0 and cfg.seed == 4
+    bad = CliRunner().invoke(app, ["distill", "--out", str(tmp_path), "--schedule", "steps"])
+    assert bad.exit_code == 2 and "--schedule" in bad.output

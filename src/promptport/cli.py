@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 
+from promptport.distill import DistillConfig
 from promptport.errors import BadInput, PromptportError, unknown_key
 from promptport.fileio import read_yaml_mapping
 from promptport.options import click_options, option_values
@@ -633,160 +634,7 @@ def sweep_alpha_cmd(run_dir, alphas):
     default=None,
     help="Continue from an existing student folder (same teacher tokenizer) instead of a fresh cut.",
 )
-@click.option(
-    "--layers", type=int, default=4, show_default=True, help="Student depth (layers kept)."
-)
-@click.option(
-    "--strategy",
-    type=click.Choice(["first-last", "uniform"]),
-    default="first-last",
-    show_default=True,
-    help="first-last: first ceil(k/2) + last floor(k/2) layers; uniform: evenly spread layers.",
-)
-@click.option(
-    "--corpus",
-    "-c",
-    multiple=True,
-    help="LM distillation text (repeatable): embedded:rt_plots|headlines|speeches, a .txt/.jsonl/.csv"
-    "[.gz] file, a folder with a train file, or a hub data set id. Default: the three embedded texts.",
-)
-@click.option(
-    "--max-tokens", type=int, default=100_000, show_default=True, help="Corpus tokens to train on."
-)
-@click.option(
-    "--block-size", type=int, default=128, show_default=True, help="Tokens per packed block."
-)
-@click.option(
-    "--heldout-blocks",
-    type=int,
-    default=16,
-    show_default=True,
-    help="Blocks held out for evaluation.",
-)
-@click.option(
-    "--teacher-samples",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Also train on N sequences sampled from the teacher (sequence-level distillation).",
-)
-@click.option(
-    "--temperature",
-    "-T",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="Distillation temperature.",
-)
-@click.option(
-    "--alpha-ce", type=float, default=1.0, show_default=True, help="Weight of T^2*KL on LM tokens."
-)
-@click.option(
-    "--alpha-lm",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Weight of causal-LM cross-entropy.",
-)
-@click.option(
-    "--alpha-cos",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Weight of 1-cosine between teacher and student last hidden states.",
-)
-@click.option(
-    "--alpha-task",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.",
-)
-@click.option(
-    "--alpha-label",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Weight of KL between teacher and student class distributions (the task's label words) at "
-    "the answer position of the same public examples: what a classifier on the student reads.",
-)
-@click.option(
-    "--task-template",
-    default=None,
-    help="Task whose template formats the public examples (e.g. sst2), or 'general': a mixture of "
-    "task templates and label-word sets for one student that every user's task can steer.",
-)
-@click.option(
-    "--task-data",
-    multiple=True,
-    help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are ignored).",
-)
-@click.option(
-    "--task-examples",
-    type=int,
-    default=4000,
-    show_default=True,
-    help="Public task examples to cache.",
-)
-@click.option(
-    "--prefix-prob",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="Share of task examples with a prompt-like prefix (task descriptions, public snippets).",
-)
-@click.option(
-    "--topk", type=int, default=64, show_default=True, help="Teacher logits cached per LM position."
-)
-@click.option(
-    "--epochs", type=float, default=2.0, show_default=True, help="Passes over the cached data."
-)
-@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=8,
-    show_default=True,
-    help="LM blocks per step (all processes).",
-)
-@click.option(
-    "--task-batch-size", type=int, default=32, show_default=True, help="Task examples per step."
-)
-@click.option(
-    "--grad-accum", type=int, default=1, show_default=True, help="Micro-batches per step."
-)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="AdamW peak learning rate.")
-@click.option(
-    "--warmup", type=float, default=0.05, show_default=True, help="Warm-up share of the steps."
-)
-@click.option(
-    "--schedule",
-    type=click.Choice(["cosine", "linear", "constant"]),
-    default="cosine",
-    show_default=True,
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["bf16", "fp32"]),
-    default="bf16",
-    show_default=True,
-    help="bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.",
-)
-@click.option(
-    "--train-embeddings",
-    is_flag=True,
-    help="Also train embeddings/LM head (default: frozen, shared with the teacher, not stored).",
-)
-@click.option(
-    "--eval-every",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Held-out evaluation every N steps.",
-)
-@click.option(
-    "--save-every", type=int, default=50, show_default=True, help="Checkpoint every N steps."
-)
+@click_options(DistillConfig)
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from OUT/checkpoint (exactly)."
 )
@@ -819,41 +667,9 @@ def distill_cmd(**opts):
           --task-template sst2 --task-data imdb/train.jsonl.gz --out runs/distill-task
       accelerate launch --multi_gpu --num_processes 2 -m promptport.cli distill --out runs/ddp
     """
-    from promptport.distill import DEFAULT_CORPUS, DistillConfig, distill
+    from promptport.distill import distill
 
-    cfg = DistillConfig(
-        layers=opts["layers"],
-        strategy=opts["strategy"],
-        corpus=list(opts["corpus"]) or list(DEFAULT_CORPUS),
-        max_tokens=opts["max_tokens"],
-        block_size=opts["block_size"],
-        heldout_blocks=opts["heldout_blocks"],
-        teacher_samples=opts["teacher_samples"],
-        temperature=opts["temperature"],
-        alpha_ce=opts["alpha_ce"],
-        alpha_lm=opts["alpha_lm"],
-        alpha_cos=opts["alpha_cos"],
-        alpha_task=opts["alpha_task"],
-        alpha_label=opts["alpha_label"],
-        task_template=opts["task_template"],
-        task_data=list(opts["task_data"]),
-        task_examples=opts["task_examples"],
-        prefix_prob=opts["prefix_prob"],
-        topk=opts["topk"],
-        epochs=opts["epochs"],
-        max_steps=opts["max_steps"],
-        batch_size=opts["batch_size"],
-        task_batch_size=opts["task_batch_size"],
-        grad_accum=opts["grad_accum"],
-        lr=opts["lr"],
-        warmup=opts["warmup"],
-        schedule=opts["schedule"],
-        precision=opts["precision"],
-        freeze_embeddings=not opts["train_embeddings"],
-        eval_every=opts["eval_every"],
-        save_every=opts["save_every"],
-        seed=opts["seed"],
-    )
+    cfg = DistillConfig(**option_values(DistillConfig, opts), seed=opts["seed"])
     r = distill(
         opts["teacher"],
         opts["out_dir"],

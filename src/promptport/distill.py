@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from promptport.errors import BadInput
 from promptport.fileio import atomic_path, read_json, write_json
 from promptport.losses import distill_loss, kd_kl, kl_from_log_probs, masked_mean
 from promptport.modelinfo import LoadedModel
+from promptport.options import setting
 from promptport.runtime import autocast
 from promptport.student import (
     LAYER_PATHS,
@@ -119,46 +120,95 @@ CACHE_FORMAT = 2
 # ---------------------------------------------------------------- configuration
 
 
+SCHEDULES = ("cosine", "linear", "constant")  # what make_scheduler implements
+
+
 @dataclass
 class DistillConfig:
-    """Everything a distillation run depends on (recorded in metrics.json and checked on resume)."""
+    """Everything a distillation run depends on (recorded in metrics.json and checked on resume).
+    Each field is also its `promptport distill` option (options.click_options)."""
 
-    layers: int = 4
-    strategy: str = "first-last"
-    corpus: list[str] = field(default_factory=lambda: list(DEFAULT_CORPUS))
-    max_tokens: int = 100_000
-    block_size: int = 128
-    heldout_blocks: int = 16
-    teacher_samples: int = 0
-    temperature: float = 2.0
-    alpha_ce: float = 1.0
-    alpha_lm: float = 0.0
-    alpha_cos: float = 1.0
-    alpha_task: float = 0.0
-    alpha_label: float = 0.0
-    task_template: str | None = None  # a task's template, or "general": the mixture (mixture.py)
-    task_data: list[str] = field(default_factory=list)
-    task_examples: int = 4000
-    task_heldout: int = 128
-    task_max_length: int = 96
-    task_sentences: bool = True
-    prefix_prob: float = 0.5
-    topk: int = 64
-    epochs: float = 2.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    task_batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.05
-    schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    precision: str = "bf16"
-    freeze_embeddings: bool = True
-    eval_every: int = 0
-    save_every: int = 50
-    seed: int = 0
+    layers: int = setting(4, "Student depth (layers kept).")
+    strategy: str = setting(
+        "first-last",
+        "first-last: first ceil(k/2) + last floor(k/2) layers; uniform: evenly spread layers.",
+        choices=STRATEGIES,
+    )
+    corpus: list[str] = setting(
+        help="LM distillation text (repeatable): embedded:rt_plots|headlines|speeches, a "
+        ".txt/.jsonl/.csv[.gz] file, a folder with a train file, or a hub data set id. Default: the "
+        "three embedded texts.",
+        default_factory=lambda: list(DEFAULT_CORPUS),
+        short="-c",
+    )
+    max_tokens: int = setting(100_000, "Corpus tokens to train on.")
+    block_size: int = setting(128, "Tokens per packed block.")
+    heldout_blocks: int = setting(16, "Blocks held out for evaluation.")
+    teacher_samples: int = setting(
+        0, "Also train on N sequences sampled from the teacher (sequence-level distillation)."
+    )
+    temperature: float = setting(2.0, "Distillation temperature.", short="-T")
+    alpha_ce: float = setting(1.0, "Weight of T^2*KL on LM tokens.")
+    alpha_lm: float = setting(0.0, "Weight of causal-LM cross-entropy.")
+    alpha_cos: float = setting(
+        1.0, "Weight of 1-cosine between teacher and student last hidden states."
+    )
+    alpha_task: float = setting(
+        0.0,
+        "Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.",
+    )
+    alpha_label: float = setting(
+        0.0,
+        "Weight of KL between teacher and student class distributions (the task's label words) at "
+        "the answer position of the same public examples: what a classifier on the student reads.",
+    )
+    task_template: str | None = setting(
+        None,
+        "Task whose template formats the public examples (e.g. sst2), or 'general': a mixture of "
+        "task templates and label-word sets for one student that every user's task can steer.",
+    )
+    task_data: list[str] = setting(
+        help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are "
+        "ignored).",
+        default_factory=list,
+    )
+    task_examples: int = setting(4000, "Public task examples to cache.")
+    task_heldout: int = setting(128, "Public task examples held out for evaluation.")
+    task_max_length: int = setting(96, "Longest public task example, in tokens.")
+    task_sentences: bool = setting(
+        True,
+        "Split public task texts into sentences (short inputs like a user's) or keep whole texts.",
+        flag="--task-sentences/--task-whole-texts",
+    )
+    prefix_prob: float = setting(
+        0.5,
+        "Share of task examples with a prompt-like prefix (task descriptions, public snippets).",
+    )
+    topk: int = setting(64, "Teacher logits cached per LM position.")
+    epochs: float = setting(2.0, "Passes over the cached data.")
+    max_steps: int | None = setting(None, "Optimizer steps (overrides --epochs).")
+    batch_size: int = setting(8, "LM blocks per step (all processes).")
+    task_batch_size: int = setting(32, "Task examples per step.")
+    grad_accum: int = setting(1, "Micro-batches per step.")
+    lr: float = setting(5e-4, "AdamW peak learning rate.")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    warmup: float = setting(0.05, "Warm-up share of the steps.")
+    schedule: str = setting("cosine", "Learning-rate schedule.", choices=SCHEDULES)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
+    precision: str = setting(
+        "bf16",
+        "bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.",
+        choices=("bf16", "fp32"),
+    )
+    freeze_embeddings: bool = setting(
+        True,
+        "Train the embeddings/LM head too (--train-embeddings) or keep them frozen, shared with "
+        "the teacher and not stored (default).",
+        flag="--freeze-embeddings/--train-embeddings",
+    )
+    eval_every: int = setting(0, "Held-out evaluation every N steps.")
+    save_every: int = setting(50, "Checkpoint every N steps.")
+    seed: int = setting(0, "Random seed.", cli=False)  # the shared --seed option
 
     def check(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -167,7 +217,7 @@ class DistillConfig:
             )
         if self.precision not in ("bf16", "fp32"):
             raise BadInput("precision", f"choose bf16 or fp32, not '{self.precision}'")
-        if self.schedule not in ("cosine", "linear", "constant"):
+        if self.schedule not in SCHEDULES:
             raise BadInput("schedule", f"choose cosine, linear or constant, not '{self.schedule}'")
         for name in ("temperature", "lr"):
             if getattr(self, name) <= 0:

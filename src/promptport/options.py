@@ -24,12 +24,20 @@ def setting(
     choices: Iterable[str] | None = None,
     default_factory: Callable[[], Any] = _MISSING,
     cli: bool = True,
+    short: str | None = None,
+    flag: str | None = None,
 ) -> Any:
     """A dataclass field with its help text (and allowed values) in the field's metadata.
-    `cli=False`: a setting with no command-line option of its own (e.g. set by a shared option)."""
+    `cli=False`: a setting with no command-line option of its own (e.g. set by a shared option);
+    `short`: a one-letter alias ("-c"); `flag`: an on/off pair for a bool ("--x/--no-x").
+    A `list[str]` field is a repeatable option; not given, it keeps the field's default."""
     meta: dict[str, Any] = {"help": help, "cli": cli}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if short is not None:
+        meta["short"] = short
+    if flag is not None:
+        meta["flag"] = flag
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -64,13 +72,23 @@ def click_options(cls, help_prefix: str = "", exclude: Iterable[str] = ()) -> Ca
         for f in reversed([f for f in cli_fields(cls) if f.name not in skip]):
             default = f.default if f.default is not _MISSING else None
             text = help_prefix + f.metadata["help"]
+            names = [option_name(f.name)]
+            if "short" in f.metadata:
+                names.append(f.metadata["short"])
+            if "flag" in f.metadata:  # an on/off pair
+                fn = click.option(
+                    f.metadata["flag"], f.name, default=bool(default), show_default=True, help=text
+                )(fn)
+                continue
             if str(f.type) == "bool":
-                name = option_name(f.name)
-                flag = click.option(name, f.name, is_flag=True, default=bool(default), help=text)
+                flag = click.option(*names, f.name, is_flag=True, default=bool(default), help=text)
                 fn = flag(fn)
                 continue
+            if _is_list(f):
+                fn = click.option(*names, f.name, multiple=True, help=text)(fn)
+                continue
             fn = click.option(
-                option_name(f.name),
+                *names,
                 f.name,
                 type=_click_type(f),
                 default=default,
@@ -82,6 +100,20 @@ def click_options(cls, help_prefix: str = "", exclude: Iterable[str] = ()) -> Ca
     return decorate
 
 
+def _is_list(f: dataclasses.Field) -> bool:
+    return str(f.type).replace(" ", "").startswith("list[")
+
+
 def option_values(cls, values: dict) -> dict:
-    """The values of `cls`'s command-line fields among parsed options."""
-    return {f.name: values[f.name] for f in cli_fields(cls) if f.name in values}
+    """The values of `cls`'s command-line fields among parsed options; a repeatable option that was
+    not given is left out, so the field keeps its default."""
+    out = {}
+    for f in cli_fields(cls):
+        if f.name not in values:
+            continue
+        if _is_list(f):
+            if values[f.name]:
+                out[f.name] = list(values[f.name])
+            continue
+        out[f.name] = values[f.name]
+    return out
