@@ -845,13 +845,19 @@ def format_summary(s: dict) -> str:
     ci = s["auc_ci"]
     eps = "none (no DP)" if s["theoretical_epsilon"] is None else f"{s['theoretical_epsilon']:.3g}"
     b = s["empirical_epsilon_lower_bound_detail"]
-    t = s["membership_test"]
+    t = s.get("membership_test")  # absent from reports written before promptport.audit-report/2
+    test = (
+        f"; randomisation test of 'membership has no effect': p = {t['p_value']:.3g} (chance AUC "
+        f"for these shadows {t['null_auc_95'][0]:.3f}-{t['null_auc_95'][1]:.3f}, {t['draws']} "
+        "fresh masks)"
+        if t
+        else ""
+    )
     return (
-        f"audit: {s['primary']} AUC {s['auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}], TPR@1%FPR "
+        f"audit: {s['primary']} AUC {s['auc']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] (95%, shadows and "
+        f"examples resampled), TPR@1%FPR "
         f"{s['tpr_at_1%fpr']:.4f}, TPR@0.1%FPR {s['tpr_at_0.1%fpr']:.4f}; epsilon: accountant {eps}, "
         f"empirical lower bound {b['value']:.3g} ({b['confidence']:.0%} one-sided, attack and "
         f"threshold chosen on other shadows) at delta {s['delta']:.0e} "
-        f"({s['n_shadows']} shadows x {s['n_examples']} examples); randomisation test of "
-        f"'membership has no effect': p = {t['p_value']:.3g} (chance AUC for these shadows "
-        f"{t['null_auc_95'][0]:.3f}-{t['null_auc_95'][1]:.3f}, {t['draws']} fresh masks)"
+        f"({s['n_shadows']} shadows x {s['n_examples']} examples){test}"
     )
