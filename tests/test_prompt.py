@@ -56,6 +56,20 @@ def test_inits(tiny_lm):
         init_prompt_embeddings(tiny_lm.model, tiny_lm.tokenizer, 7, "zeros")
 
 
+def test_labels_init_embeds_the_class_label_words(tiny_lm):
+    """`init: labels` is the label words of every class in class order, cycled (Lester et al.)."""
+    from promptport.prompt import label_text
+
+    task = get_task("sst2")
+    assert label_text(task) == " negative positive"
+    e = init_prompt_embeddings(tiny_lm.model, tiny_lm.tokenizer, 5, "labels", label_text(task))
+    ids = tiny_lm.tokenizer(" negative positive", add_special_tokens=False)["input_ids"]
+    want = tiny_lm.model.get_input_embeddings().weight[torch.tensor((ids * 5)[:5])]
+    torch.testing.assert_close(e, want.float())
+    with pytest.raises(BadInput, match="init"):
+        label_text(get_task("e2e_nlg"))
+
+
 def test_peft_export_loads_and_matches(tmp_path, tiny_lm, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -42,7 +42,7 @@ from promptport.privacy import (
     noisy_average,
     privacy_statement,
 )
-from promptport.prompt import INITS, init_prompt_embeddings
+from promptport.prompt import INITS, init_prompt_embeddings, label_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -58,7 +58,8 @@ class TuneConfig:
     n_tokens: int = setting(20, "Number of virtual tokens.")
     init: str = setting(
         "text",
-        "Initial prompt: embeddings of a text, of random vocabulary tokens, or random.",
+        "Initial prompt: embeddings of a text (the task description, or --init-text), of the class "
+        "label words, of random vocabulary tokens, or random.",
         choices=INITS,
     )
     init_text: str | None = setting(None, "Text for --init text (default: the task's description).")
@@ -386,7 +387,8 @@ class _Run:
                 clf.tokenizer,
                 cfg.n_tokens,
                 cfg.init,
-                cfg.init_text or clf.task.description,
+                cfg.init_text
+                or (label_text(clf.task) if cfg.init == "labels" else clf.task.description),
                 generator=gen,
             )
         hidden = clf.model.get_input_embeddings().weight.shape[1]
