@@ -419,8 +419,10 @@ def membership_test(
         sc = leave_one_out(stat, m, name, variance or "global", seed=s)
         return roc_metrics(sc, m, fpr_levels=(), fast=True)["auc"]
 
+    # one statistic for every mask (the same reference-drop seed too): with the masks iid, the draws
+    # are then exchangeable and the p-value exact; ties count against the observed AUC
     observed = auc(masks, seed)
-    null = np.array([auc(np.asarray(design(i), dtype=bool), seed + 1 + i) for i in range(draws)])
+    null = np.array([auc(np.asarray(design(i), dtype=bool), seed) for i in range(draws)])
     return {
         "attack": attack,
         "auc": observed,
