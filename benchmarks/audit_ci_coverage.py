@@ -44,13 +44,13 @@ def coverage(draws, n_boot: int) -> dict:
 
 def real_null(audit_dir: str, reps: int):
     """Fresh masks over the finished shadows of a real audit: null data with its real structure."""
-    from promptport.audit import load_shadows
-    from promptport.lira import leave_one_out, logit_confidence, make_masks
+    from promptport.audit import fresh_mask, load_shadows
+    from promptport.lira import leave_one_out, logit_confidence
 
     sh = load_shadows(audit_dir)
     stat = logit_confidence(sh.logits, sh.labels[None, :])
     for r in range(reps):
-        m = make_masks(sh.spec.n_shadows, stat.shape[1], sh.spec.pkeep, seed=100_000 + r)[sh.ids]
+        m = fresh_mask(sh, 100_000 + r)
         yield leave_one_out(stat, m, "online", "global", seed=r), m, r
 
 

@@ -583,16 +583,21 @@ def theoretical_epsilon(spec: AuditSpec, infos: list[dict]) -> tuple[float | Non
     return eps, delta
 
 
+def fresh_mask(sh: ShadowSet, seed: int) -> np.ndarray:
+    """A mask from the audit's own design (planned shadows, pool, pkeep) with another seed, restricted
+    to the finished shadows: it did not train them, so under it membership has no effect."""
+    spec = sh.spec
+    return make_masks(spec.n_shadows, sh.masks.shape[1], spec.pkeep, seed)[sh.ids]
+
+
 def shadows_membership_test(
     sh: ShadowSet, stat: np.ndarray, seed: int = 0, draws: int = 199
 ) -> dict:
-    """lira.membership_test on a shadow set: the fresh masks come from make_masks with the audit's own
-    design (planned shadows, pool, pkeep), other seeds, restricted to the finished shadows."""
-    spec, p = sh.spec, sh.masks.shape[1]
+    """lira.membership_test on a shadow set, the fresh masks from `fresh_mask`."""
 
     def fresh(i: int) -> np.ndarray:
-        other = int(np.random.default_rng([spec.seed, 0x6E756C6C, i]).integers(2**62))
-        return make_masks(spec.n_shadows, p, spec.pkeep, other)[sh.ids]
+        other = int(np.random.default_rng([sh.spec.seed, 0x6E756C6C, i]).integers(2**62))
+        return fresh_mask(sh, other)
 
     return membership_test(stat, sh.masks, fresh, PRIMARY, draws, seed)
 
