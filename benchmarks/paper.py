@@ -583,10 +583,19 @@ def markdown(tables: dict) -> str:
                 cells.append(f"{r['mean']:.3f} (1)")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     z = tables["sizes"]
+    st = tables.get("student") or {}
+    recipe = (st.get("recipe") or {}).get("task_template") or "?"
+    who = (
+        f" One shared student: {len(st.get('layers') or [])} layers {st.get('layers')}, "
+        f"{'distilled' if st.get('distilled', True) else 'not distilled'}, task recipe `{recipe}`."
+        if st
+        else ""
+    )
     note = (
         f"\nProfile `{tables['profile']}`: train {z['train_limit']}, validation {z['val_limit']}, "
         f"test {z['eval_limit']} examples, {z['n_public']} public texts, {z['n_tokens']} prompt tokens. "
-        "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet. "
+        "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
+        f"{who} "
         f"Command: `{tables['command']}`. Generated from benchmarks/results/paper_tables.json.\n"
     )
     return head + "\n".join(rows) + "\n" + note
@@ -609,6 +618,11 @@ def write_readme_table(text: str, readme: Path = README) -> None:
     os.replace(tmp, readme)
 
 
+def _read_state_student(state: Path) -> dict | None:
+    f = state / "student.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
 def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
                   results: Path = RESULTS, readme: Path = README) -> dict:  # fmt: skip
     tables = collect(state)
@@ -618,6 +632,7 @@ def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: 
         "sizes": asdict(sizes),
         "command": command,
         "state_dir": str(state),
+        "student": _read_state_student(state),
         **tables,
         "targets": targets(tables["tasks"]),
         **(extra or {}),
@@ -651,6 +666,43 @@ def _student(args, state: Path, log) -> str:
     log(f"[student] distilling {cfg.layers} layers into {d}")
     distill(args.teacher, d, cfg, resume=(d / "checkpoint" / "state.json").is_file())
     return str(student_store.put(key, basis, d) / "student")
+
+
+def student_identity(student: str) -> dict:
+    """What makes two students the same for the table: the checksum of the weights (checked against
+    student.json), the kept layers, whether it was distilled, and the recipe where its run left one."""
+    from promptport.student import read_student_meta
+
+    meta = read_student_meta(student)
+    sha = next(iter((meta.get("sha256") or {}).values()), "")
+    ident = {
+        "path": str(student),
+        "sha256": sha[:16],
+        "layers": meta.get("layers"),
+        "distilled": meta.get("distilled", True),
+    }
+    run = Path(student).parent / "metrics.json"
+    if run.is_file():
+        cfg = json.loads(run.read_text()).get("config") or {}
+        ident["recipe"] = {
+            k: cfg[k] for k in ("task_template", "alpha_task", "alpha_label", "corpus", "task_data")
+            if k in cfg
+        }  # fmt: skip
+    return ident
+
+
+def check_student(state: Path, ident: dict) -> None:
+    """One student per state: cells of two students never mix in one table (as sizes never do)."""
+    f = state / "student.json"
+    if f.is_file():
+        had = json.loads(f.read_text())
+        if had.get("sha256") != ident["sha256"]:
+            raise SystemExit(
+                f"{state} holds cells of another student ({had.get('path')}, sha256 "
+                f"{had.get('sha256')}); use another --state"
+            )
+        return
+    _atomic_json(f, ident)
 
 
 def main(argv=None) -> dict:
@@ -689,6 +741,7 @@ def main(argv=None) -> dict:
         quiet_libraries()
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
+        check_student(state, student_identity(student))
         grid = Grid(state, Stages(args.teacher, sizes), student, specs)
         t0 = time.perf_counter()
         deadline = math.inf if args.budget_min is None else t0 + 60 * args.budget_min

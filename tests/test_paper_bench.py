@@ -188,3 +188,21 @@ def test_real_stages_on_tiny_models(tmp_path, tiny_model_dir, sst_like_dir):
     tables = paper.collect(tmp_path / "state")
     assert set(tables["tasks"]["sst2"]) == set(paper.METHODS)
     assert set(tables["ablations"]) == {"non_distilled", "alpha"}
+    ident = paper.student_identity(str(student))
+    assert ident["layers"] == layers and len(ident["sha256"]) == 16
+
+
+def test_a_state_holds_cells_of_one_student(tmp_path):
+    """A second student on the same state is refused (its cells would mix with the first one's in one
+    table), and the JSON names the student the table was made with."""
+    a = {"path": "/s/a", "sha256": "aaaa", "layers": [0, 1, 28, 29], "distilled": True}
+    paper.check_student(tmp_path, a)
+    paper.check_student(tmp_path, dict(a, path="/moved/a"))  # same weights elsewhere: same student
+    with pytest.raises(SystemExit, match="another student"):
+        paper.check_student(tmp_path, dict(a, sha256="bbbb"))
+    out = paper.write_outputs(
+        tmp_path, "quick", paper.PROFILES["quick"], "cmd",
+        results=tmp_path, readme=tmp_path / "README.md",
+    )  # fmt: skip
+    assert out["student"]["sha256"] == "aaaa"
+    assert "4 layers [0, 1, 28, 29], distilled" in (tmp_path / "README.md").read_text()
