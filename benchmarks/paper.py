@@ -17,6 +17,14 @@ student), direct (that prompt on the teacher unchanged), post (POST transfer wit
 the private data: the expensive non-private reference, one seed). Zero-shot methods do not depend on the
 seed: they are computed once and reported with that single value.
 
+Ablations (`--ablations NAME...`, on `--ablation-tasks`, first seed): non_distilled (the same layers cut
+from the teacher, no training), alpha (0 to 1 against the paper's 0.5), public_data (same / cross domain),
+prompt_length (10, 50, 100 tokens), depth (`--depths`: the shared student's recipe at other depths,
+distilled on demand and kept in the student store).
+
+The shared student is part of the state: a state holds cells of one student only (its weights'
+checksum in STATE/student.json), and paper_tables.json names it.
+
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
 
@@ -58,7 +66,7 @@ METHODS = (
 )
 SEED_FREE = ("teacher_zero_shot", "student_zero_shot")
 ONE_SEED = ("teacher_tuned",)
-ABLATIONS = ("non_distilled", "alpha", "public_data", "prompt_length")
+ABLATIONS = ("non_distilled", "alpha", "public_data", "prompt_length", "depth")
 README = Path(__file__).parent / "README.md"
 BEGIN, END = "<!-- PAPER-TABLE:BEGIN -->", "<!-- PAPER-TABLE:END -->"
 
@@ -348,7 +356,10 @@ def _done(path: Path) -> bool:
 
 
 class Grid:
-    def __init__(self, state: Path, stages, student: str, specs: dict, log=print):
+    def __init__(
+        self, state: Path, stages, student: str, specs: dict, log=print, depth_student=None,
+        depths: tuple[int, ...] = (2, 8),
+    ):  # fmt: skip
         self.state, self.stages, self.student, self.specs, self.log = (
             state,
             stages,
@@ -356,6 +367,8 @@ class Grid:
             specs,
             log,
         )
+        # depth ablation: layers -> a student of the same recipe at that depth (distilled on demand)
+        self.depth_student, self.depths = depth_student, depths
         self.ran: list[str] = []
 
     def cell_path(self, *parts) -> Path:
@@ -484,6 +497,25 @@ class Grid:
 
                 self.cell(
                     self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"), both
+                )
+        elif name == "depth":
+            if self.depth_student is None:
+                raise SystemExit(
+                    "the depth ablation needs students of other depths (depth_student)"
+                )
+            for k in self.depths:
+
+                def at_depth(k=k):
+                    student = self.depth_student(k)
+                    p = self.user_prompt(task, seed, student, f"tune-L{k}")
+                    r = st.evaluate(
+                        teacher, self.post_prompt(task, seed, p, f"post-L{k}", student), spec
+                    )
+                    r["student_prompt"] = st.evaluate(student, p, spec)["accuracy"]
+                    return r
+
+                self.cell(
+                    self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}"), at_depth
                 )
         else:
             raise SystemExit(f"unknown ablation {name}")
@@ -645,24 +677,40 @@ def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: 
 # ---------------------------------------------------------------- main
 
 
-def _student(args, state: Path, log) -> str:
-    """--student, else the default run's recipe (or --distill-config's) from the student store, else
-    distilled here and filed in the store (one student shared by every task, method and seed)."""
-    if args.student:
-        return args.student
-    from promptport import student_store
-    from promptport.distill import DistillConfig, distill
-    from promptport.models import load_model
+def _recipe(args):
+    """The shared student's recipe: --student's own (its run's metrics.json), else --distill-config's
+    distill section, else the default run's."""
+    from promptport.distill import DistillConfig
     from promptport.pipeline import DEFAULT_CONFIG, load_run_config
 
+    run = Path(args.student).parent / "metrics.json" if args.student else None
+    if run is not None and run.is_file():
+        return DistillConfig(**json.loads(run.read_text())["config"])
     rc = load_run_config(args.distill_config or DEFAULT_CONFIG)
-    cfg = DistillConfig(**{"seed": rc.seed, **rc.distill})
+    return DistillConfig(**{"seed": rc.seed, **rc.distill})
+
+
+def _student(args, state: Path, log, layers: int | None = None) -> str:
+    """--student, else the recipe from the student store, else distilled here and filed in the store
+    (one student shared by every task, method and seed). `layers`: the same recipe at another depth
+    (the depth ablation)."""
+    if args.student and layers is None:
+        return args.student
+    import dataclasses
+
+    from promptport import student_store
+    from promptport.distill import distill
+    from promptport.models import load_model
+
+    cfg = _recipe(args)
+    if layers is not None:
+        cfg = dataclasses.replace(cfg, layers=layers)
     key, basis = student_store.recipe_key(load_model(args.teacher).info, cfg.to_dict())
     entry = student_store.lookup(key)
     if entry is not None:
         log(f"[student] from the student store: {entry}")
         return str(entry / "student")
-    d = state / "student"
+    d = state / ("student" if layers is None else f"student-L{layers}")
     log(f"[student] distilling {cfg.layers} layers into {d}")
     distill(args.teacher, d, cfg, resume=(d / "checkpoint" / "state.json").is_file())
     return str(student_store.put(key, basis, d) / "student")
@@ -715,6 +763,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--ablations", nargs="*", default=[], choices=ABLATIONS)
     ap.add_argument("--ablation-tasks", nargs="+", default=["sst2"], choices=TASKS)
+    ap.add_argument(
+        "--depths", nargs="+", type=int, default=[2, 8],
+        help="student depths of the depth ablation (the shared student's recipe, distilled on demand)",
+    )  # fmt: skip
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
     ap.add_argument("--distill-config", default=None, help="run YAML whose distill section is used")
@@ -742,7 +794,10 @@ def main(argv=None) -> dict:
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
         check_student(state, student_identity(student))
-        grid = Grid(state, Stages(args.teacher, sizes), student, specs)
+        grid = Grid(
+            state, Stages(args.teacher, sizes), student, specs,
+            depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
+        )  # fmt: skip
         t0 = time.perf_counter()
         deadline = math.inf if args.budget_min is None else t0 + 60 * args.budget_min
         order = [

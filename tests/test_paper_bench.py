@@ -118,19 +118,32 @@ def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
 def test_ablations_are_cells_too(tmp_path):
     state = tmp_path / "state"
     stages = FakeStages()
-    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None)
+    made: list[int] = []
+
+    def depth_student(k):  # distilled on demand, once per depth
+        made.append(k)
+        return f"S{k}"
+
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, depth_student=depth_student)
     for name in paper.ABLATIONS:
         grid.run_ablation(name, "sst2", 0)
     n = len(stages.calls)
-    grid2 = paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None)
+    grid2 = paper.Grid(
+        state, FakeStages(), "S", SPECS, log=lambda *_: None, depth_student=depth_student
+    )
     for name in paper.ABLATIONS:
         grid2.run_ablation(name, "sst2", 0)
     assert grid2.stages.calls == [] and n > 0
+    assert made == [2, 8]  # a finished depth cell needs no student again
+    # each depth tunes on its own student and transfers from it
+    assert any(c[0] == "tune" and ":S2:" in c[1] for c in stages.calls)
+    assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
     abl = paper.collect(state)["ablations"]
     assert set(abl) == set(paper.ABLATIONS)
     assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)}
     assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
+    assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
 
 
 def test_targets_from_means():
