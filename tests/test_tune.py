@@ -113,11 +113,15 @@ def test_best_prompt_by_validation_and_early_stopping(clf, data):
     )
     assert clf.evaluate(val, r.embeddings)["accuracy"] == pytest.approx(r.best["val_accuracy"])
     assert r.steps == 30 and not r.stopped_early  # no patience: never stops early
-    # a prompt that cannot improve (lr ~ 0): the first evaluation stays best, and training stops
-    # after `patience` evaluations without improvement
+    assert evals[0]["step"] == 0  # the initial prompt is evaluated and is a candidate
+    # a prompt that cannot improve (lr ~ 0): the initial prompt (step 0) stays best, and training
+    # stops after `patience` evaluations without improvement
     flat = train_prompt(clf, train, val, dataclasses.replace(cfg, lr=1e-12))
-    assert flat.stopped_early and flat.best["step"] == 2 and flat.steps == 2 + 3 * 2
+    assert flat.stopped_early and flat.best["step"] == 0 and flat.steps == 3 * 2
     assert any(h["type"] == "early_stop" for h in flat.history)
+    # without the start evaluation, the first evaluation (step 2) is the first candidate
+    late = train_prompt(clf, train, val, dataclasses.replace(cfg, lr=1e-12, eval_on_start=False))
+    assert late.best["step"] == 2 and late.steps == 2 + 3 * 2
 
 
 def test_grad_accum_equals_bigger_batch(clf, data):

@@ -48,7 +48,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 # Settings of the training loop around the optimisation (validation, early stopping, checkpoints):
 # audit shadows train without validation or checkpoints, so `promptport audit` does not offer them.
-LOOP_ONLY_SETTINGS = ("eval_every", "patience", "checkpoint_every")
+LOOP_ONLY_SETTINGS = ("eval_every", "eval_on_start", "patience", "checkpoint_every")
 
 
 @dataclass
@@ -75,6 +75,12 @@ class TuneConfig:
     )
     grad_accum: int = setting(1, "Forward passes per optimizer step.")
     eval_every: int | None = setting(None, "Evaluate every N steps (default: every epoch).")
+    eval_on_start: bool = setting(
+        True,
+        "Evaluate the initial prompt too (step 0): the validation curve starts where training does, "
+        "and the best-prompt selection never returns a prompt worse than the initial one.",
+        flag="--eval-on-start/--no-eval-on-start",
+    )
     patience: int | None = setting(None, "Stop after N evaluations without improvement.")
     max_length: int = setting(
         128, "Token limit per input; longer texts lose tokens from the left, the template is kept."
@@ -644,6 +650,11 @@ def train_prompt(
                 sigma=run.sigma, sample_rate=run.q, delta=run.delta, accountant=run.accountant_used
             )
         log(start)
+        if val is not None and cfg.eval_on_start:
+            ev = run.evaluate()
+            if run.dp is not None:
+                ev["epsilon_spent"] = 0.0
+            log(ev)
     else:
         log({"type": "resume", "step": resumed_from})
 
