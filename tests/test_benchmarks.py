@@ -296,3 +296,21 @@ def test_audit_ci_coverage(bench, capsys):
         assert 0.3 < r["mean_auc"] < 0.7 and r["auc_sd"] >= 0
         for kind in ("examples_only", "two_way"):
             assert 0 <= r[kind]["coverage"] <= 1 and r[kind]["mean_width"] > 0
+
+
+def test_transfer_bound_on_known_log_probs():
+    """The bound's combinations on hand-made log-probabilities: a student shift that fixes exactly the
+    teacher's errors lifts the shift line to 1.0; a shift that is pure noise of the student's own
+    (its errors elsewhere) cannot lift the teacher."""
+    import torch
+    from benchmarks.transfer_bound import bound
+
+    y = torch.tensor([0, 1, 0, 1])
+    t0 = torch.log(torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55], [0.7, 0.3]]))  # 2 of 4 right
+    s0 = torch.log(torch.full((4, 2), 0.5))
+    fix = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.2, 0.8]]))
+    r = bound(t0, s0, fix, y)
+    assert r["teacher_zero_shot"] == 0.5 and r["shift_x1"] == 1.0 and r["best_gain_points"] == 50.0
+    harm = torch.log(torch.tensor([[0.2, 0.8], [0.8, 0.2], [0.5, 0.5], [0.5, 0.5]]))
+    r = bound(t0, s0, harm, y)
+    assert r["shift_x1"] <= r["teacher_zero_shot"] and r["prior_shift"] == 0.5

@@ -1,0 +1,106 @@
+"""How much can any transfer of a user's prompt lift the teacher? An evaluation-only bound, before the
+expensive transfer runs.
+
+    python -m benchmarks.transfer_bound --student DIR --prompt DIR --task sst2 [--state runs/paper/quick]
+
+On a paper-table task's test split (the quick profile's files, prepared as benchmarks.paper does) it
+scores, from class log-probabilities:
+- `shift_x<c>`: the teacher's zero-shot plus c times the change the prompt makes on the student -- the
+  shift term's ideal outcome (POST with alpha 1, transferred perfectly);
+- `ensemble`: the teacher's zero-shot plus the prompted student;
+- `prior_shift`: the teacher's zero-shot plus the prompt's *mean* change (a class-prior correction).
+These use the test labels only to score; nothing is fitted on them except the choice of c, which is why
+it is a bound in hindsight, not a method. If no line passes the teacher's zero-shot, no transfer of this
+prompt will: the student, not the transfer, is what to change.
+Writes benchmarks/results/transfer_bound.json (one entry per task and prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS
+
+SCALES = (0.5, 1.0, 2.0)
+
+
+def bound(
+    teacher_zs: torch.Tensor,
+    student_zs: torch.Tensor,
+    student_p: torch.Tensor,
+    labels: torch.Tensor,
+) -> dict:
+    """Accuracies of the bound's combinations; inputs are [N, C] class log-probabilities."""
+
+    def acc(logp: torch.Tensor) -> float:
+        return round(float((logp.argmax(-1) == labels).float().mean()), 4)
+
+    shift = student_p - student_zs
+    out = {
+        "teacher_zero_shot": acc(teacher_zs),
+        "student_zero_shot": acc(student_zs),
+        "student_prompt": acc(student_p),
+        **{f"shift_x{c:g}": acc(teacher_zs + c * shift) for c in SCALES},
+        "ensemble": acc(teacher_zs + student_p),
+        "prior_shift": acc(teacher_zs + shift.mean(0)),
+    }
+    best = max(v for k, v in out.items() if k not in ("student_zero_shot", "student_prompt"))
+    out["best_gain_points"] = round(100 * (best - out["teacher_zero_shot"]), 2)
+    return out
+
+
+def main(argv=None) -> dict:
+    from benchmarks import paper
+    from promptport.classify import PromptClassifier
+    from promptport.data import load_split
+    from promptport.prompt import load_prompt
+    from promptport.runtime import quiet_libraries
+    from promptport.tasks import get_task
+
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--prompt", required=True, help="a prompt artifact tuned on --student")
+    ap.add_argument("--task", required=True, choices=paper.TASKS)
+    ap.add_argument("--teacher", default="smollm2-135m-instruct")
+    ap.add_argument(
+        "--state", default="runs/paper/quick", help="where the task's files are prepared"
+    )
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    quiet_libraries()
+    sizes = paper.PROFILES["quick"]
+    spec = paper.prepare_task(args.task, Path(args.state) / "data")
+    stages = paper.Stages(args.teacher, sizes)
+    task = get_task(spec["task"])
+
+    def logp(model: str, prompt: str | None):
+        lm = stages.model(model)
+        clf = PromptClassifier(lm.model, lm.tokenizer, task, sizes.max_length)
+        enc = clf.encode(load_split(task, spec["data"], "test", limit=sizes.eval_limit))
+        emb = None if prompt is None else load_prompt(prompt).embeddings
+        return torch.log_softmax(clf.predict_logits(enc, emb, 64), -1), enc.labels
+
+    t0, y = logp(args.teacher, None)
+    s0, _ = logp(args.student, None)
+    s1, _ = logp(args.student, args.prompt)
+    r = dict(
+        bound(t0, s0, s1, y), task=args.task, student=args.student, prompt=args.prompt, n=len(y)
+    )
+    f = RESULTS / "transfer_bound.json"
+    old = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
+    old["runs"] = [
+        x for x in old["runs"] if (x["task"], x["prompt"]) != (args.task, args.prompt)
+    ] + [r]
+    f.write_text(json.dumps(old, indent=1) + "\n")
+    print(json.dumps(r))
+    return r
+
+
+if __name__ == "__main__":
+    main()
