@@ -322,10 +322,10 @@ class Stages:
         )  # fmt: skip
         return str(out / "prompt")
 
-    def evaluate(self, model: str, prompt: str | None, spec: dict) -> dict:
+    def _classifier(self, model: str, spec: dict):
+        """(classifier, encoded test split) of a model on a task; the encoding is made once."""
         from promptport.classify import PromptClassifier
         from promptport.data import load_split
-        from promptport.prompt import load_prompt
         from promptport.tasks import get_task
 
         task = get_task(spec["task"])
@@ -335,7 +335,21 @@ class Stages:
         if key not in self._encoded:
             ds = load_split(task, spec["data"], "test", limit=self.sizes.eval_limit)
             self._encoded[key] = clf.encode(ds)
-        enc = self._encoded[key]
+        return clf, self._encoded[key]
+
+    def class_logits(self, model: str, prompt: str | None, spec: dict):
+        """[N, C] class scores on the test split, and its labels (for analyses such as
+        benchmarks.transfer_bound)."""
+        from promptport.prompt import load_prompt
+
+        clf, enc = self._classifier(model, spec)
+        emb = None if prompt is None else load_prompt(prompt).embeddings
+        return clf.predict_logits(enc, emb, 64), enc.labels
+
+    def evaluate(self, model: str, prompt: str | None, spec: dict) -> dict:
+        from promptport.prompt import load_prompt
+
+        clf, enc = self._classifier(model, spec)
         emb = None if prompt is None else load_prompt(prompt).embeddings
         m = clf.evaluate(enc, emb, 64)
         return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": len(enc)}
@@ -418,6 +432,14 @@ class Grid:
             tag, task, seed, lambda d: self.stages.transfer(prompt, model, spec, seed, d, **o)
         )
 
+    def tuned_and_transferred(
+        self, task: str, seed: int, suffix: str, student: str | None = None, **tune_over
+    ) -> tuple[str, str]:
+        """(user prompt, POST prompt) of a variant: tuned on `student` (default the shared one) with
+        `tune_over`, transferred from it; artifacts tune<suffix> and post<suffix>."""
+        p = self.user_prompt(task, seed, student, "tune" + suffix, **tune_over)
+        return p, self.post_prompt(task, seed, p, "post" + suffix, student)
+
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
         spec, st, teacher = self.specs[task], self.stages, self.stages.teacher
@@ -458,8 +480,7 @@ class Grid:
                 tag = "" if variant == "distilled" else "-nd"
 
                 def post(student=student, tag=tag):
-                    p = self.user_prompt(task, seed, student, "tune" + tag)
-                    q = self.post_prompt(task, seed, p, "post" + tag, student)
+                    _, q = self.tuned_and_transferred(task, seed, tag, student)
                     return st.evaluate(teacher, q, spec)
 
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), post)
@@ -490,8 +511,8 @@ class Grid:
             for n in (10, 50, 100):
 
                 def both(n=n):
-                    p = self.user_prompt(task, seed, None, f"tune-n{n}", n_tokens=n)
-                    r = st.evaluate(teacher, self.post_prompt(task, seed, p, f"post-n{n}"), spec)
+                    p, q = self.tuned_and_transferred(task, seed, f"-n{n}", n_tokens=n)
+                    r = st.evaluate(teacher, q, spec)
                     r["student_prompt"] = st.evaluate(self.student, p, spec)["accuracy"]
                     return r
 
@@ -507,10 +528,8 @@ class Grid:
 
                 def at_depth(k=k):
                     student = self.depth_student(k)
-                    p = self.user_prompt(task, seed, student, f"tune-L{k}")
-                    r = st.evaluate(
-                        teacher, self.post_prompt(task, seed, p, f"post-L{k}", student), spec
-                    )
+                    p, q = self.tuned_and_transferred(task, seed, f"-L{k}", student)
+                    r = st.evaluate(teacher, q, spec)
                     r["student_prompt"] = st.evaluate(student, p, spec)["accuracy"]
                     return r
 

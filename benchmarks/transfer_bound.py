@@ -55,11 +55,7 @@ def bound(
 
 def main(argv=None) -> dict:
     from benchmarks import paper
-    from promptport.classify import PromptClassifier
-    from promptport.data import load_split
-    from promptport.prompt import load_prompt
     from promptport.runtime import quiet_libraries
-    from promptport.tasks import get_task
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,17 +70,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     quiet_libraries()
-    sizes = paper.PROFILES["quick"]
     spec = paper.prepare_task(args.task, Path(args.state) / "data")
-    stages = paper.Stages(args.teacher, sizes)
-    task = get_task(spec["task"])
+    stages = paper.Stages(args.teacher, paper.PROFILES["quick"])
 
     def logp(model: str, prompt: str | None):
-        lm = stages.model(model)
-        clf = PromptClassifier(lm.model, lm.tokenizer, task, sizes.max_length)
-        enc = clf.encode(load_split(task, spec["data"], "test", limit=sizes.eval_limit))
-        emb = None if prompt is None else load_prompt(prompt).embeddings
-        return torch.log_softmax(clf.predict_logits(enc, emb, 64), -1), enc.labels
+        logits, labels = stages.class_logits(model, prompt, spec)
+        return torch.log_softmax(logits, -1), labels
 
     t0, y = logp(args.teacher, None)
     s0, _ = logp(args.student, None)
@@ -93,11 +84,11 @@ def main(argv=None) -> dict:
         bound(t0, s0, s1, y), task=args.task, student=args.student, prompt=args.prompt, n=len(y)
     )
     f = RESULTS / "transfer_bound.json"
-    old = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
-    old["runs"] = [
-        x for x in old["runs"] if (x["task"], x["prompt"]) != (args.task, args.prompt)
+    out = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
+    out["runs"] = [
+        x for x in out["runs"] if (x["task"], x["prompt"]) != (args.task, args.prompt)
     ] + [r]
-    f.write_text(json.dumps(old, indent=1) + "\n")
+    paper._atomic_json(f, out)
     print(json.dumps(r))
     return r
 

@@ -201,6 +201,11 @@ def test_real_stages_on_tiny_models(tmp_path, tiny_model_dir, sst_like_dir):
     tables = paper.collect(tmp_path / "state")
     assert set(tables["tasks"]["sst2"]) == set(paper.METHODS)
     assert set(tables["ablations"]) == {"non_distilled", "alpha"}
+    # the class scores the analyses read are the ones the cells are scored from
+    logits, labels = grid.stages.class_logits(str(tiny_model_dir), None, specs["sst2"])
+    acc = float((logits.argmax(-1) == labels).float().mean())
+    zs = grid.stages.evaluate(str(tiny_model_dir), None, specs["sst2"])
+    assert logits.shape == (8, 2) and acc == pytest.approx(zs["accuracy"])
     ident = paper.student_identity(str(student))
     assert ident["layers"] == layers and len(ident["sha256"]) == 16
 

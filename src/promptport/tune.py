@@ -637,6 +637,12 @@ def train_prompt(
         run.history.append(rec)
         metrics.append(rec)
 
+    def log_eval() -> None:
+        ev = run.evaluate()
+        if run.dp is not None:
+            ev["epsilon_spent"] = run.ledger.epsilon(run.delta)  # 0 before the first step
+        log(ev)
+
     if resumed_from is None:
         start = {
             "type": "start",
@@ -651,10 +657,7 @@ def train_prompt(
             )
         log(start)
         if val is not None and cfg.eval_on_start:
-            ev = run.evaluate()
-            if run.dp is not None:
-                ev["epsilon_spent"] = 0.0
-            log(ev)
+            log_eval()
     else:
         log({"type": "resume", "step": resumed_from})
 
@@ -682,10 +685,7 @@ def train_prompt(
             )
         last = run.step >= run.total
         if val is not None and (run.step % run.eval_every == 0 or last):
-            ev = run.evaluate()
-            if run.dp is not None:
-                ev["epsilon_spent"] = run.ledger.epsilon(run.delta)
-            log(ev)
+            log_eval()
             if cfg.patience is not None and run.bad_evals >= cfg.patience and not last:
                 run.stopped_early = True
                 log({"type": "early_stop", "step": run.step, "best_step": run.best["step"]})
