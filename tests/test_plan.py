@@ -143,7 +143,7 @@ if stage == "tune":
 else:
     from promptport.transfer import TransferConfig, transfer
     transfer(sys.argv[4], student, "smollm2-135m-instruct", public_data=sys.argv[5], out=out,
-             cfg=TransferConfig(n_public=48, steps=2, batch_size=16, max_length=96))
+             cfg=TransferConfig(n_public=32, steps=1, batch_size=16, max_length=96))
 # VmHWM is this process's own high-water mark; ru_maxrss is not: Linux carries the parent's peak RSS
 # across fork/vfork + exec, so under a big pytest process it reports the parent's peak.
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -209,7 +209,7 @@ def test_cpu_estimate_within_20_percent_of_measured_peak(tmp_path):
         "student": str(tmp_path / "student"),
         "task": "sst2",
         "tune": {"n_tokens": 20, "batch_size": 16, "max_length": 96, "eval_batch_size": 32},
-        "transfer": {"n_public": 48, "batch_size": 16, "max_length": 96},
+        "transfer": {"n_public": 32, "batch_size": 16, "max_length": 96},
     }
     plan = estimate_run(cfg, device="cpu")
     measured = {
