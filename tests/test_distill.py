@@ -282,7 +282,19 @@ def test_label_term_is_kl_between_class_distributions():
         distill_loss(cfg, s_answer=s2, t_answer=t, class_scores=lambda v: v @ m.T)["label"], ref
     )
     with pytest.raises(BadInput, match="task_template"):
-        DistillConfig(alpha_ce=0, alpha_cos=0, alpha_label=1.0).check()
+        DistillConfig(alpha_ce=0, alpha_cos=0, alpha_label=1.0, task_template=None).check()
+
+
+def test_the_default_recipe_is_the_general_student():
+    """No task options: the task terms run over the mixture of templates, on the LM corpus's texts
+    (one student for every user); --task-data or a task template change only what they name."""
+    cfg = DistillConfig()
+    cfg.check()
+    assert cfg.uses_task and cfg.task_template == "general"
+    assert cfg.task_sources == list(cfg.corpus)
+    assert DistillConfig(corpus=["a.txt"]).task_sources == ["a.txt"]
+    assert DistillConfig(corpus=["a.txt"], task_data=["b.txt"]).task_sources == ["b.txt"]
+    assert not DistillConfig(alpha_task=0, alpha_label=0).uses_task  # plain LM distillation
 
 
 # ---------------------------------------------------------------- corpus

@@ -154,22 +154,24 @@ class DistillConfig:
         1.0, "Weight of 1-cosine between teacher and student last hidden states."
     )
     alpha_task: float = setting(
-        0.0,
-        "Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text.",
+        1.0,
+        "Weight of the task-aware term: T^2*KL at the answer position of public task-formatted text "
+        "(0 with --alpha-label 0: plain LM distillation).",
     )
     alpha_label: float = setting(
-        0.0,
+        1.0,
         "Weight of KL between teacher and student class distributions (the task's label words) at "
         "the answer position of the same public examples: what a classifier on the student reads.",
     )
     task_template: str | None = setting(
-        None,
-        "Task whose template formats the public examples (e.g. sst2), or 'general': a mixture of "
-        "task templates and label-word sets for one student that every user's task can steer.",
+        "general",
+        "'general' (default): a mixture of task templates and label-word sets, one student that "
+        "every user's task can steer; or one task whose template formats the public examples "
+        "(e.g. sst2: the per-task recipe).",
     )
     task_data: list[str] = setting(
         help="Public text for the task-aware term (repeatable; same forms as --corpus; labels are "
-        "ignored).",
+        "ignored). Default: the --corpus texts.",
         default_factory=list,
     )
     task_examples: int = setting(4000, "Public task examples to cache.")
@@ -242,7 +244,7 @@ class DistillConfig:
             raise BadInput(
                 "task_template", "alpha_task/alpha_label > 0 needs a task template (e.g. sst2)"
             )
-        if self.uses_task and not self.task_data:
+        if self.uses_task and not self.task_sources:
             raise BadInput(
                 "task_data",
                 "alpha_task/alpha_label > 0 needs public task data (a file, folder, hub id "
@@ -258,6 +260,11 @@ class DistillConfig:
     @property
     def uses_task(self) -> bool:
         return bool(self.alpha_task or self.alpha_label)
+
+    @property
+    def task_sources(self) -> list[str]:
+        """Public text the task terms format: --task-data, else the LM corpus."""
+        return list(self.task_data or self.corpus)
 
     @property
     def uses_lm(self) -> bool:
@@ -359,7 +366,7 @@ def cache_key(cfg: DistillConfig, teacher_fingerprint: str, world: int) -> str:
         "T": cfg.temperature,
         "precision": cfg.precision,
         "task": cfg.task_template,
-        "task_data": cfg.task_data,
+        "task_data": cfg.task_sources if cfg.uses_task else cfg.task_data,
         "task_n": cfg.task_examples,
         "task_held": cfg.task_heldout,
         "task_len": cfg.task_max_length,
@@ -678,7 +685,7 @@ class Distiller:
 
         cfg, tok = self.cfg, self.teacher.tokenizer
         masked = is_masked_lm(self.teacher.model)
-        pairs, used = read_corpus_texts(cfg.task_data)
+        pairs, used = read_corpus_texts(cfg.task_sources)
         kw: dict = dict(
             n=cfg.task_examples + cfg.task_heldout,
             max_length=cfg.task_max_length,

@@ -10,8 +10,8 @@ matches the teacher's answer distribution at every one of them (alpha_task) and 
 the union of all the mixture's label words (alpha_label), so the student learns to answer the way the
 teacher does whatever the template and whatever words a user's verbalizer reads.
 
-`distill` uses it when the recipe says `task_template: general` (`promptport distill --task-template
-general --alpha-task 1 --alpha-label 1 --task-data ...`; not yet the default without task options).
+`distill` uses it when the recipe says `task_template: general`, the default: `promptport distill` with
+no task options builds this student (on the --corpus texts unless --task-data names others).
 Only public text and templates are used; labels never.
 """
 
