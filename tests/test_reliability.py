@@ -108,7 +108,8 @@ def test_memory_comes_from_plan_and_disk_grows_with_the_distillation_cache(
     from promptport import plan
     from promptport.resources import estimate_resources
 
-    base = dict(layers=2, max_tokens=10_000, topk=8, alpha_cos=1.0)
+    # plain LM distillation: the cache below is the LM part alone (the task terms add their own rows)
+    base = dict(layers=2, max_tokens=10_000, topk=8, alpha_cos=1.0, alpha_task=0.0, alpha_label=0.0)
     cfg = _cfg(tmp_path, tiny_model_dir, None, sst_like_dir, distill=base)
     small = estimate_resources(cfg)
     assert small.memory == {
