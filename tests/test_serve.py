@@ -501,3 +501,38 @@ def test_an_interrupted_registration_is_never_served(tmp_path, tiny_lm):
         tf.addfile(info, io.BytesIO(b"x" * 5000))
     with pytest.raises(Refused, match="more than"):
         files_from_tar(buf.getvalue(), 1000)
+
+
+def test_packed_rows_attend_row_by_row_as_the_dense_mask_and_alone(tiny_model_dir):
+    """A pack of rows with two prompts: row-by-row attention gives the probabilities of the dense
+    block-diagonal mask and of each row run alone (the engine's exactness does not rest on the mask)."""
+    from promptport.classify import Verbalizer
+    from promptport.models import load_model
+    from promptport.serve.engine import ClassifyRow, ServeEngine
+    from promptport.serve.registry import ServedPrompt
+
+    lm = load_model(str(tiny_model_dir))  # its own copy: the engine sets the attention on its model
+    eng = ServeEngine(lm)
+    assert eng._row_attention
+    task = get_task("sst2")
+    g = torch.Generator().manual_seed(0)
+    hidden = lm.model.get_input_embeddings().weight.shape[1]
+    prompts = [
+        ServedPrompt("t", f"p{n}", torch.randn(n, hidden, generator=g), task, {}, 0) for n in (3, 5)
+    ]
+    for p in prompts:
+        p.verbalizer = Verbalizer(lm.tokenizer, task)
+    texts = ["a fine film", "dull", "i loved every minute of it and more", "bad", "so so"]
+    rows = [
+        ClassifyRow(prompts[i % 2], eng.classify_ids(prompts[i % 2], [t])[0])
+        for i, t in enumerate(texts)
+    ]
+    by_row = torch.stack(eng.classify(rows))
+    alone = torch.stack([eng.classify([r])[0] for r in rows])
+    eng._row_attention = False
+    dense = torch.stack(eng.classify(rows))
+    torch.testing.assert_close(by_row, dense, atol=1e-5, rtol=0)
+    torch.testing.assert_close(by_row, alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(
+        by_row[0], by_row[1], atol=1e-4
+    )  # the rows differ, so the check bites

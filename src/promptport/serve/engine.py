@@ -2,7 +2,10 @@
 prompt. Plain torch over the transformers model; no HTTP here.
 
 Classification packs the rows into one sequence without padding; each row attends to its own
-prompt's cached keys and values (computed once per prompt) and to its own earlier tokens. It reads
+prompt's cached keys and values (computed once per prompt) and to its own earlier tokens. The linear
+layers run once over the whole pack; attention runs row by row (`row_attention`), so it costs what the
+rows cost alone instead of the pack's square (a dense block-diagonal mask over 16 rows spent 17% of
+the forward on scores that are masked out). It reads
 the answer as `PromptClassifier` does for `promptport evaluate` (the prompt's own template and
 verbalizer, positions counted from the start of the prompt), so a served prompt gives the classes
 and probabilities the offline evaluation gives. Generation left-pads [prompt_i, x_i] and runs
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from promptport.classify import encode, project
 from promptport.data import TextDataset
@@ -49,6 +53,57 @@ class Completion:
     n_tokens: int
 
 
+ROW_ATTENTION = "promptport_rows"
+
+
+@dataclass
+class PackedRow:
+    """Where one row of a pack sits: its queries at [start, start+length) of the packed tokens, its
+    prompt's keys at [prompt_start, prompt_start+prompt_length) of the cache, and its own mask."""
+
+    start: int
+    length: int
+    prompt_start: int
+    prompt_length: int
+    mask: torch.Tensor  # [length, prompt_length + length]: the whole prompt, then causal
+
+
+def row_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """Attention of a pack, one row at a time (`packed_rows`, a list of PackedRow); without it,
+    transformers' SDPA attention, so generation and everything else runs unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows = kw.pop("packed_rows", None)
+    if rows is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw
+        )
+    n_prompt = key.shape[2] - query.shape[2]  # the cache holds the pack's prompts first
+    outs = []
+    for r in rows:
+        k_r = (r.prompt_start, r.prompt_start + r.prompt_length)
+        own = (n_prompt + r.start, n_prompt + r.start + r.length)
+        outs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, r.start : r.start + r.length],
+                torch.cat([key[:, :, k_r[0] : k_r[1]], key[:, :, own[0] : own[1]]], 2),
+                torch.cat([value[:, :, k_r[0] : k_r[1]], value[:, :, own[0] : own[1]]], 2),
+                attn_mask=r.mask,
+                scale=scaling,
+                enable_gqa=query.shape[1] != key.shape[1],
+            )
+        )
+    return torch.cat(outs, 2).transpose(1, 2).contiguous(), None
+
+
+def _register_row_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ROW_ATTENTION, row_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ROW_ATTENTION, sdpa_mask)
+
+
 class ServeEngine:
     """The served model: tokenises requests and answers batches of rows (one thread at a time)."""
 
@@ -69,6 +124,11 @@ class ServeEngine:
         self._dtype = model.get_input_embeddings().weight.dtype
         params = inspect.signature(model.base_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # row-by-row attention for packs, where the model runs SDPA (the others keep the dense mask)
+        self._row_attention = model.config._attn_implementation == "sdpa"
+        if self._row_attention:
+            _register_row_attention()
+            model.set_attn_implementation(ROW_ATTENTION)
 
     @property
     def device(self) -> torch.device:
@@ -169,25 +229,34 @@ class ServeEngine:
         P, N = offset, sum(len(r.ids) for r in rows)
         dev = self.device
         ids = torch.tensor([t for r in rows for t in r.ids], device=dev)[None]
-        mask = torch.zeros(1, 1, N, P + N, dtype=torch.bool, device=dev)
         pos = torch.empty(1, N, dtype=torch.long, device=dev)
+        packed: list[PackedRow] = []
         last, s = [], 0
         for r in rows:
             k, n = len(r.ids), r.prompt.embeddings.shape[0]
-            o = uniq[id(r.prompt)][0]
-            mask[0, 0, s : s + k, o : o + n] = True
-            mask[0, 0, s : s + k, P + s : P + s + k] = torch.ones(
-                k, k, dtype=torch.bool, device=dev
-            ).tril()
+            own = torch.ones(k, n + k, dtype=torch.bool, device=dev)
+            own[:, n:] = own[:, n:].tril()
+            packed.append(PackedRow(s, k, uniq[id(r.prompt)][0], n, own))
             pos[0, s : s + k] = n + torch.arange(k, device=dev)
             s += k
             last.append(s - 1)
+        if self._row_attention:
+            kw: dict[str, Any] = {"packed_rows": packed}
+        else:  # the same pattern as one dense block-diagonal mask
+            mask = torch.zeros(1, 1, N, P + N, dtype=torch.bool, device=dev)
+            for p in packed:
+                q = slice(p.start, p.start + p.length)
+                mask[0, 0, q, p.prompt_start : p.prompt_start + p.prompt_length] = p.mask[
+                    :, : p.prompt_length
+                ]
+                mask[0, 0, q, P + p.start : P + p.start + p.length] = p.mask[:, p.prompt_length :]
+            kw = {"attention_mask": mask}
         out = self.model.base_model(
             input_ids=ids,
-            attention_mask=mask,
             position_ids=pos,
             use_cache=False,
             **{self._cache_kw: cache},
+            **kw,
         )
         h = out.last_hidden_state[0, last]
         probs = []
