@@ -660,11 +660,16 @@ def distill_cmd(**opts):
     The teacher's outputs are cached once; the student then trains from the cache for several epochs.
     Runs on several processes under `accelerate launch` (DDP) unchanged.
 
+    With no task options it builds the general student (one for every user's task): the task and
+    label terms over a mixture of templates and label words, on the --corpus texts.
+
     \b
     Examples:
-      promptport distill --layers 2 --max-tokens 50000 --out runs/distill        (offline default)
-      promptport distill --layers 4 --corpus imdb/train.jsonl.gz --alpha-task 1 \\
-          --task-template sst2 --task-data imdb/train.jsonl.gz --out runs/distill-task
+      promptport distill --layers 8 --out runs/distill              (general student, offline)
+      promptport distill --layers 4 --corpus imdb/train.jsonl.gz \\
+          --task-template sst2 --task-data imdb/train.jsonl.gz --out runs/distill-task  (one task)
+      promptport distill --alpha-task 0 --alpha-label 0 --out runs/distill-lm  (plain LM distillation)
+      promptport distill --student runs/distill/student --max-steps 150 --out runs/distill-more
       accelerate launch --multi_gpu --num_processes 2 -m promptport.cli distill --out runs/ddp
     """
     from promptport.distill import distill
