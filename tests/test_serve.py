@@ -513,7 +513,7 @@ def test_packed_rows_attend_row_by_row_as_the_dense_mask_and_alone(tiny_model_di
 
     lm = load_model(str(tiny_model_dir))  # its own copy: the engine sets the attention on its model
     eng = ServeEngine(lm)
-    assert eng._row_attention
+    assert eng._row_attention and ServeEngine(lm)._row_attention  # a second engine keeps it
     task = get_task("sst2")
     g = torch.Generator().manual_seed(0)
     hidden = lm.model.get_input_embeddings().weight.shape[1]

@@ -125,7 +125,8 @@ class ServeEngine:
         params = inspect.signature(model.base_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # row-by-row attention for packs, where the model runs SDPA (the others keep the dense mask)
-        self._row_attention = model.config._attn_implementation == "sdpa"
+        # (an engine made earlier on the same model has already switched it)
+        self._row_attention = model.config._attn_implementation in ("sdpa", ROW_ATTENTION)
         if self._row_attention:
             _register_row_attention()
             model.set_attn_implementation(ROW_ATTENTION)
