@@ -12,18 +12,21 @@ most the stage in flight. STATE is `runs/paper/<profile>` (profile `quick` or `f
 of the profile, so cells of different sizes never mix, and they are recorded in the JSON.
 
 Methods (the JSON names): teacher_zero_shot, student_zero_shot, student_prompt (the user's prompt on the
-student), direct (that prompt on the teacher unchanged), post (POST transfer with public data), post_dp8
-(the same from a prompt tuned with DP-SGD at epsilon 8), teacher_tuned (prompt tuning on the teacher with
+student), direct (that prompt on the teacher unchanged), post (POST transfer with public data, in the
+tool's own transfer setting: the `transfer:` section of the embedded run config), post_dp8 (the same from a prompt tuned with DP-SGD at epsilon 8), teacher_tuned (prompt tuning on the teacher with
 the private data: the expensive non-private reference, one seed). Zero-shot methods do not depend on the
 seed: they are computed once and reported with that single value.
 
 Ablations (`--ablations NAME...`, on `--ablation-tasks`, first seed): non_distilled (the same layers cut
-from the teacher, no training), alpha (0 to 1 against the paper's 0.5), public_data (same / cross domain),
+from the teacher, no training), alpha (0 to 1 and `auto`), paper_setting (the tool's transfer setting
+against the paper's: alpha 0.5 over the full vocabulary from a copy of the user's prompt, lr 1e-3),
+public_data (same / cross domain),
 prompt_length (10, 50, 100 tokens), depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store).
 
-The shared student is part of the state: a state holds cells of one student only (its weights'
-checksum in STATE/student.json), and paper_tables.json names it.
+The shared student and the transfer recipe are part of the state: a state holds cells of one student
+only (its weights' checksum in STATE/student.json) and of one transfer recipe (STATE/transfer.json), and
+paper_tables.json names both.
 
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
@@ -66,7 +69,21 @@ METHODS = (
 )
 SEED_FREE = ("teacher_zero_shot", "student_zero_shot")
 ONE_SEED = ("teacher_tuned",)
-ABLATIONS = ("non_distilled", "alpha", "public_data", "prompt_length", "depth")
+ABLATIONS = ("non_distilled", "alpha", "paper_setting", "public_data", "prompt_length", "depth")
+# The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
+PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
+# Transfer fields the profile's Sizes set (not the recipe's).
+SIZED = ("n_public", "epochs", "max_length", "seed")
+
+
+def transfer_recipe() -> dict:
+    """POST's recipe for the table: the embedded run config's `transfer:` section (the setting a user of
+    `promptport run` gets), less the fields the profile's sizes set. Defined there once."""
+    from promptport.config import DEFAULT_CONFIG, load_run_config
+
+    return {k: v for k, v in load_run_config(DEFAULT_CONFIG).transfer.items() if k not in SIZED}
+
+
 README = Path(__file__).parent / "README.md"
 BEGIN, END = "<!-- PAPER-TABLE:BEGIN -->", "<!-- PAPER-TABLE:END -->"
 
@@ -260,8 +277,11 @@ class Stages:
     """The real stage functions; every one writes its artifact into `out` and is skipped by the caller
     when the artifact exists."""
 
-    def __init__(self, teacher: str, sizes: Sizes, progress: bool = False):
+    def __init__(
+        self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None
+    ):
         self.teacher, self.sizes, self.progress = teacher, sizes, progress
+        self.recipe = transfer_recipe() if recipe is None else recipe
         self._models: dict = {}
         self._encoded: dict = {}
 
@@ -311,9 +331,12 @@ class Stages:
         from promptport.transfer import TransferConfig, transfer
 
         z = self.sizes
+        fields = {
+            k: v for k, v in over.items() if k != "public"
+        }  # ablations' changes to the recipe
         cfg = TransferConfig(
-            method="post", alpha=over.get("alpha", 0.5), n_public=z.n_public,
-            epochs=z.transfer_epochs, max_length=z.max_length, seed=seed,
+            **{**self.recipe, **fields}, n_public=z.n_public, epochs=z.transfer_epochs,
+            max_length=z.max_length, seed=seed,
         )  # fmt: skip
         transfer(
             prompt, self.model(student), self.model(self.teacher),
@@ -485,13 +508,27 @@ class Grid:
 
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), post)
         elif name == "alpha":
-            for a in (0.0, 0.25, 0.5, 0.75, 1.0):
+            for a in (0.0, 0.25, 0.5, 0.75, 1.0, "auto"):
+                tag = a if a == "auto" else f"{a:g}"
                 self.cell(
-                    self.cell_path("ablations", name, task, f"alpha={a:g}", f"seed{seed}"),
-                    lambda a=a: st.evaluate(
-                        teacher, self.post_prompt(task, seed, user(), f"post-a{a:g}", alpha=a), spec
+                    self.cell_path("ablations", name, task, f"alpha={tag}", f"seed{seed}"),
+                    lambda a=a, tag=tag: st.evaluate(
+                        teacher, self.post_prompt(task, seed, user(), f"post-a{tag}", alpha=a), spec
                     ),
                 )
+        elif name == "paper_setting":
+            self.cell(
+                self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
+                lambda: dict(self.run_cell(task, "post", seed)),
+            )
+            self.cell(
+                self.cell_path("ablations", name, task, "paper", f"seed{seed}"),
+                lambda: st.evaluate(
+                    teacher,
+                    self.post_prompt(task, seed, user(), "post-paper", **PAPER_TRANSFER),
+                    spec,
+                ),
+            )
         elif name == "public_data":
             cross = {"arisetv": "sst2"}.get(task, "arisetv")
             srcs = {
@@ -642,11 +679,19 @@ def markdown(tables: dict) -> str:
         if st
         else ""
     )
+    rec = tables.get("transfer_recipe")
+    how = (
+        " POST (and post_dp8) in the tool's transfer setting: "
+        + ", ".join(f"{k} {v}" for k, v in rec.items() if k != "method")
+        + "."
+        if rec
+        else ""
+    )
     note = (
         f"\nProfile `{tables['profile']}`: train {z['train_limit']}, validation {z['val_limit']}, "
         f"test {z['eval_limit']} examples, {z['n_public']} public texts, {z['n_tokens']} prompt tokens. "
         "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
-        f"{who} "
+        f"{who}{how} "
         f"Command: `{tables['command']}`. Generated from benchmarks/results/paper_tables.json.\n"
     )
     return head + "\n".join(rows) + "\n" + note
@@ -669,9 +714,12 @@ def write_readme_table(text: str, readme: Path = README) -> None:
     os.replace(tmp, readme)
 
 
-def _read_state_student(state: Path) -> dict | None:
-    f = state / "student.json"
+def _read_json_or_none(f: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _read_state_student(state: Path) -> dict | None:
+    return _read_json_or_none(state / "student.json")
 
 
 def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
@@ -684,6 +732,7 @@ def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: 
         "command": command,
         "state_dir": str(state),
         "student": _read_state_student(state),
+        "transfer_recipe": _read_json_or_none(state / "transfer.json"),
         **tables,
         "targets": targets(tables["tasks"]),
         **(extra or {}),
@@ -758,6 +807,24 @@ def student_identity(student: str) -> dict:
     return ident
 
 
+def check_recipe(state: Path, recipe: dict) -> None:
+    """One transfer recipe per state: a state whose POST artifacts were made before the recipe was
+    recorded (or with another) is refused, so cells of two settings never mix in one table."""
+    f = state / "transfer.json"
+    if f.is_file():
+        had = json.loads(f.read_text())
+        if had != recipe:
+            raise SystemExit(
+                f"{state} holds POST cells of another transfer recipe ({had}); use another --state"
+            )
+        return
+    if any((state / "art").glob("*/post*")):
+        raise SystemExit(
+            f"{state} holds POST artifacts of an unrecorded transfer recipe; use another --state"
+        )
+    _atomic_json(f, recipe)
+
+
 def check_student(state: Path, ident: dict) -> None:
     """One student per state: cells of two students never mix in one table (as sizes never do)."""
     f = state / "student.json"
@@ -813,8 +880,10 @@ def main(argv=None) -> dict:
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
         check_student(state, student_identity(student))
+        stages = Stages(args.teacher, sizes)
+        check_recipe(state, stages.recipe)
         grid = Grid(
-            state, Stages(args.teacher, sizes), student, specs,
+            state, stages, student, specs,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
         )  # fmt: skip
         t0 = time.perf_counter()

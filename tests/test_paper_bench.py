@@ -140,10 +140,50 @@ def test_ablations_are_cells_too(tmp_path):
     assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
     abl = paper.collect(state)["ablations"]
     assert set(abl) == set(paper.ABLATIONS)
-    assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)}
+    assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)} | {
+        "alpha=auto"
+    }
+    # the tool's setting is the table's post cell; the paper's is a transfer with the paper's fields
+    tool = abl["paper_setting"]["sst2"]["tool"]["0"]["accuracy"]
+    assert tool == round(paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"], 4)
+    assert any(c[0] == "transfer" and "'init': 'copy'" in c[1] for c in stages.calls)
     assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
+
+
+def test_post_uses_the_run_default_transfer_setting(monkeypatch, tmp_path):
+    """The table's POST is what `promptport run` does (the embedded config's transfer section), sized by
+    the profile; the paper's setting is an override, not the default."""
+    import promptport.transfer as tr
+    from promptport.config import DEFAULT_CONFIG, load_run_config
+
+    seen = []
+    monkeypatch.setattr(tr, "transfer", lambda *a, cfg, **k: seen.append(cfg))
+    z = paper.PROFILES["quick"]
+    st = paper.Stages("T", z)
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    spec = {"task": "sst2", "public": "/p"}
+    st.transfer("P", "S", spec, 1, tmp_path)
+    st.transfer("P", "S", spec, 1, tmp_path, **paper.PAPER_TRANSFER)
+    run = load_run_config(DEFAULT_CONFIG).transfer
+    tool, pap = seen
+    for k in ("alpha", "space", "init", "lr", "temperature", "batch_size"):
+        assert getattr(tool, k) == run[k], k
+    assert (tool.n_public, tool.epochs, tool.seed) == (z.n_public, z.transfer_epochs, 1)
+    assert (pap.alpha, pap.space, pap.init, pap.lr) == (0.5, "vocab", "copy", 1e-3)
+
+
+def test_a_state_keeps_one_transfer_recipe(tmp_path):
+    state = tmp_path / "state"
+    (state / "art" / "sst2" / "post-s0").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unrecorded transfer recipe"):
+        paper.check_recipe(state, {"alpha": 1.0})
+    (state / "art" / "sst2" / "post-s0").rmdir()
+    paper.check_recipe(state, {"alpha": 1.0})
+    paper.check_recipe(state, {"alpha": 1.0})  # the same recipe again: fine
+    with pytest.raises(SystemExit, match="another transfer recipe"):
+        paper.check_recipe(state, {"alpha": 0.5})
 
 
 def test_targets_from_means():
