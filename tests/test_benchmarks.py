@@ -314,3 +314,22 @@ def test_transfer_bound_on_known_log_probs():
     harm = torch.log(torch.tensor([[0.2, 0.8], [0.8, 0.2], [0.5, 0.5], [0.5, 0.5]]))
     r = bound(t0, s0, harm, y)
     assert r["shift_x1"] <= r["teacher_zero_shot"] and r["prior_shift"] == 0.5
+
+
+def test_prompt_inits_starts_are_prompts_of_the_asked_length(tiny_lm):
+    """Every candidate start of the init screen is an [n, hidden] prompt; the 'first token' starts begin
+    with the embedding of the template's first token, the zeros start is all zeros."""
+    import torch
+    from benchmarks.prompt_inits import starts
+
+    from promptport.tasks import get_task
+
+    task = get_task("sst2")
+    got = starts(tiny_lm, task, 5)
+    hidden = tiny_lm.model.get_input_embeddings().weight.shape[1]
+    assert len(got) == 9
+    for name, p in got.items():
+        assert p.shape == (5, hidden), name
+    assert not got["zeros"].any()
+    first = got["template's first token, then zeros"]
+    assert torch.equal(first[0], got["template's first token, repeated"][3]) and not first[1:].any()
