@@ -6,7 +6,7 @@ POST trains a prompt *on the teacher* from some start (`transfer.init`: a copy o
 the task description's embeddings). A start that already costs the teacher accuracy is damage the
 transfer's few steps must first undo. This scores the teacher on the task's validation split with no
 prompt and with each candidate start, untrained: accuracy, agreement with the unprompted teacher, and
-the mean and spread of the change in class log-odds (first two classes' difference for binary tasks).
+the mean and spread of the change in the first two classes' score difference (the log-odds of a binary task).
 Evaluation only; writes benchmarks/results/prompt_inits.json.
 """
 
