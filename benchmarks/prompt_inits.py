@@ -24,8 +24,8 @@ def starts(lm, task, n: int) -> dict[str, torch.Tensor]:
     emb = lm.model.get_input_embeddings().weight.detach().float()
     tok = lm.tokenizer
 
-    def text(t: str, k: int = n) -> torch.Tensor:
-        return init_prompt_embeddings(lm.model, tok, k, "text", t)
+    def text(t: str) -> torch.Tensor:
+        return init_prompt_embeddings(lm.model, tok, n, "text", t)
 
     first = emb[tok(task.template.split("{")[0] or " ", add_special_tokens=False)["input_ids"][0]]
     return {
@@ -35,11 +35,10 @@ def starts(lm, task, n: int) -> dict[str, torch.Tensor]:
         "newline": text("\n"),
         "space": text(" "),
         "mean embedding": emb.mean(0, keepdim=True).repeat(n, 1),
-        "random, 0.1x embedding scale": torch.randn(
-            n, emb.shape[1], generator=torch.Generator().manual_seed(0)
-        )
-        * emb.std().item()
-        * 0.1,
+        "random, 0.1x embedding scale": 0.1
+        * init_prompt_embeddings(
+            lm.model, tok, n, "random", generator=torch.Generator().manual_seed(0)
+        ),
         "template's first token, then zeros": torch.cat(
             [first[None], torch.zeros(n - 1, emb.shape[1])]
         ),
