@@ -2,6 +2,7 @@
 expensive transfer runs.
 
     python -m benchmarks.transfer_bound --student DIR --prompt DIR --task sst2 [--state runs/paper/quick]
+    python -m benchmarks.transfer_bound --run-dir RUN      (a finished `promptport run`: no model runs)
 
 On a paper-table task's test split (the quick profile's files, prepared as benchmarks.paper does) it
 scores, from class log-probabilities:
@@ -12,6 +13,10 @@ scores, from class log-probabilities:
 These use the test labels only to score; nothing is fitted on them except the choice of c, which is why
 it is a bound in hindsight, not a method. If no line passes the teacher's zero-shot, no transfer of this
 prompt will: the student, not the transfer, is what to change.
+
+`--run-dir` reads the class logits a finished run's evaluate stage saved (RUN/evaluate/*.npz) instead of
+running models, and also places the run's POST result against the bound (`post_transfer`,
+`post_minus_shift_x1_points`): how much of what the shift term could give the transfer delivered.
 Writes benchmarks/results/transfer_bound.json (one entry per task and prompt).
 """
 
@@ -53,6 +58,35 @@ def bound(
     return out
 
 
+def from_run(run_dir: str | Path) -> dict:
+    """The bound from a finished run's saved evaluation (RUN/evaluate/<method>.npz: labels and class
+    logits of the same test examples), with the run's POST accuracy beside it."""
+    import numpy as np
+
+    ev = Path(run_dir) / "evaluate"
+    need = ("teacher_zero_shot", "student_zero_shot", "student_prompt")
+    missing = [m for m in need if not (ev / f"{m}.npz").is_file()]
+    if missing:
+        raise SystemExit(
+            f"{ev}: no saved evaluation for {', '.join(missing)} (run the evaluate stage)"
+        )
+    loaded = {f.stem: np.load(f) for f in sorted(ev.glob("*.npz"))}
+    y = torch.as_tensor(loaded["teacher_zero_shot"]["y_true"])
+    for m, d in loaded.items():
+        if not np.array_equal(d["y_true"], y.numpy()):
+            raise SystemExit(f"{ev / m}.npz: other examples than teacher_zero_shot.npz")
+
+    def logp(m: str) -> torch.Tensor:
+        return torch.log_softmax(torch.as_tensor(loaded[m]["logits"]).double(), -1)
+
+    r = bound(logp("teacher_zero_shot"), logp("student_zero_shot"), logp("student_prompt"), y)
+    if "post_transfer" in loaded:
+        post = float((logp("post_transfer").argmax(-1) == y).float().mean())
+        r["post_transfer"] = round(post, 4)
+        r["post_minus_shift_x1_points"] = round(100 * (post - r["shift_x1"]), 2)
+    return dict(r, run_dir=str(run_dir), n=len(y))
+
+
 def main(argv=None) -> dict:
     from benchmarks import paper
     from promptport.runtime import quiet_libraries
@@ -60,14 +94,22 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--student", required=True)
-    ap.add_argument("--prompt", required=True, help="a prompt artifact tuned on --student")
-    ap.add_argument("--task", required=True, choices=paper.TASKS)
+    ap.add_argument("--run-dir", help="a finished run directory: read RUN/evaluate/*.npz")
+    ap.add_argument("--student")
+    ap.add_argument("--prompt", help="a prompt artifact tuned on --student")
+    ap.add_argument("--task", choices=paper.TASKS)
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument(
         "--state", default="runs/paper/quick", help="where the task's files are prepared"
     )
     args = ap.parse_args(argv)
+    if args.run_dir:
+        r = from_run(args.run_dir)
+        _record(r, ("run_dir", args.run_dir))
+        print(json.dumps(r))
+        return r
+    if not (args.student and args.prompt and args.task):
+        ap.error("give --run-dir, or --student, --prompt and --task")
     torch.set_num_threads(2)
     quiet_libraries()
     spec = paper.prepare_task(args.task, Path(args.state) / "data")
@@ -83,14 +125,19 @@ def main(argv=None) -> dict:
     r = dict(
         bound(t0, s0, s1, y), task=args.task, student=args.student, prompt=args.prompt, n=len(y)
     )
-    f = RESULTS / "transfer_bound.json"
-    out = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
-    out["runs"] = [
-        x for x in out["runs"] if (x["task"], x["prompt"]) != (args.task, args.prompt)
-    ] + [r]
-    paper._atomic_json(f, out)
+    _record(r, ("task", args.task), ("prompt", args.prompt))
     print(json.dumps(r))
     return r
+
+
+def _record(r: dict, *key: tuple[str, str]) -> None:
+    """Add `r` to results/transfer_bound.json, replacing the entry with the same key fields."""
+    from benchmarks import paper
+
+    f = RESULTS / "transfer_bound.json"
+    out = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
+    out["runs"] = [x for x in out["runs"] if not all(x.get(k) == v for k, v in key)] + [r]
+    paper._atomic_json(f, out)
 
 
 if __name__ == "__main__":

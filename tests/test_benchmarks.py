@@ -316,6 +316,43 @@ def test_transfer_bound_on_known_log_probs():
     assert r["shift_x1"] <= r["teacher_zero_shot"] and r["prior_shift"] == 0.5
 
 
+def test_transfer_bound_from_a_run_directory(tmp_path):
+    """`--run-dir` reads the evaluate stage's saved logits: the same figures as `bound` on them, POST
+    placed against shift_x1, and a refusal when a needed method or the examples differ."""
+    import numpy as np
+    import pytest
+    import torch
+    from benchmarks.transfer_bound import bound, from_run
+
+    y = np.array([0, 1, 0, 1])
+    logits = {
+        "teacher_zero_shot": [[0.6, 0.4], [0.4, 0.6], [0.45, 0.55], [0.7, 0.3]],
+        "student_zero_shot": [[0.5, 0.5]] * 4,
+        "student_prompt": [[0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.2, 0.8]],
+        "post_transfer": [[0.6, 0.4], [0.4, 0.6], [0.6, 0.4], [0.7, 0.3]],  # 3 of 4
+    }
+    ev = tmp_path / "evaluate"
+    ev.mkdir()
+    for m, p in list(logits.items())[:3]:
+        np.savez(ev / f"{m}.npz", y_true=y, logits=np.log(p))
+    r = from_run(tmp_path)
+    lp = {m: torch.log_softmax(torch.log(torch.tensor(p)).double(), -1) for m, p in logits.items()}
+    want = bound(
+        lp["teacher_zero_shot"], lp["student_zero_shot"], lp["student_prompt"], torch.tensor(y)
+    )
+    assert {k: r[k] for k in want} == want and "post_transfer" not in r and r["n"] == 4
+    np.savez(ev / "post_transfer.npz", y_true=y, logits=np.log(logits["post_transfer"]))
+    r = from_run(tmp_path)
+    assert r["post_transfer"] == 0.75 and r["shift_x1"] == 1.0
+    assert r["post_minus_shift_x1_points"] == -25.0
+    np.savez(ev / "post_transfer.npz", y_true=y[::-1], logits=np.log(logits["post_transfer"]))
+    with pytest.raises(SystemExit, match="other examples"):
+        from_run(tmp_path)
+    (ev / "student_prompt.npz").unlink()
+    with pytest.raises(SystemExit, match="student_prompt"):
+        from_run(tmp_path)
+
+
 def test_prompt_inits_starts_are_prompts_of_the_asked_length(tiny_lm):
     """Every candidate start of the init screen is an [n, hidden] prompt; the 'first token' starts begin
     with the embedding of the template's first token, the zeros start is all zeros."""
