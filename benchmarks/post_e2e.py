@@ -48,10 +48,13 @@ def main(argv=None):
         "public_data": f"{args.data_dir}/public.csv",
         "student": args.student,
     }
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        overrides[k] = json.loads(v)
-    cfg = load_run_config(args.config, overrides)
+    sets = dict(kv.split("=", 1) for kv in args.set)
+    sets = {k: json.loads(v) for k, v in sets.items()}
+    cfg = load_run_config(args.config, overrides | sets)
+    # load_run_config reads None as "not given"; a --set KEY=null means "clear the config's value"
+    cleared = {k: None for k, v in sets.items() if v is None}
+    if cleared:
+        cfg = cfg.model_validate(cfg.model_dump() | cleared)
     if cfg.student is None:
         cfg.distill = {**cfg.distill, "corpus": [f"{args.data_dir}/public_corpus.jsonl"]}
     t0 = time.perf_counter()
@@ -74,12 +77,15 @@ def collect(args):
     """Baselines and stage times from a run directory (finished or not), without running anything."""
     from pathlib import Path
 
+    from promptport.config import RunConfig
     from promptport.fileio import read_json
     from promptport.manifest import read_manifest
     from promptport.pipeline import load_run_config
 
     cfg = load_run_config(args.config, {"run_dir": args.run_dir})
     run = Path(cfg.run_dir)
+    if (run / "config.json").is_file():  # the settings the run itself recorded, not today's YAML
+        cfg = RunConfig(**read_json(run / "config.json"))
     base = {}
     for k in METHODS:
         f = run / "evaluate" / f"{k}.metrics.json"
@@ -91,6 +97,37 @@ def collect(args):
         if m and m.get("status") == "complete":
             costs.append({"stage": stage, "seconds": round(m["seconds"], 1)})
     return write_result(cfg, None, base, costs, None)
+
+
+def supplied_student(cfg) -> dict | None:
+    """With `--student`, the config's distill section did not run: record the student's own
+    distillation (its stage's metrics.json beside the student folder, when there) instead."""
+    if cfg.student is None:
+        return None
+    from pathlib import Path
+
+    from promptport.fileio import read_json
+
+    folder = Path(cfg.student)
+    out: dict = {"path": str(folder)}
+    meta = folder / "student.json"
+    if meta.is_file():
+        out["layers"] = read_json(meta).get("layers")
+    stage = folder.parent / "metrics.json"
+    if stage.is_file():
+        m = read_json(stage)
+        if m.get("stage") == "distill":
+            out |= {
+                k: m.get(k)
+                for k in (
+                    "config",
+                    "kl_reduction",
+                    "tokens_trained",
+                    "cache_seconds",
+                    "wall_seconds",
+                )
+            }
+    return out
 
 
 def write_result(cfg, split_info, base, costs, wall):
@@ -117,6 +154,7 @@ def write_result(cfg, split_info, base, costs, wall):
         "post_e2e",
         {
             "config": cfg.model_dump(),
+            "student": supplied_student(cfg),
             "split": split_info,
             "scale": "0-100",
             "complete": all(k in base for k in METHODS),

@@ -370,3 +370,42 @@ def test_prompt_inits_starts_are_prompts_of_the_asked_length(tiny_lm):
     assert not got["zeros"].any()
     first = got["template's first token, then zeros"]
     assert torch.equal(first[0], got["template's first token, repeated"][3]) and not first[1:].any()
+
+
+def test_post_e2e_collect_reads_the_run_and_its_supplied_student(bench, tmp_path, capsys):
+    """`--collect-only` reports the settings the run recorded (its config.json, not today's YAML) and,
+    when the run was given a student, that student's own distillation instead of the unused YAML
+    section; missing baselines are listed."""
+    import argparse
+
+    from benchmarks import post_e2e
+
+    from promptport.config import load_run_config
+    from promptport.fileio import write_json
+
+    student = tmp_path / "distill" / "student"
+    student.mkdir(parents=True)
+    write_json(student / "student.json", {"layers": [0, 1, 28, 29]})
+    write_json(
+        tmp_path / "distill" / "metrics.json",
+        {"stage": "distill", "config": {"layers": 4, "max_tokens": 999}, "wall_seconds": 12.0},
+    )
+    run = tmp_path / "run"
+    cfg = load_run_config(
+        ROOT / "configs" / "e2e-smollm2.yaml",
+        {"run_dir": str(run), "student": str(student), "eval_limit": 7},
+    )
+    (run / "evaluate").mkdir(parents=True)
+    write_json(run / "config.json", cfg.model_dump())
+    m = {"bleu": 20.0, "rougeL": 40.0, "bleu_ci": [18, 22], "rougeL_ci": [38, 42], "n": 7}
+    m |= {"mean_output_words": 15.0, "seconds": 3.0}
+    write_json(run / "evaluate" / "post_transfer.metrics.json", {"metrics": m})
+    z = m | {"bleu": 12.0, "rougeL": 27.0}
+    write_json(run / "evaluate" / "teacher_zero_shot.metrics.json", {"metrics": z})
+    post_e2e.collect(argparse.Namespace(config="configs/e2e-smollm2.yaml", run_dir=str(run)))
+    res = _result(bench, "post_e2e", capsys)
+    assert res["config"]["eval_limit"] == 7  # the run's, not the YAML's 100
+    assert res["student"]["layers"] == [0, 1, 28, 29]
+    assert res["student"]["config"]["max_tokens"] == 999 and res["student"]["wall_seconds"] == 12.0
+    assert res["differences"]["post_minus_zero_shot_bleu"] == 8.0
+    assert not res["complete"] and "teacher_tuned" in res["missing"]

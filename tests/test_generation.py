@@ -476,7 +476,8 @@ def test_e2e_config_validates():
 
     cfg = load_run_config(Path(__file__).parents[1] / "configs" / "e2e-smollm2.yaml")
     tcfg, xcfg, dcfg, _ = stage_configs(cfg)
-    assert get_task(cfg.task).is_generation and xcfg.top_k > 0 and cfg.eval_limit == 40
+    assert get_task(cfg.task).is_generation and xcfg.top_k > 0 and cfg.eval_limit == 100
+    assert xcfg.init == "text"  # a copy of the user's prompt makes the teacher write nothing
 
 
 # ------------------------------------------------------------------------------------------ audit
