@@ -48,8 +48,7 @@ def main(argv=None):
         "public_data": f"{args.data_dir}/public.csv",
         "student": args.student,
     }
-    sets = dict(kv.split("=", 1) for kv in args.set)
-    sets = {k: json.loads(v) for k, v in sets.items()}
+    sets = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     cfg = load_run_config(args.config, overrides | sets)
     # load_run_config reads None as "not given"; a --set KEY=null means "clear the config's value"
     cleared = {k: None for k, v in sets.items() if v is None}

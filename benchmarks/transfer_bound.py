@@ -132,12 +132,12 @@ def main(argv=None) -> dict:
 
 def _record(r: dict, *key: tuple[str, str]) -> None:
     """Add `r` to results/transfer_bound.json, replacing the entry with the same key fields."""
-    from benchmarks import paper
+    from promptport.fileio import read_json, write_json
 
     f = RESULTS / "transfer_bound.json"
-    out = json.loads(f.read_text()) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
+    out = read_json(f) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
     out["runs"] = [x for x in out["runs"] if not all(x.get(k) == v for k, v in key)] + [r]
-    paper._atomic_json(f, out)
+    write_json(f, out)  # atomic
 
 
 if __name__ == "__main__":
