@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.common import RESULTS, SHARED, load_average
+from promptport.fileio import read_json, write_json, write_text
 
 TASKS = ("sst2", "imdb", "tweet_eval", "arisetv", "mpqa")
 METHODS = (
@@ -135,12 +136,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 ARISETV_TASK = {
@@ -381,13 +377,6 @@ class Stages:
 # ---------------------------------------------------------------- the resumable grid
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _done(path: Path) -> bool:
     return (path / "prompt.json").is_file() or (path / "prompt" / "prompt.json").is_file()
 
@@ -425,11 +414,11 @@ class Grid:
 
     def cell(self, path: Path, compute) -> dict:
         if path.is_file():
-            return json.loads(path.read_text())
+            return read_json(path)
         t0 = time.perf_counter()
         r = compute()
         r["seconds"] = round(time.perf_counter() - t0, 1)
-        _atomic_json(path, r)
+        write_json(path, r)
         self.ran.append(str(path.relative_to(self.state)))
         self.log(f"  {path.relative_to(self.state)}: {r['accuracy']:.4f}")
         return r
@@ -593,9 +582,7 @@ def collect(state: Path) -> dict:
             cells = sorted(d.glob("seed*.json")) if d.is_dir() else []
             if not cells:
                 continue
-            per_seed = {
-                p.stem.removeprefix("seed"): json.loads(p.read_text())["accuracy"] for p in cells
-            }
+            per_seed = {p.stem.removeprefix("seed"): read_json(p)["accuracy"] for p in cells}
             mean, std = _mean_std(list(per_seed.values()))
             tasks.setdefault(task, {})[method] = {
                 "mean": round(mean, 4),
@@ -606,7 +593,7 @@ def collect(state: Path) -> dict:
     root = state / "cells" / "ablations"
     for p in sorted(root.rglob("seed*.json")) if root.is_dir() else []:
         name, task, variant = p.relative_to(root).parts[:3]
-        r = json.loads(p.read_text())
+        r = read_json(p)
         slot = ablations.setdefault(name, {}).setdefault(task, {}).setdefault(variant, {})
         slot[p.stem.removeprefix("seed")] = {
             k: round(v, 4) for k, v in r.items() if k in ("accuracy", "student_prompt")
@@ -709,13 +696,11 @@ def write_readme_table(text: str, readme: Path = README) -> None:
             + block
             + "\n"
         )
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, readme)
+    write_text(readme, body)
 
 
 def _read_json_or_none(f: Path) -> dict | None:
-    return json.loads(f.read_text()) if f.is_file() else None
+    return read_json(f) if f.is_file() else None
 
 
 def _read_state_student(state: Path) -> dict | None:
@@ -737,7 +722,7 @@ def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: 
         "targets": targets(tables["tasks"]),
         **(extra or {}),
     }
-    _atomic_json(results / "paper_tables.json", out)
+    write_json(results / "paper_tables.json", out)
     write_readme_table(markdown(out), readme)
     return out
 
@@ -753,7 +738,7 @@ def _recipe(args):
 
     run = Path(args.student).parent / "metrics.json" if args.student else None
     if run is not None and run.is_file():
-        return DistillConfig(**json.loads(run.read_text())["config"])
+        return DistillConfig(**read_json(run)["config"])
     rc = load_run_config(args.distill_config or DEFAULT_CONFIG)
     return DistillConfig(**{"seed": rc.seed, **rc.distill})
 
@@ -799,7 +784,7 @@ def student_identity(student: str) -> dict:
     }
     run = Path(student).parent / "metrics.json"
     if run.is_file():
-        cfg = json.loads(run.read_text()).get("config") or {}
+        cfg = read_json(run).get("config") or {}
         ident["recipe"] = {
             k: cfg[k] for k in ("task_template", "alpha_task", "alpha_label", "corpus", "task_data")
             if k in cfg
@@ -812,7 +797,7 @@ def check_recipe(state: Path, recipe: dict) -> None:
     recorded (or with another) is refused, so cells of two settings never mix in one table."""
     f = state / "transfer.json"
     if f.is_file():
-        had = json.loads(f.read_text())
+        had = read_json(f)
         if had != recipe:
             raise SystemExit(
                 f"{state} holds POST cells of another transfer recipe ({had}); use another --state"
@@ -822,21 +807,21 @@ def check_recipe(state: Path, recipe: dict) -> None:
         raise SystemExit(
             f"{state} holds POST artifacts of an unrecorded transfer recipe; use another --state"
         )
-    _atomic_json(f, recipe)
+    write_json(f, recipe)
 
 
 def check_student(state: Path, ident: dict) -> None:
     """One student per state: cells of two students never mix in one table (as sizes never do)."""
     f = state / "student.json"
     if f.is_file():
-        had = json.loads(f.read_text())
+        had = read_json(f)
         if had.get("sha256") != ident["sha256"]:
             raise SystemExit(
                 f"{state} holds cells of another student ({had.get('path')}, sha256 "
                 f"{had.get('sha256')}); use another --state"
             )
         return
-    _atomic_json(f, ident)
+    write_json(f, ident)
 
 
 def main(argv=None) -> dict:
@@ -865,9 +850,9 @@ def main(argv=None) -> dict:
     state = Path(args.state or f"runs/paper/{profile}")
     state.mkdir(parents=True, exist_ok=True)
     key_file = state / "sizes.json"
-    if key_file.is_file() and json.loads(key_file.read_text()) != asdict(sizes):
+    if key_file.is_file() and read_json(key_file) != asdict(sizes):
         raise SystemExit(f"{state} holds cells of other sizes; use another --state")
-    _atomic_json(key_file, asdict(sizes))
+    write_json(key_file, asdict(sizes))
     command = "python -m benchmarks.paper " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = load_average()
     if not args.table_only:
