@@ -358,7 +358,7 @@ class Stages:
 
     def class_logits(self, model: str, prompt: str | None, spec: dict):
         """[N, C] class scores on the test split, and its labels (for analyses such as
-        benchmarks.transfer_bound)."""
+        benchmarks.shift_reference)."""
         from promptport.prompt import load_prompt
 
         clf, enc = self._classifier(model, spec)

@@ -298,31 +298,31 @@ def test_audit_ci_coverage(bench, capsys):
             assert 0 <= r[kind]["coverage"] <= 1 and r[kind]["mean_width"] > 0
 
 
-def test_transfer_bound_on_known_log_probs():
-    """The bound's combinations on hand-made log-probabilities: a student shift that fixes exactly the
+def test_shift_reference_on_known_log_probs():
+    """The reference's combinations on hand-made log-probabilities: a student shift that fixes exactly the
     teacher's errors lifts the shift line to 1.0; a shift that is pure noise of the student's own
     (its errors elsewhere) cannot lift the teacher."""
     import torch
-    from benchmarks.transfer_bound import bound
+    from benchmarks.shift_reference import shift_reference
 
     y = torch.tensor([0, 1, 0, 1])
     t0 = torch.log(torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55], [0.7, 0.3]]))  # 2 of 4 right
     s0 = torch.log(torch.full((4, 2), 0.5))
     fix = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.2, 0.8]]))
-    r = bound(t0, s0, fix, y)
+    r = shift_reference(t0, s0, fix, y)
     assert r["teacher_zero_shot"] == 0.5 and r["shift_x1"] == 1.0 and r["best_gain_points"] == 50.0
     harm = torch.log(torch.tensor([[0.2, 0.8], [0.8, 0.2], [0.5, 0.5], [0.5, 0.5]]))
-    r = bound(t0, s0, harm, y)
+    r = shift_reference(t0, s0, harm, y)
     assert r["shift_x1"] <= r["teacher_zero_shot"] and r["prior_shift"] == 0.5
 
 
-def test_transfer_bound_from_a_run_directory(tmp_path):
-    """`--run-dir` reads the evaluate stage's saved logits: the same figures as `bound` on them, POST
+def test_shift_reference_from_a_run_directory(tmp_path):
+    """`--run-dir` reads the evaluate stage's saved logits: the same figures as `shift_reference` on them, POST
     placed against shift_x1, and a refusal when a needed method or the examples differ."""
     import numpy as np
     import pytest
     import torch
-    from benchmarks.transfer_bound import bound, from_run
+    from benchmarks.shift_reference import from_run, shift_reference
 
     y = np.array([0, 1, 0, 1])
     logits = {
@@ -337,7 +337,7 @@ def test_transfer_bound_from_a_run_directory(tmp_path):
         np.savez(ev / f"{m}.npz", y_true=y, logits=np.log(p))
     r = from_run(tmp_path)
     lp = {m: torch.log_softmax(torch.log(torch.tensor(p)).double(), -1) for m, p in logits.items()}
-    want = bound(
+    want = shift_reference(
         lp["teacher_zero_shot"], lp["student_zero_shot"], lp["student_prompt"], torch.tensor(y)
     )
     assert {k: r[k] for k in want} == want and "post_transfer" not in r and r["n"] == 4

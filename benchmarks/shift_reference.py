@@ -1,23 +1,29 @@
-"""How much can any transfer of a user's prompt lift the teacher? An evaluation-only bound, before the
-expensive transfer runs.
+"""What would the teacher gain by imitating, example by example, the change a user's prompt makes on the
+student? An evaluation-only reference for a transfer, before the expensive transfer runs. Not a bound.
 
-    python -m benchmarks.transfer_bound --student DIR --prompt DIR --task sst2 [--state runs/paper/quick]
-    python -m benchmarks.transfer_bound --run-dir RUN      (a finished `promptport run`: no model runs)
+    python -m benchmarks.shift_reference --student DIR --prompt DIR --task sst2 [--state runs/paper/quick]
+    python -m benchmarks.shift_reference --run-dir RUN      (a finished `promptport run`: no model runs)
 
 On a paper-table task's test split (the quick profile's files, prepared as benchmarks.paper does) it
 scores, from class log-probabilities:
-- `shift_x<c>`: the teacher's zero-shot plus c times the change the prompt makes on the student -- the
-  shift term's ideal outcome (POST with alpha 1, transferred perfectly);
+- `shift_x<c>`: the teacher's zero-shot plus c times the change the prompt makes on the student: what
+  the shift term would give if the teacher's prompt reproduced the student's change on every test
+  example;
 - `ensemble`: the teacher's zero-shot plus the prompted student;
 - `prior_shift`: the teacher's zero-shot plus the prompt's *mean* change (a class-prior correction).
-These use the test labels only to score; nothing is fitted on them except the choice of c, which is why
-it is a bound in hindsight, not a method. If no line passes the teacher's zero-shot, no transfer of this
-prompt will: the student, not the transfer, is what to change.
+These use the test labels only to score; nothing is fitted on them except the choice of c, which makes
+`best_gain_points` a reference in hindsight, not a method.
+
+Why it is not a bound: the transfer trains the teacher's own prompt on public data; on test examples
+the teacher processes that prompt its own way and can do better than the student's per-example change.
+Measured on the embedded default (rt_snippets, 600 test snippets, a 50-token user prompt on the 4-layer
+student): shift_x1 0.770, best line +1.34 points, and POST reached 0.793 (+3.0 over zero-shot). Use it
+to compare user prompts or students, not to rule a transfer out.
 
 `--run-dir` reads the class logits a finished run's evaluate stage saved (RUN/evaluate/*.npz) instead of
-running models, and also places the run's POST result against the bound (`post_transfer`,
-`post_minus_shift_x1_points`): how much of what the shift term could give the transfer delivered.
-Writes benchmarks/results/transfer_bound.json (one entry per task and prompt).
+running models, and also places the run's POST result beside the reference (`post_transfer`,
+`post_minus_shift_x1_points`).
+Writes benchmarks/results/shift_reference.json (one entry per task and prompt).
 """
 
 from __future__ import annotations
@@ -33,13 +39,13 @@ from benchmarks.common import RESULTS
 SCALES = (0.5, 1.0, 2.0)
 
 
-def bound(
+def shift_reference(
     teacher_zs: torch.Tensor,
     student_zs: torch.Tensor,
     student_p: torch.Tensor,
     labels: torch.Tensor,
 ) -> dict:
-    """Accuracies of the bound's combinations; inputs are [N, C] class log-probabilities."""
+    """Accuracies of the reference's combinations; inputs are [N, C] class log-probabilities."""
 
     def acc(logp: torch.Tensor) -> float:
         return round(float((logp.argmax(-1) == labels).float().mean()), 4)
@@ -59,7 +65,7 @@ def bound(
 
 
 def from_run(run_dir: str | Path) -> dict:
-    """The bound from a finished run's saved evaluation (RUN/evaluate/<method>.npz: labels and class
+    """The reference from a finished run's saved evaluation (RUN/evaluate/<method>.npz: labels and class
     logits of the same test examples), with the run's POST accuracy beside it."""
     import numpy as np
 
@@ -79,7 +85,9 @@ def from_run(run_dir: str | Path) -> dict:
     def logp(m: str) -> torch.Tensor:
         return torch.log_softmax(torch.as_tensor(loaded[m]["logits"]).double(), -1)
 
-    r = bound(logp("teacher_zero_shot"), logp("student_zero_shot"), logp("student_prompt"), y)
+    r = shift_reference(
+        logp("teacher_zero_shot"), logp("student_zero_shot"), logp("student_prompt"), y
+    )
     if "post_transfer" in loaded:
         post = float((logp("post_transfer").argmax(-1) == y).float().mean())
         r["post_transfer"] = round(post, 4)
@@ -123,7 +131,11 @@ def main(argv=None) -> dict:
     s0, _ = logp(args.student, None)
     s1, _ = logp(args.student, args.prompt)
     r = dict(
-        bound(t0, s0, s1, y), task=args.task, student=args.student, prompt=args.prompt, n=len(y)
+        shift_reference(t0, s0, s1, y),
+        task=args.task,
+        student=args.student,
+        prompt=args.prompt,
+        n=len(y),
     )
     _record(r, ("task", args.task), ("prompt", args.prompt))
     print(json.dumps(r))
@@ -131,11 +143,11 @@ def main(argv=None) -> dict:
 
 
 def _record(r: dict, *key: tuple[str, str]) -> None:
-    """Add `r` to results/transfer_bound.json, replacing the entry with the same key fields."""
+    """Add `r` to results/shift_reference.json, replacing the entry with the same key fields."""
     from promptport.fileio import read_json, write_json
 
-    f = RESULTS / "transfer_bound.json"
-    out = read_json(f) if f.is_file() else {"benchmark": "transfer_bound", "runs": []}
+    f = RESULTS / "shift_reference.json"
+    out = read_json(f) if f.is_file() else {"benchmark": "shift_reference", "runs": []}
     out["runs"] = [x for x in out["runs"] if not all(x.get(k) == v for k, v in key)] + [r]
     write_json(f, out)  # atomic
 
