@@ -5,11 +5,16 @@ plus ablations, resumable cell by cell.
     python -m benchmarks.paper --tasks sst2 mpqa --methods teacher_zero_shot post --seeds 0
     python -m benchmarks.paper --table-only                     # rebuild the JSON and README table
 
-Every (task, method, seed) result is one cell, a JSON file under STATE/cells/ written atomically as soon
-as it is done; a rerun skips every cell that exists, and the artifacts a cell needs (the tuned prompt,
-the transferred prompt) are reused the same way, so a run may span several sittings and a kill costs at
-most the stage in flight. STATE is `runs/paper/<profile>` (profile `quick` or `full`): the sizes are part
-of the profile, so cells of different sizes never mix, and they are recorded in the JSON.
+Every (task, method, seed) result is one cell, a JSON file under RECORD/cells/ written atomically as
+soon as it is done; a rerun skips every cell that exists, and the artifacts a cell needs (the tuned
+prompt, the transferred prompt, under STATE/art/) are reused the same way, so a kill costs at most the
+stage in flight. The two folders differ in what survives a sitting: STATE (`runs/paper/<profile>`, the
+data files, prompts and students: gigabytes, rebuilt on demand) is scratch, while RECORD
+(`benchmarks/results/paper/<profile>`: the cells and the identity of what made them, a few kilobytes) is
+committed, so a later sitting on a fresh machine carries on from the cells already measured. It may do
+so only with the same student: one distilled again from the same recipe must have the same weights'
+checksum (distillation is seeded), or the record refuses it. The profile (`quick` or `full`) sets the
+sizes, so cells of different sizes never mix, and they are recorded in the JSON.
 
 Methods (the JSON names): teacher_zero_shot, student_zero_shot, student_prompt (the user's prompt on the
 student), direct (that prompt on the teacher unchanged), post (POST transfer with public data, in the
@@ -25,8 +30,8 @@ prompt_length (10, 50, 100 tokens), depth (`--depths`: the shared student's reci
 distilled on demand and kept in the student store).
 
 The shared student and the transfer recipe are part of the state: a state holds cells of one student
-only (its weights' checksum in STATE/student.json) and of one transfer recipe (STATE/transfer.json), and
-paper_tables.json names both.
+only (its weights' checksum in student.json) and of one transfer recipe (transfer.json), both in STATE
+and in RECORD, and paper_tables.json names both.
 
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
@@ -382,9 +387,12 @@ def _done(path: Path) -> bool:
 
 
 class Grid:
+    """The (task, method, seed) cells and the ablations over them. Cells live under `record` (default:
+    `state`), the prompt artifacts they need under `state`."""
+
     def __init__(
         self, state: Path, stages, student: str, specs: dict, log=print, depth_student=None,
-        depths: tuple[int, ...] = (2, 8),
+        depths: tuple[int, ...] = (2, 8), record: Path | None = None,
     ):  # fmt: skip
         self.state, self.stages, self.student, self.specs, self.log = (
             state,
@@ -393,12 +401,13 @@ class Grid:
             specs,
             log,
         )
+        self.record = state if record is None else record
         # depth ablation: layers -> a student of the same recipe at that depth (distilled on demand)
         self.depth_student, self.depths = depth_student, depths
         self.ran: list[str] = []
 
     def cell_path(self, *parts) -> Path:
-        return self.state.joinpath("cells", *map(str, parts[:-1]), f"{parts[-1]}.json")
+        return self.record.joinpath("cells", *map(str, parts[:-1]), f"{parts[-1]}.json")
 
     def artifact(self, kind: str, task: str, seed: int, make) -> str:
         """A prompt artifact (tuned or transferred), made once: STATE/art/<task>/<kind>-s<seed>/."""
@@ -419,8 +428,8 @@ class Grid:
         r = compute()
         r["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(path, r)
-        self.ran.append(str(path.relative_to(self.state)))
-        self.log(f"  {path.relative_to(self.state)}: {r['accuracy']:.4f}")
+        self.ran.append(str(path.relative_to(self.record)))
+        self.log(f"  {path.relative_to(self.record)}: {r['accuracy']:.4f}")
         return r
 
     # -- artifacts
@@ -707,17 +716,18 @@ def _read_state_student(state: Path) -> dict | None:
     return _read_json_or_none(state / "student.json")
 
 
-def write_outputs(state: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
+def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
                   results: Path = RESULTS, readme: Path = README) -> dict:  # fmt: skip
-    tables = collect(state)
+    """paper_tables.json and the README table from the cells under `record`."""
+    tables = collect(record)
     out = {
         "benchmark": "paper",
         "profile": profile,
         "sizes": asdict(sizes),
         "command": command,
-        "state_dir": str(state),
-        "student": _read_state_student(state),
-        "transfer_recipe": _read_json_or_none(state / "transfer.json"),
+        "record_dir": str(record),
+        "student": _read_state_student(record),
+        "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         **tables,
         "targets": targets(tables["tasks"]),
         **(extra or {}),
@@ -800,27 +810,34 @@ def check_recipe(state: Path, recipe: dict) -> None:
         had = read_json(f)
         if had != recipe:
             raise SystemExit(
-                f"{state} holds POST cells of another transfer recipe ({had}); use another --state"
+                f"{state} holds POST cells of another transfer recipe ({had}); "
+                "use another --state/--record"
             )
         return
     if any((state / "art").glob("*/post*")):
         raise SystemExit(
-            f"{state} holds POST artifacts of an unrecorded transfer recipe; use another --state"
+            f"{state} holds POST artifacts of an unrecorded transfer recipe; "
+            "use another --state/--record"
         )
     write_json(f, recipe)
 
 
 def check_student(state: Path, ident: dict) -> None:
-    """One student per state: cells of two students never mix in one table (as sizes never do)."""
+    """One student per state or record: cells of two students never mix in one table (as sizes never
+    do). A student distilled again elsewhere is the same one only if its weights are."""
     f = state / "student.json"
     if f.is_file():
         had = read_json(f)
         if had.get("sha256") != ident["sha256"]:
             raise SystemExit(
                 f"{state} holds cells of another student ({had.get('path')}, sha256 "
-                f"{had.get('sha256')}); use another --state"
+                f"{had.get('sha256')}); use another --state/--record"
             )
         return
+    if any((state / "cells").rglob("*.json")):
+        raise SystemExit(
+            f"{state} holds cells of an unrecorded student; use another --state/--record"
+        )
     write_json(f, ident)
 
 
@@ -841,18 +858,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
     ap.add_argument("--distill-config", default=None, help="run YAML whose distill section is used")
-    ap.add_argument("--state", default=None, help="default runs/paper/<profile>")
+    ap.add_argument(
+        "--state", default=None,
+        help="scratch folder: data files, prompts, students (default runs/paper/<profile>)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--record", default=None,
+        help="the cells and their identity, committed (default benchmarks/results/paper/<profile>)",
+    )  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting cells after this")
     ap.add_argument("--table-only", action="store_true", help="only rebuild JSON and README table")
     args = ap.parse_args(argv)
     profile = "quick" if args.quick else "full"
     sizes = PROFILES[profile]
     state = Path(args.state or f"runs/paper/{profile}")
-    state.mkdir(parents=True, exist_ok=True)
-    key_file = state / "sizes.json"
-    if key_file.is_file() and read_json(key_file) != asdict(sizes):
-        raise SystemExit(f"{state} holds cells of other sizes; use another --state")
-    write_json(key_file, asdict(sizes))
+    record = Path(args.record) if args.record else RESULTS / "paper" / profile
+    folders = dict.fromkeys([state, record])  # one folder when both are the same
+    for d in folders:
+        d.mkdir(parents=True, exist_ok=True)
+        key_file = d / "sizes.json"
+        if key_file.is_file() and read_json(key_file) != asdict(sizes):
+            raise SystemExit(f"{d} holds cells of other sizes; use another --state/--record")
+        write_json(key_file, asdict(sizes))
     command = "python -m benchmarks.paper " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = load_average()
     if not args.table_only:
@@ -864,11 +891,12 @@ def main(argv=None) -> dict:
         quiet_libraries()
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
-        check_student(state, student_identity(student))
         stages = Stages(args.teacher, sizes)
-        check_recipe(state, stages.recipe)
+        for d in folders:
+            check_student(d, student_identity(student))
+            check_recipe(d, stages.recipe)
         grid = Grid(
-            state, stages, student, specs,
+            state, stages, student, specs, record=record,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
         )  # fmt: skip
         t0 = time.perf_counter()
@@ -885,15 +913,15 @@ def main(argv=None) -> dict:
                 print("[paper] budget spent; rerun to continue")
                 break
             grid.run_cell(t, m, s)
-            write_outputs(state, profile, sizes, command)
+            write_outputs(record, profile, sizes, command)
         for name in args.ablations:
             for t in args.ablation_tasks:
                 if time.perf_counter() > deadline:
                     break
                 grid.run_ablation(name, t, args.seeds[0])
-                write_outputs(state, profile, sizes, command)
+                write_outputs(record, profile, sizes, command)
     out = write_outputs(
-        state, profile, sizes, command,
+        record, profile, sizes, command,
         extra={"load_average_start": load_start, "load_average_end": load_average()},
     )  # fmt: skip
     print(json.dumps(out["targets"]))

@@ -264,3 +264,32 @@ def test_a_state_holds_cells_of_one_student(tmp_path):
     )  # fmt: skip
     assert out["student"]["sha256"] == "aaaa"
     assert "4 layers [0, 1, 28, 29], distilled" in (tmp_path / "README.md").read_text()
+
+
+def test_a_fresh_sitting_carries_on_from_the_committed_record(tmp_path):
+    """Cells live in the record (committed), prompts in the state (scratch): a later sitting with an
+    empty state and the same record recomputes nothing that was measured, and a record refuses a
+    student whose weights differ even when the state is new."""
+    record = tmp_path / "record"
+    first = FakeStages()
+    grid = paper.Grid(tmp_path / "sitting1", first, "S", SPECS, log=lambda *_: None, record=record)
+    run_all(grid, seeds=(0,))
+    assert first.calls and not (tmp_path / "sitting1" / "cells").exists()
+    assert (record / "cells" / "sst2" / "post" / "seed0.json").is_file()
+    assert (tmp_path / "sitting1" / "art" / "sst2" / "tune-s0").is_dir()
+
+    later = FakeStages()
+    grid = paper.Grid(tmp_path / "sitting2", later, "S", SPECS, log=lambda *_: None, record=record)
+    run_all(grid, seeds=(0, 1))
+    # only seed 1 is new work; seed 0's cells are read, their prompts not remade
+    assert later.calls and all(":0:" not in c[1] for c in later.calls if c[0] == "tune")
+    tables = paper.collect(record)
+    assert set(tables["tasks"]["sst2"]["post"]["per_seed"]) == {"0", "1"}
+
+    ident = {"path": "/s", "sha256": "aaaa", "layers": [0, 1], "distilled": True}
+    with pytest.raises(SystemExit, match="unrecorded student"):
+        paper.check_student(record, ident)  # cells present, no student.json: whose were they?
+    paper.check_student(tmp_path / "fresh-record", ident)
+    paper.check_student(tmp_path / "fresh-state", dict(ident, sha256="bbbb"))
+    with pytest.raises(SystemExit, match="another student"):
+        paper.check_student(tmp_path / "fresh-record", dict(ident, sha256="bbbb"))
