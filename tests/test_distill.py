@@ -598,3 +598,24 @@ def test_default_teacher_two_layer_student_has_7_1m_own_parameters():
     torch.testing.assert_close(
         s.get_input_embeddings().weight, t.model.get_input_embeddings().weight
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_resolves_before_the_run_and_is_recorded(
+    native, tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    """`precision: auto` is bf16 where the device multiplies bf16 natively and fp32 elsewhere; what
+    ran (never 'auto') is what the metrics, the run's stage config and so the student store key say."""
+    import promptport.runtime as rt
+    from promptport.config import RunConfig, stage_configs
+
+    monkeypatch.setattr(rt, "native_bf16", lambda device="cpu": native)
+    want = "bf16" if native else "fp32"
+    assert rt.resolve_precision("auto") == want
+    assert rt.resolve_precision("fp32") == "fp32" and rt.resolve_precision("bf16") == "bf16"
+    r = distill(str(tiny_model_dir), tmp_path / "run", tiny_cfg(text_file, precision="auto"))
+    assert r["config"]["precision"] == want
+    dcfg = stage_configs(RunConfig(distill={"precision": "auto"}))[2]
+    assert dcfg.precision == want
+    with pytest.raises(BadInput, match="precision"):
+        DistillConfig(precision="fp8").check()

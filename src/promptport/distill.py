@@ -199,8 +199,9 @@ class DistillConfig:
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
     precision: str = setting(
         "bf16",
-        "bf16 autocast (about 2x faster on CPUs with bf16 support) or fp32.",
-        choices=("bf16", "fp32"),
+        "bf16 autocast (about 2x faster on CPUs with bf16 support), fp32, or auto: bf16 where the "
+        "device multiplies bf16 natively, else fp32 (resolved before the run and recorded).",
+        choices=("bf16", "fp32", "auto"),
     )
     freeze_embeddings: bool = setting(
         True,
@@ -217,8 +218,8 @@ class DistillConfig:
             raise BadInput(
                 "strategy", f"unknown strategy '{self.strategy}' (choose {', '.join(STRATEGIES)})"
             )
-        if self.precision not in ("bf16", "fp32"):
-            raise BadInput("precision", f"choose bf16 or fp32, not '{self.precision}'")
+        if self.precision not in ("bf16", "fp32", "auto"):
+            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
         if self.schedule not in SCHEDULES:
             raise BadInput("schedule", f"choose cosine, linear or constant, not '{self.schedule}'")
         for name in ("temperature", "lr"):
@@ -596,6 +597,12 @@ class Distiller:
         self.teacher = t if isinstance(t, LoadedModel) else load_model(t, device=self.device_arg)
         self.teacher_spec = self.teacher.info.model_id if isinstance(t, LoadedModel) else t
         self.device = model_device(self.teacher.model)
+        if cfg.precision == "auto":  # resolved here so the checkpoint and metrics name what ran
+            from promptport.runtime import resolve_precision
+
+            self.cfg = cfg = dataclasses.replace(
+                cfg, precision=resolve_precision("auto", self.device)
+            )
         self._check_teacher_kind()
         info = self.teacher.info
         identity = {
