@@ -765,7 +765,7 @@ def _student(args, state: Path, log, layers: int | None = None) -> str:
     from promptport.distill import distill
     from promptport.models import load_model
 
-    cfg = _recipe(args)
+    cfg = _recipe(args).resolved("cpu")  # the key `promptport run` files the same student under
     if layers is not None:
         cfg = dataclasses.replace(cfg, layers=layers)
     key, basis = student_store.recipe_key(load_model(args.teacher).info, cfg.to_dict())
@@ -892,8 +892,9 @@ def main(argv=None) -> dict:
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
         stages = Stages(args.teacher, sizes)
+        ident = student_identity(student)
         for d in folders:
-            check_student(d, student_identity(student))
+            check_student(d, ident)
             check_recipe(d, stages.recipe)
         grid = Grid(
             state, stages, student, specs, record=record,

@@ -25,12 +25,9 @@ def main(argv=None) -> dict:
 
     lm = load_model(args.model)
     ids = torch.randint(100, 5000, (args.batch, args.length))
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
+    from promptport.runtime import cpu_flags
+
+    flags = cpu_flags()
     rows = {}
     for name, ctx in (
         ("fp32", lambda: torch.autocast("cpu", enabled=False)),

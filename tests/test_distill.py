@@ -617,5 +617,7 @@ def test_auto_precision_resolves_before_the_run_and_is_recorded(
     assert r["config"]["precision"] == want
     dcfg = stage_configs(RunConfig(distill={"precision": "auto"}))[2]
     assert dcfg.precision == want
+    assert DistillConfig(precision="auto").resolved("cpu").precision == want
+    assert DistillConfig(precision="fp32").resolved("cpu").precision == "fp32"
     with pytest.raises(BadInput, match="precision"):
         DistillConfig(precision="fp8").check()

@@ -170,11 +170,7 @@ def stage_configs(cfg: RunConfig):
         )
         distill_cfg.check()
         if distill_cfg.precision == "auto":  # what runs here, so the stage and the store key say it
-            import dataclasses
+            from promptport.runtime import resolve_device
 
-            from promptport.runtime import resolve_device, resolve_precision
-
-            distill_cfg = dataclasses.replace(
-                distill_cfg, precision=resolve_precision("auto", resolve_device(cfg.device))
-            )
+            distill_cfg = distill_cfg.resolved(resolve_device(cfg.device))
     return tune_cfg, transfer_cfg, distill_cfg, dp_cfg

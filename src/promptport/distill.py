@@ -121,6 +121,7 @@ CACHE_FORMAT = 2
 
 
 SCHEDULES = ("cosine", "linear", "constant")  # what make_scheduler implements
+PRECISIONS = ("bf16", "fp32", "auto")
 
 
 @dataclass
@@ -201,7 +202,7 @@ class DistillConfig:
         "bf16",
         "bf16 autocast (about 2x faster on CPUs with bf16 support), fp32, or auto: bf16 where the "
         "device multiplies bf16 natively, else fp32 (resolved before the run and recorded).",
-        choices=("bf16", "fp32", "auto"),
+        choices=PRECISIONS,
     )
     freeze_embeddings: bool = setting(
         True,
@@ -218,7 +219,7 @@ class DistillConfig:
             raise BadInput(
                 "strategy", f"unknown strategy '{self.strategy}' (choose {', '.join(STRATEGIES)})"
             )
-        if self.precision not in ("bf16", "fp32", "auto"):
+        if self.precision not in PRECISIONS:
             raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
         if self.schedule not in SCHEDULES:
             raise BadInput("schedule", f"choose cosine, linear or constant, not '{self.schedule}'")
@@ -270,6 +271,15 @@ class DistillConfig:
     @property
     def uses_lm(self) -> bool:
         return bool(self.alpha_ce or self.alpha_lm or self.alpha_cos)
+
+    def resolved(self, device) -> DistillConfig:
+        """This recipe with `precision: auto` replaced by what runs on `device`, so that checkpoints,
+        metrics, stage manifests and student-store keys name what ran (and agree with each other)."""
+        from promptport.runtime import resolve_precision
+
+        if self.precision != "auto":
+            return self
+        return dataclasses.replace(self, precision=resolve_precision("auto", device))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -597,12 +607,7 @@ class Distiller:
         self.teacher = t if isinstance(t, LoadedModel) else load_model(t, device=self.device_arg)
         self.teacher_spec = self.teacher.info.model_id if isinstance(t, LoadedModel) else t
         self.device = model_device(self.teacher.model)
-        if cfg.precision == "auto":  # resolved here so the checkpoint and metrics name what ran
-            from promptport.runtime import resolve_precision
-
-            self.cfg = cfg = dataclasses.replace(
-                cfg, precision=resolve_precision("auto", self.device)
-            )
+        self.cfg = cfg = cfg.resolved(self.device)
         self._check_teacher_kind()
         info = self.teacher.info
         identity = {
