@@ -96,3 +96,35 @@ def test_evaluate_sorted_batches_return_input_order(tiny_lm):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     m = clf.evaluate(enc, batch_size=2)
     assert m["n"] == 4 and 0 <= m["accuracy"] <= 1 and "macro_f1" in m
+
+
+def test_bf16_runs_the_body_in_bf16_and_the_answer_projection_in_fp32(tiny_lm):
+    """`precision='bf16'`: the decoder layers compute in bf16 (autocast), the label-word logits come
+    from an fp32 projection, stay close to fp32's, and the prompt still gets a finite gradient."""
+    from promptport.runtime import at_precision
+
+    clf = _clf(tiny_lm)
+    enc = clf.encode(_ds())
+    ids, mask = clf.batch(enc.input_ids)
+    seen = []
+    hook = tiny_lm.model.base_model.layers[0].mlp.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
+    prompt = torch.nn.Parameter(torch.randn(3, lm_hidden(tiny_lm)) * 0.1)
+    try:
+        bf = at_precision(clf, "bf16")
+        logits = bf.class_logits(ids, mask, prompt)
+        with torch.no_grad():
+            ref = clf.class_logits(ids, mask, prompt)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert logits.dtype == torch.float32 and bf.precision == "bf16" and clf.precision == "fp32"
+    torch.testing.assert_close(logits.detach(), ref, atol=0.05, rtol=0.05)
+    assert not torch.equal(logits.detach(), ref)  # it did compute in bf16
+    logits.sum().backward()
+    assert (
+        prompt.grad is not None
+        and torch.isfinite(prompt.grad).all()
+        and prompt.grad.abs().sum() > 0
+    )

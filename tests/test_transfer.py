@@ -314,6 +314,7 @@ def test_transfer_uses_the_prompt_template_not_the_registry(pair, tmp_path, publ
         {"method": "mix"},
         {"init": "zeros"},
         {"space": "tokens"},
+        {"precision": "fp8"},
     ],
 )
 def test_bad_config(bad, pair, user_prompt, public_file, tmp_path):
@@ -419,3 +420,38 @@ def test_text_init_starts_from_the_task_description(pair, user_prompt, public_fi
         teacher.model, teacher.tokenizer, 4, "text", get_task("sst2").description
     )
     torch.testing.assert_close(load_prompt(tmp_path / "t" / "prompt").embeddings, want.float())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_of_tune_and_transfer_is_resolved_and_recorded(
+    native, pair, user_prompt, public_file, sst_like_dir, tmp_path, monkeypatch
+):
+    """`precision: auto` is bf16 where the device multiplies bf16 natively, else fp32; the metrics
+    and the prompt artifact name what ran, and a bf16 transfer still lowers the held-out loss."""
+    import promptport.runtime as rt
+    from promptport.privacy import DPConfig
+    from promptport.tune import TuneConfig, tune
+
+    monkeypatch.setattr(rt, "native_bf16", lambda device="cpu": native)
+    want = "bf16" if native else "fp32"
+    teacher, student = pair
+    cfg = TransferConfig(n_public=60, epochs=6, lr=5e-2, batch_size=8, precision="auto")
+    r = transfer(
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "tr", cfg=cfg
+    )
+    assert r["config"]["precision"] == want
+    assert r["best"]["heldout_loss"] < r["initial_heldout_loss"] * 0.9
+    tcfg = TuneConfig(
+        n_tokens=3,
+        max_steps=4,
+        batch_size=4,
+        precision="auto",
+        dp=DPConfig(epsilon=8.0, delta=1e-3),
+    )
+    m = tune(student, "sst2", data=str(sst_like_dir), out=tmp_path / "tu", cfg=tcfg)
+    assert m["config"]["precision"] == want
+    assert load_prompt(tmp_path / "tu" / "prompt").meta["training"]["config"]["precision"] == want
+    from promptport.config import RunConfig, stage_configs
+
+    run = RunConfig(tune={"precision": "auto"}, transfer={"precision": "auto"}, student="s")
+    assert [c.precision for c in stage_configs(run)[:2]] == [want, want]

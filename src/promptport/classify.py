@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from promptport.data import TextDataset
 from promptport.errors import BadInput
+from promptport.runtime import autocast
 from promptport.tasks import Task
 
 
@@ -237,11 +238,17 @@ def project(model, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) 
 
 
 class PromptClassifier:
-    """A frozen causal LM + task verbalizer; the soft prompt is passed per call so it can be trained."""
+    """A frozen causal LM + task verbalizer; the soft prompt is passed per call so it can be trained.
 
-    def __init__(self, model, tokenizer, task: Task, max_length: int = 256):
+    `precision` 'bf16' runs the transformer body under bf16 autocast and the answer projection in
+    fp32, so the label-word logits the losses and predictions read keep fp32 resolution."""
+
+    def __init__(
+        self, model, tokenizer, task: Task, max_length: int = 256, precision: str = "fp32"
+    ):
         task = template_for(task, tokenizer, is_masked_lm(model))
         self.model, self.tokenizer, self.task, self.max_length = model, tokenizer, task, max_length
+        self.precision = precision
         self.verbalizer = Verbalizer(tokenizer, task)
         self.padding_side = getattr(tokenizer, "padding_side", "right")
 
@@ -256,16 +263,21 @@ class PromptClassifier:
         input_ids, mask = collate(ids, self.tokenizer.pad_token_id, self.padding_side)
         return input_ids.to(self.device), mask.to(self.device)
 
+    def hidden(self, input_ids, attention_mask, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """The answer position's last hidden state, in this classifier's precision."""
+        with autocast(self.device, self.precision):
+            return answer_hidden(self.model, input_ids, attention_mask, prompt)
+
     def class_logits(
         self, input_ids, attention_mask, prompt: torch.Tensor | None = None
     ) -> torch.Tensor:
-        h = answer_hidden(self.model, input_ids, attention_mask, prompt)
+        h = self.hidden(input_ids, attention_mask, prompt)
         return self.verbalizer.scores(project(self.model, h, self.verbalizer.token_ids))
 
     def vocab_logits(
         self, input_ids, attention_mask, prompt: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return project(self.model, answer_hidden(self.model, input_ids, attention_mask, prompt))
+        return project(self.model, self.hidden(input_ids, attention_mask, prompt))
 
     def loss(
         self, input_ids, attention_mask, labels, prompt=None, reduction: str = "mean"

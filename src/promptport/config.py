@@ -169,8 +169,11 @@ def stage_configs(cfg: RunConfig):
             **{"seed": cfg.seed, **section(DistillConfig, cfg.distill, "distill")}
         )
         distill_cfg.check()
-        if distill_cfg.precision == "auto":  # what runs here, so the stage and the store key say it
-            from promptport.runtime import resolve_device
+    # 'auto' precision becomes what runs here, so stage configs, reuse checks and store keys say it
+    from promptport.runtime import resolve_device, with_resolved_precision
 
-            distill_cfg = distill_cfg.resolved(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    tune_cfg, transfer_cfg = (with_resolved_precision(c, device) for c in (tune_cfg, transfer_cfg))
+    if distill_cfg is not None:
+        distill_cfg = distill_cfg.resolved(device)
     return tune_cfg, transfer_cfg, distill_cfg, dp_cfg

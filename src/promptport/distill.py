@@ -52,7 +52,7 @@ from promptport.fileio import atomic_path, read_json, write_json
 from promptport.losses import distill_loss, kd_kl, kl_from_log_probs, masked_mean
 from promptport.modelinfo import LoadedModel
 from promptport.options import setting
-from promptport.runtime import autocast
+from promptport.runtime import PRECISIONS, autocast
 from promptport.student import (
     LAYER_PATHS,
     STRATEGIES,
@@ -121,7 +121,6 @@ CACHE_FORMAT = 2
 
 
 SCHEDULES = ("cosine", "linear", "constant")  # what make_scheduler implements
-PRECISIONS = ("bf16", "fp32", "auto")
 
 
 @dataclass
@@ -275,11 +274,9 @@ class DistillConfig:
     def resolved(self, device) -> DistillConfig:
         """This recipe with `precision: auto` replaced by what runs on `device`, so that checkpoints,
         metrics, stage manifests and student-store keys name what ran (and agree with each other)."""
-        from promptport.runtime import resolve_precision
+        from promptport.runtime import with_resolved_precision
 
-        if self.precision != "auto":
-            return self
-        return dataclasses.replace(self, precision=resolve_precision("auto", device))
+        return with_resolved_precision(self, device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

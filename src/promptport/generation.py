@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from promptport.classify import Encoded, _position_ids, _progress, collate, project
 from promptport.errors import BadInput
+from promptport.runtime import autocast
 from promptport.tasks import Decoding, Task
 
 # ------------------------------------------------------------------------------------------ data
@@ -331,9 +332,12 @@ def target_logits(model, input_ids, attention_mask, tgt_len, prompt=None):
 class PromptGenerator:
     """A frozen causal LM + generation task; the soft prompt is passed per call so it can be trained.
 
-    Has the interface `promptport.tune.train_prompt` uses (`encode`, `batch`, `loss`, `evaluate`)."""
+    Has the interface `promptport.tune.train_prompt` uses (`encode`, `batch`, `loss`, `evaluate`);
+    `precision` 'bf16' computes the teacher-forced logits under bf16 autocast (decoding stays fp32)."""
 
-    def __init__(self, model, tokenizer, task: Task, max_length: int = 128):
+    def __init__(
+        self, model, tokenizer, task: Task, max_length: int = 128, precision: str = "fp32"
+    ):
         check_generation_task(task)
         if getattr(model.config, "is_encoder_decoder", False) or type(model).__name__.endswith(
             "ForMaskedLM"
@@ -344,6 +348,7 @@ class PromptGenerator:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self._stop: list[int] | None = None
+        self.precision = precision
 
     @property
     def device(self) -> torch.device:
@@ -358,7 +363,8 @@ class PromptGenerator:
 
     def loss(self, input_ids, attention_mask, tgt_len, prompt=None, reduction: str = "mean"):
         """Per-example mean cross-entropy of the target tokens; 'none' -> [B], 'sum' / 'mean' over B."""
-        logits, y, rows = target_logits(self.model, input_ids, attention_mask, tgt_len, prompt)
+        with autocast(self.device, self.precision):
+            logits, y, rows = target_logits(self.model, input_ids, attention_mask, tgt_len, prompt)
         nll = F.cross_entropy(logits.float(), y, reduction="none")
         b = input_ids.shape[0]
         per = torch.zeros(b, device=nll.device, dtype=nll.dtype).index_add(0, rows, nll)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import platform
 import random
@@ -94,6 +96,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+PRECISIONS = (
+    "bf16",
+    "fp32",
+    "auto",
+)  # what `precision` settings accept; resolve_precision reads them
+
+
 def native_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether this device multiplies bf16 natively, so that bf16 autocast is faster than fp32: a CUDA
     GPU that supports bf16, or a CPU with AVX512-BF16 or AMX (on an AVX2-only CPU a bf16 teacher forward
@@ -123,6 +132,26 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
+
+
+def with_resolved_precision(cfg, device: str | torch.device = "cpu"):
+    """A stage config (a dataclass with a `precision` field) with 'auto' replaced by what runs on
+    `device`, so that its checkpoints, metrics and manifests name what ran."""
+    if cfg.precision != "auto":
+        return cfg
+    return dataclasses.replace(cfg, precision=resolve_precision("auto", device))
+
+
+def at_precision(model_wrapper, precision: str):
+    """`model_wrapper` (a PromptClassifier or PromptGenerator) computing in `precision` ('auto'
+    resolved on its device): a shallow copy over the same frozen model when that differs, so the
+    caller's wrapper is left as it was."""
+    precision = resolve_precision(precision, model_wrapper.device)
+    if getattr(model_wrapper, "precision", "fp32") == precision:
+        return model_wrapper
+    other = copy.copy(model_wrapper)
+    other.precision = precision
+    return other
 
 
 def autocast(device: str | torch.device, precision: str):

@@ -20,6 +20,7 @@ continuation: `promptport.gen_transfer` (`generation_transfer_loss`, cached top-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,7 +47,13 @@ from promptport.prompt import (
     make_metadata,
     save_prompt,
 )
-from promptport.runtime import seed_everything, versions
+from promptport.runtime import (
+    PRECISIONS,
+    at_precision,
+    seed_everything,
+    versions,
+    with_resolved_precision,
+)
 from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
     TransferResult,
@@ -97,6 +104,13 @@ class TransferConfig:
     lr: float = setting(1e-3, "Adam learning rate.")
     batch_size: int = setting(16, "Public examples per step.")
     max_length: int = setting(128, "Token limit per public input.")
+    precision: str = setting(
+        "fp32",
+        "fp32, bf16 autocast for both models' bodies (answer projections, cached targets' "
+        "comparison and the loss stay fp32), or auto: bf16 where the device multiplies bf16 "
+        "natively, else fp32 (resolved before the run and recorded).",
+        choices=PRECISIONS,
+    )
     eval_every: int | None = setting(None, "Held-out evaluation every N steps.", cli=False)
     seed: int = setting(0, "Random seed (the --seed every command has).", cli=False)
     top_k: int = setting(
@@ -121,6 +135,8 @@ class TransferConfig:
             raise BadInput("space", f"must be one of {', '.join(SPACES)}, got '{self.space}'")
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
+        if self.precision not in PRECISIONS:
+            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
         for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
@@ -430,6 +446,7 @@ def train_transfer(
     from promptport.distributed import group
 
     dist = group(teacher.device)
+    teacher = at_precision(teacher, cfg.precision)
     if not dist.is_main:
         metrics_path = None
     if cfg.space == "labels":
@@ -547,8 +564,8 @@ def _train_teacher_prompt(
 ) -> tuple[torch.Tensor, float | None, TransferResult | None, dict, bool]:
     """The teacher prompt: copied (direct) or trained against the cached student targets.
     Returns (embeddings, alpha, TransferResult or None, auto-alpha details, shared-cache hit)."""
-    s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length)
-    t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length)
+    s_clf = PromptClassifier(s_lm.model, s_lm.tokenizer, the_task, cfg.max_length, cfg.precision)
+    t_clf = PromptClassifier(t_lm.model, t_lm.tokenizer, the_task, cfg.max_length, cfg.precision)
     s_enc, t_enc = s_clf.encode(pub), t_clf.encode(pub)
     p_s = artifact.embeddings
     if cfg.method == "direct":
@@ -560,6 +577,7 @@ def _train_teacher_prompt(
         len(pub),
         cfg.seed,
         cfg.max_length,
+        cfg.precision,
         s_lm.info.embedding_fingerprint,
         s_lm.info.model_id,
         t_lm.info.model_id,
@@ -668,6 +686,7 @@ def transfer(
     """
     cfg = cfg or TransferConfig()
     cfg.validate()
+    cfg = with_resolved_precision(cfg, device)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     out = check_writable_dir(out)
@@ -689,7 +708,7 @@ def transfer(
             t_lm,
             public_data=public_data,
             out=out,
-            cfg=cfg,
+            cfg=dataclasses.replace(cfg, precision="fp32"),  # its sequence losses run in fp32
             public_text_column=public_text_column,
             progress=progress,
             prompt_source=prompt,

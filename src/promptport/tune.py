@@ -43,6 +43,7 @@ from promptport.privacy import (
     privacy_statement,
 )
 from promptport.prompt import INITS, init_prompt_embeddings, label_text
+from promptport.runtime import PRECISIONS, at_precision, with_resolved_precision
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -86,6 +87,12 @@ class TuneConfig:
         128, "Token limit per input; longer texts lose tokens from the left, the template is kept."
     )
     eval_batch_size: int = setting(32, "Examples per evaluation batch.")
+    precision: str = setting(
+        "fp32",
+        "fp32, bf16 autocast for the model's body (the answer projection stays fp32), or auto: bf16 "
+        "where the device multiplies bf16 natively, else fp32 (resolved before the run and recorded).",
+        choices=PRECISIONS,
+    )
     seed: int = setting(0, "Random seed (the --seed every command has).", cli=False)
     dp: DPConfig | None = setting(None, "DP-SGD settings (the DP options).", cli=False)
     checkpoint_every: int | None = setting(
@@ -122,6 +129,8 @@ class TuneConfig:
             raise BadInput("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.init not in INITS:
             raise BadInput("init", f"unknown init '{self.init}' (choose {', '.join(INITS)})")
+        if self.precision not in PRECISIONS:
+            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(
                 "optimizer",
@@ -607,6 +616,7 @@ def train_prompt(
     best-prompt selection needs no communication.
     """
     check_frozen(clf.model)
+    clf = at_precision(clf, cfg.precision)
     if train.labels is None:
         raise BadInput("data", "the training split has no labels")
     if val is not None and (len(val) == 0 or val.labels is None):
@@ -756,15 +766,15 @@ def _subset(enc: Encoded, limit: int | None, seed: int, field_name: str) -> Enco
     return enc.subset(idx.tolist())
 
 
-def _prompt_model(lm, the_task, max_length: int) -> Any:
+def _prompt_model(lm, the_task, max_length: int, precision: str = "fp32") -> Any:
     """A PromptGenerator for a generation task, else a PromptClassifier (the loop uses either)."""
     if the_task.is_generation:
         from promptport.generation import PromptGenerator
 
-        return PromptGenerator(lm.model, lm.tokenizer, the_task, max_length=max_length)
+        return PromptGenerator(lm.model, lm.tokenizer, the_task, max_length, precision)
     from promptport.classify import PromptClassifier
 
-    return PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=max_length)
+    return PromptClassifier(lm.model, lm.tokenizer, the_task, max_length, precision)
 
 
 def _load_splits(the_task, data, train_split, val_split, test_split, columns: dict, echo) -> dict:
@@ -844,13 +854,14 @@ def tune(
 
     t0 = time.perf_counter()
     out = check_writable_dir(out)
+    cfg = with_resolved_precision(cfg, device)
     seed_everything(cfg.seed)
     the_task = get_task(task)
     columns = dict(text_column=text_column, label_column=label_column, split_column=split_column)
     splits = _load_splits(the_task, data, train_split, val_split, test_split, columns, echo)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     check_frozen(lm.model)
-    clf = _prompt_model(lm, the_task, cfg.max_length)
+    clf = _prompt_model(lm, the_task, cfg.max_length, cfg.precision)
     enc = {k: clf.encode(v) for k, v in splits.items()}
     train = _subset(enc["train"], train_limit, cfg.seed, "train_limit")
     val = (
