@@ -712,10 +712,6 @@ def _read_json_or_none(f: Path) -> dict | None:
     return read_json(f) if f.is_file() else None
 
 
-def _read_state_student(state: Path) -> dict | None:
-    return _read_json_or_none(state / "student.json")
-
-
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
                   results: Path = RESULTS, readme: Path = README) -> dict:  # fmt: skip
     """paper_tables.json and the README table from the cells under `record`."""
@@ -726,7 +722,7 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "sizes": asdict(sizes),
         "command": command,
         "record_dir": str(record),
-        "student": _read_state_student(record),
+        "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         **tables,
         "targets": targets(tables["tasks"]),
