@@ -409,3 +409,15 @@ def test_post_e2e_collect_reads_the_run_and_its_supplied_student(bench, tmp_path
     assert res["student"]["config"]["max_tokens"] == 999 and res["student"]["wall_seconds"] == 12.0
     assert res["differences"]["post_minus_zero_shot_bleu"] == 8.0
     assert not res["complete"] and "teacher_tuned" in res["missing"]
+
+
+def test_prompt_prefix_times_both_paths_and_they_agree(bench, tiny_model_dir, capsys):
+    from benchmarks import prompt_prefix
+
+    prompt_prefix.main(["--model", str(tiny_model_dir), "--batch", "4", "--n-tokens", "5"])
+    res = _result(bench, "prompt_prefix", capsys)
+    assert res["max_abs_logit_difference"] < 1e-4
+    assert res["max_abs_gradient_difference"] < 1e-4 * max(1.0, res["gradient_scale"])
+    assert res["gradient_scale"] > 0
+    assert all(len(res["timings"][k]["times_s"]) == 3 for k in res["timings"])
+    assert res["step_speedup"] > 0 and res["eval_speedup"] > 0

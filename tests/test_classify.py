@@ -114,11 +114,12 @@ def test_bf16_runs_the_body_in_bf16_and_the_answer_projection_in_fp32(tiny_lm):
     try:
         bf = at_precision(clf, "bf16")
         logits = bf.class_logits(ids, mask, prompt)
+        in_bf16, seen[:] = list(seen), []
         with torch.no_grad():
             ref = clf.class_logits(ids, mask, prompt)
     finally:
         hook.remove()
-    assert seen == [torch.bfloat16, torch.float32]
+    assert set(in_bf16) == {torch.bfloat16} and set(seen) == {torch.float32}
     assert logits.dtype == torch.float32 and bf.precision == "bf16" and clf.precision == "fp32"
     torch.testing.assert_close(logits.detach(), ref, atol=0.05, rtol=0.05)
     assert not torch.equal(logits.detach(), ref)  # it did compute in bf16
@@ -128,3 +129,36 @@ def test_bf16_runs_the_body_in_bf16_and_the_answer_projection_in_fp32(tiny_lm):
         and torch.isfinite(prompt.grad).all()
         and prompt.grad.abs().sum() > 0
     )
+
+
+def test_a_shared_prompt_runs_once_per_batch_with_the_same_logits_and_gradient(tiny_lm):
+    """The prefix path (the prompt's keys and values computed once, shared by the batch) gives the
+    logits and the prompt gradient of running the prompt in front of every input, both padding
+    sides, and the prompt's positions really run once (1 row) rather than once per input."""
+    from promptport.classify import shares_prefix
+
+    assert shares_prefix(tiny_lm.model)
+    for side in ("right", "left"):
+        clf = _clf(tiny_lm, side)
+        ids, mask = clf.batch(clf.encode(_ds()).input_ids)
+        p = torch.nn.Parameter(torch.randn(5, lm_hidden(tiny_lm)) * 0.1)
+        rows = []
+        hook = tiny_lm.model.base_model.layers[0].register_forward_pre_hook(
+            lambda m, a, kw, rows=rows: rows.append(
+                tuple((a[0] if a else kw["hidden_states"]).shape[:2])
+            ),
+            with_kwargs=True,
+        )
+        try:
+            shared = clf.class_logits(ids, mask, p)
+        finally:
+            hook.remove()
+        assert rows == [(1, 5), (len(TEXTS), ids.shape[1])]
+        shared.square().sum().backward()
+        g_shared, p.grad = p.grad.clone(), None
+        copies = p.unsqueeze(0).expand(len(TEXTS), -1, -1)  # the per-example path: concatenation
+        full = clf.class_logits(ids, mask, copies)
+        full.square().sum().backward()
+        torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(g_shared, p.grad, atol=1e-5, rtol=1e-4)
+    tiny_lm.tokenizer.padding_side = "right"

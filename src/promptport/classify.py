@@ -9,6 +9,7 @@ vocabulary at every position.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -191,11 +192,17 @@ def answer_hidden(
 ) -> torch.Tensor:
     """Last-layer hidden state at the answer position, with the soft prompt in front.
 
-    `prompt` is [n, H] (shared) or [B, n, H] (one copy per example, for per-example gradients).
+    `prompt` is [n, H] (shared) or [B, n, H] (one copy per example, for per-example gradients). A
+    shared prompt in front of a causal LM runs once per batch, not once per example: its positions
+    never see what follows, so its keys and values are the same for every input (`prefix_kv`); the
+    inputs then attend to them. Exact (the same sums, regrouped), and with a 50-token prompt before
+    ~30-token snippets it cuts the tokens a batch runs by more than half, forward and backward.
     """
     embeds = model.get_input_embeddings()(input_ids)
     mask = attention_mask
     answer = answer_index(model, input_ids, attention_mask)
+    if prompt is not None and prompt.dim() == 2 and shares_prefix(model):
+        return _answer_hidden_after_prefix(model, embeds, attention_mask, answer, prompt)
     if prompt is not None:
         b = input_ids.shape[0]
         p = prompt.unsqueeze(0).expand(b, -1, -1) if prompt.dim() == 2 else prompt
@@ -209,6 +216,48 @@ def answer_hidden(
     )
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), answer]
+
+
+def shares_prefix(model) -> bool:
+    """Whether a soft prompt's keys and values can be computed once and shared by every input: a
+    causal (decoder-only) LM whose base model takes a KV cache."""
+    if is_masked_lm(model) or getattr(model.config, "is_encoder_decoder", False):
+        return False
+    return cache_argument(model) is not None
+
+
+def cache_argument(model) -> str | None:
+    """The keyword under which this transformers version's base model takes a KV cache, if any."""
+    params = inspect.signature(model.base_model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def prefix_kv(model, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of a soft prompt `embeds` [1, n, H] at positions 0..n-1."""
+    out = model.base_model(inputs_embeds=embeds, use_cache=True)
+    cache = getattr(out, "cache", None)
+    cache = cache if cache is not None else out.past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _answer_hidden_after_prefix(model, embeds, attention_mask, answer, prompt) -> torch.Tensor:
+    from transformers import DynamicCache
+
+    b, n = embeds.shape[0], prompt.shape[0]
+    kv = prefix_kv(model, prompt.to(embeds.dtype).unsqueeze(0))
+    layers = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv]
+    cache = DynamicCache(ddp_cache_data=layers, config=model.config)
+    ones = torch.ones(b, n, dtype=attention_mask.dtype, device=attention_mask.device)
+    mask = torch.cat([ones, attention_mask], dim=1)
+    out = model.base_model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=_position_ids(model, mask)[:, n:],
+        use_cache=False,
+        **{cache_argument(model) or "past_key_values": cache},
+    )
+    hidden = out.last_hidden_state
+    return hidden[torch.arange(b, device=hidden.device), answer]
 
 
 def _head_transform(model):

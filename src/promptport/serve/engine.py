@@ -15,7 +15,6 @@ sampling settings.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from promptport.classify import encode, project
+from promptport.classify import cache_argument, encode, prefix_kv, project
 from promptport.data import TextDataset
 from promptport.errors import BadInput
 from promptport.modelinfo import LoadedModel
@@ -122,8 +121,7 @@ class ServeEngine:
         self._lock = threading.Lock()
         model: Any = lm.model
         self._dtype = model.get_input_embeddings().weight.dtype
-        params = inspect.signature(model.base_model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_argument(model) or "past_key_values"
         # row-by-row attention for packs, where the model runs SDPA (the others keep the dense mask)
         # (an engine made earlier on the same model has already switched it)
         self._row_attention = model.config._attn_implementation in ("sdpa", ROW_ATTENTION)
@@ -186,11 +184,7 @@ class ServeEngine:
         """The soft prompt's keys and values per layer, computed once per prompt: in a causal LM the
         prompt's positions never see the input, so its cache is exact for every request."""
         if prompt.prefix_kv is None:
-            out = self.model.base_model(
-                inputs_embeds=prompt.embeddings[None].to(self._dtype), use_cache=True
-            )
-            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-            prompt.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+            prompt.prefix_kv = prefix_kv(self.model, prompt.embeddings[None].to(self._dtype))
         return prompt.prefix_kv
 
     @torch.inference_mode()
