@@ -684,9 +684,8 @@ def transfer(
     `shared`: a dict kept across calls with the same student and teacher (see `transfer_many`): the
     unprompted student and teacher logits of a public set are computed once and reused.
     """
-    cfg = cfg or TransferConfig()
+    cfg = with_resolved_precision(cfg or TransferConfig(), device)
     cfg.validate()
-    cfg = with_resolved_precision(cfg, device)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     out = check_writable_dir(out)
