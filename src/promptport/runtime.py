@@ -96,11 +96,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
-PRECISIONS = (
-    "bf16",
-    "fp32",
-    "auto",
-)  # what `precision` settings accept; resolve_precision reads them
+# what `precision` settings accept; resolve_precision turns 'auto' into one of the others
+PRECISIONS = ("bf16", "fp32", "auto")
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
