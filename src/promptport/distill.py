@@ -52,7 +52,7 @@ from promptport.fileio import atomic_path, read_json, write_json
 from promptport.losses import distill_loss, kd_kl, kl_from_log_probs, masked_mean
 from promptport.modelinfo import LoadedModel
 from promptport.options import setting
-from promptport.runtime import PRECISIONS, autocast
+from promptport.runtime import PRECISIONS, autocast, check_precision
 from promptport.student import (
     LAYER_PATHS,
     STRATEGIES,
@@ -218,8 +218,7 @@ class DistillConfig:
             raise BadInput(
                 "strategy", f"unknown strategy '{self.strategy}' (choose {', '.join(STRATEGIES)})"
             )
-        if self.precision not in PRECISIONS:
-            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
+        check_precision(self.precision)
         if self.schedule not in SCHEDULES:
             raise BadInput("schedule", f"choose cosine, linear or constant, not '{self.schedule}'")
         for name in ("temperature", "lr"):

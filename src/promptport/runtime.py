@@ -100,6 +100,12 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 PRECISIONS = ("bf16", "fp32", "auto")
 
 
+def check_precision(precision: str) -> None:
+    """The one check every stage's `precision` setting gets (a YAML value is not checked on entry)."""
+    if precision not in PRECISIONS:
+        raise BadInput("precision", f"choose bf16, fp32 or auto, not '{precision}'")
+
+
 def native_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether this device multiplies bf16 natively, so that bf16 autocast is faster than fp32: a CUDA
     GPU that supports bf16, or a CPU with AVX512-BF16 or AMX (on an AVX2-only CPU a bf16 teacher forward

@@ -50,6 +50,7 @@ from promptport.prompt import (
 from promptport.runtime import (
     PRECISIONS,
     at_precision,
+    check_precision,
     seed_everything,
     versions,
     with_resolved_precision,
@@ -135,8 +136,7 @@ class TransferConfig:
             raise BadInput("space", f"must be one of {', '.join(SPACES)}, got '{self.space}'")
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
-        if self.precision not in PRECISIONS:
-            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
+        check_precision(self.precision)
         for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")

@@ -43,7 +43,12 @@ from promptport.privacy import (
     privacy_statement,
 )
 from promptport.prompt import INITS, init_prompt_embeddings, label_text
-from promptport.runtime import PRECISIONS, at_precision, with_resolved_precision
+from promptport.runtime import (
+    PRECISIONS,
+    at_precision,
+    check_precision,
+    with_resolved_precision,
+)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -129,8 +134,7 @@ class TuneConfig:
             raise BadInput("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.init not in INITS:
             raise BadInput("init", f"unknown init '{self.init}' (choose {', '.join(INITS)})")
-        if self.precision not in PRECISIONS:
-            raise BadInput("precision", f"choose bf16, fp32 or auto, not '{self.precision}'")
+        check_precision(self.precision)
         if self.optimizer not in OPTIMIZERS:
             raise BadInput(
                 "optimizer",
