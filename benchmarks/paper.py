@@ -29,9 +29,10 @@ public_data (same / cross domain),
 prompt_length (10, 50, 100 tokens), depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store).
 
-The shared student and the transfer recipe are part of the state: a state holds cells of one student
-only (its weights' checksum in student.json) and of one transfer recipe (transfer.json), both in STATE
-and in RECORD, and paper_tables.json names both.
+The shared student and the recipes are part of the state: a state holds cells of one student only (its
+weights' checksum in student.json), one transfer recipe (transfer.json: the embedded run config's
+`transfer:` section) and one tuning recipe (tune.json: its `tune:` section; DP tuning keeps the
+profile's SGD learning rate), in STATE and in RECORD, and paper_tables.json names all three.
 
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
@@ -80,6 +81,10 @@ ABLATIONS = ("non_distilled", "alpha", "paper_setting", "public_data", "prompt_l
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
 # Transfer fields the profile's Sizes set (not the recipe's).
 SIZED = ("n_public", "epochs", "max_length", "seed")
+# Tuning fields the profile's Sizes (or the DP setting) set; the rest is the run config's `tune:`.
+TUNE_SIZED = ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "max_length", "seed")
+# Validation checks per pass over the training data (the default run's: eval_every 118 of 470 steps).
+CHECKS_PER_EPOCH = 4
 
 
 def transfer_recipe() -> dict:
@@ -90,7 +95,18 @@ def transfer_recipe() -> dict:
     return {k: v for k, v in load_run_config(DEFAULT_CONFIG).transfer.items() if k not in SIZED}
 
 
+def tune_recipe() -> dict:
+    """The user's tuning recipe for the table, as for POST: the embedded run config's `tune:` section
+    (prompt length, learning rate, precision), less the fields the profile's sizes set. DP tuning keeps
+    the profile's SGD learning rate (dp_lr)."""
+    from promptport.config import DEFAULT_CONFIG, load_run_config
+
+    return {k: v for k, v in load_run_config(DEFAULT_CONFIG).tune.items() if k not in TUNE_SIZED}
+
+
 README = Path(__file__).parent / "README.md"
+# The shared student: the general recipe (one student for every task), at the default run's sizes.
+GENERAL_STUDENT = Path(__file__).parent.parent / "configs" / "general-student.yaml"
 BEGIN, END = "<!-- PAPER-TABLE:BEGIN -->", "<!-- PAPER-TABLE:END -->"
 
 
@@ -104,8 +120,6 @@ class Sizes:
     n_public: int
     tune_epochs: float
     transfer_epochs: float
-    n_tokens: int
-    tune_lr: float
     dp_lr: float
     max_length: int = 96
     batch_size: int = 16
@@ -115,14 +129,17 @@ class Sizes:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
+# full: about 14 min a task and seed on 2 AVX512-BF16 cores (tune, DP tune, two transfers, five
+# evaluations of 1,000 test examples), so the 5 x 3 grid and the teacher references take about 4 h,
+# over several sittings.
 PROFILES = {
     "quick": Sizes(
         train_limit=600, val_limit=200, eval_limit=300, n_public=300, tune_epochs=2,
-        transfer_epochs=1, n_tokens=20, tune_lr=0.03, dp_lr=0.3,
+        transfer_epochs=1, dp_lr=0.3,
     ),
     "full": Sizes(
-        train_limit=4000, val_limit=500, eval_limit=1000, n_public=1000, tune_epochs=3,
-        transfer_epochs=2, n_tokens=20, tune_lr=0.03, dp_lr=0.3,
+        train_limit=2000, val_limit=300, eval_limit=1000, n_public=1000, tune_epochs=2,
+        transfer_epochs=1, dp_lr=0.3,
     ),
 }  # fmt: skip
 
@@ -279,10 +296,12 @@ class Stages:
     when the artifact exists."""
 
     def __init__(
-        self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None
-    ):
+        self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None,
+        tune: dict | None = None,
+    ):  # fmt: skip
         self.teacher, self.sizes, self.progress = teacher, sizes, progress
         self.recipe = transfer_recipe() if recipe is None else recipe
+        self.tune_recipe = tune_recipe() if tune is None else tune
         self._models: dict = {}
         self._encoded: dict = {}
 
@@ -311,13 +330,17 @@ class Stages:
         from promptport.tune import TuneConfig, tune
 
         z = self.sizes
+        accum = max(1, min(4, z.train_limit // (4 * z.batch_size))) if dp else 1
+        steps = max(1, z.train_limit // (z.batch_size * accum))  # optimizer steps in a pass
+        recipe = {**self.tune_recipe, **over}
+        if dp:
+            recipe.update(lr=z.dp_lr, optimizer="sgd")
         cfg = TuneConfig(
-            n_tokens=over.get("n_tokens", z.n_tokens),
-            lr=z.dp_lr if dp else z.tune_lr,
-            optimizer="sgd" if dp else "adam",
+            **recipe,
             epochs=z.tune_epochs,
             batch_size=z.batch_size,
-            grad_accum=max(1, min(4, z.train_limit // (4 * z.batch_size))) if dp else 1,
+            grad_accum=accum,
+            eval_every=max(1, math.ceil(steps / CHECKS_PER_EPOCH)),
             max_length=z.max_length,
             seed=seed,
             dp=DPConfig(epsilon=dp) if dp else None,
@@ -685,7 +708,8 @@ def markdown(tables: dict) -> str:
     )
     note = (
         f"\nProfile `{tables['profile']}`: train {z['train_limit']}, validation {z['val_limit']}, "
-        f"test {z['eval_limit']} examples, {z['n_public']} public texts, {z['n_tokens']} prompt tokens. "
+        f"test {z['eval_limit']} examples, {z['n_public']} public texts, "
+        f"{(tables.get('tune_recipe') or {}).get('n_tokens', '?')} prompt tokens. "
         "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
         f"{who}{how} "
         f"Command: `{tables['command']}`. Generated from benchmarks/results/paper_tables.json.\n"
@@ -724,6 +748,7 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "record_dir": str(record),
         "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
+        "tune_recipe": _read_json_or_none(record / "tune.json"),
         **tables,
         "targets": targets(tables["tasks"]),
         **(extra or {}),
@@ -737,16 +762,24 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
 
 
 def _recipe(args):
-    """The shared student's recipe: --student's own (its run's metrics.json), else --distill-config's
-    distill section, else the default run's."""
+    """The shared student's recipe: --student's own (its run's metrics.json), else --distill-config's:
+    a run config's distill section or a `promptport distill --config` file (GENERAL_STUDENT)."""
+    from promptport.config import section
     from promptport.distill import DistillConfig
-    from promptport.pipeline import DEFAULT_CONFIG, load_run_config
+    from promptport.fileio import read_yaml_mapping
+    from promptport.pipeline import load_run_config
 
     run = Path(args.student).parent / "metrics.json" if args.student else None
     if run is not None and run.is_file():
         return DistillConfig(**read_json(run)["config"])
-    rc = load_run_config(args.distill_config or DEFAULT_CONFIG)
-    return DistillConfig(**{"seed": rc.seed, **rc.distill})
+    data = read_yaml_mapping(args.distill_config)
+    if "distill" in data:
+        rc = load_run_config(args.distill_config)
+        return DistillConfig(**{"seed": rc.seed, **rc.distill})
+    flat = {str(k).replace("-", "_"): v for k, v in data.items()}
+    seed = flat.pop("seed", 0)
+    flat.pop("teacher", None)  # --teacher names it
+    return DistillConfig(**section(DistillConfig, flat, "distill"), seed=seed)
 
 
 def _student(args, state: Path, log, layers: int | None = None) -> str:
@@ -798,22 +831,25 @@ def student_identity(student: str) -> dict:
     return ident
 
 
-def check_recipe(state: Path, recipe: dict) -> None:
-    """One transfer recipe per state: a state whose POST artifacts were made before the recipe was
-    recorded (or with another) is refused, so cells of two settings never mix in one table."""
-    f = state / "transfer.json"
+# The artifacts each recipe makes (STATE/art/<task>/<kind>-s<seed>/).
+RECIPE_ARTIFACTS = {"transfer": ("*/post*",), "tune": ("*/tune*", "*/teacher-tune*")}
+
+
+def check_recipe(state: Path, recipe: dict, kind: str = "transfer") -> None:
+    """One transfer (and one tuning) recipe per state: a state whose artifacts were made before the
+    recipe was recorded (or with another) is refused, so cells of two settings never mix in one table."""
+    f = state / f"{kind}.json"
     if f.is_file():
         had = read_json(f)
         if had != recipe:
             raise SystemExit(
-                f"{state} holds POST cells of another transfer recipe ({had}); "
+                f"{state} holds cells of another {kind} recipe ({had}); "
                 "use another --state/--record"
             )
         return
-    if any((state / "art").glob("*/post*")):
+    if any(any((state / "art").glob(g)) for g in RECIPE_ARTIFACTS[kind]):
         raise SystemExit(
-            f"{state} holds POST artifacts of an unrecorded transfer recipe; "
-            "use another --state/--record"
+            f"{state} holds artifacts of an unrecorded {kind} recipe; use another --state/--record"
         )
     write_json(f, recipe)
 
@@ -853,7 +889,11 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
-    ap.add_argument("--distill-config", default=None, help="run YAML whose distill section is used")
+    ap.add_argument(
+        "--distill-config", default=str(GENERAL_STUDENT),
+        help="the shared student's recipe: a `promptport distill --config` YAML or a run YAML "
+        "(its distill section); default: the general student's",
+    )  # fmt: skip
     ap.add_argument(
         "--state", default=None,
         help="scratch folder: data files, prompts, students (default runs/paper/<profile>)",
@@ -892,6 +932,7 @@ def main(argv=None) -> dict:
         for d in folders:
             check_student(d, ident)
             check_recipe(d, stages.recipe)
+            check_recipe(d, stages.tune_recipe, "tune")
         grid = Grid(
             state, stages, student, specs, record=record,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),

@@ -174,6 +174,48 @@ def test_post_uses_the_run_default_transfer_setting(monkeypatch, tmp_path):
     assert (pap.alpha, pap.space, pap.init, pap.lr) == (0.5, "vocab", "copy", 1e-3)
 
 
+def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
+    """The table's user prompt is tuned as `promptport run` tunes it (the embedded config's tune section:
+    prompt length, learning rate, precision), sized by the profile with about four validation checks a
+    pass; DP tuning keeps the profile's SGD learning rate."""
+    import promptport.tune as tu
+    from promptport.config import DEFAULT_CONFIG, load_run_config
+
+    seen = []
+    monkeypatch.setattr(tu, "tune", lambda *a, cfg, **k: seen.append(cfg))
+    z = paper.PROFILES["full"]
+    st = paper.Stages("T", z)
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    spec = {"task": "sst2", "data": "/d"}
+    st.tune("S", spec, 2, tmp_path, None)
+    st.tune("S", spec, 2, tmp_path, 8.0)
+    st.tune("S", spec, 2, tmp_path, None, n_tokens=10)
+    run = load_run_config(DEFAULT_CONFIG).tune
+    plain, dp, short = seen
+    for k in ("n_tokens", "lr", "precision"):
+        assert getattr(plain, k) == run[k], k
+    assert (plain.epochs, plain.seed, plain.max_length) == (z.tune_epochs, 2, z.max_length)
+    steps = z.train_limit // z.batch_size
+    assert plain.eval_every == -(-steps // paper.CHECKS_PER_EPOCH)
+    assert (dp.lr, dp.optimizer, dp.dp.epsilon) == (z.dp_lr, "sgd", 8.0)
+    assert dp.n_tokens == run["n_tokens"] and short.n_tokens == 10
+
+
+def test_the_shared_student_is_the_general_one_by_default():
+    """benchmarks.paper's student: the general recipe (configs/general-student.yaml, a `promptport
+    distill --config` file); a run YAML's distill section is read too."""
+    import argparse
+
+    from promptport.config import DEFAULT_CONFIG
+
+    args = argparse.Namespace(student=None, distill_config=str(paper.GENERAL_STUDENT))
+    general = paper._recipe(args)
+    assert general.task_template == "general" and general.layers == 4
+    assert "embedded:headlines" in general.task_data
+    args.distill_config = str(DEFAULT_CONFIG)
+    assert paper._recipe(args).task_template == "rt_snippets"
+
+
 def test_a_state_keeps_one_transfer_recipe(tmp_path):
     state = tmp_path / "state"
     (state / "art" / "sst2" / "post-s0").mkdir(parents=True)
@@ -184,6 +226,9 @@ def test_a_state_keeps_one_transfer_recipe(tmp_path):
     paper.check_recipe(state, {"alpha": 1.0})  # the same recipe again: fine
     with pytest.raises(SystemExit, match="another transfer recipe"):
         paper.check_recipe(state, {"alpha": 0.5})
+    (state / "art" / "sst2" / "tune-s0").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unrecorded tune recipe"):
+        paper.check_recipe(state, {"n_tokens": 50}, "tune")
 
 
 def test_targets_from_means():
@@ -226,11 +271,13 @@ def test_real_stages_on_tiny_models(tmp_path, tiny_model_dir, sst_like_dir):
     )  # fmt: skip
     sizes = paper.Sizes(
         train_limit=8, val_limit=4, eval_limit=8, n_public=20, tune_epochs=1, transfer_epochs=1,
-        n_tokens=3, tune_lr=0.05, dp_lr=0.3, max_length=32, batch_size=4,
+        dp_lr=0.3, max_length=32, batch_size=4,
     )  # fmt: skip
     specs = {"sst2": {"task": "sst2", "data": str(sst_like_dir), "public": str(public)}}
     grid = paper.Grid(
-        tmp_path / "state", paper.Stages(str(tiny_model_dir), sizes), str(student), specs,
+        tmp_path / "state",
+        paper.Stages(str(tiny_model_dir), sizes, tune={"n_tokens": 3, "lr": 0.05}),
+        str(student), specs,
         log=lambda *_: None,
     )  # fmt: skip
     for m in paper.METHODS:
