@@ -12,6 +12,7 @@ from benchmarks import paper
 
 class FakeStages:
     teacher = "T"
+    sizes = paper.PROFILES["quick"]
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[tuple] = []
@@ -150,6 +151,9 @@ def test_ablations_are_cells_too(tmp_path):
     assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
+    assert set(abl["public_data"]["sst2"]) == {"same_domain", "cross_domain", "generated"}
+    n_public = paper.PROFILES["quick"].n_public
+    assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
 
 
 def test_post_uses_the_run_default_transfer_setting(monkeypatch, tmp_path):
