@@ -10,8 +10,9 @@ downloaded), memory from a per-stage model of what is resident at its peak:
   token, about 9H + 4I (gated MLP) or 9H + 3I floats (H = hidden size, I = MLP width): norm inputs,
   rotary q/k, attention q/k/v/output, every linear layer's input (autograd saves them even when the
   weights are frozen and only a soft prompt trains), MLP activations. Checked against measured peak RSS
-  on SmolLM2-135M (tests/test_plan.py). Batches are taken at full length (max_length + prompt
-  tokens), so the estimate is an upper bound for short inputs.
+  on SmolLM2-135M (tests/test_plan.py). Batches are taken at full length (max_length; a shared prompt
+  counted once per batch on a causal LM, per input under DP-SGD or on a masked LM), so the estimate is
+  an upper bound for short inputs.
 * caches: distillation's teacher cache (top-k logits, hidden states, answer logits) and transfer's
   three full-vocabulary logit tables of the public set.
 * optimiser state (AdamW: gradient + two moments per trained parameter) and the process itself (Python,
@@ -246,14 +247,16 @@ def estimate_run(
 
     # transfer: student (rebuilt from the teacher) and teacher resident, three [n_public, V] logit tables,
     # the teacher's prompt-training step
-    seq = transfer_cfg.max_length + tune_cfg.n_tokens
     cache = 3 * transfer_cfg.n_public * t_shape.vocab * 4
     x_train = {
         "teacher weights": t_w,
         "student weights": s_w,
         "logit cache": cache,
         "activations (batch x full length)": activation_bytes(
-            t_shape, transfer_cfg.batch_size * seq
+            t_shape,
+            step_tokens(
+                t_shape, transfer_cfg.batch_size, transfer_cfg.max_length, tune_cfg.n_tokens
+            ),
         )
         + transfer_cfg.batch_size * t_shape.vocab * 4 * 8,
     }
@@ -348,14 +351,33 @@ def _distill_plan(
     return _peak("distill", base, phases)
 
 
+def step_tokens(
+    model: Shape, batch: int, max_length: int, n_tokens: int, per_example: bool = False
+) -> int:
+    """Tokens a prompt-training step runs through the blocks: a shared prompt once per batch on a
+    causal LM (classify.shares_prefix), in front of every input where it cannot be shared (masked LMs)
+    or where every example has its own copy (DP-SGD's per-example gradients)."""
+    if per_example or model.masked_lm:
+        return batch * (max_length + n_tokens)
+    return batch * max_length + n_tokens
+
+
 def _tune_plan(
     tune_cfg, name: str, model: Shape, loading: dict, base: int, note: str = "", fp: int = 4
 ) -> StagePlan:
     seq = tune_cfg.max_length + tune_cfg.n_tokens
-    per_step = tune_cfg.batch_size * seq
     train = {
         "weights": weights_bytes(model, fp),
-        "activations (batch x full length)": activation_bytes(model, per_step),
+        "activations (batch x full length)": activation_bytes(
+            model,
+            step_tokens(
+                model,
+                tune_cfg.batch_size,
+                tune_cfg.max_length,
+                tune_cfg.n_tokens,
+                per_example=tune_cfg.dp is not None,
+            ),
+        ),
         "evaluation batch": inference_bytes(model, tune_cfg.eval_batch_size * seq),
     }
     return _peak(name, base, {"training the prompt": train, "loading": loading}, note)
