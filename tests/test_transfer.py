@@ -455,3 +455,24 @@ def test_auto_precision_of_tune_and_transfer_is_resolved_and_recorded(
 
     run = RunConfig(tune={"precision": "auto"}, transfer={"precision": "auto"}, student="s")
     assert [c.precision for c in stage_configs(run)[:2]] == [want, want]
+
+
+def test_center_shift_drops_the_students_mean_prompt_shift():
+    """center_shift: the shift term's target keeps how the student's prompt effect varies across
+    inputs and drops its mean (a change of the student's label prior); the output term's s_p stays."""
+    from promptport.transfer import TransferCache, center_shift, transfer_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+    bias = torch.tensor([[2.0, -1.0]])
+    varying = 0.5 * torch.randn(64, 2, generator=g)
+    c = center_shift(TransferCache(s, s + bias + varying, t))
+    shift = c.s_p - c.s
+    assert torch.allclose(shift.mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(shift, varying - varying.mean(0), atol=1e-5)
+    assert torch.equal(c.s_p, s + bias + varying) and torch.equal(c.t, t)
+    # a prompt that only moves the student's prior asks nothing of the teacher once centred ...
+    prior = center_shift(TransferCache(s, s + bias, t))
+    assert float(transfer_loss(t, prior.s_p, prior.s, t, 1.0, 2.0)) == pytest.approx(0, abs=1e-6)
+    # ... where uncentred it asks the teacher to move its prior the same way
+    assert float(transfer_loss(t, s + bias, s, t, 1.0, 2.0)) > 0.1

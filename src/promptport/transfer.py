@@ -96,6 +96,12 @@ class TransferConfig:
         "Start p_t from a copy of p_s, or from the task description's embeddings.",
         choices=("copy", "text"),
     )
+    center_shift: bool = setting(
+        False,
+        "Shift term: drop the student's mean prompt shift over the public set (its change of label "
+        "prior, which corrects the student's own bias), so the teacher copies only how the prompt's "
+        "effect varies from input to input.",
+    )
     n_public: int = setting(1000, "Number of public examples used.")
     heldout_fraction: float = setting(
         0.1, "Share of the public examples held out to pick the best step.", cli=False
@@ -321,6 +327,17 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
+def center_shift(cache: TransferCache) -> TransferCache:
+    """The shift term's target without the student's mean shift: s becomes s + mean(s_p - s), so
+    s_p - s has mean zero over the public set (s appears in the shift term only; s_p, which the output
+    term reads, is kept). A prompt that moves every input the same way on the student -- a change of
+    the student's label prior -- then asks nothing of the teacher, whose prior is its own."""
+    mean_shift = (cache.s_p.float() - cache.s.float()).mean(0, keepdim=True)
+    return TransferCache(
+        (cache.s.float() + mean_shift).to(cache.s.dtype), cache.s_p, cache.t, cache.seconds
+    )
+
+
 def label_space(cache: TransferCache, verbalizer) -> TransferCache:
     """The cached full-vocabulary logits as class scores (`space: labels`): the KL terms then compare
     the class distributions, the only part of the answer distribution the task reads."""
@@ -451,6 +468,8 @@ def train_transfer(
         metrics_path = None
     if cfg.space == "labels":
         cache = label_space(cache, teacher.verbalizer)
+    if cfg.center_shift:
+        cache = center_shift(cache)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
     perm = torch.randperm(n, generator=g)
