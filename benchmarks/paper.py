@@ -87,21 +87,25 @@ TUNE_SIZED = ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "
 CHECKS_PER_EPOCH = 4
 
 
-def transfer_recipe() -> dict:
-    """POST's recipe for the table: the embedded run config's `transfer:` section (the setting a user of
-    `promptport run` gets), less the fields the profile's sizes set. Defined there once."""
+def _run_section(name: str, sized: tuple[str, ...]) -> dict:
+    """A section of the embedded run config (the setting a user of `promptport run` gets), less the
+    fields the profile's sizes set: the table's settings are defined there once."""
     from promptport.config import DEFAULT_CONFIG, load_run_config
 
-    return {k: v for k, v in load_run_config(DEFAULT_CONFIG).transfer.items() if k not in SIZED}
+    return {
+        k: v for k, v in getattr(load_run_config(DEFAULT_CONFIG), name).items() if k not in sized
+    }
+
+
+def transfer_recipe() -> dict:
+    """POST's recipe for the table: the run config's `transfer:` section."""
+    return _run_section("transfer", SIZED)
 
 
 def tune_recipe() -> dict:
-    """The user's tuning recipe for the table, as for POST: the embedded run config's `tune:` section
-    (prompt length, learning rate, precision), less the fields the profile's sizes set. DP tuning keeps
-    the profile's SGD learning rate (dp_lr)."""
-    from promptport.config import DEFAULT_CONFIG, load_run_config
-
-    return {k: v for k, v in load_run_config(DEFAULT_CONFIG).tune.items() if k not in TUNE_SIZED}
+    """The user's tuning recipe for the table, as for POST: the run config's `tune:` section (prompt
+    length, learning rate, precision). DP tuning keeps the profile's SGD learning rate (dp_lr)."""
+    return _run_section("tune", TUNE_SIZED)
 
 
 README = Path(__file__).parent / "README.md"

@@ -156,17 +156,26 @@ def test_ablations_are_cells_too(tmp_path):
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
 
 
+def _recording_stages(monkeypatch, module, profile: str):
+    """Stages of a profile whose stage function (`module`'s function of the module's name: tune.tune,
+    transfer.transfer) only records the config it is given, and whose models are their names."""
+    seen: list = []
+    monkeypatch.setattr(
+        module, module.__name__.rsplit(".", 1)[1], lambda *a, cfg, **k: seen.append(cfg)
+    )
+    st = paper.Stages("T", paper.PROFILES[profile])
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    return st, seen
+
+
 def test_post_uses_the_run_default_transfer_setting(monkeypatch, tmp_path):
     """The table's POST is what `promptport run` does (the embedded config's transfer section), sized by
     the profile; the paper's setting is an override, not the default."""
     import promptport.transfer as tr
     from promptport.config import DEFAULT_CONFIG, load_run_config
 
-    seen = []
-    monkeypatch.setattr(tr, "transfer", lambda *a, cfg, **k: seen.append(cfg))
-    z = paper.PROFILES["quick"]
-    st = paper.Stages("T", z)
-    monkeypatch.setattr(st, "model", lambda spec: spec)
+    st, seen = _recording_stages(monkeypatch, tr, "quick")
+    z = st.sizes
     spec = {"task": "sst2", "public": "/p"}
     st.transfer("P", "S", spec, 1, tmp_path)
     st.transfer("P", "S", spec, 1, tmp_path, **paper.PAPER_TRANSFER)
@@ -185,11 +194,8 @@ def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
     import promptport.tune as tu
     from promptport.config import DEFAULT_CONFIG, load_run_config
 
-    seen = []
-    monkeypatch.setattr(tu, "tune", lambda *a, cfg, **k: seen.append(cfg))
-    z = paper.PROFILES["full"]
-    st = paper.Stages("T", z)
-    monkeypatch.setattr(st, "model", lambda spec: spec)
+    st, seen = _recording_stages(monkeypatch, tu, "full")
+    z = st.sizes
     spec = {"task": "sst2", "data": "/d"}
     st.tune("S", spec, 2, tmp_path, None)
     st.tune("S", spec, 2, tmp_path, 8.0)
