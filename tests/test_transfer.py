@@ -457,22 +457,56 @@ def test_auto_precision_of_tune_and_transfer_is_resolved_and_recorded(
     assert [c.precision for c in stage_configs(run)[:2]] == [want, want]
 
 
-def test_center_shift_drops_the_students_mean_prompt_shift():
-    """center_shift: the shift term's target keeps how the student's prompt effect varies across
+def test_shift_mean_drop_removes_the_students_mean_prompt_shift():
+    """shift_mean drop: the shift term's target keeps how the student's prompt effect varies across
     inputs and drops its mean (a change of the student's label prior); the output term's s_p stays."""
-    from promptport.transfer import TransferCache, center_shift, transfer_loss
+    from promptport.transfer import TransferCache, shift_mean, transfer_loss
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
     bias = torch.tensor([[2.0, -1.0]])
     varying = 0.5 * torch.randn(64, 2, generator=g)
-    c = center_shift(TransferCache(s, s + bias + varying, t))
+    c = shift_mean(TransferCache(s, s + bias + varying, t), "drop")
     shift = c.s_p - c.s
     assert torch.allclose(shift.mean(0), torch.zeros(2), atol=1e-5)
     assert torch.allclose(shift, varying - varying.mean(0), atol=1e-5)
     assert torch.equal(c.s_p, s + bias + varying) and torch.equal(c.t, t)
     # a prompt that only moves the student's prior asks nothing of the teacher once centred ...
-    prior = center_shift(TransferCache(s, s + bias, t))
+    prior = shift_mean(TransferCache(s, s + bias, t), "drop")
     assert float(transfer_loss(t, prior.s_p, prior.s, t, 1.0, 2.0)) == pytest.approx(0, abs=1e-6)
-    # ... where uncentred it asks the teacher to move its prior the same way
-    assert float(transfer_loss(t, s + bias, s, t, 1.0, 2.0)) > 0.1
+    # ... where kept (the paper) it asks the teacher to move its prior the same way
+    kept = shift_mean(TransferCache(s, s + bias, t), "keep")
+    assert float(transfer_loss(t, kept.s_p, kept.s, t, 1.0, 2.0)) > 0.1
+
+
+def test_shift_mean_match_gives_the_teacher_the_prompted_students_prior():
+    """shift_mean match: the teacher's target t + s_p - s has the prompted student's mean. A prompt
+    that only repairs the student's own bias (the student's prior is off, the teacher's is where the
+    prompt takes the student) asks nothing of the teacher; a prior the teacher lacks is copied."""
+    from promptport.transfer import TransferCache, shift_mean, transfer_loss
+
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn(64, 2, generator=g)
+    own_bias = torch.tensor([[1.5, -1.5]])
+    varying = 0.5 * torch.randn(64, 2, generator=g)
+    # the student: the teacher's scores plus a bias of its own; the prompt removes that bias
+    s = t + own_bias
+    c = shift_mean(TransferCache(s, t + varying, t), "match")
+    target = t + c.s_p - c.s
+    assert torch.allclose(target.mean(0), c.s_p.mean(0), atol=1e-5)
+    assert torch.equal(c.s_p, t + varying) and torch.equal(c.t, t)
+    repair = shift_mean(TransferCache(s, t, t), "match")  # the prompt only repairs the student
+    assert float(transfer_loss(t, repair.s_p, repair.s, t, 1.0, 2.0)) == pytest.approx(0, abs=1e-6)
+    kept = shift_mean(TransferCache(s, t, t), "keep")  # kept, the repair is pushed onto the teacher
+    assert float(transfer_loss(t, kept.s_p, kept.s, t, 1.0, 2.0)) > 0.1
+    # a student without a bias of its own whose prompt moves the prior: the teacher gets the move
+    prior = torch.tensor([[-1.0, 1.0]])
+    moved = shift_mean(TransferCache(t, t + prior, t), "match")
+    assert torch.allclose(t + moved.s_p - moved.s, t + prior, atol=1e-5)
+
+
+def test_shift_mean_is_validated():
+    from promptport.transfer import TransferConfig
+
+    with pytest.raises(BadInput, match="shift_mean"):
+        TransferConfig(shift_mean="centre").validate()

@@ -68,6 +68,7 @@ METHODS = ("post", "output", "shift", "direct")
 
 
 SPACES = ("vocab", "labels")
+SHIFT_MEANS = ("keep", "drop", "match")
 
 
 @dataclass
@@ -96,11 +97,14 @@ class TransferConfig:
         "Start p_t from a copy of p_s, or from the task description's embeddings.",
         choices=("copy", "text"),
     )
-    center_shift: bool = setting(
-        False,
-        "Shift term: drop the student's mean prompt shift over the public set (its change of label "
-        "prior, which corrects the student's own bias), so the teacher copies only how the prompt's "
-        "effect varies from input to input.",
+    shift_mean: str = setting(
+        "keep",
+        "Shift term, the student's mean prompt shift over the public set (its change of label prior): "
+        "keep it (the paper); drop it, so the teacher keeps its own prior and copies only how the "
+        "prompt's effect varies across inputs; or match, so the teacher's mean target is the prompted "
+        "student's mean (the student's unprompted mean is replaced by the teacher's: a correction of "
+        "the student's own bias is not copied, a prior the teacher lacks is).",
+        choices=SHIFT_MEANS,
     )
     n_public: int = setting(1000, "Number of public examples used.")
     heldout_fraction: float = setting(
@@ -140,6 +144,10 @@ class TransferConfig:
             raise BadInput("temperature", f"must be > 0, got {self.temperature}")
         if self.space not in SPACES:
             raise BadInput("space", f"must be one of {', '.join(SPACES)}, got '{self.space}'")
+        if self.shift_mean not in SHIFT_MEANS:
+            raise BadInput(
+                "shift_mean", f"must be one of {', '.join(SHIFT_MEANS)}, got '{self.shift_mean}'"
+            )
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
         check_precision(self.precision)
@@ -327,15 +335,26 @@ def _fields(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
-def center_shift(cache: TransferCache) -> TransferCache:
-    """The shift term's target without the student's mean shift: s becomes s + mean(s_p - s), so
-    s_p - s has mean zero over the public set (s appears in the shift term only; s_p, which the output
-    term reads, is kept). A prompt that moves every input the same way on the student -- a change of
-    the student's label prior -- then asks nothing of the teacher, whose prior is its own."""
-    mean_shift = (cache.s_p.float() - cache.s.float()).mean(0, keepdim=True)
-    return TransferCache(
-        (cache.s.float() + mean_shift).to(cache.s.dtype), cache.s_p, cache.t, cache.seconds
-    )
+def shift_mean(cache: TransferCache, how: str) -> TransferCache:
+    """The shift term's target with the student's mean prompt shift kept, dropped or matched.
+
+    Only s changes (it appears in the shift term alone; s_p, which the output term reads, is kept).
+    drop: s + mean(s_p - s), so s_p - s has mean zero: a prompt that moves every input the same way
+    on the student -- a change of the student's label prior -- asks nothing of the teacher.
+    match: s - mean(s) + mean(t), so the teacher's target t + s_p - s has the prompted student's mean
+    mean(s_p): the part of the shift that repairs the student's own bias (where the student's mean
+    is off the teacher's) cancels, and the part that moves the prior where the user's data wants it
+    stays. Means are over the public set, per vocabulary entry or class."""
+    if how == "keep":
+        return cache
+    s = cache.s.float()
+    if how == "drop":
+        s = s + (cache.s_p.float() - s).mean(0, keepdim=True)
+    elif how == "match":
+        s = s - s.mean(0, keepdim=True) + cache.t.float().mean(0, keepdim=True)
+    else:
+        raise ValueError(f"shift_mean: {how!r}, not one of {SHIFT_MEANS}")
+    return TransferCache(s.to(cache.s.dtype), cache.s_p, cache.t, cache.seconds)
 
 
 def label_space(cache: TransferCache, verbalizer) -> TransferCache:
@@ -468,8 +487,7 @@ def train_transfer(
         metrics_path = None
     if cfg.space == "labels":
         cache = label_space(cache, teacher.verbalizer)
-    if cfg.center_shift:
-        cache = center_shift(cache)
+    cache = shift_mean(cache, cfg.shift_mean)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
     perm = torch.randperm(n, generator=g)
