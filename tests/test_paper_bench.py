@@ -149,6 +149,10 @@ def test_ablations_are_cells_too(tmp_path):
     assert tool == round(paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"], 4)
     assert any(c[0] == "transfer" and "'init': 'copy'" in c[1] for c in stages.calls)
     assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}
+    shift = abl["shift_mean"]["sst2"]
+    assert set(shift) == {"keep", "drop", "match"} and shift["keep"]["0"]["accuracy"] == tool
+    for how in ("drop", "match"):
+        assert any(c[0] == "transfer" and f"'shift_mean': '{how}'" in c[1] for c in stages.calls)
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
     assert set(abl["public_data"]["sst2"]) == {"same_domain", "cross_domain", "generated"}
