@@ -510,3 +510,57 @@ def test_shift_mean_is_validated():
 
     with pytest.raises(BadInput, match="shift_mean"):
         TransferConfig(shift_mean="centre").validate()
+
+
+@pytest.mark.parametrize("init", ["text", "random"])
+def test_shift_base_init_copies_only_what_tuning_changed(
+    init, pair, public_file, tmp_path, monkeypatch
+):
+    """shift_base init: the user's starting prompt is rebuilt on the student as `tune` made it, so a
+    prompt that learned nothing asks the teacher for no change (shift target = its zero-shot), where
+    against the unprompted student it asks for the effect of the start itself."""
+    import promptport.transfer as tr
+    from promptport.transfer_common import user_init
+    from promptport.tune import TuneConfig, tune
+
+    teacher, student = pair
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(12))
+    )
+    cfg = TuneConfig(
+        n_tokens=4, init=init, max_steps=1, lr=1e-30, seed=5, max_length=32, batch_size=4
+    )
+    tune(student, "sst2", data=str(d), out=tmp_path / "u", cfg=cfg, val_split=None)
+    art = load_prompt(tmp_path / "u" / "prompt")  # one step of size 1e-30: what it started from
+    torch.testing.assert_close(
+        user_init(art, student, get_task("sst2")), art.embeddings, atol=0, rtol=0
+    )
+    caches: dict = {}
+    real = tr.train_transfer
+
+    def spy(t_clf, t_enc, cache, p_s, cfg, **kw):
+        caches[cfg.shift_base] = cache
+        return real(t_clf, t_enc, cache, p_s, cfg, **kw)
+
+    monkeypatch.setattr(tr, "train_transfer", spy)
+    for base in ("unprompted", "init"):
+        cfg = TransferConfig(n_public=20, steps=0, batch_size=4, shift_base=base)
+        tr.transfer(
+            art, student, teacher, public_data=str(public_file), out=tmp_path / base, cfg=cfg
+        )
+    nothing, start = caches["init"], caches["unprompted"]
+    torch.testing.assert_close(nothing.s, nothing.s_p)  # nothing learned: nothing to copy
+    assert (start.s_p - start.s).abs().max() > 1e-3  # the start's own effect on the student
+    torch.testing.assert_close(start.s_p, nothing.s_p)
+    torch.testing.assert_close(start.t, nothing.t)
+
+
+def test_shift_base_init_needs_the_tuning_config(pair, user_prompt, public_file, tmp_path):
+    teacher, student = pair
+    with pytest.raises(BadInput, match="shift_base"):
+        transfer(
+            user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "o",
+            cfg=TransferConfig(n_public=20, steps=0, batch_size=4, shift_base="init"),
+        )  # fmt: skip

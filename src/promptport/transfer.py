@@ -61,6 +61,7 @@ from promptport.transfer_common import (
     method_alpha,
     public_dataset,
     teacher_init,
+    user_init,
     write_transfer_manifest,
 )
 
@@ -69,6 +70,7 @@ METHODS = ("post", "output", "shift", "direct")
 
 SPACES = ("vocab", "labels")
 SHIFT_MEANS = ("keep", "drop", "match")
+SHIFT_BASES = ("unprompted", "init")
 
 
 @dataclass
@@ -105,6 +107,14 @@ class TransferConfig:
         "student's mean (the student's unprompted mean is replaced by the teacher's: a correction of "
         "the student's own bias is not copied, a prior the teacher lacks is).",
         choices=SHIFT_MEANS,
+    )
+    shift_base: str = setting(
+        "unprompted",
+        "What the shift term measures the user's prompt against on the student: the unprompted student "
+        "(the paper), or the student with the prompt's own starting point (init, rebuilt from the "
+        "prompt's metadata), so only what tuning on the private data changed is copied: a prompt "
+        "that learned nothing leaves the teacher at its zero-shot.",
+        choices=SHIFT_BASES,
     )
     n_public: int = setting(1000, "Number of public examples used.")
     heldout_fraction: float = setting(
@@ -147,6 +157,10 @@ class TransferConfig:
         if self.shift_mean not in SHIFT_MEANS:
             raise BadInput(
                 "shift_mean", f"must be one of {', '.join(SHIFT_MEANS)}, got '{self.shift_mean}'"
+            )
+        if self.shift_base not in SHIFT_BASES:
+            raise BadInput(
+                "shift_base", f"must be one of {', '.join(SHIFT_BASES)}, got '{self.shift_base}'"
             )
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
@@ -631,6 +645,10 @@ def _train_teacher_prompt(
     )
     if shared is not None:
         shared[key] = (cache.s, cache.t)
+    if cfg.shift_base == "init":  # the student with the user's starting prompt, not unprompted
+        p0 = user_init(artifact, s_lm, the_task)
+        s0 = s_clf.predict_logits(s_enc, p0, 32, progress, "cache student+init", vocab=True)
+        cache = TransferCache(s0, cache.s_p, cache.t, cache.seconds)
     if cfg.method != "post":  # output and shift train one term: that is the alpha used
         alpha = method_alpha(cfg.method, 0.0)
     elif cfg.alpha == "auto":

@@ -32,6 +32,30 @@ def teacher_init(cfg, t_lm, artifact: PromptArtifact, task: Task) -> torch.Tenso
     )
 
 
+def user_init(artifact: PromptArtifact, s_lm, task: Task) -> torch.Tensor:
+    """The user's prompt before tuning, rebuilt on the student from what the prompt records (its
+    tuning config's init, init text and seed, and the task's description or label words): the same
+    call `promptport tune` made, so the same embeddings."""
+    from promptport.prompt import init_prompt_embeddings, label_text
+
+    cfg = (artifact.meta.get("training") or {}).get("config") or {}
+    init = cfg.get("init")
+    if init is None or "seed" not in cfg:
+        raise BadInput(
+            "shift_base",
+            "init needs the prompt's tuning config (init, seed) in its metadata; this prompt has none",
+        )
+    text = cfg.get("init_text") or (label_text(task) if init == "labels" else task.description)
+    return init_prompt_embeddings(
+        s_lm.model,
+        s_lm.tokenizer,
+        artifact.n_tokens,
+        init,
+        text,
+        generator=torch.Generator().manual_seed(int(cfg["seed"])),
+    )
+
+
 def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
     """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
     if len(task.template_fields) != 1:
