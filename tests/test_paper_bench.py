@@ -153,6 +153,10 @@ def test_ablations_are_cells_too(tmp_path):
     assert set(shift) == {"keep", "drop", "match"} and shift["keep"]["0"]["accuracy"] == tool
     for how in ("drop", "match"):
         assert any(c[0] == "transfer" and f"'shift_mean': '{how}'" in c[1] for c in stages.calls)
+    base = abl["shift_base"]["sst2"]
+    assert set(base) == {"unprompted", "init", "unprompted_dp8", "init_dp8"}
+    assert base["unprompted"]["0"]["accuracy"] == tool
+    assert any(c[0] == "transfer" and "'shift_base': 'init'" in c[1] for c in stages.calls)
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
     assert set(abl["public_data"]["sst2"]) == {"same_domain", "cross_domain", "generated"}
