@@ -264,6 +264,23 @@ def test_targets_from_means():
     assert t["post_beats_zero_shot_and_direct"]["tasks"] == ["a"]
     assert t["mean_gain_kept"]["value"] == pytest.approx(0.5)
     assert t["dp8_gap_points"]["value"] == pytest.approx(1.0)
+    assert t["distilled_beats_non_distilled"]["of_tasks_with_cells"] == 0
+
+
+def test_distilled_target_compares_the_seeds_both_variants_have():
+    def cell(x):
+        return {"accuracy": x}
+
+    nd = {
+        "a": {"distilled": {"0": cell(0.8)}, "non_distilled": {"0": cell(0.7)}},
+        # seed 1 of the distilled student has no non-distilled partner: left out of the mean
+        "b": {"distilled": {"0": cell(0.6), "1": cell(0.9)}, "non_distilled": {"0": cell(0.65)}},
+        "c": {"distilled": {"0": cell(0.5)}},  # no partner at all: not counted
+    }
+    t = paper.targets({}, {"non_distilled": nd})["distilled_beats_non_distilled"]
+    assert t["tasks"] == ["a"]
+    assert t["of_tasks_with_cells"] == 2
+    assert t["margin_points"] == {"a": pytest.approx(10.0), "b": pytest.approx(-5.0)}
 
 
 def test_real_stages_on_tiny_models(tmp_path, tiny_model_dir, sst_like_dir):
