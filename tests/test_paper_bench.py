@@ -157,6 +157,14 @@ def test_ablations_are_cells_too(tmp_path):
     assert set(base) == {"unprompted", "init", "unprompted_dp8", "init_dp8"}
     assert base["unprompted"]["0"]["accuracy"] == tool
     assert any(c[0] == "transfer" and "'shift_base': 'init'" in c[1] for c in stages.calls)
+    cal = abl["calibrate"]["sst2"]
+    assert set(cal) == {"raw", "calibrated"} and cal["raw"]["0"]["accuracy"] == tool
+    assert all("student_prompt" in v["0"] for v in cal.values())
+    # the calibrated prompt is tuned with `calibrate` and transferred from its own folder
+    assert any(c[0] == "tune" and "'calibrate': True" in c[1] for c in stages.calls)
+    assert any(
+        c[0] == "transfer" and c[1].startswith("transfer:tune-cal-s0:") for c in stages.calls
+    )
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
     assert set(abl["public_data"]["sst2"]) == {"same_domain", "cross_domain", "generated"}

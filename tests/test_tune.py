@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from promptport.classify import PromptClassifier
+from promptport.classify import PromptClassifier, prompt_class_offset
 from promptport.cli import main
 from promptport.data import TextDataset
 from promptport.errors import BadInput
@@ -241,6 +242,7 @@ def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
     assert (
         art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["privacy"]["steps"] == 6
     )
+    assert "calibration" not in art.meta  # only a calibrated prompt carries its offset
     with pytest.raises(BadInput, match="test split"):
         tune(
             tiny_lm,
@@ -251,6 +253,49 @@ def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
             val_split="dev",
             test_split="validation",
         )
+
+
+def test_calibrate_tunes_against_a_uniform_prior_and_scores_the_prompt_as_tuned(
+    tiny_lm, sst_like_dir, tmp_path
+):
+    from promptport.data import load_split
+    from promptport.evaluate import evaluate, evaluate_baselines
+
+    tiny_lm.tokenizer.padding_side = "right"
+    cfg = TuneConfig(n_tokens=3, max_steps=4, batch_size=4, eval_every=2, calibrate=True)
+    m = tune(tiny_lm, "sst2", data=str(sst_like_dir), out=tmp_path / "cal", cfg=cfg)
+    art = load_prompt(tmp_path / "cal" / "prompt")
+    b = torch.tensor(art.meta["calibration"]["class_offset"])
+    assert (
+        b.shape == (2,)
+        and m["calibration"]["class_offset"] == art.meta["calibration"]["class_offset"]
+    )
+    # the offset makes the unprompted model's mean class probability over the training inputs uniform,
+    # where this random model's own mean is not
+    task = get_task("sst2")
+    clf = PromptClassifier(tiny_lm.model, tiny_lm.tokenizer, task, max_length=cfg.max_length)
+    z = clf.predict_logits(clf.encode(load_split(task, str(sst_like_dir), "train")))
+    raw, calibrated = z.softmax(-1).mean(0), (z + b).softmax(-1).mean(0)
+    assert float((raw - 0.5).abs().max()) > 0.01
+    assert torch.allclose(calibrated, torch.full((2,), 0.5), atol=1e-3)
+    # scored with its offset on the model it was tuned on (evaluate reproduces the tune stage's
+    # validation figures, the run's evaluate stage saves the offset's logits), and on no other model
+    ev = evaluate(tiny_lm, "sst2", data=str(sst_like_dir), prompt=str(tmp_path / "cal" / "prompt"))
+    assert ev["accuracy"] == m["evaluations"]["validation"]["accuracy"]
+    assert ev["macro_f1"] == m["evaluations"]["validation"]["macro_f1"]
+    out = tmp_path / "ev"
+    out.mkdir()
+    prompts = {"user": ("m", tmp_path / "cal" / "prompt"), "zs": ("m", None)}
+    evaluate_baselines({"m": tiny_lm}, "sst2", prompts, out, data=str(sst_like_dir), split="train")
+    saved = {k: torch.as_tensor(np.load(out / f"{k}.npz")["logits"]) for k in prompts}
+    enc = clf.encode(load_split(task, str(sst_like_dir), "train"))
+    assert torch.allclose(saved["user"], clf.predict_logits(enc, art.embeddings) + b, atol=1e-4)
+    assert torch.allclose(saved["zs"], z, atol=1e-4)  # no prompt, no offset
+    assert torch.equal(prompt_class_offset(art.meta, tiny_lm.info), b)
+    other = dataclasses.replace(tiny_lm.info, num_layers=tiny_lm.info.num_layers + 1)
+    assert prompt_class_offset(art.meta, other) is None
+    with pytest.raises(BadInput, match="calibrate"):
+        dataclasses.replace(cfg, dp=DPConfig(epsilon=8.0, delta=1e-3)).validate(20)
 
 
 def run_cli(args, capsys):

@@ -495,7 +495,7 @@ def _train_shadow_list(
     progress: bool,
 ) -> dict:
     """Train the shadows `todo` in this process; returns {"trained", "seconds"}."""
-    from promptport.classify import PromptClassifier
+    from promptport.classify import PromptClassifier, with_class_offset
     from promptport.models import LoadedModel, load_model
     from promptport.runtime import seed_everything
     from promptport.tune import train_prompt
@@ -535,7 +535,8 @@ def _train_shadow_list(
                 "loglik_out": float(ll[~masks[s]].mean()) if (~masks[s]).any() else None,
             }
         else:
-            logits = clf.predict_logits(enc, res.embeddings, batch_size=cfg.eval_batch_size).numpy()
+            scorer = with_class_offset(clf, res.class_offset)  # as the shadow was tuned
+            logits = scorer.predict_logits(enc, res.embeddings, cfg.eval_batch_size).numpy()
             pred = logits.argmax(-1)
             extra = {}
         secs = time.perf_counter() - t0

@@ -9,6 +9,7 @@ vocabulary at every position.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -300,6 +301,9 @@ class PromptClassifier:
         self.precision = precision
         self.verbalizer = Verbalizer(tokenizer, task)
         self.padding_side = getattr(tokenizer, "padding_side", "right")
+        # [C] added to the class scores: a prompt tuned with `calibrate` is scored on the model it was
+        # tuned on with the offset it was tuned against (see `calibration_offset`)
+        self.class_offset: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -321,7 +325,8 @@ class PromptClassifier:
         self, input_ids, attention_mask, prompt: torch.Tensor | None = None
     ) -> torch.Tensor:
         h = self.hidden(input_ids, attention_mask, prompt)
-        return self.verbalizer.scores(project(self.model, h, self.verbalizer.token_ids))
+        z = self.verbalizer.scores(project(self.model, h, self.verbalizer.token_ids))
+        return z if self.class_offset is None else z + self.class_offset.to(z.device, z.dtype)
 
     def vocab_logits(
         self, input_ids, attention_mask, prompt: torch.Tensor | None = None
@@ -387,6 +392,50 @@ class PromptClassifier:
             examples_per_s=round(len(enc) / max(secs, 1e-9), 2),
             n_truncated=enc.n_truncated,
         )
+
+
+def calibration_offset(
+    clf: PromptClassifier, enc: Encoded, batch_size: int = 32, iterations: int = 100
+) -> torch.Tensor:
+    """[C] offset that, added to the unprompted model's class scores, makes its mean class probability
+    over `enc` uniform (labels unused; the fixed point of b <- b - log mean softmax(z + b), the EM prior
+    adjustment of Saerens et al. 2002, started from contextual calibration's -log mean softmax(z)).
+
+    A prompt tuned against a small student's scores learns, besides the task, to repair that student's
+    label bias, and POST's shift term copies the repair onto a teacher that never had the bias; tuned
+    against the calibrated scores, it need not."""
+    z = with_class_offset(clf, None).predict_logits(enc, None, batch_size).float()
+    b = torch.zeros(z.shape[1])
+    for _ in range(iterations):
+        mean = (z + b).softmax(-1).mean(0)
+        if float((mean * len(b) - 1).abs().max()) < 1e-4:
+            break
+        b = b - mean.clamp_min(1e-12).log()
+    return b - b.mean()
+
+
+def with_class_offset(clf: PromptClassifier, offset: torch.Tensor | None) -> PromptClassifier:
+    """`clf` scoring with `offset` added to its class scores: a shallow copy over the same frozen model
+    when that differs, so the caller's classifier is left as it was."""
+    if offset is None and clf.class_offset is None:
+        return clf
+    other = copy.copy(clf)
+    other.class_offset = None if offset is None else torch.as_tensor(offset, dtype=torch.float32)
+    return other
+
+
+def scoring_prompt(clf: PromptClassifier, meta: dict, info) -> PromptClassifier:
+    """`clf` as a prompt artifact (its metadata `meta`) is scored on the model `info` describes."""
+    return with_class_offset(clf, prompt_class_offset(meta, info))
+
+
+def prompt_class_offset(meta: dict, info) -> torch.Tensor | None:
+    """The calibration offset a prompt artifact was tuned against (prompt.json `calibration`), when
+    `info` (a ModelInfo) is the model it was tuned on; None on any other model (the teacher, say)."""
+    cal = meta.get("calibration")
+    if not cal or meta.get("model") != info.to_dict():
+        return None
+    return torch.tensor(cal["class_offset"], dtype=torch.float32)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:

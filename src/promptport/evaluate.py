@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from promptport.classify import PromptClassifier
+from promptport.classify import PromptClassifier, scoring_prompt
 from promptport.data import load_split
 from promptport.fileio import check_writable_dir, write_json
 from promptport.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -53,6 +53,8 @@ def evaluate(
     if artifact is not None:
         check_compatible(artifact, lm.info)
     clf = PromptClassifier(lm.model, lm.tokenizer, the_task, max_length=max_length)
+    if artifact is not None:  # a calibrated prompt on the model it was tuned on
+        clf = scoring_prompt(clf, artifact.meta, lm.info)
     enc = clf.encode(ds)
     metrics = clf.evaluate(
         enc, None if artifact is None else artifact.embeddings, batch_size, progress
@@ -143,8 +145,12 @@ def evaluate_baselines(
     encs = {k: c.encode(ds) for k, c in clfs.items()}
     baselines = {}
     for name, (which, prompt) in prompts.items():
-        emb = None if prompt is None else load_prompt(prompt).embeddings
-        logits = clfs[which].predict_logits(encs[which], emb, batch_size, progress, desc=name)
+        art = None if prompt is None else load_prompt(prompt)
+        clf = clfs[which]
+        if art is not None:  # a calibrated prompt on the model it was tuned on
+            clf = scoring_prompt(clf, art.meta, loaded[which].info)
+        emb = None if art is None else art.embeddings
+        logits = clf.predict_logits(encs[which], emb, batch_size, progress, desc=name)
         y_pred = logits.argmax(-1).numpy()
         labels = encs[which].labels
         assert labels is not None  # evaluation splits are loaded with their labels

@@ -26,7 +26,12 @@ import torch
 
 from promptport.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE
 from promptport.checkpoint import Checkpoint, MetricsLog, progress_bar
-from promptport.classify import Encoded, PromptClassifier
+from promptport.classify import (
+    Encoded,
+    PromptClassifier,
+    calibration_offset,
+    with_class_offset,
+)
 from promptport.distributed import SINGLE, Single
 from promptport.errors import BadInput
 from promptport.fileio import check_writable_dir, write_json
@@ -69,6 +74,14 @@ class TuneConfig:
         choices=INITS,
     )
     init_text: str | None = setting(None, "Text for --init text (default: the task's description).")
+    calibrate: bool = setting(
+        False,
+        "Tune against the model's class scores calibrated on the training inputs (labels unused): a "
+        "fixed offset that makes the unprompted model's mean prediction uniform, so the prompt learns "
+        "the task rather than a repair of a small student's label bias, which POST would copy to the "
+        "teacher. Recorded in the prompt (C numbers: a mean over the training inputs); not with DP.",
+        flag="--calibrate/--no-calibrate",
+    )
     optimizer: str = setting("adam", "Optimizer.", choices=OPTIMIZERS)
     lr: float = setting(3e-2, "Learning rate.")
     weight_decay: float = setting(0.0, "Weight decay.")
@@ -151,6 +164,11 @@ class TuneConfig:
                 "batch_size",
                 f"{self.batch_size} is larger than the training data ({n_train} examples)",
             )
+        if self.calibrate and self.dp is not None:
+            raise BadInput(
+                "calibrate",
+                "reads the training inputs outside DP-SGD's accounting: tune without it under DP",
+            )
         if self.dp is not None:
             self.dp.validate(n_train)
             if self.logical_batch > n_train:
@@ -202,6 +220,7 @@ class TuneResult:
     steps: int
     last_embeddings: torch.Tensor | None = None
     stopped_early: bool = False
+    class_offset: torch.Tensor | None = None  # [C], when tuned with `calibrate`
     extra: dict = field(default_factory=dict)
 
 
@@ -626,6 +645,11 @@ def train_prompt(
     if val is not None and (len(val) == 0 or val.labels is None):
         raise BadInput("data", "the validation split is empty or has no labels")
     cfg.validate(len(train))
+    if isinstance(clf, PromptClassifier):  # scored with this run's offset only, or none
+        offset = calibration_offset(clf, train, cfg.eval_batch_size) if cfg.calibrate else None
+        clf = with_class_offset(clf, offset)
+    elif cfg.calibrate:
+        raise BadInput("calibrate", "applies to classification tasks only")
     ckpt_file = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if ckpt_file is not None and ckpt_file.exists() and not resume:
         raise BadInput(
@@ -750,6 +774,7 @@ def _result(run: _Run, train: Encoded, val: Encoded | None, resumed_from, t_wall
         steps=run.step,
         last_embeddings=last_emb,
         stopped_early=run.stopped_early,
+        class_offset=getattr(run.clf, "class_offset", None),
         extra={
             "resumed_from": resumed_from,
             "examples": run.examples,
@@ -891,6 +916,8 @@ def tune(
         train_eval_limit = min(train_eval_limit, 64)  # a teacher-forced loss needs few examples
     train_eval = _subset(train, train_eval_limit, cfg.seed + 7, "train_eval_limit")
     named = {"train": train_eval, "validation": val, "test": enc.get("test")}
+    if res.class_offset is not None:  # scored as it was tuned
+        clf = with_class_offset(clf, res.class_offset)
     results = {
         k: clf.evaluate(e, res.embeddings, cfg.eval_batch_size, progress)
         for k, e in named.items()
@@ -899,8 +926,17 @@ def tune(
 
     # The artifact travels to the provider: settings only. No data path, no set sizes, accuracies,
     # throughput or early-stopping outcome (examples/s x seconds is about the sum of the realised
-    # Poisson batch sizes); the DP statement names the facts it assumes public (N among them).
+    # Poisson batch sizes); the DP statement names the facts it assumes public (N among them). With
+    # `calibrate`, the C-number offset (a mean over the training inputs, like the prompt itself a
+    # function of them; refused under DP, where it would sit outside the accounting).
     training = {"config": cfg.to_dict(), "train_split": train_split, "val_split": val_split}
+    calibration = None
+    if res.class_offset is not None:
+        calibration = {
+            "class_offset": [round(float(v), 6) for v in res.class_offset],
+            "what": "minus the log of this model's mean class probability over the training inputs "
+            "(labels unused), added to its class scores; applied on this model only",
+        }
     meta = make_metadata(
         model_info=lm.info,
         task=the_task,
@@ -908,6 +944,7 @@ def tune(
         training=training,
         privacy=res.privacy,
         n_tokens=int(res.embeddings.shape[0]),
+        extra=None if calibration is None else {"calibration": calibration},
     )
     metrics = {
         "stage": "tune",
@@ -929,6 +966,7 @@ def tune(
         "resumed_from_step": res.extra.get("resumed_from"),
         "evaluations": results,
         "privacy": res.privacy,
+        "calibration": calibration,
         "prompt": str(out / "prompt"),
         "config": cfg.to_dict(),
         "processes": dist.world,
