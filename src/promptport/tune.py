@@ -786,6 +786,18 @@ def _result(run: _Run, train: Encoded, val: Encoded | None, resumed_from, t_wall
 # ---------------------------------------------------------------- the stage
 
 
+def _calibration(offset: torch.Tensor | None) -> dict | None:
+    """The `calibration` entry of prompt.json and metrics.json: the offset a calibrated prompt was tuned
+    against, which scoring applies on the model it was tuned on only."""
+    if offset is None:
+        return None
+    return {
+        "class_offset": [round(float(v), 6) for v in offset],
+        "what": "an offset added to this model's class scores that makes its mean class probability "
+        "over the training inputs uniform (labels unused); applied on this model only",
+    }
+
+
 def _subset(enc: Encoded, limit: int | None, seed: int, field_name: str) -> Encoded:
     if limit is None or limit >= len(enc):
         return enc
@@ -901,16 +913,9 @@ def tune(
     cfg.validate(len(train))
     dist = group(device)
     res = train_prompt(
-        clf,
-        train,
-        val,
-        cfg,
-        checkpoint_dir=out / "checkpoint",
-        resume=resume,
-        metrics_path=out / "metrics.jsonl",
-        progress=progress,
-        dist=dist,
-    )
+        clf, train, val, cfg, checkpoint_dir=out / "checkpoint", resume=resume,
+        metrics_path=out / "metrics.jsonl", progress=progress, dist=dist,
+    )  # fmt: skip
 
     if the_task.is_generation and train_eval_limit is not None:
         train_eval_limit = min(train_eval_limit, 64)  # a teacher-forced loss needs few examples
@@ -930,13 +935,7 @@ def tune(
     # `calibrate`, the C-number offset (a mean over the training inputs, like the prompt itself a
     # function of them; refused under DP, where it would sit outside the accounting).
     training = {"config": cfg.to_dict(), "train_split": train_split, "val_split": val_split}
-    calibration = None
-    if res.class_offset is not None:
-        calibration = {
-            "class_offset": [round(float(v), 6) for v in res.class_offset],
-            "what": "minus the log of this model's mean class probability over the training inputs "
-            "(labels unused), added to its class scores; applied on this model only",
-        }
+    calibration = _calibration(res.class_offset)
     meta = make_metadata(
         model_info=lm.info,
         task=the_task,
