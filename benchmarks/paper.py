@@ -501,6 +501,17 @@ class Grid:
         p = self.user_prompt(task, seed, student, "tune" + suffix, **tune_over)
         return p, self.post_prompt(task, seed, p, "post" + suffix, student)
 
+    def variant_scores(
+        self, task: str, seed: int, suffix: str, student: str | None = None, **tune_over
+    ) -> dict:
+        """The teacher's scores with a variant's POST prompt (`tuned_and_transferred`), and the
+        variant's user prompt's accuracy on its own student as `student_prompt`."""
+        st, spec = self.stages, self.specs[task]
+        p, q = self.tuned_and_transferred(task, seed, suffix, student, **tune_over)
+        r = st.evaluate(st.teacher, q, spec)
+        r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
+        return r
+
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
         spec, st, teacher = self.specs[task], self.stages, self.stages.teacher
@@ -607,10 +618,7 @@ class Grid:
                 return r
 
             def calibrated():
-                p, q = self.tuned_and_transferred(task, seed, "-cal", calibrate=True)
-                r = st.evaluate(teacher, q, spec)
-                r["student_prompt"] = st.evaluate(self.student, p, spec)["accuracy"]
-                return r
+                return self.variant_scores(task, seed, "-cal", calibrate=True)
 
             for variant, compute in (("raw", raw), ("calibrated", calibrated)):
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
@@ -633,15 +641,9 @@ class Grid:
                 )
         elif name == "prompt_length":
             for n in (10, 50, 100):
-
-                def both(n=n):
-                    p, q = self.tuned_and_transferred(task, seed, f"-n{n}", n_tokens=n)
-                    r = st.evaluate(teacher, q, spec)
-                    r["student_prompt"] = st.evaluate(self.student, p, spec)["accuracy"]
-                    return r
-
                 self.cell(
-                    self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"), both
+                    self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"),
+                    lambda n=n: self.variant_scores(task, seed, f"-n{n}", n_tokens=n),
                 )
         elif name == "depth":
             if self.depth_student is None:
@@ -650,12 +652,8 @@ class Grid:
                 )
             for k in self.depths:
 
-                def at_depth(k=k):
-                    student = self.depth_student(k)
-                    p, q = self.tuned_and_transferred(task, seed, f"-L{k}", student)
-                    r = st.evaluate(teacher, q, spec)
-                    r["student_prompt"] = st.evaluate(student, p, spec)["accuracy"]
-                    return r
+                def at_depth(k=k):  # the student is distilled only for a cell not yet done
+                    return self.variant_scores(task, seed, f"-L{k}", self.depth_student(k))
 
                 self.cell(
                     self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}"), at_depth
