@@ -162,3 +162,32 @@ def test_a_shared_prompt_runs_once_per_batch_with_the_same_logits_and_gradient(t
         torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(g_shared, p.grad, atol=1e-5, rtol=1e-4)
     tiny_lm.tokenizer.padding_side = "right"
+
+
+class NoDeviceMix(torch.overrides.TorchFunctionMode):
+    """Raise where one torch call takes tensors of two devices, as CUDA does; the meta device alone
+    accepts CPU operands silently. 0-dim CPU tensors pass, as they do on CUDA."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = torch.utils._pytree.tree_flatten((args, kwargs))
+        devices = {t.device.type for t in flat if isinstance(t, torch.Tensor) and t.dim() > 0}
+        if len(devices) > 1:
+            raise RuntimeError(f"{getattr(func, '__name__', func)} mixes devices {sorted(devices)}")
+        return func(*args, **kwargs)
+
+
+def test_class_scores_stay_on_the_models_device(tiny_lm):
+    """Every tensor the classifier builds (verbalizer averages, offsets, positions) follows the model
+    to its device: a CPU-only suite would miss a CPU tensor meeting CUDA activations (the H200 run
+    met one in Verbalizer.scores), so the model runs here on the meta device under NoDeviceMix."""
+    import copy
+
+    model = copy.deepcopy(tiny_lm.model).to("meta")
+    clf = PromptClassifier(model, tiny_lm.tokenizer, get_task("sst2"))
+    enc = clf.encode(_ds())
+    ids, mask = collate(enc.input_ids, tiny_lm.tokenizer.pad_token_id, clf.tokenizer.padding_side)
+    prompt = torch.zeros(5, lm_hidden(tiny_lm), device="meta")
+    with torch.no_grad(), NoDeviceMix():
+        z = clf.class_logits(ids.to("meta"), mask.to("meta"), prompt)
+    assert z.device.type == "meta" and tuple(z.shape) == (len(TEXTS), 2)

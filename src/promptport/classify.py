@@ -127,7 +127,7 @@ class Verbalizer:
 
     def scores(self, word_logits: torch.Tensor) -> torch.Tensor:
         """[B, U] logits of the label-word rows -> [B, C] class scores."""
-        return word_logits @ self.average.to(word_logits.dtype).T
+        return word_logits @ self.average.to(word_logits.device, word_logits.dtype).T
 
     def scores_from_vocab(self, vocab_logits: torch.Tensor) -> torch.Tensor:
         return self.scores(vocab_logits[..., self.token_ids.to(vocab_logits.device)])

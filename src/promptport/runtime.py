@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -162,5 +163,6 @@ def autocast(device: str | torch.device, precision: str):
 
     The device type comes from the model's device (never a hard-coded "cpu"), so bf16 takes effect on
     CUDA as it does on CPU."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
