@@ -308,9 +308,9 @@ class Stages:
 
     def __init__(
         self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None,
-        tune: dict | None = None,
+        tune: dict | None = None, device: str = "cpu",
     ):  # fmt: skip
-        self.teacher, self.sizes, self.progress = teacher, sizes, progress
+        self.teacher, self.sizes, self.progress, self.device = teacher, sizes, progress, device
         self.recipe = transfer_recipe() if recipe is None else recipe
         self.tune_recipe = tune_recipe() if tune is None else tune
         self._models: dict = {}
@@ -320,7 +320,7 @@ class Stages:
         from promptport.models import load_model
 
         if spec not in self._models:
-            self._models[spec] = load_model(spec)
+            self._models[spec] = load_model(spec, device=self.device)
         return self._models[spec]
 
     def non_distilled(self, student: str, out: Path) -> str:
@@ -798,22 +798,30 @@ def markdown(tables: dict) -> str:
         f"{(tables.get('tune_recipe') or {}).get('n_tokens', '?')} prompt tokens. "
         "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
         f"{who}{how} "
-        f"Command: `{tables['command']}`. Generated from benchmarks/results/paper_tables.json.\n"
+        f"Device: {tables.get('device', 'cpu')}. Command: `{tables['command']}`. Generated from "
+        f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
     )
     return head + "\n".join(rows) + "\n" + note
 
 
-def write_readme_table(text: str, readme: Path = README) -> None:
+def markers(name: str = "") -> tuple[str, str]:
+    """The README block of a table: the main one, or a named one (`--name`: another record)."""
+    if not name:
+        return BEGIN, END
+    tag = "PAPER-TABLE-" + name.upper()
+    return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
+
+
+def write_readme_table(text: str, readme: Path = README, name: str = "") -> None:
+    begin, end = markers(name)
     body = readme.read_text() if readme.is_file() else ""
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in body and END in body:
-        body = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, body, flags=re.S)
+    block = f"{begin}\n{text}{end}"
+    if begin in body and end in body:
+        body = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
     else:
+        title = "Paper table" + (f" ({name})" if name else "")
         body = (
-            body.rstrip("\n")
-            + "\n\n## Paper table (`python -m benchmarks.paper`)\n\n"
-            + block
-            + "\n"
+            body.rstrip("\n") + f"\n\n## {title} (`python -m benchmarks.paper`)\n\n" + block + "\n"
         )
     write_text(readme, body)
 
@@ -823,8 +831,9 @@ def _read_json_or_none(f: Path) -> dict | None:
 
 
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
-                  results: Path = RESULTS, readme: Path = README) -> dict:  # fmt: skip
-    """paper_tables.json and the README table from the cells under `record`."""
+                  results: Path = RESULTS, readme: Path = README, name: str = "") -> dict:  # fmt: skip
+    """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
+    `record`."""
     tables = collect(record)
     out = {
         "benchmark": "paper",
@@ -835,12 +844,14 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         "tune_recipe": _read_json_or_none(record / "tune.json"),
+        "device": (_read_json_or_none(record / "device.json") or {"device": "cpu"})["device"],
         **tables,
         "targets": targets(tables["tasks"], tables.get("ablations")),
         **(extra or {}),
     }
-    write_json(results / "paper_tables.json", out)
-    write_readme_table(markdown(out), readme)
+    out["tables_file"] = f"paper_tables_{name}.json" if name else "paper_tables.json"
+    write_json(results / out["tables_file"], out)
+    write_readme_table(markdown(out), readme, name)
     return out
 
 
@@ -890,7 +901,13 @@ def _student(args, state: Path, log, layers: int | None = None) -> str:
         return str(entry / "student")
     d = state / ("student" if layers is None else f"student-L{layers}")
     log(f"[student] distilling {cfg.layers} layers into {d}")
-    distill(args.teacher, d, cfg, resume=(d / "checkpoint" / "state.json").is_file())
+    distill(
+        args.teacher,
+        d,
+        cfg,
+        resume=(d / "checkpoint" / "state.json").is_file(),
+        device=getattr(args, "device", "cpu"),
+    )
     return str(student_store.put(key, basis, d) / "student")
 
 
@@ -940,6 +957,21 @@ def check_recipe(state: Path, recipe: dict, kind: str = "transfer") -> None:
     write_json(f, recipe)
 
 
+def check_device(record: Path, device: str) -> None:
+    """One device per record: GPU and CPU numerics differ (the same recipe and seed give other
+    weights and prompts), so their cells never mix in one table. A record from before device.json
+    was kept holds CPU cells."""
+    f = record / "device.json"
+    had = (read_json(f) if f.is_file() else {}).get("device")
+    if had is None and any((record / "cells").rglob("*.json")):
+        had = "cpu"
+    if had is not None and had != device.split(":")[0]:
+        raise SystemExit(
+            f"{record} holds cells computed on {had}; give --device {device} its own --record"
+        )
+    write_json(f, {"device": device.split(":")[0]})
+
+
 def check_student(state: Path, ident: dict) -> None:
     """One student per state or record: cells of two students never mix in one table (as sizes never
     do). A student distilled again elsewhere is the same one only if its weights are."""
@@ -976,6 +1008,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
     ap.add_argument(
+        "--device", default="cpu",
+        help="cpu or cuda: where every stage runs (a record holds cells of one device's numerics: "
+        "give a GPU run its own --record)",
+    )  # fmt: skip
+    ap.add_argument(
         "--distill-config", default=str(GENERAL_STUDENT),
         help="the shared student's recipe: a `promptport distill --config` YAML or a run YAML "
         "(its distill section); default: the general student's",
@@ -990,6 +1027,11 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting cells after this")
     ap.add_argument("--table-only", action="store_true", help="only rebuild JSON and README table")
+    ap.add_argument(
+        "--name", default="",
+        help="a second table (another record: e.g. a GPU run): paper_tables_NAME.json and its own "
+        "README block",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     profile = "quick" if args.quick else "full"
     sizes = PROFILES[profile]
@@ -1013,8 +1055,9 @@ def main(argv=None) -> dict:
         quiet_libraries()
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
-        stages = Stages(args.teacher, sizes)
+        stages = Stages(args.teacher, sizes, device=args.device)
         ident = student_identity(student)
+        check_device(record, args.device)
         for d in folders:
             check_student(d, ident)
             check_recipe(d, stages.recipe)
@@ -1037,16 +1080,16 @@ def main(argv=None) -> dict:
                 print("[paper] budget spent; rerun to continue")
                 break
             grid.run_cell(t, m, s)
-            write_outputs(record, profile, sizes, command)
+            write_outputs(record, profile, sizes, command, name=args.name)
         for name in args.ablations:
             for t in args.ablation_tasks:
                 if time.perf_counter() > deadline:
                     break
                 grid.run_ablation(name, t, args.seeds[0])
-                write_outputs(record, profile, sizes, command)
+                write_outputs(record, profile, sizes, command, name=args.name)
     out = write_outputs(
         record, profile, sizes, command,
-        extra={"load_average_start": load_start, "load_average_end": load_average()},
+        extra={"load_average_start": load_start, "load_average_end": load_average()}, name=args.name,
     )  # fmt: skip
     print(json.dumps(out["targets"]))
     return out

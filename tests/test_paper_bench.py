@@ -356,6 +356,33 @@ def test_a_state_holds_cells_of_one_student(tmp_path):
     assert "4 layers [0, 1, 28, 29], distilled" in (tmp_path / "README.md").read_text()
 
 
+def test_a_record_holds_cells_of_one_device_and_a_named_table_has_its_own_files(tmp_path):
+    """GPU and CPU numerics differ, so a record is one device's; a record from before device.json
+    holds CPU cells. A named table (`--name`) writes its own JSON and README block."""
+    old = tmp_path / "old"
+    (old / "cells" / "sst2" / "post").mkdir(parents=True)
+    (old / "cells" / "sst2" / "post" / "seed0.json").write_text('{"accuracy": 0.5}')
+    with pytest.raises(SystemExit, match="computed on cpu"):
+        paper.check_device(old, "cuda")
+    paper.check_device(old, "cpu")
+    gpu = tmp_path / "gpu"
+    paper.check_device(gpu, "cuda:0")
+    paper.check_device(gpu, "cuda")
+    with pytest.raises(SystemExit, match="computed on cuda"):
+        paper.check_device(gpu, "cpu")
+    readme = tmp_path / "README.md"
+    for name in ("", "h200"):
+        out = paper.write_outputs(
+            gpu if name else old, "quick", paper.PROFILES["quick"], "cmd", results=tmp_path,
+            readme=readme, name=name,
+        )  # fmt: skip
+        assert out["device"] == ("cuda" if name else "cpu")
+    assert (tmp_path / "paper_tables.json").is_file()
+    assert (tmp_path / "paper_tables_h200.json").is_file()
+    text = readme.read_text()
+    assert text.count(paper.BEGIN) == 1 and text.count("<!-- PAPER-TABLE-H200:BEGIN -->") == 1
+
+
 def test_a_fresh_sitting_carries_on_from_the_committed_record(tmp_path):
     """Cells live in the record (committed), prompts in the state (scratch): a later sitting with an
     empty state and the same record recomputes nothing that was measured, and a record refuses a
