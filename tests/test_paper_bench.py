@@ -13,6 +13,7 @@ from benchmarks import paper
 class FakeStages:
     teacher = "T"
     sizes = paper.PROFILES["quick"]
+    tune_recipe = {"n_tokens": 50, "lr": 0.1}
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[tuple] = []
@@ -141,6 +142,10 @@ def test_ablations_are_cells_too(tmp_path):
     assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
     abl = paper.collect(state)["ablations"]
     assert set(abl) == set(paper.ABLATIONS)
+    # the tuning variants: the tool's cells, Adam at a tenth of the recipe's lr, DP's SGD unnoised
+    assert set(abl["tune_optimizer"]["sst2"]) == {"adam", "adam_lr=0.01", "sgd"}
+    assert any("'lr': 0.01}" in c[1] for c in stages.calls if c[0] == "tune")
+    assert any("'optimizer': 'sgd', 'lr': 0.3}" in c[1] for c in stages.calls if c[0] == "tune")
     assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)} | {
         "alpha=auto"
     }
