@@ -1,7 +1,8 @@
 #!/bin/bash
 # The paper table on one GPU: the grid's independent parts as parallel processes (one 135M teacher
-# leaves a GPU nearly idle, so eight processes share it), every cell in RECORD, resumable like
-# `python -m benchmarks.paper` itself (rerun to continue). Made the record benchmarks/results/paper/h200:
+# leaves a GPU nearly idle, so nine processes share it), every cell in RECORD, resumable like
+# `python -m benchmarks.paper` itself (rerun to continue). Made the record benchmarks/results/paper/h200
+# (before the tune_optimizer process was added):
 #   RECORD=benchmarks/results/paper/h200 SECONDS_LEFT=480 bash benchmarks/paper_gpu.sh
 # then: python -m benchmarks.paper --table-only --name h200 --record benchmarks/results/paper/h200
 # Env: RECORD, WORK (scratch: states and the student store), SECONDS_LEFT (wall budget of the parallel
@@ -32,4 +33,5 @@ run nd a1 $Z --ablations non_distilled &
 run al a2 $Z --ablations alpha &
 run pd a3 $Z --ablations public_data prompt_length &
 run dp a4 $Z --ablations depth calibrate --depths 2 3 &
+run to a5 $Z --ablations tune_optimizer &
 wait
