@@ -424,6 +424,14 @@ class Stages:
 # ---------------------------------------------------------------- the resumable grid
 
 
+def prompt_drift(prompt: str) -> dict:
+    """{"prompt_drift": how far tuning moved the user's prompt from its start} from its tuning run's
+    metrics.json, where the run recorded it."""
+    f = Path(prompt).parent / "metrics.json"
+    drift = (read_json(f).get("prompt_drift") or {}) if f.is_file() else {}
+    return {"prompt_drift": drift["relative_distance"]} if "relative_distance" in drift else {}
+
+
 def _done(path: Path) -> bool:
     return (path / "prompt.json").is_file() or (path / "prompt" / "prompt.json").is_file()
 
@@ -512,7 +520,7 @@ class Grid:
         p, q = self.tuned_and_transferred(task, seed, suffix, student, **tune_over)
         r = st.evaluate(st.teacher, q, spec)
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
-        return r
+        return {**r, **prompt_drift(p)}
 
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
@@ -653,7 +661,7 @@ class Grid:
             def tool():
                 r = dict(self.run_cell(task, "post", seed))
                 r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
-                return r
+                return {**r, **prompt_drift(self.user_prompt(task, seed))}
 
             lr = float(st.tune_recipe.get("lr", 0.1))
             variants = {
@@ -714,7 +722,9 @@ def collect(state: Path) -> dict:
         r = read_json(p)
         slot = ablations.setdefault(name, {}).setdefault(task, {}).setdefault(variant, {})
         slot[p.stem.removeprefix("seed")] = {
-            k: round(v, 4) for k, v in r.items() if k in ("accuracy", "student_prompt")
+            k: round(v, 4)
+            for k, v in r.items()
+            if k in ("accuracy", "student_prompt", "prompt_drift")
         }
     return {"tasks": tasks, "ablations": ablations}
 

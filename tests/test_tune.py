@@ -20,7 +20,7 @@ from promptport.errors import BadInput
 from promptport.privacy import DPConfig
 from promptport.prompt import load_prompt
 from promptport.tasks import get_task
-from promptport.tune import CHECKPOINT_FILE, TuneConfig, _Run, train_prompt, tune
+from promptport.tune import CHECKPOINT_FILE, TuneConfig, _Run, prompt_drift, train_prompt, tune
 
 POS = [
     "the movie was great",
@@ -80,6 +80,13 @@ def test_training_lowers_loss_and_touches_only_the_prompt(clf):
     )
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
     assert not any(p.requires_grad for p in clf.model.parameters())
+    moved = r.extra["drift"]
+    assert moved["relative_distance"] == pytest.approx(
+        float((r.embeddings - init).norm() / init.norm()), abs=1e-4
+    )
+    assert moved["relative_distance"] > 0.05 and moved["norm_ratio"] > 0
+    # a prompt that did not move: distance 0, norms unchanged
+    assert prompt_drift(init, init.clone()) == {"relative_distance": 0.0, "norm_ratio": 1.0}
 
 
 def test_unfrozen_model_is_bad_input(clf, data):
@@ -243,6 +250,7 @@ def test_tune_stage_outputs(tiny_lm, sst_like_dir, tmp_path):
         art.meta["privacy"]["sampling"].startswith("Poisson") and art.meta["privacy"]["steps"] == 6
     )
     assert "calibration" not in art.meta  # only a calibrated prompt carries its offset
+    assert set(saved["prompt_drift"]) == {"relative_distance", "norm_ratio"}
     with pytest.raises(BadInput, match="test split"):
         tune(
             tiny_lm,

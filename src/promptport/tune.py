@@ -438,6 +438,7 @@ class _Run:
         self.prompt = torch.nn.Parameter(
             init_embeddings.detach().to(clf.device, torch.float32).clone()
         )
+        self.start = init_embeddings.detach().to("cpu", torch.float32).clone()
         self.opt = make_optimizer([self.prompt], cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total, cfg)
@@ -735,6 +736,19 @@ def train_prompt(
     return _result(run, train, val, resumed_from, t_wall)
 
 
+def prompt_drift(start: torch.Tensor, end: torch.Tensor) -> dict:
+    """How far tuning moved the prompt from its start: the distance relative to the start's norm, and
+    the ratio of mean token norms. A prompt that moves less keeps closer to what the model reads as
+    text, which bears on how well it transfers (benchmarks.paper's tune_optimizer ablation)."""
+    start, end = start.float().cpu(), end.float().cpu()
+    return {
+        "relative_distance": round(float((end - start).norm() / start.norm().clamp_min(1e-12)), 4),
+        "norm_ratio": round(
+            float(end.norm(dim=-1).mean() / start.norm(dim=-1).mean().clamp_min(1e-12)), 4
+        ),
+    }
+
+
 def _result(run: _Run, train: Encoded, val: Encoded | None, resumed_from, t_wall: float):
     """The TuneResult of a finished loop: the best prompt (or the last) and its privacy statement."""
     cfg = run.cfg
@@ -777,6 +791,7 @@ def _result(run: _Run, train: Encoded, val: Encoded | None, resumed_from, t_wall
         class_offset=getattr(run.clf, "class_offset", None),
         extra={
             "resumed_from": resumed_from,
+            "drift": prompt_drift(run.start, best_emb),
             "examples": run.examples,
             "loop_seconds": round(time.perf_counter() - t_wall, 3),
         },
@@ -962,6 +977,7 @@ def tune(
         "steps": res.steps,
         "best": res.best,
         "stopped_early": res.stopped_early,
+        "prompt_drift": res.extra.get("drift"),
         "resumed_from_step": res.extra.get("resumed_from"),
         "evaluations": results,
         "privacy": res.privacy,
