@@ -522,6 +522,13 @@ class Grid:
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
         return {**r, **prompt_drift(p)}
 
+    def tool_scores(self, task: str, seed: int) -> dict:
+        """The table's own POST cell with its user prompt's accuracy on the student (and how far its
+        tuning moved it): the tool's variant in ablations that change the user's tuning."""
+        r = dict(self.run_cell(task, "post", seed))
+        r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
+        return {**r, **prompt_drift(self.user_prompt(task, seed))}
+
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
         spec, st, teacher = self.specs[task], self.stages, self.stages.teacher
@@ -622,15 +629,11 @@ class Grid:
         elif name == "calibrate":
             # the user's prompt tuned against the student's raw class scores (the tool's cells) or
             # against them calibrated on the training inputs (`tune.calibrate`), and its POST transfer
-            def raw():
-                r = dict(self.run_cell(task, "post", seed))
-                r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
-                return r
-
-            def calibrated():
-                return self.variant_scores(task, seed, "-cal", calibrate=True)
-
-            for variant, compute in (("raw", raw), ("calibrated", calibrated)):
+            variants = {
+                "raw": lambda: self.tool_scores(task, seed),
+                "calibrated": lambda: self.variant_scores(task, seed, "-cal", calibrate=True),
+            }
+            for variant, compute in variants.items():
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
         elif name == "public_data":
             cross = {"arisetv": "sst2"}.get(task, "arisetv")
@@ -658,14 +661,9 @@ class Grid:
         elif name == "tune_optimizer":
             # how far the user's tuning moves the prompt: the tool's Adam (lr from the run config),
             # Adam at a tenth of it, and DP tuning's plain SGD (lr dp_lr) without clipping or noise
-            def tool():
-                r = dict(self.run_cell(task, "post", seed))
-                r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
-                return {**r, **prompt_drift(self.user_prompt(task, seed))}
-
             lr = float(st.tune_recipe.get("lr", 0.1))
             variants = {
-                "adam": tool,
+                "adam": lambda: self.tool_scores(task, seed),
                 f"adam_lr={lr / 10:g}": lambda: self.variant_scores(
                     task, seed, "-adam-lr10", lr=lr / 10
                 ),
