@@ -13,9 +13,9 @@ from benchmarks import paper
 class FakeStages:
     teacher = "T"
     sizes = paper.PROFILES["quick"]
-    tune_recipe = {"n_tokens": 50, "lr": 0.1}
 
     def __init__(self, fail_on: str | None = None):
+        self.tune_recipe = {"n_tokens": 50, "lr": 0.1}
         self.calls: list[tuple] = []
         self.fail_on = fail_on
 
