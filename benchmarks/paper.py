@@ -424,7 +424,7 @@ class Stages:
 # ---------------------------------------------------------------- the resumable grid
 
 
-def prompt_drift(prompt: str) -> dict:
+def recorded_drift(prompt: str) -> dict:
     """{"prompt_drift": how far tuning moved the user's prompt from its start} from its tuning run's
     metrics.json, where the run recorded it."""
     f = Path(prompt).parent / "metrics.json"
@@ -520,14 +520,14 @@ class Grid:
         p, q = self.tuned_and_transferred(task, seed, suffix, student, **tune_over)
         r = st.evaluate(st.teacher, q, spec)
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
-        return {**r, **prompt_drift(p)}
+        return {**r, **recorded_drift(p)}
 
     def tool_scores(self, task: str, seed: int) -> dict:
         """The table's own POST cell with its user prompt's accuracy on the student (and how far its
         tuning moved it): the tool's variant in ablations that change the user's tuning."""
         r = dict(self.run_cell(task, "post", seed))
         r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
-        return {**r, **prompt_drift(self.user_prompt(task, seed))}
+        return {**r, **recorded_drift(self.user_prompt(task, seed))}
 
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
