@@ -991,15 +991,18 @@ def check_device(record: Path, device: str) -> None:
     """One device per record: GPU and CPU numerics differ (the same recipe and seed give other
     weights and prompts), so their cells never mix in one table. A record from before device.json
     was kept holds CPU cells."""
+    import torch
+
+    kind = torch.device(device).type
     f = record / "device.json"
     had = (read_json(f) if f.is_file() else {}).get("device")
     if had is None and any((record / "cells").rglob("*.json")):
         had = "cpu"
-    if had is not None and had != device.split(":")[0]:
+    if had is not None and had != kind:
         raise SystemExit(
             f"{record} holds cells computed on {had}; give --device {device} its own --record"
         )
-    write_json(f, {"device": device.split(":")[0]})
+    write_json(f, {"device": kind})
 
 
 def check_student(state: Path, ident: dict) -> None:
@@ -1039,7 +1042,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
     ap.add_argument(
         "--device", default="cpu",
-        help="cpu or cuda: where every stage runs (a record holds cells of one device's numerics: "
+        help="cpu, cuda or auto: where every stage runs (a record holds cells of one device's numerics: "
         "give a GPU run its own --record)",
     )  # fmt: skip
     ap.add_argument(
@@ -1079,15 +1082,16 @@ def main(argv=None) -> dict:
     if not args.table_only:
         import torch
 
-        from promptport.runtime import quiet_libraries
+        from promptport.runtime import quiet_libraries, resolve_device
 
         torch.set_num_threads(min(2, os.cpu_count() or 1))
         quiet_libraries()
+        # before the (possibly long) distillation: a record of another device is refused at once
+        check_device(record, str(resolve_device(args.device)))
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
         stages = Stages(args.teacher, sizes, device=args.device)
         ident = student_identity(student)
-        check_device(record, args.device)
         for d in folders:
             check_student(d, ident)
             check_recipe(d, stages.recipe)
