@@ -941,6 +941,13 @@ def _student(args, state: Path, log, layers: int | None = None) -> str:
     return str(student_store.put(key, basis, d) / "student")
 
 
+# What a reader needs to tell two students' recipes apart (the checksum decides identity).
+RECIPE_KEYS = (
+    "task_template", "alpha_task", "alpha_label", "corpus", "task_data", "task_examples",
+    "max_tokens", "epochs", "lr", "precision",
+)  # fmt: skip
+
+
 def student_identity(student: str) -> dict:
     """What makes two students the same for the table: the checksum of the weights (checked against
     student.json), the kept layers, whether it was distilled, and the recipe where its run left one."""
@@ -958,8 +965,7 @@ def student_identity(student: str) -> dict:
     if run.is_file():
         cfg = read_json(run).get("config") or {}
         ident["recipe"] = {
-            k: cfg[k] for k in ("task_template", "alpha_task", "alpha_label", "corpus", "task_data")
-            if k in cfg
+            k: cfg[k] for k in RECIPE_KEYS if k in cfg
         }  # fmt: skip
     return ident
 
