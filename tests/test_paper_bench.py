@@ -247,6 +247,26 @@ def test_the_shared_student_is_the_general_one_by_default():
     assert paper._recipe(args).task_template == "rt_snippets"
 
 
+def test_the_larger_general_student_differs_only_in_task_examples():
+    """configs/general-student-16k.yaml is the general recipe with more public task examples (the
+    cpu-fp32-16k record's student): a drift in any other setting would mix two changes in one
+    comparison."""
+    import argparse
+    import dataclasses
+
+    base = paper._recipe(
+        argparse.Namespace(student=None, distill_config=str(paper.GENERAL_STUDENT))
+    )
+    big = paper._recipe(
+        argparse.Namespace(
+            student=None,
+            distill_config=str(paper.GENERAL_STUDENT.with_name("general-student-16k.yaml")),
+        )
+    )
+    assert (base.task_examples, big.task_examples) == (6000, 16000)
+    assert dataclasses.replace(big, task_examples=base.task_examples) == base
+
+
 def test_a_state_keeps_one_transfer_recipe(tmp_path):
     state = tmp_path / "state"
     (state / "art" / "sst2" / "post-s0").mkdir(parents=True)
