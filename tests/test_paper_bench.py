@@ -146,6 +146,9 @@ def test_ablations_are_cells_too(tmp_path):
     assert set(abl["tune_optimizer"]["sst2"]) == {"adam", "adam_lr=0.01", "sgd"}
     assert any("'lr': 0.01}" in c[1] for c in stages.calls if c[0] == "tune")
     assert any("'optimizer': 'sgd', 'lr': 0.3}" in c[1] for c in stages.calls if c[0] == "tune")
+    assert set(abl["tune_budget"]["sst2"]) == {"tool", "epochs=4", "train_limit=2400"}
+    assert any("{'epochs': 4}" in c[1] for c in stages.calls if c[0] == "tune")
+    assert any("{'train_limit': 2400}" in c[1] for c in stages.calls if c[0] == "tune")
     assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)} | {
         "alpha=auto"
     }
@@ -230,6 +233,30 @@ def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
     assert plain.eval_every == -(-steps // paper.CHECKS_PER_EPOCH)
     assert (dp.lr, dp.optimizer, dp.dp.epsilon) == (z.dp_lr, "sgd", 8.0)
     assert dp.n_tokens == run["n_tokens"] and short.n_tokens == 10
+
+
+def test_the_tune_budget_variants_change_only_the_users_passes_or_examples(monkeypatch, tmp_path):
+    """tune_budget's variants reach the tuning stage as its epochs and training-example limit (the
+    validation checks follow the larger pass); the recipe and the other sizes stay the profile's."""
+    import promptport.tune as tu
+
+    seen: list = []
+    monkeypatch.setattr(
+        tu, "tune", lambda *a, cfg, train_limit, **k: seen.append((cfg, train_limit))
+    )
+    st = paper.Stages("T", paper.PROFILES["full"])
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    z, spec = st.sizes, {"task": "sst2", "data": "/d"}
+    st.tune("S", spec, 0, tmp_path, None)
+    st.tune("S", spec, 0, tmp_path, None, epochs=2 * z.tune_epochs)
+    st.tune("S", spec, 0, tmp_path, None, train_limit=4 * z.train_limit)
+    (tool, n0), (longer, n1), (wider, n2) = seen
+    assert (tool.epochs, n0) == (z.tune_epochs, z.train_limit)
+    assert (longer.epochs, n1) == (2 * z.tune_epochs, z.train_limit)
+    assert (wider.epochs, n2) == (z.tune_epochs, 4 * z.train_limit)
+    checks = -(-4 * z.train_limit // z.batch_size // paper.CHECKS_PER_EPOCH)
+    assert longer.eval_every == tool.eval_every and wider.eval_every == checks
+    assert (wider.lr, wider.n_tokens, wider.max_length) == (tool.lr, tool.n_tokens, tool.max_length)
 
 
 def test_the_shared_student_is_the_general_one_by_default():
