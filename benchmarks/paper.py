@@ -34,6 +34,8 @@ prompt_length (10, 50, 100 tokens), tune_optimizer (the user's prompt tuned with
 Adam at a tenth of its lr, or DP tuning's plain SGD without noise: how far the prompt moves),
 tune_budget (the user's prompt tuned for twice the profile's passes, or on four times its training
 examples: whether a prompt that learns more on the student transfers more),
+teacher_tokens (the teacher's prompt as long as the user's, the tool's, or 1 or 10 tokens of the
+description: `transfer.n_tokens`; a long prompt moves the teacher's zero-shot before training),
 depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store).
 
@@ -87,6 +89,7 @@ ONE_SEED = ("teacher_tuned",)
 ABLATIONS = (
     "non_distilled", "alpha", "paper_setting", "shift_mean", "shift_base", "calibrate",
     "public_data", "prompt_length", "depth", "tune_optimizer", "tune_budget",
+    "teacher_tokens",
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
@@ -695,6 +698,21 @@ class Grid:
             }
             for variant, compute in variants.items():
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+        elif name == "teacher_tokens":
+            # the same user prompt and transfer, only the teacher prompt's length changed
+            self.cell(
+                self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
+                lambda: dict(self.run_cell(task, "post", seed)),
+            )
+            for n in (1, 10):
+                self.cell(
+                    self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"),
+                    lambda n=n: st.evaluate(
+                        teacher,
+                        self.post_prompt(task, seed, user(), f"post-t{n}", n_tokens=n),
+                        spec,
+                    ),
+                )
         elif name == "depth":
             if self.depth_student is None:
                 raise SystemExit(

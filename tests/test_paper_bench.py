@@ -154,6 +154,10 @@ def test_ablations_are_cells_too(tmp_path):
     }
     # the tool's setting is the table's post cell; the paper's is a transfer with the paper's fields
     tool = abl["paper_setting"]["sst2"]["tool"]["0"]["accuracy"]
+    teacher_tokens = abl["teacher_tokens"]["sst2"]
+    assert set(teacher_tokens) == {"tool", "n_tokens=1", "n_tokens=10"}
+    assert teacher_tokens["tool"]["0"]["accuracy"] == tool
+    assert any(c[0] == "transfer" and "'n_tokens': 1}" in c[1] for c in stages.calls)
     assert tool == round(paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"], 4)
     assert any(c[0] == "transfer" and "'init': 'copy'" in c[1] for c in stages.calls)
     assert set(abl["non_distilled"]["sst2"]) == {"distilled", "non_distilled"}

@@ -422,6 +422,30 @@ def test_text_init_starts_from_the_task_description(pair, user_prompt, public_fi
     torch.testing.assert_close(load_prompt(tmp_path / "t" / "prompt").embeddings, want.float())
 
 
+def test_the_teacher_prompt_can_be_shorter_than_the_users(pair, user_prompt, public_file, tmp_path):
+    """n_tokens sets the teacher prompt's length (init text: the description cut to it); the transfer
+    trains it and the artifact is that long. A copy of the user's prompt cannot change length."""
+    teacher, student = pair
+    cfg = TransferConfig(n_public=40, epochs=2, lr=5e-2, batch_size=8, init="text", n_tokens=1)
+    r = transfer(
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "t", cfg=cfg
+    )
+    art = load_prompt(tmp_path / "t" / "prompt")
+    assert art.n_tokens == 1 != load_prompt(user_prompt).n_tokens
+    start = init_prompt_embeddings(
+        teacher.model, teacher.tokenizer, 1, "text", get_task("sst2").description
+    )
+    assert not torch.equal(art.embeddings, start.float())  # trained, not the start
+    assert r["best"]["heldout_loss"] < r["initial_heldout_loss"]
+    with pytest.raises(BadInput, match="n_tokens"):
+        transfer(
+            user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "c",
+            cfg=TransferConfig(n_public=20, steps=0, init="copy", n_tokens=1),
+        )  # fmt: skip
+    with pytest.raises(BadInput, match="n_tokens"):
+        TransferConfig(n_tokens=0).validate()
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_of_tune_and_transfer_is_resolved_and_recorded(
     native, pair, user_prompt, public_file, sst_like_dir, tmp_path, monkeypatch

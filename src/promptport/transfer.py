@@ -99,6 +99,12 @@ class TransferConfig:
         "Start p_t from a copy of p_s, or from the task description's embeddings.",
         choices=("copy", "text"),
     )
+    n_tokens: int | None = setting(
+        None,
+        "Length of the teacher's prompt with --init text (default: the user's prompt's). The teacher "
+        "prompt is the provider's own parameter: a shorter one moves the teacher's zero-shot less "
+        "before training (50 description tokens cost SmolLM2 17 points on SST-2, one token 2).",
+    )
     shift_mean: str = setting(
         "keep",
         "Shift term, the student's mean prompt shift over the public set (its change of label prior): "
@@ -165,6 +171,8 @@ class TransferConfig:
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
         check_precision(self.precision)
+        if self.n_tokens is not None and self.n_tokens <= 0:
+            raise BadInput("n_tokens", f"must be positive, got {self.n_tokens}")
         for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
@@ -584,6 +592,16 @@ def _load_pair(student, teacher, artifact, cfg, device: str) -> tuple[LoadedMode
     s_lm = student if isinstance(student, LoadedModel) else load_model(student, device=device)
     t_lm = teacher if isinstance(teacher, LoadedModel) else load_model(teacher, device=device)
     check_compatible(artifact, s_lm.info)
+    if (
+        cfg.init == "copy"
+        and cfg.method != "direct"
+        and cfg.n_tokens not in (None, artifact.n_tokens)
+    ):
+        raise BadInput(
+            "n_tokens",
+            f"copy init keeps the user's prompt length ({artifact.n_tokens}); "
+            f"--n-tokens {cfg.n_tokens} needs --init text",
+        )
     if (cfg.init == "copy" or cfg.method == "direct") and (
         artifact.hidden_size != t_lm.info.hidden_size
     ):

@@ -22,13 +22,18 @@ def method_alpha(method: str, alpha: float) -> float:
 
 def teacher_init(cfg, t_lm, artifact: PromptArtifact, task: Task) -> torch.Tensor | None:
     """The teacher prompt's start: None (a copy of the user's prompt) or, with `init: text`, the
-    embeddings of the task's description in the teacher's vocabulary."""
+    embeddings of the task's description in the teacher's vocabulary, cycled or cut to `n_tokens`
+    (default: the user's prompt's length)."""
     if cfg.init != "text":
         return None
     from promptport.prompt import init_prompt_embeddings
 
     return init_prompt_embeddings(
-        t_lm.model, t_lm.tokenizer, artifact.n_tokens, "text", task.description
+        t_lm.model,
+        t_lm.tokenizer,
+        cfg.n_tokens or artifact.n_tokens,
+        "text",
+        task.description,
     )
 
 
