@@ -1,7 +1,8 @@
 """Screen transfer settings for one user prompt: which settings give the teacher the most?
 
 Loads the student, the teacher and the prompt once, then runs one transfer per setting (`--grid`
-entries `space:init:lr:alpha:epochs`, e.g. `labels:text:0.01:0.5:2`) on the same public examples
+entries `space:init:lr:alpha:epochs[:n_tokens]`, e.g. `labels:text:0.01:0.5:2` or, with a 1-token
+teacher prompt, `labels:text:0.01:1:1:1`) on the same public examples
 (the unprompted public-data logits are computed once and shared) and scores each transferred prompt on
 the task's validation split, beside the teacher's zero-shot and the direct transfer. Selection is on
 the validation split only; the test split is for the final run.
@@ -67,10 +68,11 @@ def main(argv=None) -> dict:
     rows = []
     out = args.run_dir / "transfer-screen"
     for g in args.grid:
-        space, init, lr, alpha, epochs = g.split(":")
+        space, init, lr, alpha, epochs, *tokens = g.split(":")
         cfg = TransferConfig(
             space=space, init=init, lr=float(lr), epochs=float(epochs), n_public=args.n_public,
             alpha=alpha if alpha == "auto" else float(alpha), max_length=args.max_length,
+            n_tokens=int(tokens[0]) if tokens else None,
         )  # fmt: skip
         t0 = time.perf_counter()
         r = transfer(
