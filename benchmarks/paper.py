@@ -868,7 +868,7 @@ def markdown(tables: dict) -> str:
         f"{(tables.get('tune_recipe') or {}).get('n_tokens', '?')} prompt tokens. "
         "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
         f"{who}{how} "
-        f"Device: {tables.get('device', 'cpu')}. Command: `{tables['command']}`. Generated from "
+        f"Device: {tables.get('device', 'cpu')}. {_commands(tables)} Generated from "
         f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
     )
     return head + "\n".join(rows) + "\n" + note
@@ -880,6 +880,15 @@ def markers(name: str = "") -> tuple[str, str]:
         return BEGIN, END
     tag = "PAPER-TABLE-" + name.upper()
     return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
+
+
+def _commands(tables: dict) -> str:
+    cmds = tables.get("commands") or [tables["command"]]
+    if len(cmds) == 1:
+        return f"Command: `{cmds[0]}`."
+    return (
+        "Commands, in the order they filled the record: " + "; ".join(f"`{c}`" for c in cmds) + "."
+    )
 
 
 def write_readme_table(text: str, readme: Path = README, name: str = "") -> None:
@@ -905,11 +914,18 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
     """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
     `record`."""
     tables = collect(record)
+    tables_file = f"paper_tables_{name}.json" if name else "paper_tables.json"
+    # a record fills over several commands (tasks, then ablations): keep every one that added to it
+    before = _read_json_or_none(results / tables_file) or {}
+    commands = before.get("commands") or ([before["command"]] if "command" in before else [])
+    if before.get("record_dir") != str(record):
+        commands = []
     out = {
         "benchmark": "paper",
         "profile": profile,
         "sizes": asdict(sizes),
         "command": command,
+        "commands": [c for c in commands if c != command] + [command],
         "record_dir": str(record),
         "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
@@ -919,7 +935,7 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "targets": targets(tables["tasks"], tables.get("ablations")),
         **(extra or {}),
     }
-    out["tables_file"] = f"paper_tables_{name}.json" if name else "paper_tables.json"
+    out["tables_file"] = tables_file
     write_json(results / out["tables_file"], out)
     write_readme_table(markdown(out), readme, name)
     return out

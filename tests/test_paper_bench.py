@@ -97,6 +97,14 @@ def test_cells_resume_skip_and_json_shape(tmp_path):
     assert f"{out['tasks']['sst2']['post']['mean']:.3f} ±" in body
     paper.write_outputs(state, "quick", sizes, "cmd", results=tmp_path, readme=readme)
     assert readme.read_text().count(paper.BEGIN) == 1
+    # a record filled by several commands names each, once, in order; the latest is `command`
+    again = paper.write_outputs(state, "quick", sizes, "cmd2", results=tmp_path, readme=readme)
+    assert again["commands"] == ["cmd", "cmd2"] and again["command"] == "cmd2"
+    assert "`cmd`; `cmd2`" in readme.read_text()
+    other = paper.write_outputs(
+        tmp_path / "other", "quick", sizes, "c3", results=tmp_path, readme=readme
+    )
+    assert other["commands"] == ["c3"]  # another record starts its own list
 
 
 def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
