@@ -532,10 +532,14 @@ class Grid:
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
         return {**r, **recorded_drift(p)}
 
+    def table_post(self, task: str, seed: int) -> dict:
+        """The table's own POST cell: the tool's variant in ablations that change the transfer."""
+        return dict(self.run_cell(task, "post", seed))
+
     def tool_scores(self, task: str, seed: int) -> dict:
         """The table's own POST cell with its user prompt's accuracy on the student (and how far its
         tuning moved it): the tool's variant in ablations that change the user's tuning."""
-        r = dict(self.run_cell(task, "post", seed))
+        r = self.table_post(task, seed)
         r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
         return {**r, **recorded_drift(self.user_prompt(task, seed))}
 
@@ -595,7 +599,7 @@ class Grid:
         elif name == "paper_setting":
             self.cell(
                 self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
-                lambda: dict(self.run_cell(task, "post", seed)),
+                lambda: self.table_post(task, seed),
             )
             self.cell(
                 self.cell_path("ablations", name, task, "paper", f"seed{seed}"),
@@ -609,7 +613,7 @@ class Grid:
             # the student's mean prompt shift kept (the tool's POST cell), dropped or matched
             self.cell(
                 self.cell_path("ablations", name, task, "keep", f"seed{seed}"),
-                lambda: dict(self.run_cell(task, "post", seed)),
+                lambda: self.table_post(task, seed),
             )
             for how in ("drop", "match"):
                 self.cell(
@@ -630,7 +634,7 @@ class Grid:
 
             dp = lambda: self.dp_prompt(task, seed)  # noqa: E731
             for variant, compute in (
-                ("unprompted", lambda: dict(self.run_cell(task, "post", seed))),
+                ("unprompted", lambda: self.table_post(task, seed)),
                 ("init", init(user, "post-base-init")),
                 ("unprompted_dp8", lambda: dict(self.run_cell(task, "post_dp8", seed))),
                 ("init_dp8", init(dp, "post-dp8-base-init")),
@@ -702,7 +706,7 @@ class Grid:
             # the same user prompt and transfer, only the teacher prompt's length changed
             self.cell(
                 self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
-                lambda: dict(self.run_cell(task, "post", seed)),
+                lambda: self.table_post(task, seed),
             )
             for n in (1, 10):
                 self.cell(
@@ -917,9 +921,9 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
     tables_file = f"paper_tables_{name}.json" if name else "paper_tables.json"
     # a record fills over several commands (tasks, then ablations): keep every one that added to it
     before = _read_json_or_none(results / tables_file) or {}
-    commands = before.get("commands") or ([before["command"]] if "command" in before else [])
     if before.get("record_dir") != str(record):
-        commands = []
+        before = {}  # another record's tables: its commands did not fill this one
+    commands = before.get("commands") or ([before["command"]] if "command" in before else [])
     out = {
         "benchmark": "paper",
         "profile": profile,
