@@ -35,7 +35,8 @@ Adam at a tenth of its lr, or DP tuning's plain SGD without noise: how far the p
 tune_budget (the user's prompt tuned for twice the profile's passes, or on four times its training
 examples: whether a prompt that learns more on the student transfers more),
 teacher_tokens (the teacher's prompt as long as the user's, the tool's, or 1 or 10 tokens of the
-description: `transfer.n_tokens`; a long prompt moves the teacher's zero-shot before training),
+description: `transfer.n_tokens`; a long prompt moves the teacher's zero-shot before training;
+and `auto`, the tool choosing between the three by held-out public transfer loss),
 depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store).
 
@@ -717,6 +718,15 @@ class Grid:
                         spec,
                     ),
                 )
+
+            def selected():  # the tool chooses between the three by held-out public loss
+                q = self.post_prompt(task, seed, user(), "post-tauto", n_tokens="auto")
+                sel = read_json(Path(q).parent / "metrics.json")["teacher_tokens_selection"]
+                losses = {str(c["n_tokens"]): c["best"]["heldout_loss"] for c in sel["candidates"]}
+                r = st.evaluate(teacher, q, spec)
+                return {**r, "teacher_tokens": sel["n_tokens"], "heldout_loss": losses}
+
+            self.cell(self.cell_path("ablations", name, task, "auto", f"seed{seed}"), selected)
         elif name == "depth":
             if self.depth_student is None:
                 raise SystemExit(
@@ -766,7 +776,7 @@ def collect(state: Path) -> dict:
         slot[p.stem.removeprefix("seed")] = {
             k: round(v, 4)
             for k, v in r.items()
-            if k in ("accuracy", "student_prompt", "prompt_drift")
+            if k in ("accuracy", "student_prompt", "prompt_drift", "teacher_tokens")
         }
     return {"tasks": tasks, "ablations": ablations}
 

@@ -34,7 +34,12 @@ class FakeStages:
     def transfer(self, prompt, student, spec, seed, out, **over):
         tag = f"transfer:{Path(prompt).parent.name}:{student}:{over}"
         self.calls.append(("transfer", tag))
-        return self._write(out, tag)
+        made = self._write(out, tag)
+        if over.get("n_tokens") == "auto":  # what the tool's metrics.json says it chose
+            cands = [{"n_tokens": n, "best": {"heldout_loss": 0.1 / n}} for n in (50, 10, 1)]
+            sel = {"n_tokens": 1, "candidates": cands}
+            (out / "metrics.json").write_text(json.dumps({"teacher_tokens_selection": sel}))
+        return made
 
     def non_distilled(self, student, out):
         out.mkdir(parents=True)
@@ -163,7 +168,9 @@ def test_ablations_are_cells_too(tmp_path):
     # the tool's setting is the table's post cell; the paper's is a transfer with the paper's fields
     tool = abl["paper_setting"]["sst2"]["tool"]["0"]["accuracy"]
     teacher_tokens = abl["teacher_tokens"]["sst2"]
-    assert set(teacher_tokens) == {"tool", "n_tokens=1", "n_tokens=10"}
+    assert set(teacher_tokens) == {"tool", "n_tokens=1", "n_tokens=10", "auto"}
+    assert teacher_tokens["auto"]["0"]["teacher_tokens"] == 1  # the tool's choice, recorded
+    assert any(c[0] == "transfer" and "'n_tokens': 'auto'}" in c[1] for c in stages.calls)
     assert teacher_tokens["tool"]["0"]["accuracy"] == tool
     assert any(c[0] == "transfer" and "'n_tokens': 1}" in c[1] for c in stages.calls)
     assert tool == round(paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"], 4)

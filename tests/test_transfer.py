@@ -446,6 +446,55 @@ def test_the_teacher_prompt_can_be_shorter_than_the_users(pair, user_prompt, pub
         TransferConfig(n_tokens=0).validate()
 
 
+def test_several_teacher_prompt_lengths_keep_the_lowest_heldout_loss(
+    pair, user_prompt, public_file, tmp_path
+):
+    """n_tokens 'auto' (or 'a,b,c') trains one teacher prompt per length, each exactly as a transfer
+    with that one length trains it (same cache, split and batch order), and keeps the one with the
+    lowest held-out public loss, whatever its place in the list; the metrics name every candidate."""
+    from promptport.transfer_common import teacher_init, teacher_lengths
+
+    teacher, student = pair
+    user_n = load_prompt(user_prompt).n_tokens
+    lengths = teacher_lengths("auto", user_n)
+    assert lengths == list(dict.fromkeys([user_n, 10, 1]))
+    base = dict(n_public=40, epochs=2, lr=5e-2, batch_size=8, init="text")
+    run = lambda out, n: transfer(  # noqa: E731
+        user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / out,
+        cfg=TransferConfig(**base, n_tokens=n),
+    )  # fmt: skip
+    alone = {n: run(f"n{n}", n)["best"]["heldout_loss"] for n in lengths}
+    assert len(set(alone.values())) == len(lengths)  # the choice means something
+    best_n = min(alone, key=alone.__getitem__)
+    for name, spec in (("auto", "auto"), ("rev", ",".join(map(str, reversed(lengths))))):
+        r = run(name, spec)
+        sel = r["teacher_tokens_selection"]
+        assert [c["n_tokens"] for c in sel["candidates"]] == teacher_lengths(spec, user_n)
+        for c in sel["candidates"]:
+            assert c["best"]["heldout_loss"] == pytest.approx(alone[c["n_tokens"]], rel=1e-5)
+        assert sel["n_tokens"] == r["teacher_tokens"] == best_n
+        kept = load_prompt(tmp_path / name / "prompt")
+        assert torch.allclose(
+            kept.embeddings, load_prompt(tmp_path / f"n{best_n}" / "prompt").embeddings
+        )
+        assert kept.meta["training"]["teacher_tokens_selection"]["n_tokens"] == best_n
+        d = tmp_path / name
+        assert (d / "metrics.jsonl").read_text() == (d / f"metrics-n{best_n}.jsonl").read_text()
+        assert not (d / "checkpoint").exists()
+    assert TransferConfig(n_tokens="4").n_tokens == 4  # the command line gives text
+    for bad in ("x", "0,1", "", 0):
+        with pytest.raises(BadInput, match="n_tokens"):
+            TransferConfig(n_tokens=bad).validate()
+    with pytest.raises(BadInput, match="n_tokens"):  # a copy keeps the user's length
+        transfer(
+            user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "copy",
+            cfg=TransferConfig(n_public=20, steps=0, init="copy", n_tokens="auto"),
+        )  # fmt: skip
+    art, task = load_prompt(user_prompt), get_task("sst2")
+    with pytest.raises(BadInput, match="n_tokens"):  # generation transfer takes one length
+        teacher_init(TransferConfig(init="text", n_tokens="auto"), teacher, art, task)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_of_tune_and_transfer_is_resolved_and_recorded(
     native, pair, user_prompt, public_file, sst_like_dir, tmp_path, monkeypatch

@@ -534,6 +534,11 @@ def transfer_cmd(**opts):
         f"steps, held-out loss {r['initial_heldout_loss'] or 0:.4f} -> {best.get('heldout_loss', 0):.4f} "
         f"({r['wall_seconds']:.0f}s) -> {Path(opts['out_dir']) / 'prompt'}"
     )
+    if sel := r.get("teacher_tokens_selection"):
+        tried = ", ".join(
+            f"{c['n_tokens']}: {c['best']['heldout_loss']:.4f}" for c in sel["candidates"]
+        )
+        out().print(f"  teacher prompt length {sel['n_tokens']} kept (held-out loss {tried})")
 
 
 run_config_option = click.option(

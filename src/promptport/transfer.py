@@ -61,6 +61,7 @@ from promptport.transfer_common import (
     method_alpha,
     public_dataset,
     teacher_init,
+    teacher_lengths,
     user_init,
     write_transfer_manifest,
 )
@@ -99,11 +100,14 @@ class TransferConfig:
         "Start p_t from a copy of p_s, or from the task description's embeddings.",
         choices=("copy", "text"),
     )
-    n_tokens: int | None = setting(
+    n_tokens: str | int | None = setting(
         None,
         "Length of the teacher's prompt with --init text (default: the user's prompt's). The teacher "
         "prompt is the provider's own parameter: a shorter one moves the teacher's zero-shot less "
-        "before training (50 description tokens cost SmolLM2 11 points on SST-2's validation split).",
+        "before training (50 description tokens cost SmolLM2 11 points on SST-2's validation split). "
+        "Several lengths ('50,10,1', or 'auto': the user's, 10 and 1) train one prompt each from the "
+        "same cached targets and keep the one with the lowest held-out public transfer loss "
+        "(classification; costs one training per length).",
     )
     shift_mean: str = setting(
         "keep",
@@ -146,6 +150,10 @@ class TransferConfig:
         cli=False,
     )
 
+    def __post_init__(self) -> None:
+        if isinstance(self.n_tokens, str) and self.n_tokens.strip().isdigit():
+            self.n_tokens = int(self.n_tokens)  # the command line gives text
+
     def validate(self) -> None:
         if self.method not in METHODS:
             raise BadInput(
@@ -171,8 +179,7 @@ class TransferConfig:
         if self.init not in ("copy", "text"):
             raise BadInput("init", f"must be copy or text, got '{self.init}'")
         check_precision(self.precision)
-        if self.n_tokens is not None and self.n_tokens <= 0:
-            raise BadInput("n_tokens", f"must be positive, got {self.n_tokens}")
+        teacher_lengths(self.n_tokens, 1)  # one-line error naming n_tokens
         for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
@@ -595,7 +602,7 @@ def _load_pair(student, teacher, artifact, cfg, device: str) -> tuple[LoadedMode
     if (
         cfg.init == "copy"
         and cfg.method != "direct"
-        and cfg.n_tokens not in (None, artifact.n_tokens)
+        and teacher_lengths(cfg.n_tokens, artifact.n_tokens) != [artifact.n_tokens]
     ):
         raise BadInput(
             "n_tokens",
@@ -678,21 +685,72 @@ def _train_teacher_prompt(
         )
     else:
         alpha = float(cfg.alpha)
-    init = teacher_init(cfg, t_lm, artifact, the_task)
-    res = train_transfer(
-        t_clf,
-        t_enc,
-        cache,
-        p_s,
-        cfg,
-        alpha=alpha,
-        init_embeddings=init,
-        metrics_path=out / "metrics.jsonl",
-        progress=progress,
-        checkpoint_dir=out / "checkpoint",
-        resume=resume,
-    )
+    lengths = teacher_lengths(cfg.n_tokens, artifact.n_tokens) if cfg.init == "text" else [None]
+    train = dict(alpha=alpha, progress=progress, resume=resume)
+    if len(lengths) == 1:
+        res = train_transfer(
+            t_clf,
+            t_enc,
+            cache,
+            p_s,
+            cfg,
+            init_embeddings=teacher_init(cfg, t_lm, artifact, the_task),
+            metrics_path=out / "metrics.jsonl",
+            checkpoint_dir=out / "checkpoint",
+            **train,
+        )
+    else:
+        starts = {n: teacher_init(cfg, t_lm, artifact, the_task, n) for n in lengths}
+        res = train_candidates(starts, t_clf, t_enc, cache, p_s, cfg, out, **train)
     return res.embeddings, alpha, res, alpha_info, cache_shared
+
+
+def train_candidates(
+    starts: dict, teacher, t_enc, cache, p_s, cfg: TransferConfig, out: Path, **train
+) -> TransferResult:
+    """One teacher prompt per start (`starts`: length -> embeddings), each trained as `train_transfer`
+    trains one, from the same cached targets, seed, held-out public examples and batch order; the
+    one with the lowest held-out transfer loss is kept. It is the choice the loop already makes
+    between its steps, made between starts: public data only, and no start is favoured by a
+    different split. Each candidate logs to OUT/metrics-n<N>.jsonl (the kept one is copied to
+    OUT/metrics.jsonl) and checkpoints under OUT/checkpoint/n<N>/, so a resume skips finished ones.
+    The result's seconds and tokens are the sum over candidates (the cost of choosing)."""
+    runs = {
+        n: train_transfer(
+            teacher,
+            t_enc,
+            cache,
+            p_s,
+            cfg,
+            init_embeddings=init,
+            metrics_path=out / f"metrics-n{n}.jsonl",
+            checkpoint_dir=out / "checkpoint" / f"n{n}",
+            **train,
+        )
+        for n, init in starts.items()
+    }
+    chosen = min(runs, key=lambda n: runs[n].best["heldout_loss"])  # a tie keeps the first listed
+    if (out / f"metrics-n{chosen}.jsonl").exists():  # (the main process writes the logs)
+        shutil.copyfile(out / f"metrics-n{chosen}.jsonl", out / "metrics.jsonl")
+    selection = {
+        "rule": "the teacher prompt length with the lowest held-out public transfer loss",
+        "n_tokens": chosen,
+        "candidates": [
+            {
+                "n_tokens": n,
+                "best": r.best,
+                "initial_heldout_loss": r.history[0]["heldout_loss"],
+                "train_seconds": round(r.seconds, 3),
+            }
+            for n, r in runs.items()
+        ],
+    }
+    return dataclasses.replace(
+        runs[chosen],
+        seconds=sum(r.seconds for r in runs.values()),
+        tokens=sum(r.tokens for r in runs.values()),
+        selection=selection,
+    )
 
 
 def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: float) -> dict:
@@ -711,6 +769,8 @@ def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: flo
         "train_seconds": 0.0 if res is None else round(res.seconds, 3),
         "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
         "unprompted_cache_shared": cache_shared,
+        "teacher_tokens": None if res is None else int(res.embeddings.shape[0]),
+        "teacher_tokens_selection": None if res is None else res.selection,
         "tokens": 0 if res is None else res.tokens,
         "tokens_per_s": None
         if res is None or res.seconds == 0
@@ -828,6 +888,7 @@ def transfer(
             seconds=round(res.seconds, 3),
             cache_seconds=round(res.cache_seconds, 3),
             tokens=res.tokens,
+            teacher_tokens_selection=res.selection,
         )
     meta = make_metadata(
         model_info=t_lm.info,

@@ -20,21 +20,56 @@ def method_alpha(method: str, alpha: float) -> float:
     return {"post": alpha, "output": 0.0, "shift": 1.0}[method]
 
 
-def teacher_init(cfg, t_lm, artifact: PromptArtifact, task: Task) -> torch.Tensor | None:
+AUTO_TEACHER_TOKENS = (None, 10, 1)  # `n_tokens: auto`: the user's length, 10 and 1 tokens
+
+
+def teacher_lengths(value: int | str | None, user_n: int) -> list[int]:
+    """The teacher prompt lengths `n_tokens` asks for, in order and without repeats: one (a number, or
+    None: the user's prompt's length) or several to choose between ('auto': the user's length, 10
+    and 1; or comma-separated numbers such as '50,10,1')."""
+    bad = BadInput(
+        "n_tokens",
+        f"must be a positive number, several comma-separated ('50,10,1') or 'auto', got {value!r}",
+    )
+    if value is None or isinstance(value, bool):
+        if value is not None:
+            raise bad
+        return [user_n]
+    if isinstance(value, int):
+        parts: list = [value]
+    elif str(value).strip() == "auto":
+        parts = [user_n if n is None else n for n in AUTO_TEACHER_TOKENS]
+    else:
+        try:
+            parts = [int(x) for x in str(value).split(",")]
+        except ValueError:
+            raise bad from None
+    if not parts or any(n <= 0 for n in parts):
+        raise bad
+    return list(dict.fromkeys(parts))
+
+
+def teacher_init(
+    cfg, t_lm, artifact: PromptArtifact, task: Task, n_tokens: int | None = None
+) -> torch.Tensor | None:
     """The teacher prompt's start: None (a copy of the user's prompt) or, with `init: text`, the
     embeddings of the task's description in the teacher's vocabulary, cycled or cut to `n_tokens`
-    (default: the user's prompt's length)."""
+    (default: the one length `cfg.n_tokens` gives; several are chosen between by the classification
+    transfer only)."""
     if cfg.init != "text":
         return None
     from promptport.prompt import init_prompt_embeddings
 
-    return init_prompt_embeddings(
-        t_lm.model,
-        t_lm.tokenizer,
-        cfg.n_tokens or artifact.n_tokens,
-        "text",
-        task.description,
-    )
+    if n_tokens is None:
+        lengths = teacher_lengths(cfg.n_tokens, artifact.n_tokens)
+        if len(lengths) > 1:
+            raise BadInput(
+                "n_tokens",
+                f"choosing between teacher prompt lengths ({cfg.n_tokens!r}) is for classification "
+                "tasks; give one length",
+            )
+        n_tokens = lengths[0]
+    return init_prompt_embeddings(t_lm.model, t_lm.tokenizer, n_tokens, "text", task.description)
 
 
 def user_init(artifact: PromptArtifact, s_lm, task: Task) -> torch.Tensor:
@@ -89,6 +124,8 @@ class TransferResult:
     cache_seconds: float = 0.0
     steps: int = 0
     tokens: int = 0
+    # several teacher prompt lengths tried (`n_tokens: auto`): the rule, the choice, every candidate
+    selection: dict | None = None
 
 
 def fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
