@@ -793,6 +793,31 @@ def _generated_public(t_lm, the_task, public_data: str, out, cfg, progress):
     return public_dataset(the_task, texts, cfg.n_public, cfg.seed), f"{public_data} ({path})"
 
 
+def _training_record(cfg, alpha, alpha_info, source_id, pub, artifact, s_lm, res) -> dict:
+    """The transferred prompt's `training` metadata: how it was made, from what public source."""
+    training = {
+        "stage": "transfer",
+        "method": cfg.method,
+        "config": asdict(cfg),
+        "alpha_used": alpha,
+        "alpha_auto": alpha_info or None,
+        "public_source": source_id,
+        "n_public": len(pub),
+        "source_prompt_sha256": artifact.meta.get("sha256"),
+        "student": s_lm.info.model_id,
+    }
+    if res is not None:
+        training.update(
+            steps=res.steps,
+            best=res.best,
+            seconds=round(res.seconds, 3),
+            cache_seconds=round(res.cache_seconds, 3),
+            tokens=res.tokens,
+            teacher_tokens_selection=res.selection,
+        )
+    return training
+
+
 def transfer(
     prompt: str | Path | PromptArtifact,
     student: str | LoadedModel,
@@ -870,26 +895,7 @@ def transfer(
         public_text_column,
     )
 
-    training = {
-        "stage": "transfer",
-        "method": cfg.method,
-        "config": asdict(cfg),
-        "alpha_used": alpha,
-        "alpha_auto": alpha_info or None,
-        "public_source": source_id,
-        "n_public": len(pub),
-        "source_prompt_sha256": artifact.meta.get("sha256"),
-        "student": s_lm.info.model_id,
-    }
-    if res is not None:
-        training.update(
-            steps=res.steps,
-            best=res.best,
-            seconds=round(res.seconds, 3),
-            cache_seconds=round(res.cache_seconds, 3),
-            tokens=res.tokens,
-            teacher_tokens_selection=res.selection,
-        )
+    training = _training_record(cfg, alpha, alpha_info, source_id, pub, artifact, s_lm, res)
     meta = make_metadata(
         model_info=t_lm.info,
         task=the_task,
