@@ -117,6 +117,24 @@ def transfer_recipe() -> dict:
     return _run_section("transfer", SIZED)
 
 
+def recipe_changes(pairs: list[str]) -> dict:
+    """`--transfer-set KEY=VALUE ...` as recipe fields (values read as YAML: 1 is a number, auto
+    text), checked against TransferConfig; the profile's sizes cannot be changed this way."""
+    import yaml
+
+    from promptport.transfer import TransferConfig
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in TransferConfig.__dataclass_fields__ or key in SIZED:
+            raise SystemExit(f"--transfer-set {pair}: not a recipe field KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    base = {**transfer_recipe(), **out}
+    TransferConfig(**base).validate()
+    return out
+
+
 def tune_recipe() -> dict:
     """The user's tuning recipe for the table, as for POST: the run config's `tune:` section (prompt
     length, learning rate, precision). DP tuning keeps the profile's SGD learning rate (dp_lr)."""
@@ -1134,6 +1152,11 @@ def main(argv=None) -> dict:
         "--record", default=None,
         help="the cells and their identity, committed (default benchmarks/results/paper/<profile>)",
     )  # fmt: skip
+    ap.add_argument(
+        "--transfer-set", nargs="+", default=[], metavar="KEY=VALUE",
+        help="change the table's transfer recipe (a `transfer:` field of the run config, e.g. "
+        "n_tokens=auto): a state and record hold one recipe, so this starts new ones",
+    )  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting cells after this")
     ap.add_argument("--table-only", action="store_true", help="only rebuild JSON and README table")
     ap.add_argument(
@@ -1166,7 +1189,8 @@ def main(argv=None) -> dict:
         check_device(record, str(resolve_device(args.device)))
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
-        stages = Stages(args.teacher, sizes, device=args.device)
+        recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
+        stages = Stages(args.teacher, sizes, device=args.device, recipe=recipe)
         ident = student_identity(student)
         for d in folders:
             check_student(d, ident)

@@ -6,14 +6,15 @@
 #   RECORD=benchmarks/results/paper/h200 SECONDS_LEFT=480 bash benchmarks/paper_gpu.sh
 # then: python -m benchmarks.paper --table-only --name h200 --record benchmarks/results/paper/h200
 # Env: RECORD, WORK (scratch: states and the student store), SECONDS_LEFT (wall budget of the parallel
-# phase), TASKS, ABL_TASKS, PY.
+# phase), TASKS, ABL_TASKS, PY, EXTRA (more benchmarks.paper options for every process, e.g.
+# "--transfer-set n_tokens=auto --distill-config configs/general-student-16k.yaml": a new record).
 set -u
 PY=${PY:-python}; WORK=${WORK:-runs/paper/gpu}; RECORD=${RECORD:-benchmarks/results/paper/gpu}
 TASKS=${TASKS:-"sst2 imdb tweet_eval arisetv mpqa"}; ABL_TASKS=${ABL_TASKS:-$TASKS}
 SECONDS_LEFT=${SECONDS_LEFT:-3600}
 export PROMPTPORT_CACHE=${PROMPTPORT_CACHE:-$WORK/cache} PYTHONUNBUFFERED=1
 mkdir -p "$WORK/logs"
-P="$PY -m benchmarks.paper --device cuda --record $RECORD"
+P="$PY -m benchmarks.paper --device cuda --record $RECORD ${EXTRA:-}"
 # 1. the shared general student (distilled once into the store) and the zero-shot cells
 $P --state "$WORK/state" --seeds 0 --tasks $TASKS --methods teacher_zero_shot student_zero_shot \
   > "$WORK/logs/student.txt" 2>&1 || { tail -20 "$WORK/logs/student.txt"; exit 1; }

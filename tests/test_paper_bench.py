@@ -481,3 +481,17 @@ def test_a_fresh_sitting_carries_on_from_the_committed_record(tmp_path):
     paper.check_student(tmp_path / "fresh-state", dict(ident, sha256="bbbb"))
     with pytest.raises(SystemExit, match="another student"):
         paper.check_student(tmp_path / "fresh-record", dict(ident, sha256="bbbb"))
+
+
+def test_transfer_set_changes_the_recipe_through_the_config():
+    """--transfer-set KEY=VALUE: recipe fields only (values read as YAML), checked by TransferConfig;
+    the profile's sizes and unknown fields are refused."""
+    from promptport.errors import BadInput
+
+    assert paper.recipe_changes(["n_tokens=auto", "lr=0.02"]) == {"n_tokens": "auto", "lr": 0.02}
+    assert paper.recipe_changes(["n_tokens=50,10,1"]) == {"n_tokens": "50,10,1"}
+    for bad in ("epochs=3", "nope=1", "n_tokens"):
+        with pytest.raises(SystemExit):
+            paper.recipe_changes([bad])
+    with pytest.raises(BadInput, match="n_tokens"):
+        paper.recipe_changes(["n_tokens=0"])
