@@ -2,7 +2,8 @@
 
 Loads the student, the teacher and the prompt once, then runs one transfer per setting (`--grid`
 entries `space:init:lr:alpha:epochs[:n_tokens]`, e.g. `labels:text:0.01:0.5:2` or, with a 1-token
-teacher prompt, `labels:text:0.01:1:1:1`) on the same public examples
+teacher prompt, `labels:text:0.01:1:1:1`, or the tool's choice between lengths, `...:1:auto`) on the
+same public examples
 (the unprompted public-data logits are computed once and shared) and scores each transferred prompt on
 the task's validation split, beside the teacher's zero-shot and the direct transfer. Selection is on
 the validation split only; the test split is for the final run.
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
         cfg = TransferConfig(
             space=space, init=init, lr=float(lr), epochs=float(epochs), n_public=args.n_public,
             alpha=alpha if alpha == "auto" else float(alpha), max_length=args.max_length,
-            n_tokens=int(tokens[0]) if tokens else None,
+            n_tokens=tokens[0] if tokens else None,  # a number, 'auto' or '50,10,1'
         )  # fmt: skip
         t0 = time.perf_counter()
         r = transfer(
@@ -87,6 +88,7 @@ def main(argv=None) -> dict:
             ),
             "best_step": (r["best"] or {}).get("step"),
             "steps": r["steps"],
+            "teacher_tokens": r["teacher_tokens"],
             "seconds": round(time.perf_counter() - t0, 1),
         }
         rows.append(row)
