@@ -421,3 +421,34 @@ def test_prompt_prefix_times_both_paths_and_they_agree(bench, tiny_model_dir, ca
     assert res["gradient_scale"] > 0
     assert all(len(res["timings"][k]["times_s"]) == 3 for k in res["timings"])
     assert res["step_speedup"] > 0 and res["eval_speedup"] > 0
+
+
+def test_teacher_tokens_rule_applies_the_tools_choice_to_a_record(tmp_path):
+    """benchmarks.teacher_tokens_rule keeps, per task, the length whose transfer recorded the lowest
+    held-out loss (the tool's `lowest_heldout`), and says whether it was the best on test; a task
+    missing a variant is left out."""
+    from benchmarks.teacher_tokens_rule import rule_on_record
+
+    state, record = tmp_path / "state", tmp_path / "record"
+    (record).mkdir()
+    (record / "tune.json").write_text(json.dumps({"n_tokens": 50}))
+    runs = {  # task -> variant -> (held-out loss, test accuracy)
+        "a": {"tool": (0.3, 0.70), "n_tokens=10": (0.2, 0.75), "n_tokens=1": (0.4, 0.72)},
+        "b": {"tool": (0.1, 0.60), "n_tokens=10": (0.2, 0.65), "n_tokens=1": (0.3, 0.50)},
+        "c": {"tool": (0.1, 0.60)},  # incomplete
+    }
+    arts = {"tool": "post", "n_tokens=10": "post-t10", "n_tokens=1": "post-t1"}
+    for task, variants in runs.items():
+        for v, (loss, acc) in variants.items():
+            cell = record / "cells" / "ablations" / "teacher_tokens" / task / v / "seed0.json"
+            cell.parent.mkdir(parents=True)
+            cell.write_text(json.dumps({"accuracy": acc}))
+            m = state / "art" / task / f"{arts[v]}-s0" / "metrics.json"
+            m.parent.mkdir(parents=True)
+            m.write_text(json.dumps({"best": {"heldout_loss": loss}}))
+    r = rule_on_record(state, record)
+    assert set(r["tasks"]) == {"a", "b"}
+    assert r["tasks"]["a"]["chosen"] == 10 and r["tasks"]["a"]["picked_best"]
+    assert r["tasks"]["b"]["chosen"] == 50 and not r["tasks"]["b"]["picked_best"]
+    assert r["picked_best"] == 1 and r["of_tasks"] == 2
+    assert r["mean_accuracy_chosen"] == pytest.approx((0.75 + 0.60) / 2)

@@ -705,6 +705,12 @@ def _train_teacher_prompt(
     return res.embeddings, alpha, res, alpha_info, cache_shared
 
 
+def lowest_heldout(losses: dict):
+    """The candidate (a key of `losses`: candidate -> best held-out public transfer loss) to keep:
+    the lowest loss; a tie keeps the first listed."""
+    return min(losses, key=losses.__getitem__)
+
+
 def train_candidates(
     starts: dict, teacher, t_enc, cache, p_s, cfg: TransferConfig, out: Path, **train
 ) -> TransferResult:
@@ -729,7 +735,7 @@ def train_candidates(
         )
         for n, init in starts.items()
     }
-    chosen = min(runs, key=lambda n: runs[n].best["heldout_loss"])  # a tie keeps the first listed
+    chosen = lowest_heldout({n: r.best["heldout_loss"] for n, r in runs.items()})
     if (out / f"metrics-n{chosen}.jsonl").exists():  # (the main process writes the logs)
         shutil.copyfile(out / f"metrics-n{chosen}.jsonl", out / "metrics.jsonl")
     selection = {

@@ -1,0 +1,95 @@
+"""Does the tool's choice of teacher prompt length pick the one that scores best on the test split?
+
+`transfer.n_tokens: auto` trains a teacher prompt of the user's length, 10 and 1 tokens and keeps the
+one with the lowest held-out *public* transfer loss (`promptport.transfer.lowest_heldout`). A paper
+record's `teacher_tokens` ablation holds the three transfers' test accuracies (cells) and its state
+holds the held-out losses each transfer recorded (STATE/art/<task>/post{,-t10,-t1}-s<seed>/
+metrics.json). This applies the tool's rule to them, per task, and says whether it kept the best of
+the three, against the tool's fixed length and the teacher's zero-shot. Where the record also has the
+tool's own `auto` cell (the three trained again and chosen by `transfer`), it is listed beside.
+
+    python -m benchmarks.teacher_tokens_rule --state runs/paper/cpu-fp32-16k \
+        --record benchmarks/results/paper/cpu-fp32-16k
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks.common import finish, parser
+
+VARIANTS = {"tool": "post", "n_tokens=10": "post-t10", "n_tokens=1": "post-t1"}
+
+
+def rule_on_record(state: Path, record: Path, seed: int = 0) -> dict:
+    from promptport.transfer import lowest_heldout
+
+    user_n = json.loads((record / "tune.json").read_text())["n_tokens"]
+    cells = record / "cells" / "ablations" / "teacher_tokens"
+    tasks = {}
+    for task_dir in sorted(p for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []:
+        cand = {}
+        for variant, art in VARIANTS.items():
+            cell = task_dir / variant / f"seed{seed}.json"
+            metrics = state / "art" / task_dir.name / f"{art}-s{seed}" / "metrics.json"
+            if not (cell.is_file() and metrics.is_file()):
+                break
+            n = user_n if variant == "tool" else int(variant.split("=")[1])
+            cand[n] = {
+                "heldout_loss": json.loads(metrics.read_text())["best"]["heldout_loss"],
+                "accuracy": json.loads(cell.read_text())["accuracy"],
+            }
+        else:
+            chosen = lowest_heldout({n: c["heldout_loss"] for n, c in cand.items()})
+            best = max(c["accuracy"] for c in cand.values())
+            zs = record / "cells" / task_dir.name / "teacher_zero_shot" / "seed0.json"
+            auto = task_dir / "auto" / f"seed{seed}.json"
+            tasks[task_dir.name] = {
+                "candidates": {str(n): c for n, c in cand.items()},
+                "chosen": chosen,
+                "chosen_accuracy": cand[chosen]["accuracy"],
+                "best_accuracy": best,
+                "picked_best": cand[chosen]["accuracy"] == best,
+                "tool_accuracy": cand[user_n]["accuracy"],
+                "teacher_zero_shot": json.loads(zs.read_text())["accuracy"]
+                if zs.is_file()
+                else None,
+                "auto_cell": json.loads(auto.read_text()) if auto.is_file() else None,
+            }
+    done = list(tasks.values())
+    return {
+        "seed": seed,
+        "rule": "the teacher prompt length with the lowest held-out public transfer loss",
+        "tasks": tasks,
+        "picked_best": sum(t["picked_best"] for t in done),
+        "of_tasks": len(done),
+        "mean_accuracy_chosen": round(statistics.fmean(t["chosen_accuracy"] for t in done), 4)
+        if done
+        else None,
+        "mean_accuracy_tool": round(statistics.fmean(t["tool_accuracy"] for t in done), 4)
+        if done
+        else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = parser(__doc__, suite=None)
+    ap.add_argument("--state", type=Path, required=True, help="the record's scratch state")
+    ap.add_argument("--record", type=Path, required=True, help="benchmarks/results/paper/<name>")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="teacher_tokens_rule")
+    args = ap.parse_args(argv)
+    r = rule_on_record(args.state, args.record, args.seed)
+    for task, t in r["tasks"].items():
+        print(
+            f"{task}: chosen {t['chosen']} tokens -> {t['chosen_accuracy']:.4f} "
+            f"(best of three {t['best_accuracy']:.4f}, tool {t['tool_accuracy']:.4f})",
+            flush=True,
+        )
+    return finish(args.name, {"state": str(args.state), "record": str(args.record), **r})
+
+
+if __name__ == "__main__":
+    main()
