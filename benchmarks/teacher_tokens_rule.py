@@ -9,7 +9,7 @@ the three, against the tool's fixed length and the teacher's zero-shot. Where th
 tool's own `auto` cell (the three trained again and chosen by `transfer`), it is listed beside.
 
     python -m benchmarks.teacher_tokens_rule --state runs/paper/cpu-fp32-16k \
-        --record benchmarks/results/paper/cpu-fp32-16k
+        --record benchmarks/results/paper/cpu-fp32-16k --seeds 0 1
 """
 
 from __future__ import annotations
@@ -78,17 +78,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap = parser(__doc__, suite=None)
     ap.add_argument("--state", type=Path, required=True, help="the record's scratch state")
     ap.add_argument("--record", type=Path, required=True, help="benchmarks/results/paper/<name>")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--name", default="teacher_tokens_rule")
     args = ap.parse_args(argv)
-    r = rule_on_record(args.state, args.record, args.seed)
-    for task, t in r["tasks"].items():
-        print(
-            f"{task}: chosen {t['chosen']} tokens -> {t['chosen_accuracy']:.4f} "
-            f"(best of three {t['best_accuracy']:.4f}, tool {t['tool_accuracy']:.4f})",
-            flush=True,
-        )
-    return finish(args.name, {"state": str(args.state), "record": str(args.record), **r})
+    by_seed = {str(s): rule_on_record(args.state, args.record, s) for s in args.seeds}
+    for seed, r in by_seed.items():
+        for task, t in r["tasks"].items():
+            print(
+                f"seed {seed} {task}: chosen {t['chosen']} tokens -> {t['chosen_accuracy']:.4f} "
+                f"(best of three {t['best_accuracy']:.4f}, tool {t['tool_accuracy']:.4f})",
+                flush=True,
+            )
+    summary = {
+        "picked_best": sum(r["picked_best"] for r in by_seed.values()),
+        "of_cases": sum(r["of_tasks"] for r in by_seed.values()),
+    }
+    return finish(
+        args.name,
+        {"state": str(args.state), "record": str(args.record), **summary, "by_seed": by_seed},
+    )
 
 
 if __name__ == "__main__":
