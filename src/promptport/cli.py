@@ -476,6 +476,8 @@ def transfer_cmd(**opts):
       promptport transfer --prompt runs/tune/prompt --student runs/distill/student \\
           --teacher smollm2-135m-instruct --public-data embedded:rt_plots --out runs/transfer
       promptport transfer --prompt alice/prompt --prompt bob/prompt ...   (several users, one job)
+      promptport transfer ... --init text --n-tokens auto   (a teacher prompt of the user's length,
+                                 10 or 1 tokens: the one with the lowest held-out public loss kept)
     """
     from promptport.transfer import transfer
 
