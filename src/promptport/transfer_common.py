@@ -31,9 +31,9 @@ def teacher_lengths(value: int | str | None, user_n: int) -> list[int]:
         "n_tokens",
         f"must be a positive number, several comma-separated ('50,10,1') or 'auto', got {value!r}",
     )
-    if value is None or isinstance(value, bool):
-        if value is not None:
-            raise bad
+    if isinstance(value, bool):
+        raise bad
+    if value is None:
         return [user_n]
     if isinstance(value, int):
         parts: list = [value]
