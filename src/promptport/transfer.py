@@ -686,21 +686,21 @@ def _train_teacher_prompt(
     else:
         alpha = float(cfg.alpha)
     lengths = teacher_lengths(cfg.n_tokens, artifact.n_tokens) if cfg.init == "text" else [None]
+    starts = {n: teacher_init(cfg, t_lm, artifact, the_task, n) for n in lengths}
     train = dict(alpha=alpha, progress=progress, resume=resume)
-    if len(lengths) == 1:
+    if len(starts) == 1:
         res = train_transfer(
             t_clf,
             t_enc,
             cache,
             p_s,
             cfg,
-            init_embeddings=teacher_init(cfg, t_lm, artifact, the_task),
+            init_embeddings=next(iter(starts.values())),
             metrics_path=out / "metrics.jsonl",
             checkpoint_dir=out / "checkpoint",
             **train,
         )
     else:
-        starts = {n: teacher_init(cfg, t_lm, artifact, the_task, n) for n in lengths}
         res = train_candidates(starts, t_clf, t_enc, cache, p_s, cfg, out, **train)
     return res.embeddings, alpha, res, alpha_info, cache_shared
 
