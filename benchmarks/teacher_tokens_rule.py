@@ -24,7 +24,7 @@ VARIANTS = {"tool": "post", "n_tokens=10": "post-t10", "n_tokens=1": "post-t1"}
 
 
 def rule_on_record(state: Path, record: Path, seed: int = 0) -> dict:
-    from promptport.transfer import lowest_heldout
+    from promptport.transfer import LENGTH_RULE, lowest_heldout
 
     user_n = json.loads((record / "tune.json").read_text())["n_tokens"]
     cells = record / "cells" / "ablations" / "teacher_tokens"
@@ -61,7 +61,7 @@ def rule_on_record(state: Path, record: Path, seed: int = 0) -> dict:
     done = list(tasks.values())
     return {
         "seed": seed,
-        "rule": "the teacher prompt length with the lowest held-out public transfer loss",
+        "rule": LENGTH_RULE,
         "tasks": tasks,
         "picked_best": sum(t["picked_best"] for t in done),
         "of_tasks": len(done),

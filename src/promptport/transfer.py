@@ -705,6 +705,9 @@ def _train_teacher_prompt(
     return res.embeddings, alpha, res, alpha_info, cache_shared
 
 
+LENGTH_RULE = "the teacher prompt length with the lowest held-out public transfer loss"
+
+
 def lowest_heldout(losses: dict):
     """The candidate (a key of `losses`: candidate -> best held-out public transfer loss) to keep:
     the lowest loss; a tie keeps the first listed."""
@@ -739,7 +742,7 @@ def train_candidates(
     if (out / f"metrics-n{chosen}.jsonl").exists():  # (the main process writes the logs)
         shutil.copyfile(out / f"metrics-n{chosen}.jsonl", out / "metrics.jsonl")
     selection = {
-        "rule": "the teacher prompt length with the lowest held-out public transfer loss",
+        "rule": LENGTH_RULE,
         "n_tokens": chosen,
         "candidates": [
             {
