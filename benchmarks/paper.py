@@ -1049,6 +1049,8 @@ def student_identity(student: str) -> dict:
         "layers": meta.get("layers"),
         "distilled": meta.get("distilled", True),
     }
+    if meta.get("continued_from"):  # distilled in several runs: the earlier ones, newest first
+        ident["continued_from"] = meta["continued_from"]
     run = Path(student).parent / "metrics.json"
     if run.is_file():
         cfg = read_json(run).get("config") or {}

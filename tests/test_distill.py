@@ -369,6 +369,32 @@ def test_distill_trains_saves_and_reloads(tiny_model_dir, text_file, tmp_path):
         load_model(str(out / "student"))
 
 
+def test_a_continued_student_records_the_students_it_continued(tiny_model_dir, text_file, tmp_path):
+    """A student distilled in two runs says so: its student.json and metrics.json name the first
+    run's weights (checksum) and training, and a third run nests the chain, newest first."""
+    from promptport.student import read_student_meta
+
+    first = distill(str(tiny_model_dir), tmp_path / "a", tiny_cfg(text_file, max_steps=2))
+    assert first["continued_from"] is None
+    a = read_student_meta(tmp_path / "a" / "student")
+    assert "continued_from" not in a
+
+    cfg = tiny_cfg(text_file, max_steps=2, seed=1)
+    second = distill(
+        str(tiny_model_dir), tmp_path / "b", cfg, student=str(tmp_path / "a" / "student")
+    )
+    b = read_student_meta(tmp_path / "b" / "student")
+    assert b["strategy"] == "continued" and b["layers"] == a["layers"]
+    assert b["continued_from"] == second["continued_from"]
+    assert b["continued_from"]["sha256"] == a["sha256"] != b["sha256"]
+    assert b["continued_from"]["training"] == a["training"] and b["training"]["seed"] == 1
+
+    distill(str(tiny_model_dir), tmp_path / "c", cfg, student=str(tmp_path / "b" / "student"))
+    c = read_student_meta(tmp_path / "c" / "student")
+    assert c["continued_from"]["sha256"] == b["sha256"]
+    assert c["continued_from"]["continued_from"]["sha256"] == a["sha256"]
+
+
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "promptport.cli", "distill", *args]
 

@@ -359,6 +359,14 @@ def cache_answers(
     return {"task_logits": logits_all, "task_hidden": hid_all}
 
 
+def student_lineage(meta: dict) -> dict:
+    """What a continued student was trained from: the source's weights checksum, how it was cut and
+    trained, and its own source in turn, so a student distilled in several runs says so (its
+    `training` holds only the last run's steps)."""
+    keep = ("sha256", "layers", "strategy", "training", "continued_from")
+    return {k: meta[k] for k in keep if meta.get(k) is not None}
+
+
 def cache_key(cfg: DistillConfig, teacher_fingerprint: str, world: int) -> str:
     """What the teacher cache depends on: a resumed run reuses the cache only when all of it matches."""
     parts = {
@@ -578,6 +586,7 @@ class Distiller:
         self.student_dir, self.resume, self.device_arg = student, resume, device
         self.progress, self.time_budget_s = progress, time_budget_s
         self.t_start = time.perf_counter()
+        self.source: dict | None = None  # the continued student's lineage (None: a fresh cut)
 
     # ---- setup
 
@@ -645,6 +654,7 @@ class Distiller:
             smeta = read_json(Path(self.student_dir) / STUDENT_META)
             check_same_teacher(smeta["teacher"], self.teacher.info, field="student")
             self.layers = smeta["layers"]
+            self.source = student_lineage(smeta)
             smodel = load_student(
                 self.student_dir, teacher=self.teacher, device=self.device_arg
             ).model
@@ -1022,6 +1032,8 @@ class Distiller:
             "trained_embeddings": not cfg.freeze_embeddings,
             "training": {"steps": step, "tokens": tokens, "seed": cfg.seed},
         }
+        if self.source is not None:
+            meta["continued_from"] = self.source
         save_student(out / "student", self.student, self.teacher.tokenizer, self.own, meta)
         trained = (step - self.start_step) * self.tokens_per_step
         result = {
@@ -1030,6 +1042,7 @@ class Distiller:
             "student": str(out / "student"),
             "layers": self.layers,
             "strategy": strategy,
+            "continued_from": self.source,
             "parameters": self.counts,
             "before": self.before,
             "after": after,
