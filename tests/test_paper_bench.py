@@ -130,8 +130,9 @@ def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
     assert all(set(tables["tasks"][t]) == set(paper.METHODS) for t in SPECS)
 
 
-def test_ablations_are_cells_too(tmp_path):
+def test_ablations_are_cells_too(tmp_path, monkeypatch):
     state = tmp_path / "state"
+    monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: f"/p/{spec['task']}-own")
     stages = FakeStages()
     made: list[int] = []
 
@@ -194,7 +195,13 @@ def test_ablations_are_cells_too(tmp_path):
     )
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
-    assert set(abl["public_data"]["sst2"]) == {"same_domain", "cross_domain", "generated"}
+    assert set(abl["public_data"]["sst2"]) == {
+        "same_task",
+        "same_domain",
+        "cross_domain",
+        "generated",
+    }
+    assert any(c[0] == "transfer" and "'/p/sst2-own'" in c[1] for c in stages.calls)
     n_public = paper.PROFILES["quick"].n_public
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
 
@@ -495,3 +502,32 @@ def test_transfer_set_changes_the_recipe_through_the_config():
             paper.recipe_changes([bad])
     with pytest.raises(BadInput, match="n_tokens"):
         paper.recipe_changes(["n_tokens=0"])
+
+
+def test_same_task_public_data_is_the_tasks_text_the_user_never_holds(tmp_path):
+    """`same_task` public data: training texts past the user's `train_limit`, labels dropped, and no
+    text the user trains on or that validation or test holds (a duplicate of one is removed)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = paper.Sizes(
+        train_limit=4, val_limit=2, eval_limit=2, n_public=3, tune_epochs=1,
+        transfer_epochs=1, dp_lr=0.3,
+    )  # fmt: skip
+
+    def write(split, texts):
+        rows = [{"text": t, "label": "positive"} for t in texts]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    users = ["u0", "u1", "u2", "u3"]
+    write("train", users + ["p0", "U1 ", "p1", "v0", "p2", "t0", "p0", "p3"])
+    write("validation", ["v0", "v1"])
+    write("test", ["t0", "t1"])
+    spec = {"task": "sst2", "data": str(data), "public": "/p"}
+    path = paper.same_task_public(spec, sizes)
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert rows == [{"text": t} for t in ("p0", "p1", "p2", "p3")]  # in order, once, no labels
+    assert paper.same_task_public(spec, sizes) == path  # written once
+    with pytest.raises(SystemExit, match="n_public=5"):
+        paper.same_task_public(
+            spec, paper.Sizes(**{**vars(sizes), "train_limit": 6, "n_public": 5})
+        )
