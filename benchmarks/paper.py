@@ -499,6 +499,7 @@ class Grid:
     def __init__(
         self, state: Path, stages, student: str, specs: dict, log=print, depth_student=None,
         depths: tuple[int, ...] = (2, 8), record: Path | None = None,
+        variants: tuple[str, ...] = (),
     ):  # fmt: skip
         self.state, self.stages, self.student, self.specs, self.log = (
             state,
@@ -511,6 +512,8 @@ class Grid:
         # depth ablation: layers -> a student of the same recipe at that depth (distilled on demand)
         self.depth_student, self.depths = depth_student, depths
         self.ran: list[str] = []
+        self.variants = set(variants)  # ablation cells to make (empty: all of an ablation's)
+        self.seen_variants: set[str] = set()  # the ablation variants met, made or not
 
     def cell_path(self, *parts) -> Path:
         return self.record.joinpath("cells", *map(str, parts[:-1]), f"{parts[-1]}.json")
@@ -527,9 +530,16 @@ class Grid:
             self.log(f"  [{task}] {kind} seed {seed}: {time.perf_counter() - t0:.0f} s")
         return str(d / "prompt")
 
-    def cell(self, path: Path, compute) -> dict:
+    def cell(self, path: Path, compute) -> dict | None:
+        ablation_variant = (
+            path.parent.name if "ablations" in path.relative_to(self.record).parts else None
+        )
+        if ablation_variant:
+            self.seen_variants.add(ablation_variant)
         if path.is_file():
             return read_json(path)
+        if self.variants and ablation_variant not in (None, *self.variants):
+            return None  # another variant than the ones asked for: left for a later run
         t0 = time.perf_counter()
         r = compute()
         r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -1161,6 +1171,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--ablations", nargs="*", default=[], choices=ABLATIONS)
     ap.add_argument("--ablation-tasks", nargs="+", default=["sst2"], choices=TASKS)
     ap.add_argument(
+        "--variants", nargs="+", default=[], metavar="VARIANT",
+        help="make only these variants of the ablations (their cell names, e.g. same_task); "
+        "default: every variant",
+    )  # fmt: skip
+    ap.add_argument(
         "--depths", nargs="+", type=int, default=[2, 8],
         help="student depths of the depth ablation (the shared student's recipe, distilled on demand)",
     )  # fmt: skip
@@ -1231,6 +1246,7 @@ def main(argv=None) -> dict:
         grid = Grid(
             state, stages, student, specs, record=record,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
+            variants=tuple(args.variants),
         )  # fmt: skip
         t0 = time.perf_counter()
         deadline = math.inf if args.budget_min is None else t0 + 60 * args.budget_min
@@ -1253,6 +1269,14 @@ def main(argv=None) -> dict:
                     break
                 grid.run_ablation(name, t, args.seeds[0])
                 write_outputs(record, profile, sizes, command, name=args.name)
+        unknown = sorted(set(args.variants) - grid.seen_variants)
+        if unknown and args.ablations and time.perf_counter() <= deadline:
+            print(
+                f"error: --variants: no variant named {', '.join(unknown)} in "
+                f"{', '.join(args.ablations)} (theirs: {', '.join(sorted(grid.seen_variants))})",
+                file=sys.stderr,
+            )
+            sys.exit(2)
     out = write_outputs(
         record, profile, sizes, command,
         extra={"load_average_start": load_start, "load_average_end": load_average()}, name=args.name,

@@ -531,3 +531,26 @@ def test_same_task_public_data_is_the_tasks_text_the_user_never_holds(tmp_path):
         paper.same_task_public(
             spec, paper.Sizes(**{**vars(sizes), "train_limit": 6, "n_public": 5})
         )
+
+
+def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
+    """`--variants same_task`: one new cell of an ablation without the others' transfers; a later run
+    without the filter makes the rest, and method cells are never filtered."""
+    monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: "/p/own")
+    state, stages = tmp_path / "state", FakeStages()
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, variants=("same_task",))
+    grid.run_ablation("public_data", "sst2", 0)
+    grid.run_cell("sst2", "teacher_zero_shot", 0)
+    made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
+    assert made == {"same_task"}
+    # every variant met is known, made or not: a misspelt --variants name is reported
+    assert grid.seen_variants == {"same_task", "same_domain", "cross_domain", "generated"}
+    assert [c[1] for c in stages.calls if c[0] == "transfer"] == [
+        "transfer:tune-s0:S:{'public': '/p/own'}"
+    ]
+    assert (state / "cells" / "sst2" / "teacher_zero_shot" / "seed0.json").is_file()
+    paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None).run_ablation(
+        "public_data", "sst2", 0
+    )
+    made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
+    assert made == {"same_task", "same_domain", "cross_domain", "generated"}
