@@ -839,9 +839,47 @@ def collect(state: Path) -> dict:
     return {"tasks": tasks, "ablations": ablations}
 
 
-def targets(tasks: dict, ablations: dict | None = None) -> dict:
+def tuned_reference(tables_file: Path, sizes: Sizes) -> dict:
+    """Another record's teacher_tuned cells (its paper_tables JSON) for a record that has none: the
+    same teacher, tasks, splits and sizes (checked), other numerics (its device). Kept in the record as
+    tuned_reference.json, so that `mean_gain_kept_vs_reference` can be computed and says what it used."""
+    ref = _read_json_or_none(tables_file)
+    if not ref or "tasks" not in ref:
+        raise SystemExit(f"--tuned-reference: {tables_file} is not a paper_tables JSON")
+    for k, v in asdict(sizes).items():
+        if ref.get("sizes", {}).get(k) != v:
+            raise SystemExit(
+                f"--tuned-reference: sizes.{k} is {ref.get('sizes', {}).get(k)} in {tables_file}, "
+                f"{v} here: teacher tuning of other sizes is not a reference"
+            )
+    tuned = {t: r["teacher_tuned"] for t, r in ref["tasks"].items() if "teacher_tuned" in r}
+    if not tuned:
+        raise SystemExit(f"--tuned-reference: {tables_file} has no teacher_tuned cell")
+    return {
+        "from": str(tables_file), "record_dir": ref.get("record_dir"), "device": ref.get("device"),
+        "teacher_tuned": tuned,
+    }  # fmt: skip
+
+
+def _gain_kept_vs(tasks: dict, ref: dict) -> dict:
+    """Mean gain kept with the teacher_tuned means of another record (`tuned_reference`)."""
+    per_task = {}
+    for t, r in ref["teacher_tuned"].items():
+        post, zs = (tasks.get(t, {}).get(k, {}).get("mean") for k in ("post", "teacher_zero_shot"))
+        if None not in (post, zs) and r["mean"] != zs:
+            per_task[t] = round((post - zs) / (r["mean"] - zs), 4)
+    return {
+        "value": round(statistics.fmean(per_task.values()), 4) if per_task else None,
+        "per_task": per_task, "tasks": len(per_task), "target": 0.5,
+        "assumes": f"teacher_tuned means of {ref['from']} (device {ref['device']}): same teacher, "
+        "splits and sizes, other numerics",
+    }  # fmt: skip
+
+
+def targets(tasks: dict, ablations: dict | None = None, reference: dict | None = None) -> dict:
     """Issue 14's 'done when' checks over the filled cells (None where a needed cell is missing).
-    The distilled-student check reads the non_distilled ablation (first seed only, as it runs)."""
+    The distilled-student check reads the non_distilled ablation (first seed only, as it runs);
+    with a `reference` (tuned_reference.json) the gain kept is also computed against its tuning."""
 
     def m(t, k):
         return tasks.get(t, {}).get(k, {}).get("mean")
@@ -879,6 +917,7 @@ def targets(tasks: dict, ablations: dict | None = None) -> dict:
             "tasks": len(dp_gaps), "target": "<= 2",
         },
         "distilled_beats_non_distilled": _distilled_beats((ablations or {}).get("non_distilled", {})),
+        **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),
     }  # fmt: skip
 
 
@@ -1004,7 +1043,11 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "tune_recipe": _read_json_or_none(record / "tune.json"),
         "device": (_read_json_or_none(record / "device.json") or {"device": "cpu"})["device"],
         **tables,
-        "targets": targets(tables["tasks"], tables.get("ablations")),
+        "targets": targets(
+            tables["tasks"],
+            tables.get("ablations"),
+            _read_json_or_none(record / "tuned_reference.json"),
+        ),
         **(extra or {}),
     }
     out["tables_file"] = tables_file
@@ -1204,6 +1247,11 @@ def main(argv=None) -> dict:
         help="change the table's transfer recipe (a `transfer:` field of the run config, e.g. "
         "n_tokens=auto): a state and record hold one recipe, so this starts new ones",
     )  # fmt: skip
+    ap.add_argument(
+        "--tuned-reference", default=None, metavar="PAPER_TABLES_JSON",
+        help="another record's tables whose teacher_tuned cells this record's gain kept is also "
+        "measured against (same sizes; kept in RECORD/tuned_reference.json)",
+    )  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting cells after this")
     ap.add_argument("--table-only", action="store_true", help="only rebuild JSON and README table")
     ap.add_argument(
@@ -1223,6 +1271,9 @@ def main(argv=None) -> dict:
         if key_file.is_file() and read_json(key_file) != asdict(sizes):
             raise SystemExit(f"{d} holds cells of other sizes; use another --state/--record")
         write_json(key_file, asdict(sizes))
+    if args.tuned_reference:
+        ref = tuned_reference(Path(args.tuned_reference), sizes)
+        write_json(record / "tuned_reference.json", ref)
     command = "python -m benchmarks.paper " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = load_average()
     if not args.table_only:

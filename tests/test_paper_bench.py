@@ -554,3 +554,40 @@ def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
     )
     made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
     assert made == {"same_task", "same_domain", "cross_domain", "generated"}
+
+
+def test_gain_kept_against_another_records_teacher_tuning(tmp_path):
+    """A record without teacher_tuned cells measures its gain kept against another record's (same
+    sizes, checked), named in the result; its own mean_gain_kept stays unmeasured."""
+    sizes = paper.PROFILES["quick"]
+    ref_file = tmp_path / "paper_tables_ref.json"
+    ref = {
+        "sizes": vars(sizes), "device": "cuda", "record_dir": "r",
+        "tasks": {
+            "sst2": {"teacher_tuned": {"mean": 0.9, "std": 0.0, "per_seed": {"0": 0.9}}},
+            "imdb": {"teacher_tuned": {"mean": 0.8, "std": 0.0, "per_seed": {"0": 0.8}}},
+            "mpqa": {"post": {"mean": 0.7}},
+        },
+    }  # fmt: skip
+    ref_file.write_text(json.dumps(ref))
+    kept = paper.tuned_reference(ref_file, sizes)
+    assert set(kept["teacher_tuned"]) == {"sst2", "imdb"} and kept["device"] == "cuda"
+
+    def cells(post, zs):
+        return {"post": {"mean": post}, "teacher_zero_shot": {"mean": zs}}
+
+    # sst2 keeps half of the 0.2 tuning gains; imdb loses: -0.05 / 0.1 = -0.5; mpqa has no reference
+    tasks = {"sst2": cells(0.8, 0.7), "imdb": cells(0.65, 0.7), "mpqa": cells(0.9, 0.5)}
+    out = paper.targets(tasks, None, kept)
+    assert out["mean_gain_kept"]["value"] is None
+    vs = out["mean_gain_kept_vs_reference"]
+    assert vs["per_task"] == {"sst2": 0.5, "imdb": -0.5} and vs["value"] == 0.0
+    assert str(ref_file) in vs["assumes"]
+    assert "mean_gain_kept_vs_reference" not in paper.targets(tasks)
+    other = paper.Sizes(**{**vars(sizes), "n_public": sizes.n_public + 1})
+    with pytest.raises(SystemExit, match="sizes.n_public"):
+        paper.tuned_reference(ref_file, other)
+    ref["tasks"] = {"mpqa": {"post": {"mean": 0.7}}}
+    ref_file.write_text(json.dumps(ref))
+    with pytest.raises(SystemExit, match="no teacher_tuned"):
+        paper.tuned_reference(ref_file, sizes)
