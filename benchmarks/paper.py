@@ -4,6 +4,10 @@ plus ablations, resumable cell by cell.
     python -m benchmarks.paper --quick                          # small sizes, fills what time allows
     python -m benchmarks.paper --tasks sst2 mpqa --methods teacher_zero_shot post --seeds 0
     python -m benchmarks.paper --table-only                     # rebuild the JSON and README table
+    python -m benchmarks.paper --seeds 0 --tasks imdb --methods teacher_zero_shot \
+        --ablations public_data --ablation-tasks imdb --variants same_task   # one ablation cell
+    python -m benchmarks.paper --table-only --tuned-reference benchmarks/results/paper_tables_h200.json
+        # a record without teacher_tuned cells: gain kept against another record's tuning
 
 Every (task, method, seed) result is one cell, a JSON file under RECORD/cells/ written atomically as
 soon as it is done; a rerun skips every cell that exists, and the artifacts a cell needs (the tuned
