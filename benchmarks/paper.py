@@ -845,8 +845,9 @@ def collect(state: Path) -> dict:
 
 def tuned_reference(tables_file: Path, sizes: Sizes) -> dict:
     """Another record's teacher_tuned cells (its paper_tables JSON) for a record that has none: the
-    same teacher, tasks, splits and sizes (checked), other numerics (its device). Kept in the record as
-    tuned_reference.json, so that `mean_gain_kept_vs_reference` can be computed and says what it used."""
+    same sizes (checked) and, assumed, the same teacher, tasks and splits; other numerics (its device).
+    Kept in the record as tuned_reference.json, so that `mean_gain_kept_vs_reference` can be computed
+    and says what it used."""
     ref = _read_json_or_none(tables_file)
     if not ref or "tasks" not in ref:
         raise SystemExit(f"--tuned-reference: {tables_file} is not a paper_tables JSON")
