@@ -199,6 +199,12 @@ def _lines(path: Path) -> list[str]:
         return [line.rstrip("\n") for line in f]
 
 
+def _norm_text(text: str) -> str:
+    """Whitespace- and case-normalised text: the rule by which public and private texts are equal
+    (as `promptport.pipeline.check_overlap` compares them)."""
+    return " ".join(text.split()).lower()
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -320,9 +326,9 @@ def prepare_task(name: str, data_dir: Path, shared: Path = SHARED) -> dict:
         public = [line.split("\t", 1)[1] for line in _lines(shared / "sst5" / "train.tsv")]
     else:
         raise SystemExit(f"unknown task {name}")
-    private = {" ".join(r["text"].split()).lower() for rows in splits.values() for r in rows}
+    private = {_norm_text(r["text"]) for rows in splits.values() for r in rows}
     public = [p.strip() for p in public if p.strip()]
-    public = [p for p in dict.fromkeys(public) if " ".join(p.split()).lower() not in private]
+    public = [p for p in dict.fromkeys(public) if _norm_text(p) not in private]
     for s, rows in splits.items():  # in hash order: any prefix (a --limit) is a mixed sample
         _write_jsonl(out / f"{s}.jsonl", sorted(rows, key=lambda r: _bucket("order:" + r["text"])))
     _write_jsonl(out / "public.jsonl", [{"text": p} for p in public])
@@ -343,10 +349,11 @@ def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     def texts(split: str) -> list[str]:
         return [json.loads(x)["text"] for x in _lines(data / f"{split}.jsonl") if x.strip()]
 
-    norm = lambda t: " ".join(t.split()).lower()  # noqa: E731
     train = texts("train")
-    private = {norm(t) for t in train[: sizes.train_limit] + texts("validation") + texts("test")}
-    pool = [t for t in dict.fromkeys(train[sizes.train_limit :]) if norm(t) not in private][:cap]
+    held = train[: sizes.train_limit] + texts("validation") + texts("test")
+    private = {_norm_text(t) for t in held}
+    pool = [t for t in dict.fromkeys(train[sizes.train_limit :]) if _norm_text(t) not in private]
+    pool = pool[:cap]
     if len(pool) < sizes.n_public:
         raise SystemExit(
             f"{data}: {len(pool)} training texts past the first {sizes.train_limit}, "
@@ -866,16 +873,24 @@ def tuned_reference(tables_file: Path, sizes: Sizes) -> dict:
     }  # fmt: skip
 
 
+def _gain_ratios(tasks: dict, tuned: dict) -> dict[str, float]:
+    """(POST − zero-shot) / (tuned − zero-shot) per task, for tasks with all three means (and a tuned
+    mean that differs from zero-shot); `tuned` maps a task to its teacher_tuned mean or None."""
+    ratios = {}
+    for t, tuned_mean in tuned.items():
+        post, zs = (tasks.get(t, {}).get(k, {}).get("mean") for k in ("post", "teacher_zero_shot"))
+        if None not in (post, zs, tuned_mean) and tuned_mean != zs:
+            ratios[t] = (post - zs) / (tuned_mean - zs)
+    return ratios
+
+
 def _gain_kept_vs(tasks: dict, ref: dict) -> dict:
     """Mean gain kept with the teacher_tuned means of another record (`tuned_reference`)."""
-    per_task = {}
-    for t, r in ref["teacher_tuned"].items():
-        post, zs = (tasks.get(t, {}).get(k, {}).get("mean") for k in ("post", "teacher_zero_shot"))
-        if None not in (post, zs) and r["mean"] != zs:
-            per_task[t] = round((post - zs) / (r["mean"] - zs), 4)
+    ratios = _gain_ratios(tasks, {t: r["mean"] for t, r in ref["teacher_tuned"].items()})
     return {
-        "value": round(statistics.fmean(per_task.values()), 4) if per_task else None,
-        "per_task": per_task, "tasks": len(per_task), "target": 0.5,
+        "value": round(statistics.fmean(ratios.values()), 4) if ratios else None,
+        "per_task": {t: round(v, 4) for t, v in ratios.items()},
+        "tasks": len(ratios), "target": 0.5,
         "assumes": f"teacher_tuned means of {ref['from']} (device {ref['device']}): same teacher, "
         "splits and sizes, other numerics",
     }  # fmt: skip
@@ -897,13 +912,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         and m(t, "post") > m(t, "direct")
     ]
     complete = [t for t in tasks if None not in (m(t, "post"), m(t, "teacher_zero_shot"))]
-    ratios = [
-        (m(t, "post") - m(t, "teacher_zero_shot"))
-        / (m(t, "teacher_tuned") - m(t, "teacher_zero_shot"))
-        for t in tasks
-        if None not in (m(t, "post"), m(t, "teacher_zero_shot"), m(t, "teacher_tuned"))
-        and m(t, "teacher_tuned") != m(t, "teacher_zero_shot")
-    ]
+    ratios = list(_gain_ratios(tasks, {t: m(t, "teacher_tuned") for t in tasks}).values())
     dp_gaps = [
         m(t, "post") - m(t, "post_dp8")
         for t in tasks
