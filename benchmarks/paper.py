@@ -78,6 +78,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.common import RESULTS, SHARED, load_average
+from promptport.data import normalize_text
 from promptport.fileio import read_json, write_json, write_text
 
 TASKS = ("sst2", "imdb", "tweet_eval", "arisetv", "mpqa")
@@ -197,12 +198,6 @@ def _lines(path: Path) -> list[str]:
     op = gzip.open if path.suffix == ".gz" else open
     with op(path, "rt", encoding="utf-8", errors="replace") as f:
         return [line.rstrip("\n") for line in f]
-
-
-def _norm_text(text: str) -> str:
-    """Whitespace- and case-normalised text: the rule by which public and private texts are equal
-    (as `promptport.pipeline.check_overlap` compares them)."""
-    return " ".join(text.split()).lower()
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -326,9 +321,9 @@ def prepare_task(name: str, data_dir: Path, shared: Path = SHARED) -> dict:
         public = [line.split("\t", 1)[1] for line in _lines(shared / "sst5" / "train.tsv")]
     else:
         raise SystemExit(f"unknown task {name}")
-    private = {_norm_text(r["text"]) for rows in splits.values() for r in rows}
+    private = {normalize_text(r["text"]) for rows in splits.values() for r in rows}
     public = [p.strip() for p in public if p.strip()]
-    public = [p for p in dict.fromkeys(public) if _norm_text(p) not in private]
+    public = [p for p in dict.fromkeys(public) if normalize_text(p) not in private]
     for s, rows in splits.items():  # in hash order: any prefix (a --limit) is a mixed sample
         _write_jsonl(out / f"{s}.jsonl", sorted(rows, key=lambda r: _bucket("order:" + r["text"])))
     _write_jsonl(out / "public.jsonl", [{"text": p} for p in public])
@@ -351,8 +346,10 @@ def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
 
     train = texts("train")
     held = train[: sizes.train_limit] + texts("validation") + texts("test")
-    private = {_norm_text(t) for t in held}
-    pool = [t for t in dict.fromkeys(train[sizes.train_limit :]) if _norm_text(t) not in private]
+    private = {normalize_text(t) for t in held}
+    pool = [
+        t for t in dict.fromkeys(train[sizes.train_limit :]) if normalize_text(t) not in private
+    ]
     pool = pool[:cap]
     if len(pool) < sizes.n_public:
         raise SystemExit(

@@ -247,6 +247,12 @@ def hash_split(ds, split: str, limit: int | None = None, what: str = "text"):
     return out
 
 
+def normalize_text(text: str) -> str:
+    """Whitespace-collapsed, case-folded text: the one rule by which two texts are the same text
+    (the private/public overlap check, generated-text deduplication and the benchmark's filters)."""
+    return " ".join(text.split()).lower()
+
+
 def content_fingerprint(ds: TextDataset) -> str:
     """sha256 of a split's rows (fields and labels): two splits with the same one hold the same data."""
     h = hashlib.sha256()

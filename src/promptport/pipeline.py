@@ -22,13 +22,14 @@ from promptport.config import RunConfig as RunConfig
 from promptport.config import load_run_config as load_run_config
 from promptport.config import section as section
 from promptport.config import stage_configs as stage_configs
+from promptport.data import normalize_text
 from promptport.errors import BadInput
 from promptport.fileio import check_writable_dir, inside, read_json, write_json
 from promptport.manifest import is_complete, read_manifest, stage_manifest, write_manifest
 
 
 def _text_hashes(texts) -> set[str]:
-    return {hashlib.sha256(" ".join(t.split()).lower().encode()).hexdigest() for t in texts}
+    return {hashlib.sha256(normalize_text(t).encode()).hexdigest() for t in texts}
 
 
 def check_overlap(private_texts: list[str], public_texts: list[str], allow: bool) -> int:

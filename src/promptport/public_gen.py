@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from promptport.data import normalize_text
 from promptport.errors import BadInput
 
 
@@ -95,10 +96,6 @@ def clean(text: str, max_chars: int) -> str:
     return t.strip()
 
 
-def _norm(t: str) -> str:
-    return " ".join(t.split()).lower()
-
-
 @torch.inference_mode()
 def generate_texts(model, tokenizer, task, cfg: GenerateConfig, progress: bool = False):
     """(texts, stats): cfg.n distinct cleaned texts (fewer only if max_rounds run out)."""
@@ -142,10 +139,10 @@ def generate_texts(model, tokenizer, task, cfg: GenerateConfig, progress: bool =
                 t = clean(text, cfg.max_chars)
                 if len(t.split()) < 3:
                     empty += 1
-                elif _norm(t) in kept:
+                elif normalize_text(t) in kept:
                     dups += 1
                 else:
-                    kept[_norm(t)] = t
+                    kept[normalize_text(t)] = t
                     tick(1)
                 if len(kept) >= cfg.n:
                     break
