@@ -641,12 +641,12 @@ class Grid:
         user = lambda: self.user_prompt(task, seed)  # noqa: E731
         if name == "non_distilled":
             nd = self.state / "non-distilled-student"
-            if not (nd / "student.json").is_file():
-                st.non_distilled(self.student, nd)
             for variant, student in (("distilled", self.student), ("non_distilled", str(nd))):
                 tag = "" if variant == "distilled" else "-nd"
 
                 def post(student=student, tag=tag):
+                    if student == str(nd) and not (nd / "student.json").is_file():
+                        st.non_distilled(self.student, nd)  # cut only when its cell is made
                     _, q = self.tuned_and_transferred(task, seed, tag, student)
                     return st.evaluate(teacher, q, spec)
 

@@ -556,6 +556,24 @@ def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
     assert made == {"same_task", "same_domain", "cross_domain", "generated"}
 
 
+def test_variants_skip_the_set_up_of_cells_not_asked_for(tmp_path):
+    """`--variants distilled` makes the distilled cell without cutting the non-distilled student
+    (the cut is the set-up of the other variant only); asking for it later cuts it."""
+    state, stages = tmp_path / "state", FakeStages()
+    cut: list[str] = []
+    stages.non_distilled = lambda student, out: (
+        cut.append(str(out)) or FakeStages.non_distilled(stages, student, out)
+    )
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, variants=("distilled",))
+    grid.run_ablation("non_distilled", "sst2", 0)
+    made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
+    assert made == {"distilled"} and cut == []
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, variants=("non_distilled",))
+    grid.run_ablation("non_distilled", "sst2", 0)
+    made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
+    assert made == {"distilled", "non_distilled"} and len(cut) == 1
+
+
 def test_gain_kept_against_another_records_teacher_tuning(tmp_path):
     """A record without teacher_tuned cells measures its gain kept against another record's (same
     sizes, checked), named in the result; its own mean_gain_kept stays unmeasured."""
