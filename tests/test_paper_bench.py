@@ -609,3 +609,19 @@ def test_gain_kept_against_another_records_teacher_tuning(tmp_path):
     ref_file.write_text(json.dumps(ref))
     with pytest.raises(SystemExit, match="no teacher_tuned"):
         paper.tuned_reference(ref_file, sizes)
+
+
+def test_seed_free_cells_are_made_once_whatever_the_first_seed(tmp_path):
+    """A sitting that starts at seed 1 (its own state folder) reuses the zero-shot cells seed 0 made:
+    no seed enters them, so a second cell would be a duplicate counted as another seed."""
+    state = tmp_path / "state"
+    paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None).run_cell(
+        "sst2", "teacher_zero_shot", 0
+    )
+    stages = FakeStages()
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None)
+    for m in paper.SEED_FREE:
+        grid.run_cell("sst2", m, 1)
+    assert not (state / "cells" / "sst2" / "teacher_zero_shot" / "seed1.json").is_file()
+    assert (state / "cells" / "sst2" / "student_zero_shot" / "seed1.json").is_file()
+    assert [c for c in stages.calls if c[0] == "evaluate"] == [("evaluate", "S", None)]
