@@ -331,6 +331,46 @@ def prepare_task(name: str, data_dir: Path, shared: Path = SHARED) -> dict:
     return spec
 
 
+def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
+    """The `length_matched` public data: the table's own public texts (`same_domain`) cut into
+    sentences and packed, in order, into pieces of about the user's text length, so that only their
+    shape changes: IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners
+    become paragraphs for IMDB. The length is the median character count of the user's training
+    texts, capped at what `max_length` tokens hold (about 4 characters a token): one number a user
+    would disclose, no text of theirs. Pieces equal to a private text are dropped; written once."""
+    data = Path(spec["data"])
+
+    def texts(path: Path) -> list[str]:
+        return [json.loads(x)["text"] for x in _lines(path) if x.strip()]
+
+    train = texts(data / "train.jsonl")
+    target = min(
+        int(statistics.median(len(t) for t in train[: sizes.train_limit])), 4 * sizes.max_length
+    )
+    out = data / f"public-length{target}.jsonl"
+    if out.is_file():
+        return str(out)
+    held = (
+        train[: sizes.train_limit] + texts(data / "validation.jsonl") + texts(data / "test.jsonl")
+    )
+    private = {normalize_text(t) for t in held}
+    pieces, cur = [], ""
+    for doc in texts(Path(spec["public"])):
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+            cur = f"{cur} {sentence}".strip()
+            if len(cur) >= target:
+                pieces.append(cur)
+                cur = ""
+    pool = [t for t in dict.fromkeys(pieces) if normalize_text(t) not in private][:cap]
+    if len(pool) < sizes.n_public:
+        raise SystemExit(
+            f"{spec['public']}: {len(pool)} pieces of {target} characters, fewer than "
+            f"n_public={sizes.n_public}: no length_matched public data"
+        )
+    _write_jsonl(out, [{"text": t} for t in pool])
+    return str(out)
+
+
 def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     """The `same_task` public data: the task's own training texts past the first `train_limit` (the
     table's user never holds them), labels dropped, any text also in the user's training rows or the
@@ -722,6 +762,8 @@ class Grid:
             srcs = {  # made only when their cell runs
                 "same_task": lambda: same_task_public(spec, st.sizes),
                 "same_domain": lambda: spec["public"],
+                # the same_domain texts re-cut to the user's text length: their shape, not source
+                "length_matched": lambda: length_matched_public(spec, st.sizes),
                 "cross_domain": lambda: (
                     self.specs[cross]["public"] if cross in self.specs else spec["public"]
                 ),

@@ -133,6 +133,9 @@ def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
 def test_ablations_are_cells_too(tmp_path, monkeypatch):
     state = tmp_path / "state"
     monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: f"/p/{spec['task']}-own")
+    monkeypatch.setattr(
+        paper, "length_matched_public", lambda spec, sizes: f"/p/{spec['task']}-recut"
+    )
     stages = FakeStages()
     made: list[int] = []
 
@@ -198,10 +201,12 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert set(abl["public_data"]["sst2"]) == {
         "same_task",
         "same_domain",
+        "length_matched",
         "cross_domain",
         "generated",
     }
     assert any(c[0] == "transfer" and "'/p/sst2-own'" in c[1] for c in stages.calls)
+    assert any(c[0] == "transfer" and "'/p/sst2-recut'" in c[1] for c in stages.calls)
     n_public = paper.PROFILES["quick"].n_public
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
 
@@ -533,10 +538,59 @@ def test_same_task_public_data_is_the_tasks_text_the_user_never_holds(tmp_path):
         )
 
 
+def test_length_matched_public_data_recuts_the_same_texts_to_the_users_length(tmp_path):
+    """`length_matched`: the table's public texts in sentences packed to the median length of the
+    user's training texts; long documents become short pieces and one-liners paragraphs, nothing is
+    made up and no piece equal to a private text survives."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sizes = paper.Sizes(
+        train_limit=3, val_limit=1, eval_limit=1, n_public=2, tune_epochs=1,
+        transfer_epochs=1, dp_lr=0.3,
+    )  # fmt: skip
+
+    def write(name, texts):
+        (data / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+    write("train.jsonl", ["a" * 10, "b" * 12, "c" * 14, "x" * 500])  # median of the first 3: 12
+    write("validation.jsonl", ["Llll mmmm nn."])
+    write("test.jsonl", ["t"])
+    long = "Aaaa bbbb cc. Dddd eeee ff! Gg hh. Iiii jjjj kk? Llll mmmm nn."
+    write("public.jsonl", [long, "Oooo pppp qq. Rr."])
+    spec = {"task": "sst2", "data": str(data), "public": str(data / "public.jsonl")}
+
+    def pieces(path):
+        return [json.loads(line)["text"] for line in Path(path).read_text().splitlines()]
+
+    path = paper.length_matched_public(spec, sizes)
+    assert pieces(path) == [
+        "Aaaa bbbb cc.",
+        "Dddd eeee ff!",
+        "Gg hh. Iiii jjjj kk?",
+        "Oooo pppp qq.",
+    ]
+    assert paper.length_matched_public(spec, sizes) == path  # written once
+    with pytest.raises(SystemExit, match="n_public=5"):  # max_length caps the length: 4 x 2
+        paper.length_matched_public(
+            spec, paper.Sizes(**{**vars(sizes), "n_public": 5, "max_length": 2})
+        )
+    # one-liners joined up to a longer user text (the table's IMDB case)
+    write("train.jsonl", ["a" * 30] * 3)
+    write(
+        "public.jsonl",
+        ["Short one.", "Short two.", "Short three.", "Four is longer than that.", "Five."],
+    )
+    assert pieces(paper.length_matched_public(spec, sizes)) == [
+        "Short one. Short two. Short three.",
+        "Four is longer than that. Five.",
+    ]
+
+
 def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
     """`--variants same_task`: one new cell of an ablation without the others' transfers; a later run
     without the filter makes the rest, and method cells are never filtered."""
     monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: "/p/own")
+    monkeypatch.setattr(paper, "length_matched_public", lambda spec, sizes: "/p/recut")
     state, stages = tmp_path / "state", FakeStages()
     grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, variants=("same_task",))
     grid.run_ablation("public_data", "sst2", 0)
@@ -544,7 +598,9 @@ def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
     made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
     assert made == {"same_task"}
     # every variant met is known, made or not: a misspelt --variants name is reported
-    assert grid.seen_variants == {"same_task", "same_domain", "cross_domain", "generated"}
+    assert grid.seen_variants == {
+        "same_task", "same_domain", "length_matched", "cross_domain", "generated"
+    }  # fmt: skip
     assert [c[1] for c in stages.calls if c[0] == "transfer"] == [
         "transfer:tune-s0:S:{'public': '/p/own'}"
     ]
@@ -553,7 +609,7 @@ def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
         "public_data", "sst2", 0
     )
     made = {p.parent.name for p in (state / "cells" / "ablations").rglob("*.json")}
-    assert made == {"same_task", "same_domain", "cross_domain", "generated"}
+    assert made == {"same_task", "same_domain", "length_matched", "cross_domain", "generated"}
 
 
 def test_variants_skip_the_set_up_of_cells_not_asked_for(tmp_path):
