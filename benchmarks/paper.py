@@ -1039,7 +1039,52 @@ def markdown(tables: dict) -> str:
         f"Device: {tables.get('device', 'cpu')}. {_commands(tables)} Generated from "
         f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
     )
-    return head + "\n".join(rows) + "\n" + note
+    return head + "\n".join(rows) + "\n" + note + ablations_markdown(tables)
+
+
+def _fmt_seeds(vals: list[float]) -> str:
+    """A cell of the README tables: mean ± std (number of seeds), or – when none."""
+    if not vals:
+        return "–"
+    m, sd = _mean_std(vals)
+    return f"{m:.3f} ± {sd:.3f} ({len(vals)})" if len(vals) > 1 else f"{m:.3f} (1)"
+
+
+def ablations_markdown(tables: dict) -> str:
+    """One table per ablation: its variants' accuracy per task, mean ± std over the seeds each cell
+    has (number of seeds), under the teacher's zero-shot and the table's POST over the same seeds, so
+    that a variant is read against the prompt it changes and not against other seeds' luck."""
+    out = []
+    for name, by_task in sorted((tables.get("ablations") or {}).items()):
+        tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
+        variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
+
+        def method(t: str, m: str) -> dict:
+            return (tables["tasks"].get(t, {}).get(m) or {}).get("per_seed", {})
+
+        def seeds(t: str, by_task: dict = by_task) -> list[str]:
+            return sorted({s for v in by_task[t].values() for s in v})
+
+        rows = {
+            "teacher_zero_shot": [list(method(t, "teacher_zero_shot").values())[:1] for t in tasks],
+            "post (the table's, same seeds)": [
+                [method(t, "post")[s] for s in seeds(t) if s in method(t, "post")] for t in tasks
+            ],
+        }
+        for v in variants:
+            rows[v] = [
+                [c["accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())] for t in tasks
+            ]
+        lines = [f"| {name} | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {k} | {' | '.join(map(_fmt_seeds, v))} |" for k, v in rows.items()]
+        out.append("\n".join(lines))
+    if not out:
+        return ""
+    return (
+        "\nAblations (accuracy on the test split, mean ± std over seeds (number); – = not run):\n\n"
+        + "\n\n".join(out)
+        + "\n"
+    )
 
 
 def markers(name: str = "") -> tuple[str, str]:

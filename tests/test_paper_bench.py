@@ -681,3 +681,31 @@ def test_seed_free_cells_are_made_once_whatever_the_first_seed(tmp_path):
     assert not (state / "cells" / "sst2" / "teacher_zero_shot" / "seed1.json").is_file()
     assert (state / "cells" / "sst2" / "student_zero_shot" / "seed1.json").is_file()
     assert [c for c in stages.calls if c[0] == "evaluate"] == [("evaluate", "S", None)]
+
+
+def test_ablation_tables_in_the_readme_read_each_variant_against_the_same_seeds_post():
+    """The README's ablation table: a variant's mean ± std (seeds) beside the teacher's zero-shot and
+    the table's POST over the seeds the ablation has (seed 2's POST is left out when no variant has
+    seed 2), with – where a task has no cell of a variant."""
+    tables = {
+        "tasks": {
+            "sst2": {
+                "teacher_zero_shot": {"per_seed": {"0": 0.8}},
+                "post": {"per_seed": {"0": 0.7, "1": 0.9, "2": 0.1}},
+            },
+            "imdb": {"teacher_zero_shot": {"per_seed": {"0": 0.6}}},
+        },
+        "ablations": {
+            "public_data": {
+                "sst2": {"same_task": {"0": {"accuracy": 0.84}, "1": {"accuracy": 0.86}}},
+                "imdb": {"generated": {"0": {"accuracy": 0.5}}},
+            }
+        },
+    }
+    md = paper.ablations_markdown(tables)
+    assert "| public_data | sst2 | imdb |" in md
+    assert "| teacher_zero_shot | 0.800 (1) | 0.600 (1) |" in md
+    assert "| post (the table's, same seeds) | 0.800 ± 0.141 (2) | – |" in md
+    assert "| same_task | 0.850 ± 0.014 (2) | – |" in md
+    assert "| generated | – | 0.500 (1) |" in md
+    assert paper.ablations_markdown({"tasks": {}}) == ""
