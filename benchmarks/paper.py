@@ -333,8 +333,8 @@ def prepare_task(name: str, data_dir: Path, shared: Path = SHARED) -> dict:
 
 def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     """The `length_matched` public data: the table's own public texts (`same_domain`) cut into
-    sentences and packed, in order, into pieces of about the user's text length, so that only their
-    shape changes: IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners
+    sentences and packed, in order, into pieces of about the user's text length (the tool's
+    `public_chars`, `promptport.transfer_common.recut_texts`), so that only their shape changes: IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners
     become paragraphs for IMDB. The length is the median character count of the user's training
     texts, capped at what `max_length` tokens hold (about 4 characters a token): one number a user
     would disclose, no text of theirs. Pieces equal to a private text are dropped; written once."""
@@ -354,13 +354,9 @@ def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
         train[: sizes.train_limit] + texts(data / "validation.jsonl") + texts(data / "test.jsonl")
     )
     private = {normalize_text(t) for t in held}
-    pieces, cur = [], ""
-    for doc in texts(Path(spec["public"])):
-        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-            cur = f"{cur} {sentence}".strip()
-            if len(cur) >= target:
-                pieces.append(cur)
-                cur = ""
+    from promptport.transfer_common import recut_texts  # the tool's `public_chars`
+
+    pieces = recut_texts(texts(Path(spec["public"])), target)
     pool = [t for t in dict.fromkeys(pieces) if normalize_text(t) not in private][:cap]
     if len(pool) < sizes.n_public:
         raise SystemExit(

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import build_tiny_llama
+from promptport import pipeline
 from promptport.cli import main
 from promptport.errors import BadInput
 from promptport.pipeline import check_overlap, load_run_config, run_pipeline
@@ -302,3 +303,20 @@ def test_student_store_reuses_a_student_across_runs(
     assert "student store" in results["costs"][0]["notes"]
     logs3, _ = run("c", lr=1e-3)
     assert not any("student store" in line for line in logs3)
+
+
+def test_overlap_check_sees_the_recut_public_pieces(
+    tmp_path, tiny_model_dir, student_dir, private_dir
+):
+    """With `transfer.public_chars` the transfer uses sentence runs of the public texts: a piece equal
+    to a private text is refused even when no whole public text is one (none would be without it)."""
+    doc = tmp_path / "public.txt"
+    doc.write_text("A long document begins here, one of several. Worst film of the year\n" * 3)
+    kw = {"transfer": {"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32}}
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
+    _, n = pipeline._prepare(cfg, progress=False, log=lambda m: None)
+    assert n == 0  # whole documents: no private text among them
+    kw["transfer"]["public_chars"] = 10
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
+    with pytest.raises(BadInput, match="exact duplicates"):
+        pipeline._prepare(cfg, progress=False, log=lambda m: None)

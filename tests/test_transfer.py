@@ -637,3 +637,19 @@ def test_shift_base_init_needs_the_tuning_config(pair, user_prompt, public_file,
             user_prompt, student, teacher, public_data=str(public_file), out=tmp_path / "o",
             cfg=TransferConfig(n_public=20, steps=0, batch_size=4, shift_base="init"),
         )  # fmt: skip
+
+
+def test_public_texts_recut_to_the_users_length():
+    """`public_chars`: whole sentences packed in order to at least N characters (documents cut,
+    one-liners joined, a short tail dropped); the transfer's public set is drawn from the pieces."""
+    from promptport.tasks import get_task
+    from promptport.transfer_common import public_dataset, recut_texts
+
+    docs = ["One two. Three four five! Six?", "Seven eight nine ten.", "Eleven."]
+    assert recut_texts(docs, 8) == ["One two.", "Three four five!", "Six? Seven eight nine ten."]
+    assert recut_texts(docs, 30) == ["One two. Three four five! Six?"]  # 29-char tail dropped
+    assert recut_texts(["a  b\n c"], 1) == ["a b c"]  # whitespace collapsed
+    pub = public_dataset(get_task("sst2"), docs, 10, 0, chars=8)
+    assert sorted(next(iter(pub.fields.values()))) == sorted(recut_texts(docs, 8))
+    with pytest.raises(BadInput, match="public_chars"):
+        TransferConfig(public_chars=0).validate()

@@ -204,6 +204,10 @@ def _prepare(cfg: RunConfig, progress: bool, log) -> tuple[_Run, int]:
             teacher, task, public_src, run_dir / "public", seed=cfg.seed, progress=progress
         )
     public_texts, public_id = load_texts(public_src, text_column=cfg.public_text_column)
+    if transfer_cfg.public_chars and not task.is_generation:  # the pieces the transfer will use too
+        from promptport.transfer_common import recut_texts
+
+        public_texts += recut_texts(public_texts, transfer_cfg.public_chars)
     n_overlap = check_overlap(
         [t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap
     )

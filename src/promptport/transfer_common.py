@@ -4,6 +4,7 @@ optimisation, the teacher prompt's start and the stage manifest."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -96,8 +97,31 @@ def user_init(artifact: PromptArtifact, s_lm, task: Task) -> torch.Tensor:
     )
 
 
-def public_dataset(task: Task, texts: list[str], n: int, seed: int) -> TextDataset:
-    """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def recut_texts(texts: list[str], chars: int) -> list[str]:
+    """The texts, in order, re-cut into runs of whole sentences of at least `chars` characters: long
+    documents become sentence-length pieces, one-liners are joined into paragraphs; a last run
+    shorter than `chars` is dropped. Public text shaped like the user's inputs transfers better than
+    the same text in another shape (benchmarks/README.md, public_data `length_matched`)."""
+    pieces, run = [], ""
+    for doc in texts:
+        for sentence in _SENTENCE_END.split(" ".join(doc.split())):
+            run = f"{run} {sentence}".strip()
+            if len(run) >= chars:
+                pieces.append(run)
+                run = ""
+    return pieces
+
+
+def public_dataset(
+    task: Task, texts: list[str], n: int, seed: int, chars: int | None = None
+) -> TextDataset:
+    """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template.
+    `chars`: re-cut the texts first (`recut_texts`)."""
+    if chars:
+        texts = recut_texts(texts, chars)
     if len(task.template_fields) != 1:
         raise BadInput(
             "public_data",
