@@ -331,40 +331,44 @@ def prepare_task(name: str, data_dir: Path, shared: Path = SHARED) -> dict:
     return spec
 
 
-def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
-    """The `length_matched` public data: the table's own public texts (`same_domain`) cut into
-    sentences and packed, in order, into pieces of about the user's text length (the tool's
-    `public_chars`, `promptport.transfer_common.recut_texts`), so that only their shape changes: IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners
-    become paragraphs for IMDB. The length is the median character count of the user's training
-    texts, capped at what `max_length` tokens hold (about 4 characters a token): one number a user
-    would disclose, no text of theirs. Pieces equal to a private text are dropped; written once."""
-    data = Path(spec["data"])
+def _texts(path: Path) -> list[str]:
+    return [json.loads(x)["text"] for x in _lines(path) if x.strip()]
 
-    def texts(path: Path) -> list[str]:
-        return [json.loads(x)["text"] for x in _lines(path) if x.strip()]
 
-    train = texts(data / "train.jsonl")
-    target = min(
-        int(statistics.median(len(t) for t in train[: sizes.train_limit])), 4 * sizes.max_length
-    )
-    out = data / f"public-length{target}.jsonl"
-    if out.is_file():
-        return str(out)
-    held = (
-        train[: sizes.train_limit] + texts(data / "validation.jsonl") + texts(data / "test.jsonl")
-    )
+def _public_pool(out: Path, candidates: list[str], data: Path, sizes: Sizes, cap: int, what: str):
+    """Write `out` (once) with the candidates in order, each once, none equal to a text the user
+    trains on (the first `train_limit`) or to a validation or test text; at most `cap`, at least
+    `n_public` (else an error naming `what`)."""
+    train = _texts(data / "train.jsonl")[: sizes.train_limit]
+    held = train + _texts(data / "validation.jsonl") + _texts(data / "test.jsonl")
     private = {normalize_text(t) for t in held}
-    from promptport.transfer_common import recut_texts  # the tool's `public_chars`
-
-    pieces = recut_texts(texts(Path(spec["public"])), target)
-    pool = [t for t in dict.fromkeys(pieces) if normalize_text(t) not in private][:cap]
+    pool = [t for t in dict.fromkeys(candidates) if normalize_text(t) not in private][:cap]
     if len(pool) < sizes.n_public:
         raise SystemExit(
-            f"{spec['public']}: {len(pool)} pieces of {target} characters, fewer than "
-            f"n_public={sizes.n_public}: no length_matched public data"
+            f"{data}: {len(pool)} {what}, fewer than n_public={sizes.n_public}: no such public data"
         )
     _write_jsonl(out, [{"text": t} for t in pool])
     return str(out)
+
+
+def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
+    """The `length_matched` public data: the table's own public texts (`same_domain`) cut into
+    sentences and packed, in order, into pieces of about the user's text length (the tool's
+    `public_chars`, `promptport.transfer_common.recut_texts`), so that only their shape changes:
+    IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners paragraphs for
+    IMDB. The length is the median character count of the user's training texts, capped at what
+    `max_length` tokens hold (about 4 characters a token): one number a user would disclose, no text
+    of theirs. Pieces equal to a private text are dropped; written once."""
+    from promptport.transfer_common import recut_texts
+
+    data = Path(spec["data"])
+    train = _texts(data / "train.jsonl")[: sizes.train_limit]
+    target = min(int(statistics.median(len(t) for t in train)), 4 * sizes.max_length)
+    out = data / f"public-length{target}.jsonl"
+    if out.is_file():
+        return str(out)
+    pieces = recut_texts(_texts(Path(spec["public"])), target)
+    return _public_pool(out, pieces, data, sizes, cap, f"public pieces of {target} characters")
 
 
 def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
@@ -376,24 +380,10 @@ def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     out = data / f"public-same-task-after{sizes.train_limit}.jsonl"
     if out.is_file():
         return str(out)
-
-    def texts(split: str) -> list[str]:
-        return [json.loads(x)["text"] for x in _lines(data / f"{split}.jsonl") if x.strip()]
-
-    train = texts("train")
-    held = train[: sizes.train_limit] + texts("validation") + texts("test")
-    private = {normalize_text(t) for t in held}
-    pool = [
-        t for t in dict.fromkeys(train[sizes.train_limit :]) if normalize_text(t) not in private
-    ]
-    pool = pool[:cap]
-    if len(pool) < sizes.n_public:
-        raise SystemExit(
-            f"{data}: {len(pool)} training texts past the first {sizes.train_limit}, "
-            f"fewer than n_public={sizes.n_public}: no same_task public data"
-        )
-    _write_jsonl(out, [{"text": t} for t in pool])
-    return str(out)
+    rest = _texts(data / "train.jsonl")[sizes.train_limit :]
+    return _public_pool(
+        out, rest, data, sizes, cap, f"training texts past the first {sizes.train_limit}"
+    )
 
 
 # ---------------------------------------------------------------- stages (replaceable in tests)
