@@ -509,19 +509,28 @@ def test_transfer_set_changes_the_recipe_through_the_config():
         paper.recipe_changes(["n_tokens=0"])
 
 
-def test_same_task_public_data_is_the_tasks_text_the_user_never_holds(tmp_path):
-    """`same_task` public data: training texts past the user's `train_limit`, labels dropped, and no
-    text the user trains on or that validation or test holds (a duplicate of one is removed)."""
+def _public_folder(tmp_path, train_limit: int, n_public: int):
+    """An empty task data folder and the tiny sizes the public-data tests use."""
     data = tmp_path / "data"
     data.mkdir()
     sizes = paper.Sizes(
-        train_limit=4, val_limit=2, eval_limit=2, n_public=3, tune_epochs=1,
+        train_limit=train_limit, val_limit=1, eval_limit=1, n_public=n_public, tune_epochs=1,
         transfer_epochs=1, dp_lr=0.3,
     )  # fmt: skip
+    return data, sizes
+
+
+def _write_texts(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t, "label": "positive"}) + "\n" for t in texts))
+
+
+def test_same_task_public_data_is_the_tasks_text_the_user_never_holds(tmp_path):
+    """`same_task` public data: training texts past the user's `train_limit`, labels dropped, and no
+    text the user trains on or that validation or test holds (a duplicate of one is removed)."""
+    data, sizes = _public_folder(tmp_path, train_limit=4, n_public=3)
 
     def write(split, texts):
-        rows = [{"text": t, "label": "positive"} for t in texts]
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _write_texts(data / f"{split}.jsonl", texts)
 
     users = ["u0", "u1", "u2", "u3"]
     write("train", users + ["p0", "U1 ", "p1", "v0", "p2", "t0", "p0", "p3"])
@@ -542,15 +551,10 @@ def test_length_matched_public_data_recuts_the_same_texts_to_the_users_length(tm
     """`length_matched`: the table's public texts in sentences packed to the median length of the
     user's training texts; long documents become short pieces and one-liners paragraphs, nothing is
     made up and no piece equal to a private text survives."""
-    data = tmp_path / "data"
-    data.mkdir()
-    sizes = paper.Sizes(
-        train_limit=3, val_limit=1, eval_limit=1, n_public=2, tune_epochs=1,
-        transfer_epochs=1, dp_lr=0.3,
-    )  # fmt: skip
+    data, sizes = _public_folder(tmp_path, train_limit=3, n_public=2)
 
     def write(name, texts):
-        (data / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        _write_texts(data / name, texts)
 
     write("train.jsonl", ["a" * 10, "b" * 12, "c" * 14, "x" * 500])  # median of the first 3: 12
     write("validation.jsonl", ["Llll mmmm nn."])
