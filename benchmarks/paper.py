@@ -335,12 +335,21 @@ def _texts(path: Path) -> list[str]:
     return [json.loads(x)["text"] for x in _lines(path) if x.strip()]
 
 
-def _public_pool(out: Path, candidates: list[str], data: Path, sizes: Sizes, cap: int, what: str):
+def _public_pool(
+    out: Path,
+    candidates: list[str],
+    data: Path,
+    train: list[str],
+    sizes: Sizes,
+    cap: int,
+    what: str,
+):
     """Write `out` (once) with the candidates in order, each once, none equal to a text the user
-    trains on (the first `train_limit`) or to a validation or test text; at most `cap`, at least
-    `n_public` (else an error naming `what`)."""
-    train = _texts(data / "train.jsonl")[: sizes.train_limit]
-    held = train + _texts(data / "validation.jsonl") + _texts(data / "test.jsonl")
+    trains on (the first `train_limit` of `train`, the split's texts) or to a validation or test
+    text; at most `cap`, at least `n_public` (else an error naming `what`)."""
+    held = (
+        train[: sizes.train_limit] + _texts(data / "validation.jsonl") + _texts(data / "test.jsonl")
+    )
     private = {normalize_text(t) for t in held}
     pool = [t for t in dict.fromkeys(candidates) if normalize_text(t) not in private][:cap]
     if len(pool) < sizes.n_public:
@@ -362,13 +371,15 @@ def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     from promptport.transfer_common import recut_texts
 
     data = Path(spec["data"])
-    train = _texts(data / "train.jsonl")[: sizes.train_limit]
-    target = min(int(statistics.median(len(t) for t in train)), 4 * sizes.max_length)
+    train = _texts(data / "train.jsonl")
+    median = statistics.median(len(t) for t in train[: sizes.train_limit])
+    target = min(int(median), 4 * sizes.max_length)
     out = data / f"public-length{target}.jsonl"
     if out.is_file():
         return str(out)
     pieces = recut_texts(_texts(Path(spec["public"])), target)
-    return _public_pool(out, pieces, data, sizes, cap, f"public pieces of {target} characters")
+    what = f"public pieces of {target} characters"
+    return _public_pool(out, pieces, data, train, sizes, cap, what)
 
 
 def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
@@ -380,10 +391,9 @@ def same_task_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
     out = data / f"public-same-task-after{sizes.train_limit}.jsonl"
     if out.is_file():
         return str(out)
-    rest = _texts(data / "train.jsonl")[sizes.train_limit :]
-    return _public_pool(
-        out, rest, data, sizes, cap, f"training texts past the first {sizes.train_limit}"
-    )
+    train = _texts(data / "train.jsonl")
+    what = f"training texts past the first {sizes.train_limit}"
+    return _public_pool(out, train[sizes.train_limit :], data, train, sizes, cap, what)
 
 
 # ---------------------------------------------------------------- stages (replaceable in tests)
@@ -992,12 +1002,7 @@ def markdown(tables: dict) -> str:
         cells = []
         for t in TASKS:
             r = tasks.get(t, {}).get(method)
-            if r is None:
-                cells.append("–")
-            elif len(r["per_seed"]) > 1:
-                cells.append(f"{r['mean']:.3f} ± {r['std']:.3f} ({len(r['per_seed'])})")
-            else:
-                cells.append(f"{r['mean']:.3f} (1)")
+            cells.append("–" if r is None else _fmt_cell(r["mean"], r["std"], len(r["per_seed"])))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     z = tables["sizes"]
     st = tables.get("student") or {}
@@ -1028,34 +1033,38 @@ def markdown(tables: dict) -> str:
     return head + "\n".join(rows) + "\n" + note + ablations_markdown(tables)
 
 
+def _fmt_cell(mean: float, std: float, n: int) -> str:
+    """A cell of the README tables: mean ± std (number of seeds); one seed has no std."""
+    return f"{mean:.3f} ± {std:.3f} ({n})" if n > 1 else f"{mean:.3f} (1)"
+
+
 def _fmt_seeds(vals: list[float]) -> str:
-    """A cell of the README tables: mean ± std (number of seeds), or – when none."""
-    if not vals:
-        return "–"
-    m, sd = _mean_std(vals)
-    return f"{m:.3f} ± {sd:.3f} ({len(vals)})" if len(vals) > 1 else f"{m:.3f} (1)"
+    """The cell of per-seed values, or – when none."""
+    return _fmt_cell(*_mean_std(vals), len(vals)) if vals else "–"
 
 
 def ablations_markdown(tables: dict) -> str:
     """One table per ablation: its variants' accuracy per task, mean ± std over the seeds each cell
     has (number of seeds), under the teacher's zero-shot and the table's POST over the same seeds, so
     that a variant is read against the prompt it changes and not against other seeds' luck."""
+
+    def per_seed(t: str, method: str) -> dict:
+        return (tables["tasks"].get(t, {}).get(method) or {}).get("per_seed", {})
+
     out = []
     for name, by_task in sorted((tables.get("ablations") or {}).items()):
         tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
         variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
-
-        def method(t: str, m: str) -> dict:
-            return (tables["tasks"].get(t, {}).get(m) or {}).get("per_seed", {})
-
-        def seeds(t: str, by_task: dict = by_task) -> list[str]:
-            return sorted({s for v in by_task[t].values() for s in v})
-
+        post_same_seeds = []
+        for t in tasks:
+            post = per_seed(t, "post")
+            seeds = sorted({s for cells in by_task[t].values() for s in cells})
+            post_same_seeds.append([post[s] for s in seeds if s in post])
         rows = {
-            "teacher_zero_shot": [list(method(t, "teacher_zero_shot").values())[:1] for t in tasks],
-            "post (the table's, same seeds)": [
-                [method(t, "post")[s] for s in seeds(t) if s in method(t, "post")] for t in tasks
+            "teacher_zero_shot": [
+                list(per_seed(t, "teacher_zero_shot").values())[:1] for t in tasks
             ],
+            "post (the table's, same seeds)": post_same_seeds,
         }
         for v in variants:
             rows[v] = [
