@@ -642,7 +642,6 @@ def test_shift_base_init_needs_the_tuning_config(pair, user_prompt, public_file,
 def test_public_texts_recut_to_the_users_length():
     """`public_chars`: whole sentences packed in order to at least N characters (documents cut,
     one-liners joined, a short tail dropped); the transfer's public set is drawn from the pieces."""
-    from promptport.tasks import get_task
     from promptport.transfer_common import public_dataset, recut_texts
 
     docs = ["One two. Three four five! Six?", "Seven eight nine ten.", "Eleven."]
