@@ -100,6 +100,9 @@ ABLATIONS = (
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
+# The table's own public data: each task's public texts as given, or re-cut to the user's text
+# length (`--table-public length_matched`; recorded in the state's transfer.json as `public`).
+TABLE_PUBLIC = ("given", "length_matched")
 # Transfer fields the profile's Sizes set (not the recipe's).
 SIZED = ("n_public", "epochs", "max_length", "seed")
 # Tuning fields the profile's Sizes (or the DP setting) set; the rest is the run config's `tune:`.
@@ -405,9 +408,12 @@ class Stages:
 
     def __init__(
         self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None,
-        tune: dict | None = None, device: str = "cpu",
+        tune: dict | None = None, device: str = "cpu", public: str = "given",
     ):  # fmt: skip
         self.teacher, self.sizes, self.progress, self.device = teacher, sizes, progress, device
+        if public not in TABLE_PUBLIC:
+            raise SystemExit(f"table public data: choose {' or '.join(TABLE_PUBLIC)}, not {public}")
+        self.public = public  # the public texts of the table's own transfers (POST, POST with DP)
         self.recipe = transfer_recipe() if recipe is None else recipe
         self.tune_recipe = tune_recipe() if tune is None else tune
         self._models: dict = {}
@@ -477,10 +483,19 @@ class Stages:
         )  # fmt: skip
         transfer(
             prompt, self.model(student), self.model(self.teacher),
-            public_data=over.get("public", spec["public"]), out=out, cfg=cfg, task=spec["task"],
+            public_data=over.get("public") or self.table_public(spec), out=out, cfg=cfg,
+            task=spec["task"],
             progress=self.progress,
         )  # fmt: skip
         return str(out / "prompt")
+
+    def table_public(self, spec: dict) -> str:
+        """The public data of the table's own transfers: the task's public texts as given, or the
+        same texts re-cut to the user's text length (`length_matched_public`, the tool's
+        `--public-chars`); an ablation that names its own public data overrides it."""
+        if self.public == "length_matched":
+            return length_matched_public(spec, self.sizes)
+        return spec["public"]
 
     def _classifier(self, model: str, spec: dict):
         """(classifier, encoded test split) of a model on a task; the encoding is made once."""
@@ -1021,13 +1036,14 @@ def markdown(tables: dict) -> str:
         if rec
         else ""
     )
+    arith = f" ({tables['precision']})" if tables.get("precision") else ""
     note = (
         f"\nProfile `{tables['profile']}`: train {z['train_limit']}, validation {z['val_limit']}, "
         f"test {z['eval_limit']} examples, {z['n_public']} public texts, "
         f"{(tables.get('tune_recipe') or {}).get('n_tokens', '?')} prompt tokens. "
         "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
         f"{who}{how} "
-        f"Device: {tables.get('device', 'cpu')}. {_commands(tables)} Generated from "
+        f"Device: {tables.get('device', 'cpu')}{arith}. {_commands(tables)} Generated from "
         f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
     )
     return head + "\n".join(rows) + "\n" + note + ablations_markdown(tables)
@@ -1139,6 +1155,8 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         "tune_recipe": _read_json_or_none(record / "tune.json"),
         "device": (_read_json_or_none(record / "device.json") or {"device": "cpu"})["device"],
+        # the arithmetic `precision: auto` resolved to (absent in records from before it was kept)
+        "precision": (_read_json_or_none(record / "device.json") or {}).get("precision"),
         **tables,
         "targets": targets(
             tables["tasks"],
@@ -1264,21 +1282,31 @@ def check_recipe(state: Path, recipe: dict, kind: str = "transfer") -> None:
 
 
 def check_device(record: Path, device: str) -> None:
-    """One device per record: GPU and CPU numerics differ (the same recipe and seed give other
-    weights and prompts), so their cells never mix in one table. A record from before device.json
-    was kept holds CPU cells."""
+    """One device and one arithmetic per record: GPU and CPU numerics differ (the same recipe and seed
+    give other weights and prompts), and so do bf16 and fp32 (`precision: auto` resolves to bf16 on a
+    CPU with AVX512-BF16 or AMX, to fp32 on an AVX2-only one), so their cells never mix in one table.
+    A record from before device.json was kept holds CPU cells; one from before it named the
+    arithmetic takes this machine's."""
     import torch
 
+    from promptport.runtime import resolve_precision
+
     kind = torch.device(device).type
+    precision = resolve_precision("auto", device)
     f = record / "device.json"
-    had = (read_json(f) if f.is_file() else {}).get("device")
-    if had is None and any((record / "cells").rglob("*.json")):
-        had = "cpu"
-    if had is not None and had != kind:
+    had = read_json(f) if f.is_file() else {}
+    if had.get("device") is None and any((record / "cells").rglob("*.json")):
+        had["device"] = "cpu"
+    if had.get("device") not in (None, kind):
         raise SystemExit(
-            f"{record} holds cells computed on {had}; give --device {device} its own --record"
+            f"{record} holds cells computed on {had['device']}; give --device {device} its own --record"
         )
-    write_json(f, {"device": kind})
+    if had.get("precision") not in (None, precision):
+        raise SystemExit(
+            f"{record} holds cells computed in {had['precision']} (precision auto on that machine); "
+            f"this {kind} computes in {precision}: give it its own --record"
+        )
+    write_json(f, {"device": kind, "precision": precision})
 
 
 def check_student(state: Path, ident: dict) -> None:
@@ -1345,6 +1373,12 @@ def main(argv=None) -> dict:
         "n_tokens=auto): a state and record hold one recipe, so this starts new ones",
     )  # fmt: skip
     ap.add_argument(
+        "--table-public", default="given", choices=TABLE_PUBLIC,
+        help="the public data of the table's POST and POST with DP: each task's public texts as "
+        "given, or length_matched (re-cut to the median length of the user's training texts, the "
+        "tool's --public-chars): a state and record hold one, so this starts new ones",
+    )  # fmt: skip
+    ap.add_argument(
         "--tuned-reference", default=None, metavar="PAPER_TABLES_JSON",
         help="another record's tables whose teacher_tuned cells this record's gain kept is also "
         "measured against (same sizes; kept in RECORD/tuned_reference.json)",
@@ -1385,11 +1419,16 @@ def main(argv=None) -> dict:
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = _student(args, state, print)
         recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
-        stages = Stages(args.teacher, sizes, device=args.device, recipe=recipe)
+        stages = Stages(
+            args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public
+        )
+        # the table's public data is part of its transfer recipe (left out when as given, so that
+        # records from before the option keep their recipe)
+        public = {} if args.table_public == "given" else {"public": args.table_public}
         ident = student_identity(student)
         for d in folders:
             check_student(d, ident)
-            check_recipe(d, stages.recipe)
+            check_recipe(d, {**stages.recipe, **public})
             check_recipe(d, stages.tune_recipe, "tune")
         grid = Grid(
             state, stages, student, specs, record=record,

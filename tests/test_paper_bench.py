@@ -713,3 +713,59 @@ def test_ablation_tables_in_the_readme_read_each_variant_against_the_same_seeds_
     assert "| same_task | 0.850 ± 0.014 (2) | – |" in md
     assert "| generated | – | 0.500 (1) |" in md
     assert paper.ablations_markdown({"tasks": {}}) == ""
+
+
+def test_the_tables_own_transfers_can_use_length_matched_public_data(monkeypatch, tmp_path):
+    """`--table-public length_matched`: the table's POST transfers over the task's public texts re-cut
+    to the user's length (the `length_matched` file), while an ablation that names its own public
+    data keeps it; the default stays the texts as given, and an unknown choice is refused."""
+    import promptport.transfer as tr
+
+    data, sizes = _public_folder(tmp_path, train_limit=2, n_public=1)
+    _write_texts(data / "train.jsonl", ["a" * 12, "b" * 12])
+    _write_texts(data / "validation.jsonl", ["v"])
+    _write_texts(data / "test.jsonl", ["t"])
+    _write_texts(data / "public.jsonl", ["Aaaa bbbb cc. Dddd eeee ff! Gg hh."])
+    spec = {"task": "sst2", "data": str(data), "public": str(data / "public.jsonl")}
+    seen: list = []
+    monkeypatch.setattr(tr, "transfer", lambda *a, public_data, **k: seen.append(public_data))
+    for public in ("given", "length_matched"):
+        st = paper.Stages("T", sizes, public=public)
+        monkeypatch.setattr(st, "model", lambda spec: spec)
+        st.transfer("P", "S", spec, 0, tmp_path / public)
+        st.transfer("P", "S", spec, 0, tmp_path / public, public="/own")
+    given, given_own, matched, matched_own = seen
+    assert given == spec["public"] and given_own == matched_own == "/own"
+    assert matched == paper.length_matched_public(spec, sizes) != spec["public"]
+    pieces = [json.loads(x)["text"] for x in Path(matched).read_text().splitlines()]
+    assert pieces[:2] == ["Aaaa bbbb cc.", "Dddd eeee ff!"]
+    with pytest.raises(SystemExit, match="length_matched"):
+        paper.Stages("T", sizes, public="recut")
+
+
+def test_a_cpu_record_holds_cells_of_one_arithmetic(monkeypatch, tmp_path):
+    """`precision: auto` is bf16 on an AVX512-BF16/AMX CPU and fp32 on an AVX2-only one: the same
+    recipe and seed compute other numbers, so a record made in one refuses the other; a record from
+    before the arithmetic was kept takes the machine's, and the table names it."""
+    import promptport.runtime as rt
+
+    flags: set = {"avx512_bf16"}
+    monkeypatch.setattr(rt, "cpu_flags", lambda: flags)
+    rec = tmp_path / "rec"
+    (rec / "cells" / "sst2" / "post").mkdir(parents=True)
+    (rec / "cells" / "sst2" / "post" / "seed0.json").write_text('{"accuracy": 0.5}')
+    (rec / "device.json").write_text('{"device": "cpu"}')  # kept before the arithmetic was
+    paper.check_device(rec, "cpu")
+    assert json.loads((rec / "device.json").read_text()) == {"device": "cpu", "precision": "bf16"}
+    flags.clear()  # the same record on an AVX2-only machine
+    with pytest.raises(SystemExit, match="computed in bf16.*computes in fp32"):
+        paper.check_device(rec, "cpu")
+    flags.add("amx_bf16")
+    paper.check_device(rec, "cpu")
+    out = paper.write_outputs(
+        rec, "quick", paper.PROFILES["quick"], "cmd", results=tmp_path,
+        readme=tmp_path / "README.md", name="x",
+    )  # fmt: skip
+    assert (
+        out["precision"] == "bf16" and "Device: cpu (bf16)." in (tmp_path / "README.md").read_text()
+    )
