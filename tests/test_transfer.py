@@ -652,3 +652,6 @@ def test_public_texts_recut_to_the_users_length():
     assert sorted(next(iter(pub.fields.values()))) == sorted(recut_texts(docs, 8))
     with pytest.raises(BadInput, match="public_chars"):
         TransferConfig(public_chars=0).validate()
+    # a length no two pieces reach is the length's fault, and the error names it
+    with pytest.raises(BadInput, match="public_chars.*1 distinct pieces"):
+        public_dataset(get_task("sst2"), docs, 10, 0, chars=30)

@@ -121,7 +121,14 @@ def public_dataset(
     """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template.
     `chars`: re-cut the texts first (`recut_texts`)."""
     if chars:
+        given = len(texts)
         texts = recut_texts(texts, chars)
+        if len(set(texts)) < 2:
+            raise BadInput(
+                "public_chars",
+                f"{given} public texts re-cut into runs of at least {chars} characters give "
+                f"{len(set(texts))} distinct pieces, fewer than 2: lower public_chars",
+            )
     if len(task.template_fields) != 1:
         raise BadInput(
             "public_data",
