@@ -257,7 +257,7 @@ def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
     st.tune("S", spec, 2, tmp_path, None, n_tokens=10)
     run = load_run_config(DEFAULT_CONFIG).tune
     plain, dp, short = seen
-    for k in ("n_tokens", "lr", "precision"):
+    for k in ("n_tokens", "lr", "warmup_steps", "precision"):
         assert getattr(plain, k) == run[k], k
     assert (plain.epochs, plain.seed, plain.max_length) == (z.tune_epochs, 2, z.max_length)
     steps = z.train_limit // z.batch_size
