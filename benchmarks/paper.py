@@ -1144,6 +1144,7 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
     if before.get("record_dir") != str(record):
         before = {}  # another record's tables: its commands did not fill this one
     commands = before.get("commands") or ([before["command"]] if "command" in before else [])
+    device = _read_json_or_none(record / "device.json") or {}
     out = {
         "benchmark": "paper",
         "profile": profile,
@@ -1154,9 +1155,9 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         "tune_recipe": _read_json_or_none(record / "tune.json"),
-        "device": (_read_json_or_none(record / "device.json") or {"device": "cpu"})["device"],
+        "device": device.get("device", "cpu"),
         # the arithmetic `precision: auto` resolved to (absent in records from before it was kept)
-        "precision": (_read_json_or_none(record / "device.json") or {}).get("precision"),
+        "precision": device.get("precision"),
         **tables,
         "targets": targets(
             tables["tasks"],

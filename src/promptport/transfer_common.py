@@ -120,15 +120,9 @@ def public_dataset(
 ) -> TextDataset:
     """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template.
     `chars`: re-cut the texts first (`recut_texts`)."""
+    given = len(texts)
     if chars:
-        given = len(texts)
         texts = recut_texts(texts, chars)
-        if len(set(texts)) < 2:
-            raise BadInput(
-                "public_chars",
-                f"{given} public texts re-cut into runs of at least {chars} characters give "
-                f"{len(set(texts))} distinct pieces, fewer than 2: lower public_chars",
-            )
     if len(task.template_fields) != 1:
         raise BadInput(
             "public_data",
@@ -138,6 +132,12 @@ def public_dataset(
     uniq = list(dict.fromkeys(t for t in texts if t.strip()))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))[:n]
+    if len(order) < 2 and chars:  # the texts may be fine: the length no two pieces reach is not
+        raise BadInput(
+            "public_chars",
+            f"{given} public texts re-cut into runs of at least {chars} characters give "
+            f"{len(uniq)} distinct pieces, fewer than 2: lower public_chars",
+        )
     if len(order) < 2:
         raise BadInput("public_data", f"need at least 2 distinct public texts, got {len(uniq)}")
     return TextDataset(
