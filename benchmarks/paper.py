@@ -967,11 +967,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
     ]
     complete = [t for t in tasks if None not in (m(t, "post"), m(t, "teacher_zero_shot"))]
     ratios = list(_gain_ratios(tasks, {t: m(t, "teacher_tuned") for t in tasks}).values())
-    dp_gaps = [
-        m(t, "post") - m(t, "post_dp8")
-        for t in tasks
-        if None not in (m(t, "post"), m(t, "post_dp8"))
-    ]
+    dp = _dp_gaps(tasks)
     return {
         "post_beats_zero_shot_and_direct": {
             "tasks": beats, "of_tasks_with_cells": len(complete), "target": "4 of 5",
@@ -981,12 +977,32 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
             "tasks": len(ratios), "target": 0.5,
         },
         "dp8_gap_points": {
-            "value": round(100 * statistics.fmean(dp_gaps), 2) if dp_gaps else None,
-            "tasks": len(dp_gaps), "target": "<= 2",
+            "value": round(statistics.fmean(dp.values()), 2) if dp else None,
+            "tasks": len(dp), "per_task": dp, "target": "<= 2",
+            "assumes": "POST minus POST with DP over the seeds both have (paired by seed)",
         },
         "distilled_beats_non_distilled": _distilled_beats((ablations or {}).get("non_distilled", {})),
         **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),
     }  # fmt: skip
+
+
+def _dp_gaps(tasks: dict) -> dict[str, float]:
+    """POST minus POST-with-DP in points per task, over the seeds both methods have: DP cells often
+    lag (one seed while POST has three), and a three-seed mean against one seed mixes seed noise into
+    the gap. Tables without per-seed values fall back to the means."""
+    gaps = {}
+    for t, cells in tasks.items():
+        post, dp = cells.get("post", {}), cells.get("post_dp8", {})
+        if None in (post.get("mean"), dp.get("mean")):
+            continue
+        a, b = post.get("per_seed", {}), dp.get("per_seed", {})
+        seeds = sorted(set(a) & set(b))
+        if seeds:
+            gap = statistics.fmean(a[s] - b[s] for s in seeds)
+        else:
+            gap = post["mean"] - dp["mean"]
+        gaps[t] = round(100 * gap, 2)
+    return gaps
 
 
 def _distilled_beats(cells: dict) -> dict:

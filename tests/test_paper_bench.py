@@ -358,6 +358,20 @@ def test_targets_from_means():
     assert t["distilled_beats_non_distilled"]["of_tasks_with_cells"] == 0
 
 
+def test_dp_gap_compares_the_seeds_both_methods_have():
+    # POST has three seeds (mean 0.80), DP one: the gap is that seed's (0.82 - 0.81), not 0.80 - 0.81
+    tasks = {
+        "a": {
+            "post": {"mean": 0.80, "per_seed": {"0": 0.82, "1": 0.76, "2": 0.82}},
+            "post_dp8": {"mean": 0.81, "per_seed": {"0": 0.81}},
+        },
+        "b": {"post": {"mean": 0.7, "per_seed": {"0": 0.7}}, "post_dp8": {"mean": None}},
+    }
+    gap = paper.targets(tasks)["dp8_gap_points"]
+    assert gap["per_task"] == {"a": pytest.approx(1.0)}
+    assert gap["value"] == pytest.approx(1.0) and gap["tasks"] == 1
+
+
 def test_distilled_target_compares_the_seeds_both_variants_have():
     def cell(x):
         return {"accuracy": x}
