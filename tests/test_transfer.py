@@ -655,3 +655,6 @@ def test_public_texts_recut_to_the_users_length():
     # a length no two pieces reach is the length's fault, and the error names it
     with pytest.raises(BadInput, match="public_chars.*1 distinct pieces"):
         public_dataset(get_task("sst2"), docs, 10, 0, chars=30)
+    # a length that gives pieces enough is not blamed when n_public itself asks for one
+    with pytest.raises(BadInput, match="public_data"):
+        public_dataset(get_task("sst2"), docs, 1, 0, chars=8)

@@ -132,7 +132,7 @@ def public_dataset(
     uniq = list(dict.fromkeys(t for t in texts if t.strip()))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))[:n]
-    if len(order) < 2 and chars:  # the texts may be fine: the length no two pieces reach is not
+    if len(uniq) < 2 and chars:  # the texts may be fine: the length no two pieces reach is not
         raise BadInput(
             "public_chars",
             f"{given} public texts re-cut into runs of at least {chars} characters give "
