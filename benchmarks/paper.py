@@ -986,22 +986,23 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
     }  # fmt: skip
 
 
+def _paired_gap(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Mean of a - b in points over the seeds both have (None if they share none): cells of two
+    methods often lag each other, and a mean over other seeds would mix seed noise into the gap."""
+    seeds = sorted(set(a) & set(b))
+    return round(100 * statistics.fmean(a[s] - b[s] for s in seeds), 2) if seeds else None
+
+
 def _dp_gaps(tasks: dict) -> dict[str, float]:
-    """POST minus POST-with-DP in points per task, over the seeds both methods have: DP cells often
-    lag (one seed while POST has three), and a three-seed mean against one seed mixes seed noise into
-    the gap. Tables without per-seed values fall back to the means."""
+    """POST minus POST-with-DP in points per task, paired by seed; tables without per-seed values
+    (or with no seed in common) fall back to the means."""
     gaps = {}
     for t, cells in tasks.items():
         post, dp = cells.get("post", {}), cells.get("post_dp8", {})
         if None in (post.get("mean"), dp.get("mean")):
             continue
-        a, b = post.get("per_seed", {}), dp.get("per_seed", {})
-        seeds = sorted(set(a) & set(b))
-        if seeds:
-            gap = statistics.fmean(a[s] - b[s] for s in seeds)
-        else:
-            gap = post["mean"] - dp["mean"]
-        gaps[t] = round(100 * gap, 2)
+        gap = _paired_gap(post.get("per_seed", {}), dp.get("per_seed", {}))
+        gaps[t] = round(100 * (post["mean"] - dp["mean"]), 2) if gap is None else gap
     return gaps
 
 
@@ -1009,16 +1010,15 @@ def _distilled_beats(cells: dict) -> dict:
     """Tasks where POST from the distilled student beats POST from the same layers untrained, by the
     mean over the seeds both variants have."""
 
-    def mean(variant: dict, seeds) -> float:
-        return statistics.fmean(variant[s]["accuracy"] for s in seeds)
+    def acc(variant: dict) -> dict[str, float]:
+        return {s: c["accuracy"] for s, c in variant.items()}
 
     wins, margins = [], {}
     for task, v in cells.items():
-        d, n = v.get("distilled", {}), v.get("non_distilled", {})
-        seeds = sorted(set(d) & set(n))
-        if not seeds:
+        gap = _paired_gap(acc(v.get("distilled", {})), acc(v.get("non_distilled", {})))
+        if gap is None:
             continue
-        margins[task] = round(100 * (mean(d, seeds) - mean(n, seeds)), 2)
+        margins[task] = gap
         if margins[task] > 0:
             wins.append(task)
     return {"tasks": wins, "of_tasks_with_cells": len(margins), "margin_points": margins,
