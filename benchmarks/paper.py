@@ -96,7 +96,7 @@ ONE_SEED = ("teacher_tuned",)
 ABLATIONS = (
     "non_distilled", "alpha", "paper_setting", "shift_mean", "shift_base", "calibrate",
     "public_data", "prompt_length", "depth", "tune_optimizer", "tune_budget",
-    "teacher_tokens",
+    "teacher_tokens", "dp_recipe",
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
@@ -107,6 +107,13 @@ TABLE_PUBLIC = ("given", "length_matched")
 SIZED = ("n_public", "epochs", "max_length", "seed")
 # Tuning fields the profile's Sizes (or the DP setting) set; the rest is the run config's `tune:`.
 TUNE_SIZED = ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "max_length", "seed")
+# The dp_recipe ablation's DP tunings (besides the table's own): the optimisation a DP prompt needs
+# depends on the student, whose gradients set SGD's step (Adam's step is the lr's own scale).
+DP_VARIANTS = (
+    {"optimizer": "sgd", "lr": 0.3},
+    {"optimizer": "sgd", "lr": 3.0},
+    {"optimizer": "adam", "lr": 0.03},
+)
 # Validation checks per pass over the training data (the default run's: eval_every 118 of 470 steps).
 CHECKS_PER_EPOCH = 4
 
@@ -126,27 +133,54 @@ def transfer_recipe() -> dict:
     return _run_section("transfer", SIZED)
 
 
-def recipe_changes(pairs: list[str]) -> dict:
-    """`--transfer-set KEY=VALUE ...` as recipe fields (values read as YAML: 1 is a number, auto
-    text), checked against TransferConfig; the profile's sizes cannot be changed this way."""
+def _pairs(pairs: list[str], fields, flag: str) -> dict:
+    """KEY=VALUE pairs as recipe fields (values read as YAML: 1 is a number, auto text); a key not in
+    `fields` is refused with the flag named."""
     import yaml
-
-    from promptport.transfer import TransferConfig
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in TransferConfig.__dataclass_fields__ or key in SIZED:
-            raise SystemExit(f"--transfer-set {pair}: not a recipe field KEY=VALUE")
+        if not sep or key not in fields:
+            raise SystemExit(f"{flag} {pair}: not a recipe field KEY=VALUE")
         out[key] = yaml.safe_load(value)
-    base = {**transfer_recipe(), **out}
-    TransferConfig(**base).validate()
+    return out
+
+
+def recipe_changes(pairs: list[str]) -> dict:
+    """`--transfer-set KEY=VALUE ...` as recipe fields, checked against TransferConfig; the profile's
+    sizes cannot be changed this way."""
+    from promptport.transfer import TransferConfig
+
+    fields = set(TransferConfig.__dataclass_fields__) - set(SIZED)
+    out = _pairs(pairs, fields, "--transfer-set")
+    TransferConfig(**{**transfer_recipe(), **out}).validate()
+    return out
+
+
+# What DP tuning changes in the user's tuning recipe; the rest (prompt length, warm-up, precision) is
+# the tune recipe's. Fields a run may change with --dp-set (TuneConfig's optimisation fields).
+DP_FIELDS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps")
+
+
+def dp_recipe(sizes: Sizes, pairs: list[str] = ()) -> dict:
+    """The table's DP tuning recipe: plain SGD at the profile's dp_lr (the recipe every record made
+    before --dp-set was added used), changed by `--dp-set KEY=VALUE ...` and checked against
+    TuneConfig. A learning rate set on one student need not suit another: the gradient a prompt gets
+    through a student, and so SGD's step, scales with the student."""
+    from promptport.privacy import DPConfig
+    from promptport.tune import TuneConfig
+
+    out = {"optimizer": "sgd", "lr": sizes.dp_lr, **_pairs(list(pairs), DP_FIELDS, "--dp-set")}
+    # the recipe's own fields (the sizes are checked where the stage runs)
+    cfg = TuneConfig(**{**tune_recipe(), **out}, batch_size=1, dp=DPConfig(epsilon=8.0))
+    cfg.validate(sizes.train_limit)
     return out
 
 
 def tune_recipe() -> dict:
     """The user's tuning recipe for the table, as for POST: the run config's `tune:` section (prompt
-    length, learning rate, precision). DP tuning keeps the profile's SGD learning rate (dp_lr)."""
+    length, learning rate, precision). DP tuning changes its optimisation (`dp_recipe`)."""
     return _run_section("tune", TUNE_SIZED)
 
 
@@ -408,7 +442,7 @@ class Stages:
 
     def __init__(
         self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None,
-        tune: dict | None = None, device: str = "cpu", public: str = "given",
+        tune: dict | None = None, device: str = "cpu", public: str = "given", dp: dict | None = None,
     ):  # fmt: skip
         self.teacher, self.sizes, self.progress, self.device = teacher, sizes, progress, device
         if public not in TABLE_PUBLIC:
@@ -416,6 +450,7 @@ class Stages:
         self.public = public  # the public texts of the table's own transfers (POST, POST with DP)
         self.recipe = transfer_recipe() if recipe is None else recipe
         self.tune_recipe = tune_recipe() if tune is None else tune
+        self.dp_recipe = dp_recipe(sizes) if dp is None else dp
         self._models: dict = {}
         self._encoded: dict = {}
 
@@ -451,9 +486,8 @@ class Stages:
         )
         accum = max(1, min(4, train_limit // (4 * z.batch_size))) if dp else 1
         steps = max(1, train_limit // (z.batch_size * accum))  # optimizer steps in a pass
-        recipe = {**self.tune_recipe, **over}
-        if dp:
-            recipe.update(lr=z.dp_lr, optimizer="sgd")
+        # DP tuning's optimisation (the dp recipe); then a variant's own changes
+        recipe = {**self.tune_recipe, **(self.dp_recipe if dp else {}), **over}
         cfg = TuneConfig(
             **recipe,
             epochs=epochs,
@@ -537,6 +571,12 @@ class Stages:
 
 
 # ---------------------------------------------------------------- the resumable grid
+
+
+def dp_variant_name(recipe: dict) -> str:
+    """A DP recipe as an ablation variant's name: sgd_lr=0.3 (and any other field it sets)."""
+    rest = "".join(f",{k}={v}" for k, v in sorted(recipe.items()) if k not in ("optimizer", "lr"))
+    return f"{recipe['optimizer']}_lr={recipe['lr']:g}{rest}"
 
 
 def recorded_drift(prompt: str) -> dict:
@@ -657,6 +697,41 @@ class Grid:
         r = self.table_post(task, seed)
         r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
         return {**r, **recorded_drift(self.user_prompt(task, seed))}
+
+    def dp_recipe_ablation(self, task: str, seed: int) -> None:
+        """POST with DP (epsilon 8, the table's batch and steps) from DP prompts tuned with other
+        optimisations, each transferred by the table's POST: whether a DP gap is the noise's or the
+        learning rate's. Cells carry the DP prompt's best validation accuracy on the student (the user's
+        own split: how a user would choose) and how far it moved; the table's own recipe is its cell."""
+        st, spec = self.stages, self.specs[task]
+
+        def user_side(p: str) -> dict:
+            f = Path(p).parent / "metrics.json"
+            val = (read_json(f).get("best") or {}).get("val_accuracy") if f.is_file() else None
+            return {"user_val_accuracy": val, **recorded_drift(p)}
+
+        def table():
+            return {
+                **self.run_cell(task, "post_dp8", seed),
+                **user_side(self.dp_prompt(task, seed)),
+            }
+
+        def variant(recipe: dict, name: str):
+            def compute():
+                p = self.artifact(
+                    f"tune-dp8@{name}", task, seed,
+                    lambda d: st.tune(self.student, spec, seed, d, 8.0, **recipe),
+                )  # fmt: skip
+                q = self.post_prompt(task, seed, p, f"post-dp8@{name}")
+                return {**st.evaluate(st.teacher, q, spec), **user_side(p)}
+
+            return compute
+
+        own = dict(st.dp_recipe)
+        for recipe in list(DP_VARIANTS) + ([] if own in DP_VARIANTS else [own]):
+            name = dp_variant_name(recipe)
+            compute = table if recipe == own else variant(recipe, name)
+            self.cell(self.cell_path("ablations", "dp_recipe", task, name, f"seed{seed}"), compute)
 
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
@@ -811,6 +886,8 @@ class Grid:
             }
             for variant, compute in variants.items():
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+        elif name == "dp_recipe":
+            self.dp_recipe_ablation(task, seed)
         elif name == "tune_budget":
             # more passes over the profile's training examples, or more of the task's examples (the
             # user has them: SST-2's training split is 67k): the transfer and evaluation unchanged
@@ -1171,6 +1248,8 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
         "student": _read_json_or_none(record / "student.json"),
         "transfer_recipe": _read_json_or_none(record / "transfer.json"),
         "tune_recipe": _read_json_or_none(record / "tune.json"),
+        # absent: a record from before it was kept, whose DP cells used SGD at sizes.dp_lr
+        "dp_recipe": _read_json_or_none(record / "dp.json"),
         "device": device.get("device", "cpu"),
         # the arithmetic `precision: auto` resolved to (absent in records from before it was kept)
         "precision": device.get("precision"),
@@ -1276,12 +1355,20 @@ def student_identity(student: str) -> dict:
 
 
 # The artifacts each recipe makes (STATE/art/<task>/<kind>-s<seed>/).
-RECIPE_ARTIFACTS = {"transfer": ("*/post*",), "tune": ("*/tune*", "*/teacher-tune*")}
+RECIPE_ARTIFACTS = {
+    "transfer": ("*/post*",),
+    "tune": ("*/tune*", "*/teacher-tune*"),
+    "dp": ("*/tune-dp8-s*",),
+}
+# The cells a recipe makes, in RECORD (where a record's artifacts are not kept)
+RECIPE_CELLS = {"dp": ("*/post_dp8/*.json",)}
 
 
-def check_recipe(state: Path, recipe: dict, kind: str = "transfer") -> None:
-    """One transfer (and one tuning) recipe per state: a state whose artifacts were made before the
-    recipe was recorded (or with another) is refused, so cells of two settings never mix in one table."""
+def check_recipe(state: Path, recipe: dict, kind: str = "transfer", legacy: dict | None = None):
+    """One transfer, one tuning and one DP tuning recipe per state: a state whose artifacts were made
+    before the recipe was recorded (or with another) is refused, so cells of two settings never mix in
+    one table. `legacy`: the recipe every artifact made before this kind was recorded used (so its
+    artifacts are that recipe's)."""
     f = state / f"{kind}.json"
     if f.is_file():
         had = read_json(f)
@@ -1291,10 +1378,14 @@ def check_recipe(state: Path, recipe: dict, kind: str = "transfer") -> None:
                 "use another --state/--record"
             )
         return
-    if any(any((state / "art").glob(g)) for g in RECIPE_ARTIFACTS[kind]):
-        raise SystemExit(
-            f"{state} holds artifacts of an unrecorded {kind} recipe; use another --state/--record"
+    made = any(any((state / "art").glob(g)) for g in RECIPE_ARTIFACTS[kind]) or any(
+        any((state / "cells").glob(g)) for g in RECIPE_CELLS.get(kind, ())
+    )
+    if made and recipe != legacy:
+        what = (
+            f"the {kind} recipe {legacy}" if legacy is not None else f"an unrecorded {kind} recipe"
         )
+        raise SystemExit(f"{state} holds artifacts of {what}; use another --state/--record")
     write_json(f, recipe)
 
 
@@ -1390,6 +1481,12 @@ def main(argv=None) -> dict:
         "n_tokens=auto): a state and record hold one recipe, so this starts new ones",
     )  # fmt: skip
     ap.add_argument(
+        "--dp-set", nargs="+", default=[], metavar="KEY=VALUE",
+        help="change the table's DP tuning recipe (default: SGD at the profile's dp_lr; fields "
+        f"{', '.join(DP_FIELDS)}), e.g. lr=3.0: a state and record hold one, so the post_dp8 cells "
+        "of another start new ones",
+    )  # fmt: skip
+    ap.add_argument(
         "--table-public", default="given", choices=TABLE_PUBLIC,
         help="the public data of the table's POST and POST with DP: each task's public texts as "
         "given, or length_matched (re-cut to the median length of the user's training texts, the "
@@ -1437,8 +1534,9 @@ def main(argv=None) -> dict:
         student = _student(args, state, print)
         recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
         stages = Stages(
-            args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public
-        )
+            args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public,
+            dp=dp_recipe(sizes, args.dp_set),
+        )  # fmt: skip
         # the table's public data is part of its transfer recipe (left out when as given, so that
         # records from before the option keep their recipe)
         public = {} if args.table_public == "given" else {"public": args.table_public}
@@ -1447,6 +1545,7 @@ def main(argv=None) -> dict:
             check_student(d, ident)
             check_recipe(d, {**stages.recipe, **public})
             check_recipe(d, stages.tune_recipe, "tune")
+            check_recipe(d, stages.dp_recipe, "dp", legacy=dp_recipe(sizes))
         grid = Grid(
             state, stages, student, specs, record=record,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),

@@ -16,6 +16,7 @@ class FakeStages:
 
     def __init__(self, fail_on: str | None = None):
         self.tune_recipe = {"n_tokens": 50, "lr": 0.1}
+        self.dp_recipe = {"optimizer": "sgd", "lr": 0.3}
         self.calls: list[tuple] = []
         self.fail_on = fail_on
 
@@ -209,6 +210,16 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any(c[0] == "transfer" and "'/p/sst2-recut'" in c[1] for c in stages.calls)
     n_public = paper.PROFILES["quick"].n_public
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
+    # the DP recipes: the table's own (SGD 0.3) is its post_dp8 cell, the others their own tunings
+    dp = abl["dp_recipe"]["sst2"]
+    assert set(dp) == {"sgd_lr=0.3", "sgd_lr=3", "adam_lr=0.03"}
+    assert dp["sgd_lr=0.3"]["0"]["accuracy"] == round(
+        paper.collect(state)["tasks"]["sst2"]["post_dp8"]["per_seed"]["0"], 4
+    )
+    dp_tunes = [c[1] for c in stages.calls if c[0] == "tune" and ":8.0:" in c[1]]
+    assert len(dp_tunes) == 3  # the table's, then SGD 3 and Adam 0.03: none twice
+    assert any("{'optimizer': 'adam', 'lr': 0.03}" in c for c in dp_tunes)
+    assert any(c[1].startswith("transfer:tune-dp8@sgd_lr=3-s0:") for c in stages.calls)
 
 
 def _recording_stages(monkeypatch, module, profile: str):
@@ -338,6 +349,57 @@ def test_a_state_keeps_one_transfer_recipe(tmp_path):
     (state / "art" / "sst2" / "tune-s0").mkdir(parents=True)
     with pytest.raises(SystemExit, match="unrecorded tune recipe"):
         paper.check_recipe(state, {"n_tokens": 50}, "tune")
+
+
+def test_a_state_keeps_one_dp_recipe_and_older_states_had_the_profiles(tmp_path):
+    """DP cells made before dp.json was kept used SGD at the profile's dp_lr: a state (artifacts) or a
+    record (cells) holding them takes that recipe and refuses another, which would mix two."""
+    z = paper.PROFILES["full"]
+    legacy = paper.dp_recipe(z)
+    assert legacy == {"optimizer": "sgd", "lr": z.dp_lr}
+    state, record = tmp_path / "state", tmp_path / "record"
+    (state / "art" / "sst2" / "tune-dp8-s0").mkdir(parents=True)
+    (record / "cells" / "sst2" / "post_dp8").mkdir(parents=True)
+    (record / "cells" / "sst2" / "post_dp8" / "seed0.json").write_text("{}")
+    new = paper.dp_recipe(z, ["lr=3.0"])
+    for d in (state, record):
+        with pytest.raises(SystemExit, match="the dp recipe"):
+            paper.check_recipe(d, new, "dp", legacy=legacy)
+        paper.check_recipe(d, legacy, "dp", legacy=legacy)
+        assert json.loads((d / "dp.json").read_text()) == legacy
+        with pytest.raises(SystemExit, match="another dp recipe"):
+            paper.check_recipe(d, new, "dp", legacy=legacy)
+    # a state with no DP artifact takes any recipe; a user prompt's artifacts are not DP ones
+    fresh = tmp_path / "fresh"
+    (fresh / "art" / "sst2" / "tune-s0").mkdir(parents=True)
+    (fresh / "art" / "sst2" / "tune-dp8@adam_lr=0.03-s0").mkdir(parents=True)
+    paper.check_recipe(fresh, new, "dp", legacy=legacy)
+    assert json.loads((fresh / "dp.json").read_text()) == new
+
+
+def test_dp_set_changes_the_dp_recipe_through_the_config(monkeypatch, tmp_path):
+    """--dp-set KEY=VALUE: optimisation fields only, checked by TuneConfig; the DP tuning stage uses
+    the recipe over the tune recipe (prompt length, precision kept)."""
+    import promptport.tune as tu
+    from promptport.errors import BadInput
+
+    z = paper.PROFILES["full"]
+    assert paper.dp_recipe(z, ["optimizer=adam", "lr=0.03"]) == {"optimizer": "adam", "lr": 0.03}
+    for bad in ("epochs=3", "n_tokens=10", "lr"):
+        with pytest.raises(SystemExit, match="--dp-set"):
+            paper.dp_recipe(z, [bad])
+    with pytest.raises(BadInput, match="optimizer"):
+        paper.dp_recipe(z, ["optimizer=lion"])
+    seen: list = []
+    monkeypatch.setattr(tu, "tune", lambda *a, cfg, **k: seen.append(cfg))
+    st = paper.Stages("T", z, dp={"optimizer": "adam", "lr": 0.03})
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, 8.0)
+    st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, None)
+    dp, plain = seen
+    assert (dp.optimizer, dp.lr, dp.dp.epsilon) == ("adam", 0.03, 8.0)
+    assert dp.n_tokens == plain.n_tokens and (plain.optimizer, plain.dp) == ("adam", None)
+    assert plain.lr == st.tune_recipe["lr"]
 
 
 def test_targets_from_means():
