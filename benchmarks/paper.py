@@ -43,12 +43,15 @@ teacher_tokens (the teacher's prompt as long as the user's, the tool's, or 1 or 
 description: `transfer.n_tokens`; a long prompt moves the teacher's zero-shot before training;
 and `auto`, the tool choosing between the three by held-out public transfer loss),
 depth (`--depths`: the shared student's recipe at other depths,
-distilled on demand and kept in the student store).
+distilled on demand and kept in the student store), dp_recipe (POST with DP from DP prompts tuned with
+SGD at lr 0.3 or 3 or Adam at 0.03, the same epsilon, batch and steps: whether a DP gap is the noise's or
+the optimisation's; the table's own recipe is its post_dp8 cell).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
 weights' checksum in student.json), one transfer recipe (transfer.json: the embedded run config's
-`transfer:` section) and one tuning recipe (tune.json: its `tune:` section; DP tuning keeps the
-profile's SGD learning rate), in STATE and in RECORD, and paper_tables.json names all three.
+`transfer:` section), one tuning recipe (tune.json: its `tune:` section) and one DP tuning recipe
+(dp.json: the optimiser and learning rate DP tuning uses instead, SGD at the profile's dp_lr unless
+`--dp-set` changes it), in STATE and in RECORD, and paper_tables.json names all four.
 
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
@@ -1128,6 +1131,12 @@ def markdown(tables: dict) -> str:
         + "."
         if rec
         else ""
+    )
+    dp = tables.get("dp_recipe") or {"optimizer": "sgd", "lr": z["dp_lr"]}  # older: the sizes'
+    how += (
+        " post_dp8's user prompt: DP-SGD at ε 8, "
+        + ", ".join(f"{k} {v}" for k, v in dp.items())
+        + "."
     )
     arith = f" ({tables['precision']})" if tables.get("precision") else ""
     note = (

@@ -101,6 +101,11 @@ def test_cells_resume_skip_and_json_shape(tmp_path):
     body = readme.read_text()
     assert "text before" in body and body.count(paper.BEGIN) == 1
     assert f"{out['tasks']['sst2']['post']['mean']:.3f} ±" in body
+    # the DP recipe is named: a record from before dp.json used SGD at the profile's dp_lr
+    assert out["dp_recipe"] is None and f"DP-SGD at ε 8, optimizer sgd, lr {sizes.dp_lr}." in body
+    (state / "dp.json").write_text(json.dumps({"optimizer": "sgd", "lr": 10.0}))
+    out = paper.write_outputs(state, "quick", sizes, "cmd", results=tmp_path, readme=readme)
+    assert out["dp_recipe"]["lr"] == 10.0 and "optimizer sgd, lr 10.0." in readme.read_text()
     paper.write_outputs(state, "quick", sizes, "cmd", results=tmp_path, readme=readme)
     assert readme.read_text().count(paper.BEGIN) == 1
     # a record filled by several commands names each, once, in order; the latest is `command`
