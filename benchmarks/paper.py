@@ -1059,7 +1059,15 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         "dp8_gap_points": {
             "value": round(statistics.fmean(dp.values()), 2) if dp else None,
             "tasks": len(dp), "per_task": dp, "target": "<= 2",
-            "assumes": "POST minus POST with DP over the seeds both have (paired by seed)",
+            "seeds_per_task": {  # 0: a task whose gap is the means'
+                t: len(set(tasks[t]["post"].get("per_seed", {})) & set(
+                    tasks[t]["post_dp8"].get("per_seed", {})
+                ))
+                for t in dp
+            },
+            "assumes": "POST minus POST with DP over the seeds both have (paired by seed; a task "
+            "with none in common: the difference of the means), then the plain mean over tasks "
+            "whatever each task's number of seeds",
         },
         "distilled_beats_non_distilled": _distilled_beats((ablations or {}).get("non_distilled", {})),
         **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),

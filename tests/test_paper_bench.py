@@ -437,6 +437,7 @@ def test_dp_gap_compares_the_seeds_both_methods_have():
     gap = paper.targets(tasks)["dp8_gap_points"]
     assert gap["per_task"] == {"a": pytest.approx(1.0)}
     assert gap["value"] == pytest.approx(1.0) and gap["tasks"] == 1
+    assert gap["seeds_per_task"] == {"a": 1}
 
 
 def test_distilled_target_compares_the_seeds_both_variants_have():
