@@ -166,6 +166,11 @@ def recipe_changes(pairs: list[str]) -> dict:
 DP_FIELDS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps")
 
 
+def profile_dp_recipe(dp_lr: float) -> dict:
+    """The DP recipe of every record made before dp.json was kept: plain SGD at the profile's dp_lr."""
+    return {"optimizer": "sgd", "lr": dp_lr}
+
+
 def dp_recipe(sizes: Sizes, pairs: list[str] = ()) -> dict:
     """The table's DP tuning recipe: plain SGD at the profile's dp_lr (the recipe every record made
     before --dp-set was added used), changed by `--dp-set KEY=VALUE ...` and checked against
@@ -174,7 +179,7 @@ def dp_recipe(sizes: Sizes, pairs: list[str] = ()) -> dict:
     from promptport.privacy import DPConfig
     from promptport.tune import TuneConfig
 
-    out = {"optimizer": "sgd", "lr": sizes.dp_lr, **_pairs(list(pairs), DP_FIELDS, "--dp-set")}
+    out = {**profile_dp_recipe(sizes.dp_lr), **_pairs(list(pairs), DP_FIELDS, "--dp-set")}
     # the recipe's own fields (the sizes are checked where the stage runs)
     cfg = TuneConfig(**{**tune_recipe(), **out}, batch_size=1, dp=DPConfig(epsilon=8.0))
     cfg.validate(sizes.train_limit)
@@ -582,11 +587,16 @@ def dp_variant_name(recipe: dict) -> str:
     return f"{recipe['optimizer']}_lr={recipe['lr']:g}{rest}"
 
 
-def recorded_drift(prompt: str) -> dict:
-    """{"prompt_drift": how far tuning moved the user's prompt from its start} from its tuning run's
-    metrics.json, where the run recorded it."""
+def tune_metrics(prompt: str) -> dict:
+    """The metrics.json of the tuning run that made `prompt` ({} where there is none)."""
     f = Path(prompt).parent / "metrics.json"
-    drift = (read_json(f).get("prompt_drift") or {}) if f.is_file() else {}
+    return read_json(f) if f.is_file() else {}
+
+
+def recorded_drift(prompt: str, metrics: dict | None = None) -> dict:
+    """{"prompt_drift": how far tuning moved the user's prompt from its start} from its tuning run's
+    metrics.json (or `metrics`, already read), where the run recorded it."""
+    drift = (tune_metrics(prompt) if metrics is None else metrics).get("prompt_drift") or {}
     return {"prompt_drift": drift["relative_distance"]} if "relative_distance" in drift else {}
 
 
@@ -709,9 +719,9 @@ class Grid:
         st, spec = self.stages, self.specs[task]
 
         def user_side(p: str) -> dict:
-            f = Path(p).parent / "metrics.json"
-            val = (read_json(f).get("best") or {}).get("val_accuracy") if f.is_file() else None
-            return {"user_val_accuracy": val, **recorded_drift(p)}
+            m = tune_metrics(p)
+            val = (m.get("best") or {}).get("val_accuracy")
+            return {"user_val_accuracy": val, **recorded_drift(p, m)}
 
         def table():
             return {
@@ -1047,7 +1057,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
     ]
     complete = [t for t in tasks if None not in (m(t, "post"), m(t, "teacher_zero_shot"))]
     ratios = list(_gain_ratios(tasks, {t: m(t, "teacher_tuned") for t in tasks}).values())
-    dp = _dp_gaps(tasks)
+    dp, dp_seeds = _dp_gaps(tasks)
     return {
         "post_beats_zero_shot_and_direct": {
             "tasks": beats, "of_tasks_with_cells": len(complete), "target": "4 of 5",
@@ -1059,12 +1069,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         "dp8_gap_points": {
             "value": round(statistics.fmean(dp.values()), 2) if dp else None,
             "tasks": len(dp), "per_task": dp, "target": "<= 2",
-            "seeds_per_task": {  # 0: a task whose gap is the means'
-                t: len(set(tasks[t]["post"].get("per_seed", {})) & set(
-                    tasks[t]["post_dp8"].get("per_seed", {})
-                ))
-                for t in dp
-            },
+            "seeds_per_task": dp_seeds,  # 0: a task whose gap is the means'
             "assumes": "POST minus POST with DP over the seeds both have (paired by seed; a task "
             "with none in common: the difference of the means), then the plain mean over tasks "
             "whatever each task's number of seeds",
@@ -1081,17 +1086,19 @@ def _paired_gap(a: dict[str, float], b: dict[str, float]) -> float | None:
     return round(100 * statistics.fmean(a[s] - b[s] for s in seeds), 2) if seeds else None
 
 
-def _dp_gaps(tasks: dict) -> dict[str, float]:
-    """POST minus POST-with-DP in points per task, paired by seed; tables without per-seed values
-    (or with no seed in common) fall back to the means."""
-    gaps = {}
+def _dp_gaps(tasks: dict) -> tuple[dict[str, float], dict[str, int]]:
+    """POST minus POST-with-DP in points per task, paired by seed, and the number of seeds each is
+    over; tables without per-seed values (or with no seed in common: 0 seeds) fall back to the means."""
+    gaps, seeds = {}, {}
     for t, cells in tasks.items():
         post, dp = cells.get("post", {}), cells.get("post_dp8", {})
         if None in (post.get("mean"), dp.get("mean")):
             continue
-        gap = _paired_gap(post.get("per_seed", {}), dp.get("per_seed", {}))
+        a, b = post.get("per_seed", {}), dp.get("per_seed", {})
+        gap = _paired_gap(a, b)
         gaps[t] = round(100 * (post["mean"] - dp["mean"]), 2) if gap is None else gap
-    return gaps
+        seeds[t] = len(set(a) & set(b))
+    return gaps, seeds
 
 
 def _distilled_beats(cells: dict) -> dict:
@@ -1140,7 +1147,7 @@ def markdown(tables: dict) -> str:
         if rec
         else ""
     )
-    dp = tables.get("dp_recipe") or {"optimizer": "sgd", "lr": z["dp_lr"]}  # older: the sizes'
+    dp = tables.get("dp_recipe") or profile_dp_recipe(z["dp_lr"])
     how += (
         " post_dp8's user prompt: DP-SGD at ε 8, "
         + ", ".join(f"{k} {v}" for k, v in dp.items())
@@ -1558,11 +1565,12 @@ def main(argv=None) -> dict:
         # records from before the option keep their recipe)
         public = {} if args.table_public == "given" else {"public": args.table_public}
         ident = student_identity(student)
+        legacy_dp = dp_recipe(sizes)  # what DP cells made before dp.json was kept used
         for d in folders:
             check_student(d, ident)
             check_recipe(d, {**stages.recipe, **public})
             check_recipe(d, stages.tune_recipe, "tune")
-            check_recipe(d, stages.dp_recipe, "dp", legacy=dp_recipe(sizes))
+            check_recipe(d, stages.dp_recipe, "dp", legacy=legacy_dp)
         grid = Grid(
             state, stages, student, specs, record=record,
             depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
