@@ -45,7 +45,8 @@ and `auto`, the tool choosing between the three by held-out public transfer loss
 depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store), dp_recipe (POST with DP from DP prompts tuned with
 SGD at lr 0.3 or 3 or Adam at 0.03, the same epsilon, batch and steps: whether a DP gap is the noise's or
-the optimisation's; the table's own recipe is its post_dp8 cell).
+the optimisation's; and SGD 10 over more passes with 128 or 256 examples expected per step, the same
+epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
 weights' checksum in student.json), one transfer recipe (transfer.json: the embedded run config's
@@ -112,10 +113,15 @@ SIZED = ("n_public", "epochs", "max_length", "seed")
 TUNE_SIZED = ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "max_length", "seed")
 # The dp_recipe ablation's DP tunings (besides the table's own): the optimisation a DP prompt needs
 # depends on the student, whose gradients set SGD's step (Adam's step is the lr's own scale).
+# The last two keep SGD 10 and spend the same epsilon on larger expected batches (128 and 256 of the
+# profile's 16-example forward batches): at epsilon 8 sigma grows slowly with the number of samplings, so
+# each step's mean gradient is less noisy, for two and four times the tuning's compute.
 DP_VARIANTS = (
     {"optimizer": "sgd", "lr": 0.3},
     {"optimizer": "sgd", "lr": 3.0},
     {"optimizer": "adam", "lr": 0.03},
+    {"optimizer": "sgd", "lr": 10.0, "epochs": 4, "grad_accum": 8},
+    {"optimizer": "sgd", "lr": 10.0, "epochs": 8, "grad_accum": 16},
 )
 # Validation checks per pass over the training data (the default run's: eval_every 118 of 470 steps).
 CHECKS_PER_EPOCH = 4
@@ -162,8 +168,10 @@ def recipe_changes(pairs: list[str]) -> dict:
 
 
 # What DP tuning changes in the user's tuning recipe; the rest (prompt length, warm-up, precision) is
-# the tune recipe's. Fields a run may change with --dp-set (TuneConfig's optimisation fields).
-DP_FIELDS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps")
+# the tune recipe's. Fields a run may change with --dp-set: TuneConfig's optimisation fields, and the
+# DP run's length and expected batch (epochs; grad_accum forward batches of the profile's batch_size
+# per step), which set how many noisy steps epsilon pays for and how much noise each step's mean has.
+DP_FIELDS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "epochs", "grad_accum")
 
 
 def profile_dp_recipe(dp_lr: float) -> dict:
@@ -487,15 +495,15 @@ class Stages:
         from promptport.tune import TuneConfig, tune
 
         z = self.sizes
-        # the tune_budget ablation's changes to the profile's sizes
-        epochs, train_limit = (
-            over.pop("epochs", z.tune_epochs),
-            over.pop("train_limit", z.train_limit),
-        )
-        accum = max(1, min(4, train_limit // (4 * z.batch_size))) if dp else 1
-        steps = max(1, train_limit // (z.batch_size * accum))  # optimizer steps in a pass
         # DP tuning's optimisation (the dp recipe); then a variant's own changes
         recipe = {**self.tune_recipe, **(self.dp_recipe if dp else {}), **over}
+        # the profile's sizes, unless the DP recipe or an ablation (tune_budget) changes them
+        epochs = recipe.pop("epochs", z.tune_epochs)
+        train_limit = recipe.pop("train_limit", z.train_limit)
+        # DP's expected batch: four forward batches, or fewer where the training split is small
+        default_accum = max(1, min(4, train_limit // (4 * z.batch_size))) if dp else 1
+        accum = recipe.pop("grad_accum", default_accum)
+        steps = max(1, train_limit // (z.batch_size * accum))  # optimizer steps in a pass
         cfg = TuneConfig(
             **recipe,
             epochs=epochs,
@@ -720,8 +728,14 @@ class Grid:
 
         def user_side(p: str) -> dict:
             m = tune_metrics(p)
-            val = (m.get("best") or {}).get("val_accuracy")
-            return {"user_val_accuracy": val, **recorded_drift(p, m)}
+            privacy = m.get("privacy") or {}
+            return {
+                "user_val_accuracy": (m.get("best") or {}).get("val_accuracy"),
+                "dp_steps": privacy.get("steps"),
+                "noise_multiplier": privacy.get("noise_multiplier"),
+                "user_tune_seconds": m.get("wall_seconds"),
+                **recorded_drift(p, m),
+            }
 
         def table():
             return {

@@ -217,12 +217,18 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
     # the DP recipes: the table's own (SGD 0.3) is its post_dp8 cell, the others their own tunings
     dp = abl["dp_recipe"]["sst2"]
-    assert set(dp) == {"sgd_lr=0.3", "sgd_lr=3", "adam_lr=0.03"}
+    assert set(dp) == {
+        "sgd_lr=0.3",
+        "sgd_lr=3",
+        "adam_lr=0.03",
+        "sgd_lr=10,epochs=4,grad_accum=8",
+        "sgd_lr=10,epochs=8,grad_accum=16",
+    }
     assert dp["sgd_lr=0.3"]["0"]["accuracy"] == round(
         paper.collect(state)["tasks"]["sst2"]["post_dp8"]["per_seed"]["0"], 4
     )
     dp_tunes = [c[1] for c in stages.calls if c[0] == "tune" and ":8.0:" in c[1]]
-    assert len(dp_tunes) == 3  # the table's, then SGD 3 and Adam 0.03: none twice
+    assert len(dp_tunes) == 5  # the table's, then SGD 3, Adam 0.03 and the two batches: none twice
     assert any("{'optimizer': 'adam', 'lr': 0.03}" in c for c in dp_tunes)
     assert any(c[1].startswith("transfer:tune-dp8@sgd_lr=3-s0:") for c in stages.calls)
 
@@ -390,7 +396,7 @@ def test_dp_set_changes_the_dp_recipe_through_the_config(monkeypatch, tmp_path):
 
     z = paper.PROFILES["full"]
     assert paper.dp_recipe(z, ["optimizer=adam", "lr=0.03"]) == {"optimizer": "adam", "lr": 0.03}
-    for bad in ("epochs=3", "n_tokens=10", "lr"):
+    for bad in ("seed=3", "n_tokens=10", "batch_size=8", "lr"):
         with pytest.raises(SystemExit, match="--dp-set"):
             paper.dp_recipe(z, [bad])
     with pytest.raises(BadInput, match="optimizer"):
@@ -401,10 +407,23 @@ def test_dp_set_changes_the_dp_recipe_through_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(st, "model", lambda spec: spec)
     st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, 8.0)
     st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, None)
-    dp, plain = seen
+    dp, plain = seen[:2]
     assert (dp.optimizer, dp.lr, dp.dp.epsilon) == ("adam", 0.03, 8.0)
     assert dp.n_tokens == plain.n_tokens and (plain.optimizer, plain.dp) == ("adam", None)
     assert plain.lr == st.tune_recipe["lr"]
+    # the DP run's length and expected batch: the profile's unless the recipe sets them
+    assert (dp.epochs, dp.grad_accum) == (z.tune_epochs, 4) and plain.grad_accum == 1
+    longer = paper.dp_recipe(z, ["epochs=8", "grad_accum=16"])
+    with pytest.raises(BadInput, match="grad_accum"):
+        paper.dp_recipe(z, ["grad_accum=0"])
+    st = paper.Stages("T", z, dp=longer)
+    monkeypatch.setattr(st, "model", lambda spec: spec)
+    st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, 8.0)
+    st.tune("S", {"task": "sst2", "data": "/d"}, 0, tmp_path, None)
+    big, plain = seen[2:]
+    assert (big.epochs, big.grad_accum, big.logical_batch) == (8, 16, 16 * z.batch_size)
+    # validation four times a pass: a pass is 2000 / 256 = 7 steps here
+    assert big.eval_every == 2 and (plain.epochs, plain.grad_accum) == (z.tune_epochs, 1)
 
 
 def test_targets_from_means():
