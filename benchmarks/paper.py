@@ -1416,7 +1416,8 @@ def check_recipe(state: Path, recipe: dict, kind: str = "transfer", legacy: dict
                 "use another --state/--record"
             )
         return
-    made = any(any((state / "art").glob(g)) for g in RECIPE_ARTIFACTS[kind]) or any(
+    # a half-made artifact (no prompt yet) holds no recipe: `Grid.artifact` makes it afresh
+    made = any(_done(d) for g in RECIPE_ARTIFACTS[kind] for d in (state / "art").glob(g)) or any(
         any((state / "cells").glob(g)) for g in RECIPE_CELLS.get(kind, ())
     )
     if made and recipe != legacy:

@@ -347,17 +347,25 @@ def test_the_larger_general_student_differs_only_in_task_examples():
     assert dataclasses.replace(big, task_examples=base.task_examples) == base
 
 
+def _made(d: Path) -> Path:
+    """A finished prompt artifact (its prompt written), as Grid.artifact leaves one."""
+    (d / "prompt").mkdir(parents=True)
+    (d / "prompt" / "prompt.json").write_text("{}")
+    return d
+
+
 def test_a_state_keeps_one_transfer_recipe(tmp_path):
     state = tmp_path / "state"
-    (state / "art" / "sst2" / "post-s0").mkdir(parents=True)
+    _made(state / "art" / "sst2" / "post-s0")
     with pytest.raises(SystemExit, match="unrecorded transfer recipe"):
         paper.check_recipe(state, {"alpha": 1.0})
-    (state / "art" / "sst2" / "post-s0").rmdir()
+    (state / "art" / "sst2" / "post-s0" / "prompt" / "prompt.json").unlink()
+    # a half-made artifact (stopped before its prompt) is made afresh: it holds no recipe
     paper.check_recipe(state, {"alpha": 1.0})
     paper.check_recipe(state, {"alpha": 1.0})  # the same recipe again: fine
     with pytest.raises(SystemExit, match="another transfer recipe"):
         paper.check_recipe(state, {"alpha": 0.5})
-    (state / "art" / "sst2" / "tune-s0").mkdir(parents=True)
+    _made(state / "art" / "sst2" / "tune-s0")
     with pytest.raises(SystemExit, match="unrecorded tune recipe"):
         paper.check_recipe(state, {"n_tokens": 50}, "tune")
 
@@ -369,7 +377,7 @@ def test_a_state_keeps_one_dp_recipe_and_older_states_had_the_profiles(tmp_path)
     legacy = paper.dp_recipe(z)
     assert legacy == {"optimizer": "sgd", "lr": z.dp_lr}
     state, record = tmp_path / "state", tmp_path / "record"
-    (state / "art" / "sst2" / "tune-dp8-s0").mkdir(parents=True)
+    _made(state / "art" / "sst2" / "tune-dp8-s0")
     (record / "cells" / "sst2" / "post_dp8").mkdir(parents=True)
     (record / "cells" / "sst2" / "post_dp8" / "seed0.json").write_text("{}")
     new = paper.dp_recipe(z, ["lr=3.0"])
@@ -382,8 +390,9 @@ def test_a_state_keeps_one_dp_recipe_and_older_states_had_the_profiles(tmp_path)
             paper.check_recipe(d, new, "dp", legacy=legacy)
     # a state with no DP artifact takes any recipe; a user prompt's artifacts are not DP ones
     fresh = tmp_path / "fresh"
-    (fresh / "art" / "sst2" / "tune-s0").mkdir(parents=True)
-    (fresh / "art" / "sst2" / "tune-dp8@adam_lr=0.03-s0").mkdir(parents=True)
+    _made(fresh / "art" / "sst2" / "tune-s0")
+    _made(fresh / "art" / "sst2" / "tune-dp8@adam_lr=0.03-s0")
+    (fresh / "art" / "sst2" / "tune-dp8-s1").mkdir(parents=True)  # stopped: no prompt
     paper.check_recipe(fresh, new, "dp", legacy=legacy)
     assert json.loads((fresh / "dp.json").read_text()) == new
 
