@@ -1090,6 +1090,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         },
         "distilled_beats_non_distilled": _distilled_beats((ablations or {}).get("non_distilled", {})),
         **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),
+        **_dp_gaps_by_recipe(tasks, (ablations or {}).get("dp_recipe", {})),
     }  # fmt: skip
 
 
@@ -1113,6 +1114,33 @@ def _dp_gaps(tasks: dict) -> tuple[dict[str, float], dict[str, int]]:
         gaps[t] = round(100 * (post["mean"] - dp["mean"]), 2) if gap is None else gap
         seeds[t] = len(set(a) & set(b))
     return gaps, seeds
+
+
+def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
+    """The DP gap of each DP recipe in the dp_recipe ablation (the table's own included, as its
+    variant's cells): POST minus that recipe's POST with DP per task, paired by seed, and the mean over
+    the tasks it has. Two recipes compare only over the same (task, seed) cells, listed as `seeds`."""
+    out = {}
+    for v in sorted({v for variants in cells.values() for v in variants}):
+        per_task, seeds = {}, {}
+        for t, variants in cells.items():
+            post = tasks.get(t, {}).get("post", {}).get("per_seed", {})
+            dp = {s: c["accuracy"] for s, c in variants.get(v, {}).items()}
+            gap = _paired_gap(post, dp)
+            if gap is not None:
+                per_task[t], seeds[t] = gap, sorted(set(post) & set(dp), key=int)
+        if per_task:
+            value = round(statistics.fmean(per_task.values()), 2)
+            out[v] = {"value": value, "per_task": per_task, "seeds": seeds}
+    if not out:
+        return {}
+    return {
+        "dp8_gap_points_by_dp_recipe": {
+            "recipes": out,
+            "assumes": "as dp8_gap_points, over each recipe's own cells of the dp_recipe ablation "
+            "(POST's per-seed cells of the table); recipes over other tasks or seeds do not compare",
+        }
+    }
 
 
 def _distilled_beats(cells: dict) -> dict:

@@ -468,6 +468,34 @@ def test_dp_gap_compares_the_seeds_both_methods_have():
     assert gap["seeds_per_task"] == {"a": 1}
 
 
+def test_dp_gap_of_each_dp_recipe_is_paired_with_posts_seeds():
+    """The dp_recipe ablation's recipes get the DP gap the table's own has, each over its own cells."""
+    tasks = {
+        "a": {"post": {"mean": 0.8, "per_seed": {"0": 0.82, "1": 0.78}}},
+        "b": {"post": {"mean": 0.7, "per_seed": {"0": 0.70}}},
+    }
+    cells = {
+        "a": {
+            "sgd": {"0": {"accuracy": 0.80}, "1": {"accuracy": 0.74}},
+            "big": {"1": {"accuracy": 0.79}},
+        },
+        "b": {"sgd": {"0": {"accuracy": 0.71}}},
+    }
+    by = paper.targets(tasks, {"dp_recipe": cells})["dp8_gap_points_by_dp_recipe"]["recipes"]
+    # sgd: a (2 + 4) / 2 = 3, b -1: mean 1; big: a's seed 1 only, -1
+    assert by["sgd"]["per_task"] == {"a": pytest.approx(3.0), "b": pytest.approx(-1.0)}
+    assert by["sgd"]["value"] == pytest.approx(1.0) and by["sgd"]["seeds"] == {
+        "a": ["0", "1"],
+        "b": ["0"],
+    }
+    assert by["big"] == {
+        "value": pytest.approx(-1.0),
+        "per_task": {"a": pytest.approx(-1.0)},
+        "seeds": {"a": ["1"]},
+    }
+    assert "dp8_gap_points_by_dp_recipe" not in paper.targets(tasks)
+
+
 def test_distilled_target_compares_the_seeds_both_variants_have():
     def cell(x):
         return {"accuracy": x}
