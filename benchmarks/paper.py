@@ -608,6 +608,71 @@ def recorded_drift(prompt: str, metrics: dict | None = None) -> dict:
     return {"prompt_drift": drift["relative_distance"]} if "relative_distance" in drift else {}
 
 
+def dp_user_side(prompt: str) -> dict:
+    """What the user saw of a DP tuning (the dp_recipe ablation's cells carry it): the DP prompt's best
+    validation accuracy on the student, its noisy steps and noise multiplier, the tuning's wall time
+    and how far the prompt moved."""
+    m = tune_metrics(prompt)
+    privacy = m.get("privacy") or {}
+    return {
+        "user_val_accuracy": (m.get("best") or {}).get("val_accuracy"),
+        "dp_steps": privacy.get("steps"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "user_tune_seconds": m.get("wall_seconds"),
+        **recorded_drift(prompt, m),
+    }
+
+
+def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
+    """Make the dp_recipe ablation's variant NAME the table's DP recipe, keeping the old one as a
+    variant: each post_dp8 cell (and its state artifacts tune-dp8-sS, post-dp8-sS) becomes the old
+    recipe's ablation cell (tune-dp8@OLD-sS, ...), each of NAME's cells and artifacts the table's, and
+    dp.json names NAME's recipe. Seeds NAME has no cell for are left for the table's next run to make
+    under the new recipe. The cells are the same computation either way (the table's DP tuning is the
+    variant's tuning with the recipe as the table's), so nothing is remade."""
+    new = next((r for r in DP_VARIANTS if dp_variant_name(r) == name), None)
+    if new is None:
+        names = ", ".join(dp_variant_name(r) for r in DP_VARIANTS)
+        raise SystemExit(f"--adopt-dp-recipe {name}: not a dp_recipe variant ({names})")
+    old = read_json(state / "dp.json") if (state / "dp.json").is_file() else None
+    if old is None or old == new:
+        raise SystemExit(f"{state} has no other recorded DP recipe (dp.json) to replace")
+    was = dp_variant_name(old)
+    abl = record / "cells" / "ablations" / "dp_recipe"
+    moved = 0
+    for table in sorted((record / "cells").glob("*/post_dp8")):
+        task = table.parent.name
+        for cell in sorted(table.glob("seed*.json")):
+            seed = cell.stem.removeprefix("seed")
+            _rename_artifacts(state / "art" / task, seed, "", f"@{was}")
+            kept = abl / task / was / cell.name
+            if not kept.is_file():  # the ablation's copy of the table's cell, with the user's side
+                prompt = state / "art" / task / f"tune-dp8@{was}-s{seed}" / "prompt"
+                write_json(kept, {**read_json(cell), **dp_user_side(str(prompt))})
+            cell.unlink()
+            moved += 1
+    adopted = 0
+    for cell in sorted(abl.glob(f"*/{name}/seed*.json")):
+        task, seed = cell.parent.parent.name, cell.stem.removeprefix("seed")
+        _rename_artifacts(state / "art" / task, seed, f"@{name}", "")
+        write_json(record / "cells" / task / "post_dp8" / cell.name, read_json(cell))
+        adopted += 1
+    for d in dict.fromkeys([state, record]):
+        write_json(d / "dp.json", new)
+    log(f"[paper] DP recipe {was} -> {name}: {moved} cells kept as {was}, {adopted} adopted")
+    return new
+
+
+def _rename_artifacts(art: Path, seed: str, tag: str, to: str) -> None:
+    """tune-dp8{tag}-sS and post-dp8{tag}-sS to tune-dp8{to}-sS and post-dp8{to}-sS, where made."""
+    for kind in ("tune-dp8", "post-dp8"):
+        src, dst = art / f"{kind}{tag}-s{seed}", art / f"{kind}{to}-s{seed}"
+        if src.is_dir():
+            if dst.exists():
+                raise SystemExit(f"{dst} exists: the DP recipes' artifacts would mix")
+            src.rename(dst)
+
+
 def _done(path: Path) -> bool:
     return (path / "prompt.json").is_file() or (path / "prompt" / "prompt.json").is_file()
 
@@ -726,21 +791,10 @@ class Grid:
         own split: how a user would choose) and how far it moved; the table's own recipe is its cell."""
         st, spec = self.stages, self.specs[task]
 
-        def user_side(p: str) -> dict:
-            m = tune_metrics(p)
-            privacy = m.get("privacy") or {}
-            return {
-                "user_val_accuracy": (m.get("best") or {}).get("val_accuracy"),
-                "dp_steps": privacy.get("steps"),
-                "noise_multiplier": privacy.get("noise_multiplier"),
-                "user_tune_seconds": m.get("wall_seconds"),
-                **recorded_drift(p, m),
-            }
-
         def table():
             return {
                 **self.run_cell(task, "post_dp8", seed),
-                **user_side(self.dp_prompt(task, seed)),
+                **dp_user_side(self.dp_prompt(task, seed)),
             }
 
         def variant(recipe: dict, name: str):
@@ -750,7 +804,7 @@ class Grid:
                     lambda d: st.tune(self.student, spec, seed, d, 8.0, **recipe),
                 )  # fmt: skip
                 q = self.post_prompt(task, seed, p, f"post-dp8@{name}")
-                return {**st.evaluate(st.teacher, q, spec), **user_side(p)}
+                return {**st.evaluate(st.teacher, q, spec), **dp_user_side(p)}
 
             return compute
 
@@ -1567,6 +1621,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-min", type=float, default=None, help="stop starting cells after this")
     ap.add_argument("--table-only", action="store_true", help="only rebuild JSON and README table")
     ap.add_argument(
+        "--adopt-dp-recipe", default=None, metavar="VARIANT",
+        help="make a dp_recipe ablation variant (e.g. sgd_lr=10,epochs=4,grad_accum=8) the table's DP "
+        "recipe, its cells the post_dp8 cells and the old recipe's cells its variant; then rebuild",
+    )  # fmt: skip
+    ap.add_argument(
         "--name", default="",
         help="a second table (another record: e.g. a GPU run): paper_tables_NAME.json and its own "
         "README block",
@@ -1588,7 +1647,9 @@ def main(argv=None) -> dict:
         write_json(record / "tuned_reference.json", ref)
     command = "python -m benchmarks.paper " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = load_average()
-    if not args.table_only:
+    if args.adopt_dp_recipe:
+        adopt_dp_recipe(state, record, args.adopt_dp_recipe)
+    if not args.table_only and not args.adopt_dp_recipe:
         import torch
 
         from promptport.runtime import quiet_libraries, resolve_device

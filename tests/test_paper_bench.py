@@ -907,3 +907,61 @@ def test_a_cpu_record_holds_cells_of_one_arithmetic(monkeypatch, tmp_path):
     assert (
         out["precision"] == "bf16" and "Device: cpu (bf16)." in (tmp_path / "README.md").read_text()
     )
+
+
+def test_adopt_dp_recipe_swaps_the_tables_cells_and_artifacts_with_a_variants(tmp_path):
+    """--adopt-dp-recipe: a variant's cells become post_dp8's, the old recipe's its variant; seeds the
+    variant lacks are left for the table's next run; dp.json names the new recipe in state and record."""
+    state, record = tmp_path / "state", tmp_path / "record"
+    old, new = {"optimizer": "sgd", "lr": 10.0}, paper.DP_VARIANTS[-2]
+    name, was = paper.dp_variant_name(new), paper.dp_variant_name(old)
+    art, abl = state / "art" / "sst2", record / "cells" / "ablations" / "dp_recipe" / "sst2"
+    for d in (state, record):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "dp.json").write_text(json.dumps(old))
+
+    def made(kind: str, seed: int, val: float) -> None:
+        d = _made(art / f"{kind}-s{seed}")
+        (d / "metrics.json").write_text(json.dumps({"best": {"val_accuracy": val}}))
+
+    for s in (0, 1, 2):
+        made("tune-dp8", s, 0.7)
+        made("post-dp8", s, 0.0)
+        cell = record / "cells" / "sst2" / "post_dp8" / f"seed{s}.json"
+        cell.parent.mkdir(parents=True, exist_ok=True)
+        cell.write_text(json.dumps({"accuracy": 0.70 + s / 100}))
+    for s in (0, 1):
+        made(f"tune-dp8@{name}", s, 0.8)
+        made(f"post-dp8@{name}", s, 0.0)
+        (abl / name).mkdir(parents=True, exist_ok=True)
+        (abl / name / f"seed{s}.json").write_text(json.dumps({"accuracy": 0.80 + s / 100}))
+    (abl / was).mkdir(parents=True)
+    (abl / was / "seed0.json").write_text(json.dumps({"accuracy": 0.70, "user_val_accuracy": 0.7}))
+
+    with pytest.raises(SystemExit, match="not a dp_recipe variant"):
+        paper.adopt_dp_recipe(state, record, "sgd_lr=99")
+    assert paper.adopt_dp_recipe(state, record, name, log=lambda m: None) == new
+    table = record / "cells" / "sst2" / "post_dp8"
+    assert sorted(p.name for p in table.iterdir()) == ["seed0.json", "seed1.json"]
+    assert json.loads((table / "seed1.json").read_text())["accuracy"] == pytest.approx(0.81)
+    # the old recipe's three cells are its variant's, with what the user saw where not already there
+    assert sorted(p.name for p in (abl / was).iterdir()) == [
+        "seed0.json",
+        "seed1.json",
+        "seed2.json",
+    ]
+    kept = json.loads((abl / was / "seed2.json").read_text())
+    assert kept["accuracy"] == pytest.approx(0.72) and kept["user_val_accuracy"] == 0.7
+    assert sorted(p.name for p in art.iterdir()) == sorted(
+        [f"tune-dp8-s{s}" for s in (0, 1)] + [f"post-dp8-s{s}" for s in (0, 1)]
+        + [f"{k}@{was}-s{s}" for k in ("tune-dp8", "post-dp8") for s in (0, 1, 2)]
+    )  # fmt: skip
+    assert (
+        json.loads((art / "tune-dp8-s0" / "metrics.json").read_text())["best"]["val_accuracy"]
+        == 0.8
+    )
+    for d in (state, record):
+        assert json.loads((d / "dp.json").read_text()) == new
+        paper.check_recipe(d, new, "dp", legacy=old)  # the table goes on under the new recipe
+    with pytest.raises(SystemExit, match="no other recorded DP recipe"):
+        paper.adopt_dp_recipe(state, record, name)
