@@ -629,7 +629,8 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
     recipe's ablation cell (tune-dp8@OLD-sS, ...), each of NAME's cells and artifacts the table's, and
     dp.json names NAME's recipe. Seeds NAME has no cell for are left for the table's next run to make
     under the new recipe. The cells are the same computation either way (the table's DP tuning is the
-    variant's tuning with the recipe as the table's), so nothing is remade."""
+    variant's tuning with the recipe as the table's), so nothing is remade. Every rename is checked
+    before the first is made, so a refused move leaves the state as it was."""
     new = next((r for r in DP_VARIANTS if dp_variant_name(r) == name), None)
     if new is None:
         names = ", ".join(dp_variant_name(r) for r in DP_VARIANTS)
@@ -639,38 +640,43 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
         raise SystemExit(f"{state} has no other recorded DP recipe (dp.json) to replace")
     was = dp_variant_name(old)
     abl = record / "cells" / "ablations" / "dp_recipe"
+    adopted = sorted(abl.glob(f"*/{name}/seed*.json"))
+    # every artifact of the old recipe goes (with or without a cell), then the variant's come
+    renames = [
+        (d, d.with_name(f"{m[1]}@{was}-s{m[2]}"))
+        for d in sorted((state / "art").glob("*/*-dp8-s*"))
+        if (m := re.fullmatch(r"(tune-dp8|post-dp8)-s(\d+)", d.name))
+    ]
+    freed = {src for src, _ in renames}
+    for cell in adopted:
+        art = state / "art" / cell.parent.parent.name
+        seed = cell.stem.removeprefix("seed")
+        renames += [
+            (art / f"{k}@{name}-s{seed}", art / f"{k}-s{seed}") for k in ("tune-dp8", "post-dp8")
+        ]
+    for src, dst in renames:
+        if src.is_dir() and dst.exists() and dst not in freed:
+            raise SystemExit(f"{dst} exists: the DP recipes' artifacts would mix; nothing moved")
+    for src, dst in renames:
+        if src.is_dir():
+            src.rename(dst)
     moved = 0
-    for table in sorted((record / "cells").glob("*/post_dp8")):
-        task = table.parent.name
-        for cell in sorted(table.glob("seed*.json")):
-            seed = cell.stem.removeprefix("seed")
-            _rename_artifacts(state / "art" / task, seed, "", f"@{was}")
-            kept = abl / task / was / cell.name
-            if not kept.is_file():  # the ablation's copy of the table's cell, with the user's side
-                prompt = state / "art" / task / f"tune-dp8@{was}-s{seed}" / "prompt"
-                write_json(kept, {**read_json(cell), **dp_user_side(str(prompt))})
-            cell.unlink()
-            moved += 1
-    adopted = 0
-    for cell in sorted(abl.glob(f"*/{name}/seed*.json")):
+    for cell in sorted((record / "cells").glob("*/post_dp8/seed*.json")):
         task, seed = cell.parent.parent.name, cell.stem.removeprefix("seed")
-        _rename_artifacts(state / "art" / task, seed, f"@{name}", "")
-        write_json(record / "cells" / task / "post_dp8" / cell.name, read_json(cell))
-        adopted += 1
+        kept = abl / task / was / cell.name
+        if not kept.is_file():  # the ablation's copy of the table's cell, with the user's side
+            prompt = state / "art" / task / f"tune-dp8@{was}-s{seed}" / "prompt"
+            write_json(kept, {**read_json(cell), **dp_user_side(str(prompt))})
+        cell.unlink()
+        moved += 1
+    for cell in adopted:
+        write_json(
+            record / "cells" / cell.parent.parent.name / "post_dp8" / cell.name, read_json(cell)
+        )
     for d in dict.fromkeys([state, record]):
         write_json(d / "dp.json", new)
-    log(f"[paper] DP recipe {was} -> {name}: {moved} cells kept as {was}, {adopted} adopted")
+    log(f"[paper] DP recipe {was} -> {name}: {moved} cells kept as {was}, {len(adopted)} adopted")
     return new
-
-
-def _rename_artifacts(art: Path, seed: str, tag: str, to: str) -> None:
-    """tune-dp8{tag}-sS and post-dp8{tag}-sS to tune-dp8{to}-sS and post-dp8{to}-sS, where made."""
-    for kind in ("tune-dp8", "post-dp8"):
-        src, dst = art / f"{kind}{tag}-s{seed}", art / f"{kind}{to}-s{seed}"
-        if src.is_dir():
-            if dst.exists():
-                raise SystemExit(f"{dst} exists: the DP recipes' artifacts would mix")
-            src.rename(dst)
 
 
 def _done(path: Path) -> bool:

@@ -940,6 +940,14 @@ def test_adopt_dp_recipe_swaps_the_tables_cells_and_artifacts_with_a_variants(tm
 
     with pytest.raises(SystemExit, match="not a dp_recipe variant"):
         paper.adopt_dp_recipe(state, record, "sgd_lr=99")
+    # a move that would mix two recipes' artifacts is refused before anything moves
+    (art / f"post-dp8@{was}-s1").mkdir()
+    before = sorted(p.name for p in art.iterdir())
+    with pytest.raises(SystemExit, match="nothing moved"):
+        paper.adopt_dp_recipe(state, record, name)
+    assert sorted(p.name for p in art.iterdir()) == before
+    (art / f"post-dp8@{was}-s1").rmdir()
+    made("tune-dp8", 3, 0.7)  # an old-recipe artifact with no cell goes with the others
     assert paper.adopt_dp_recipe(state, record, name, log=lambda m: None) == new
     table = record / "cells" / "sst2" / "post_dp8"
     assert sorted(p.name for p in table.iterdir()) == ["seed0.json", "seed1.json"]
@@ -955,6 +963,7 @@ def test_adopt_dp_recipe_swaps_the_tables_cells_and_artifacts_with_a_variants(tm
     assert sorted(p.name for p in art.iterdir()) == sorted(
         [f"tune-dp8-s{s}" for s in (0, 1)] + [f"post-dp8-s{s}" for s in (0, 1)]
         + [f"{k}@{was}-s{s}" for k in ("tune-dp8", "post-dp8") for s in (0, 1, 2)]
+        + [f"tune-dp8@{was}-s3"]
     )  # fmt: skip
     assert (
         json.loads((art / "tune-dp8-s0" / "metrics.json").read_text())["best"]["val_accuracy"]
