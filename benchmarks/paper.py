@@ -623,6 +623,11 @@ def dp_user_side(prompt: str) -> dict:
     }
 
 
+def _task_seed(cell: Path) -> tuple[str, str]:
+    """The task and seed of a cell file .../<task>/<method or variant>/seed<S>.json."""
+    return cell.parent.parent.name, cell.stem.removeprefix("seed")
+
+
 def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
     """Make the dp_recipe ablation's variant NAME the table's DP recipe, keeping the old one as a
     variant: each post_dp8 cell (and its state artifacts tune-dp8-sS, post-dp8-sS) becomes the old
@@ -649,8 +654,8 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
     ]
     freed = {src for src, _ in renames}
     for cell in adopted:
-        art = state / "art" / cell.parent.parent.name
-        seed = cell.stem.removeprefix("seed")
+        task, seed = _task_seed(cell)
+        art = state / "art" / task
         renames += [
             (art / f"{k}@{name}-s{seed}", art / f"{k}-s{seed}") for k in ("tune-dp8", "post-dp8")
         ]
@@ -662,7 +667,7 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
             src.rename(dst)
     moved = 0
     for cell in sorted((record / "cells").glob("*/post_dp8/seed*.json")):
-        task, seed = cell.parent.parent.name, cell.stem.removeprefix("seed")
+        task, seed = _task_seed(cell)
         kept = abl / task / was / cell.name
         if not kept.is_file():  # the ablation's copy of the table's cell, with the user's side
             prompt = state / "art" / task / f"tune-dp8@{was}-s{seed}" / "prompt"
@@ -670,9 +675,7 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
         cell.unlink()
         moved += 1
     for cell in adopted:
-        write_json(
-            record / "cells" / cell.parent.parent.name / "post_dp8" / cell.name, read_json(cell)
-        )
+        write_json(record / "cells" / _task_seed(cell)[0] / "post_dp8" / cell.name, read_json(cell))
     for d in dict.fromkeys([state, record]):
         write_json(d / "dp.json", new)
     log(f"[paper] DP recipe {was} -> {name}: {moved} cells kept as {was}, {len(adopted)} adopted")
@@ -1176,6 +1179,11 @@ def _dp_gaps(tasks: dict) -> tuple[dict[str, float], dict[str, int]]:
     return gaps, seeds
 
 
+def _accuracies(variant: dict) -> dict[str, float]:
+    """An ablation variant's cells ({seed: cell}) as {seed: accuracy}, for `_paired_gap`."""
+    return {s: c["accuracy"] for s, c in variant.items()}
+
+
 def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
     """The DP gap of each DP recipe in the dp_recipe ablation (the table's own included, as its
     variant's cells): POST minus that recipe's POST with DP per task, paired by seed, and the mean over
@@ -1185,7 +1193,7 @@ def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
         per_task, seeds = {}, {}
         for t, variants in cells.items():
             post = tasks.get(t, {}).get("post", {}).get("per_seed", {})
-            dp = {s: c["accuracy"] for s, c in variants.get(v, {}).items()}
+            dp = _accuracies(variants.get(v, {}))
             gap = _paired_gap(post, dp)
             if gap is not None:
                 per_task[t], seeds[t] = gap, sorted(set(post) & set(dp), key=int)
@@ -1206,13 +1214,11 @@ def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
 def _distilled_beats(cells: dict) -> dict:
     """Tasks where POST from the distilled student beats POST from the same layers untrained, by the
     mean over the seeds both variants have."""
-
-    def acc(variant: dict) -> dict[str, float]:
-        return {s: c["accuracy"] for s, c in variant.items()}
-
     wins, margins = [], {}
     for task, v in cells.items():
-        gap = _paired_gap(acc(v.get("distilled", {})), acc(v.get("non_distilled", {})))
+        gap = _paired_gap(
+            _accuracies(v.get("distilled", {})), _accuracies(v.get("non_distilled", {}))
+        )
         if gap is None:
             continue
         margins[task] = gap
