@@ -449,6 +449,7 @@ def test_targets_from_means():
     t = paper.targets(tasks)
     assert t["post_beats_zero_shot_and_direct"]["tasks"] == ["a"]
     assert t["mean_gain_kept"]["value"] == pytest.approx(0.5)
+    assert t["mean_gain_kept"]["per_task"] == {"a": pytest.approx(0.5)}  # b: no tuned mean
     assert t["dp8_gap_points"]["value"] == pytest.approx(1.0)
     assert t["distilled_beats_non_distilled"]["of_tasks_with_cells"] == 0
 
@@ -798,8 +799,16 @@ def test_gain_kept_against_another_records_teacher_tuning(tmp_path):
     assert out["mean_gain_kept"]["value"] is None
     vs = out["mean_gain_kept_vs_reference"]
     assert vs["per_task"] == {"sst2": 0.5, "imdb": -0.5} and vs["value"] == 0.0
-    assert str(ref_file) in vs["assumes"]
+    assert str(ref_file) in vs["assumes"] and "not checked" in vs["assumes"]
     assert "mean_gain_kept_vs_reference" not in paper.targets(tasks)
+    # a reference tuned with another recipe is refused; with the same one the assumption names it
+    recipe = {"n_tokens": 50, "lr": 0.1, "warmup_steps": 25, "precision": "auto"}
+    ref_file.write_text(json.dumps({**ref, "tune_recipe": {**recipe, "warmup_steps": 0}}))
+    with pytest.raises(SystemExit, match="tune recipe"):
+        paper.tuned_reference(ref_file, sizes, recipe)
+    ref_file.write_text(json.dumps({**ref, "tune_recipe": recipe}))
+    same = paper.targets(tasks, None, paper.tuned_reference(ref_file, sizes, recipe))
+    assert "tune recipe" in same["mean_gain_kept_vs_reference"]["assumes"]
     other = paper.Sizes(**{**vars(sizes), "n_public": sizes.n_public + 1})
     with pytest.raises(SystemExit, match="sizes.n_public"):
         paper.tuned_reference(ref_file, other)
