@@ -46,7 +46,10 @@ depth (`--depths`: the shared student's recipe at other depths,
 distilled on demand and kept in the student store), dp_recipe (POST with DP from DP prompts tuned with
 SGD at lr 0.3 or 3 or Adam at 0.03, the same epsilon, batch and steps: whether a DP gap is the noise's or
 the optimisation's; and SGD 10 over more passes with 128 or 256 examples expected per step, the same
-epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell).
+epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell),
+transfer_budget (the same user prompt transferred at 3x the learning rate, or for 3 passes over the
+public texts: whether the transfer stops before it has copied the prompt's effect; each cell carries
+the held-out public loss the provider can choose by).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
 weights' checksum in student.json), one transfer recipe (transfer.json: the embedded run config's
@@ -100,7 +103,7 @@ ONE_SEED = ("teacher_tuned",)
 ABLATIONS = (
     "non_distilled", "alpha", "paper_setting", "shift_mean", "shift_base", "calibrate",
     "public_data", "prompt_length", "depth", "tune_optimizer", "tune_budget",
-    "teacher_tokens", "dp_recipe",
+    "teacher_tokens", "dp_recipe", "transfer_budget",
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
@@ -526,10 +529,12 @@ class Stages:
         z = self.sizes
         fields = {
             k: v for k, v in over.items() if k != "public"
-        }  # ablations' changes to the recipe
+        }  # ablations' changes to the recipe (transfer_budget: its passes too)
         cfg = TransferConfig(
-            **{**self.recipe, **fields}, n_public=z.n_public, epochs=z.transfer_epochs,
-            max_length=z.max_length, seed=seed,
+            **{
+                **self.recipe, "n_public": z.n_public, "epochs": z.transfer_epochs,
+                "max_length": z.max_length, "seed": seed, **fields,
+            }
         )  # fmt: skip
         transfer(
             prompt, self.model(student), self.model(self.teacher),
@@ -793,6 +798,19 @@ class Grid:
         r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
         return {**r, **recorded_drift(self.user_prompt(task, seed))}
 
+    def transfer_scores(self, task: str, seed: int, tag: str, **over) -> dict:
+        """The teacher's scores with the seed's user prompt transferred as `tag` (`over`: changes to
+        the transfer; none: the table's POST prompt), with the transfer's best held-out public loss,
+        its step and the steps it ran (from its metrics.json, where the stage wrote one)."""
+        q = self.post_prompt(task, seed, self.user_prompt(task, seed), tag, **over)
+        r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
+        m = _read_json_or_none(Path(q).parent / "metrics.json") or {}
+        best = m.get("best") or {}
+        return {
+            **r, "heldout_loss": best.get("heldout_loss"), "best_step": best.get("step"),
+            "steps": m.get("steps"),
+        }  # fmt: skip
+
     def dp_recipe_ablation(self, task: str, seed: int) -> None:
         """POST with DP (epsilon 8, the table's batch and steps) from DP prompts tuned with other
         optimisations, each transferred by the table's POST: whether a DP gap is the noise's or the
@@ -993,6 +1011,19 @@ class Grid:
             }
             for variant, compute in variants.items():
                 self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+        elif name == "transfer_budget":
+            # the same user prompt, the transfer trained harder: its best held-out public loss (what
+            # the provider sees) is in each cell beside the test accuracy
+            lr, passes = float(st.recipe.get("lr", 0.01)), st.sizes.transfer_epochs
+            variants = {
+                "tool": lambda: self.transfer_scores(task, seed, "post"),
+                f"lr={3 * lr:g}": lambda: self.transfer_scores(task, seed, "post-lr3x", lr=3 * lr),
+                f"epochs={3 * passes:g}": lambda: self.transfer_scores(
+                    task, seed, "post-ep3x", epochs=3 * passes
+                ),
+            }
+            for variant, compute in variants.items():
+                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
         elif name == "teacher_tokens":
             # the same user prompt and transfer, only the teacher prompt's length changed
             self.cell(
@@ -1066,9 +1097,15 @@ def collect(state: Path) -> dict:
         slot[p.stem.removeprefix("seed")] = {
             k: round(v, 4)
             for k, v in r.items()
-            if k in ("accuracy", "student_prompt", "prompt_drift", "teacher_tokens")
+            if k in COLLECTED and isinstance(v, (int, float))  # teacher_tokens' losses: per length
         }
     return {"tasks": tasks, "ablations": ablations}
+
+
+# what an ablation cell contributes to paper_tables.json (the cell files keep the rest)
+COLLECTED = (
+    "accuracy", "student_prompt", "prompt_drift", "teacher_tokens", "heldout_loss", "best_step",
+)  # fmt: skip
 
 
 def tuned_reference(tables_file: Path, sizes: Sizes, tune: dict | None = None) -> dict:

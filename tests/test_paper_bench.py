@@ -15,6 +15,7 @@ class FakeStages:
     sizes = paper.PROFILES["quick"]
 
     def __init__(self, fail_on: str | None = None):
+        self.recipe = {"alpha": 1.0, "lr": 0.01}  # the transfer's
         self.tune_recipe = {"n_tokens": 50, "lr": 0.1}
         self.dp_recipe = {"optimizer": "sgd", "lr": 0.3}
         self.calls: list[tuple] = []
@@ -172,6 +173,12 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert set(abl["tune_budget"]["sst2"]) == {"tool", "epochs=4", "train_limit=2400"}
     assert any("{'epochs': 4}" in c[1] for c in stages.calls if c[0] == "tune")
     assert any("{'train_limit': 2400}" in c[1] for c in stages.calls if c[0] == "tune")
+    # the transfer trained harder from the same user prompt; the tool's variant is the table's post
+    assert set(abl["transfer_budget"]["sst2"]) == {"tool", "lr=0.03", "epochs=3"}
+    assert any("'lr': 0.03" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
+    assert any("{'epochs': 3}" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
+    tb = abl["transfer_budget"]["sst2"]["tool"]["0"]["accuracy"]
+    assert tb == paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"]
     assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)} | {
         "alpha=auto"
     }
@@ -262,6 +269,23 @@ def test_post_uses_the_run_default_transfer_setting(monkeypatch, tmp_path):
         assert getattr(tool, k) == run[k], k
     assert (tool.n_public, tool.epochs, tool.seed) == (z.n_public, z.transfer_epochs, 1)
     assert (pap.alpha, pap.space, pap.init, pap.lr) == (0.5, "vocab", "copy", 1e-3)
+
+
+def test_transfer_budget_changes_only_the_transfers_lr_or_passes(monkeypatch, tmp_path):
+    """transfer_budget's variants reach TransferConfig as its learning rate or its passes over the
+    public texts; every other field stays the table's."""
+    import promptport.transfer as tr
+
+    st, seen = _recording_stages(monkeypatch, tr, "full")
+    spec = {"task": "sst2", "public": "/p"}
+    st.transfer("P", "S", spec, 0, tmp_path)
+    st.transfer("P", "S", spec, 0, tmp_path, lr=3 * st.recipe["lr"])
+    st.transfer("P", "S", spec, 0, tmp_path, epochs=3 * st.sizes.transfer_epochs)
+    tool, hot, long = seen
+    assert (hot.lr, hot.epochs) == (3 * tool.lr, tool.epochs)
+    assert (long.lr, long.epochs) == (tool.lr, 3 * tool.epochs)
+    for k in ("alpha", "space", "init", "n_public", "max_length", "seed", "temperature"):
+        assert getattr(hot, k) == getattr(tool, k) == getattr(long, k), k
 
 
 def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
