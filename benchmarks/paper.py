@@ -798,6 +798,11 @@ class Grid:
         r["student_prompt"] = self.run_cell(task, "student_prompt", seed)["accuracy"]
         return {**r, **recorded_drift(self.user_prompt(task, seed))}
 
+    def variant_cells(self, name: str, task: str, seed: int, variants: dict) -> None:
+        """An ablation's cells, one per {variant: compute} (made where missing, in order)."""
+        for variant, compute in variants.items():
+            self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+
     def transfer_scores(self, task: str, seed: int, tag: str, **over) -> dict:
         """The teacher's scores with the seed's user prompt transferred as `tag` (`over`: changes to
         the transfer; none: the table's POST prompt), with the transfer's best held-out public loss,
@@ -949,8 +954,7 @@ class Grid:
                 "raw": lambda: self.tool_scores(task, seed),
                 "calibrated": lambda: self.variant_scores(task, seed, "-cal", calibrate=True),
             }
-            for variant, compute in variants.items():
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+            self.variant_cells(name, task, seed, variants)
         elif name == "public_data":
             cross = {"arisetv": "sst2"}.get(task, "arisetv")
             srcs = {  # made only when their cell runs
@@ -992,8 +996,7 @@ class Grid:
                     task, seed, "-sgd", optimizer="sgd", lr=st.sizes.dp_lr
                 ),
             }
-            for variant, compute in variants.items():
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+            self.variant_cells(name, task, seed, variants)
         elif name == "dp_recipe":
             self.dp_recipe_ablation(task, seed)
         elif name == "tune_budget":
@@ -1009,8 +1012,7 @@ class Grid:
                     task, seed, "-train4x", train_limit=4 * z.train_limit
                 ),
             }
-            for variant, compute in variants.items():
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+            self.variant_cells(name, task, seed, variants)
         elif name == "transfer_budget":
             # the same user prompt, the transfer trained harder: its best held-out public loss (what
             # the provider sees) is in each cell beside the test accuracy
@@ -1022,8 +1024,7 @@ class Grid:
                     task, seed, "post-ep3x", epochs=3 * passes
                 ),
             }
-            for variant, compute in variants.items():
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+            self.variant_cells(name, task, seed, variants)
         elif name == "teacher_tokens":
             # the same user prompt and transfer, only the teacher prompt's length changed
             self.cell(
