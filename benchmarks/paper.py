@@ -805,10 +805,14 @@ class Grid:
 
     def transfer_scores(self, task: str, seed: int, tag: str, **over) -> dict:
         """The teacher's scores with the seed's user prompt transferred as `tag` (`over`: changes to
-        the transfer; none: the table's POST prompt), with the transfer's best held-out public loss,
-        its step and the steps it ran (from its metrics.json, where the stage wrote one)."""
+        the transfer; none: the table's POST prompt, whose scores are its cell's, not evaluated
+        again), with the transfer's best held-out public loss, its step and the steps it ran (from
+        its metrics.json, where the stage wrote one)."""
         q = self.post_prompt(task, seed, self.user_prompt(task, seed), tag, **over)
-        r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
+        if over:
+            r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
+        else:
+            r = self.table_post(task, seed)
         m = _read_json_or_none(Path(q).parent / "metrics.json") or {}
         best = m.get("best") or {}
         return {
