@@ -117,6 +117,48 @@ def test_transfer_trains_only_p_t_and_reduces_heldout_loss(
     assert len(lines) == r["steps"]
 
 
+def test_patience_only_cuts_the_transfer_short(
+    pair, user_prompt, public_file, tmp_path, monkeypatch
+):
+    """Early stopping truncates the same trajectory: it stops at the `patience`-th held-out evaluation
+    without a lower loss, keeps the best step's prompt (the prompt a run of exactly that many steps
+    keeps), and resuming a stopped run (killed before its checkpoint was cleared) does not train on."""
+    teacher, student = pair
+    common = dict(n_public=60, epochs=40, lr=5e-2, batch_size=8, seed=0, eval_every=1)
+    run = dict(student=student, teacher=teacher, public_data=str(public_file))
+    import promptport.transfer as tr
+
+    with monkeypatch.context() as m:  # keep OUT/checkpoint/, as a kill after the loop would
+        m.setattr(tr.shutil, "rmtree", lambda *a, **k: None)
+        r = transfer(
+            user_prompt, **run, out=tmp_path / "p", cfg=TransferConfig(**common, patience=2)
+        )
+    assert (tmp_path / "p" / "checkpoint").is_dir()
+    total = 40 * 7  # 54 training examples after the held-out 6: 7 steps a pass
+    assert r["stopped_early"] and 2 < r["steps"] < total and r["best"]["step"] > 0
+    evals = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert len(evals) == r["steps"] and evals[-1]["step"] == r["steps"]
+    after = [e["heldout_loss"] for e in evals if e["step"] > r["best"]["step"]]
+    assert len(after) == 2 and min(after) >= r["best"]["heldout_loss"]
+    cut = transfer(
+        user_prompt, **run, out=tmp_path / "s", cfg=TransferConfig(**common, steps=r["steps"])
+    )
+    assert not cut["stopped_early"] and cut["best"] == r["best"]
+    emb = load_prompt(tmp_path / "p" / "prompt").embeddings
+    torch.testing.assert_close(emb, load_prompt(tmp_path / "s" / "prompt").embeddings)
+    again = transfer(
+        user_prompt,
+        **run,
+        out=tmp_path / "p",
+        cfg=TransferConfig(**common, patience=2),
+        resume=True,
+    )
+    assert again["steps"] == r["steps"] and again["best"] == r["best"]
+    torch.testing.assert_close(load_prompt(tmp_path / "p" / "prompt").embeddings, emb)
+    with pytest.raises(BadInput, match="patience"):
+        TransferConfig(patience=0).validate()
+
+
 def test_direct_method_copies_prompt(pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
     transfer(

@@ -227,7 +227,7 @@ def train_gen_transfer(
 ):
     """Adam on p_t against the cached targets; keep the p_t with the lowest held-out public loss."""
     from promptport.fileio import append_jsonl
-    from promptport.transfer_common import TransferResult
+    from promptport.transfer_common import TransferResult, stalled
 
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(enc)
@@ -267,7 +267,10 @@ def train_gen_transfer(
 
     bar = _progress(total, "transfer (generation)", progress, "step")
     t0 = time.perf_counter()
+    stop = False
     for step in range(1, total + 1):
+        if stop:
+            break
         if pos + bs > len(order):
             order, pos = train[torch.randperm(len(train), generator=g)], 0
         idx = order[pos : pos + bs].tolist()
@@ -285,6 +288,7 @@ def train_gen_transfer(
                 best_emb = p_t.detach().clone()
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(rec)
+        stop = "heldout_loss" in rec and stalled(history, best, cfg.patience)
         if metrics_path is not None:
             append_jsonl(metrics_path, rec)
         if bar is not None:
@@ -292,8 +296,17 @@ def train_gen_transfer(
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
     if bar is not None:
         bar.close()
+    ran = int(history[-1]["step"])
     return TransferResult(
-        best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens
+        best_emb.cpu(),
+        alpha,
+        history,
+        best,
+        time.perf_counter() - t0,
+        cache.seconds,
+        ran,
+        tokens,
+        stopped_early=ran < total,
     )
 
 
@@ -380,7 +393,12 @@ def transfer_generation(
         "student": s_lm.info.model_id,
     }
     if res is not None:
-        training.update(steps=res.steps, best=res.best, seconds=round(res.seconds, 3))
+        training.update(
+            steps=res.steps,
+            stopped_early=res.stopped_early,
+            best=res.best,
+            seconds=round(res.seconds, 3),
+        )
     meta = make_metadata(
         model_info=t_lm.info,
         task=the_task,
@@ -403,6 +421,7 @@ def transfer_generation(
         "continuation_positions": n_positions,
         "top_k": cfg.top_k,
         "steps": 0 if res is None else res.steps,
+        "stopped_early": None if res is None else res.stopped_early,
         "best": None if res is None else res.best,
         "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
         "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],

@@ -60,6 +60,7 @@ from promptport.transfer_common import (
     TransferResult,
     method_alpha,
     public_dataset,
+    stalled,
     teacher_init,
     teacher_lengths,
     user_init,
@@ -141,7 +142,13 @@ class TransferConfig:
         0.1, "Share of the public examples held out to pick the best step.", cli=False
     )
     steps: int | None = setting(None, "Optimiser steps (default: --epochs over the public set).")
-    epochs: float = setting(2.0, "Passes over the public examples.")
+    epochs: float = setting(2.0, "Passes over the public examples (the most, with --patience).")
+    patience: int | None = setting(
+        None,
+        "Stop after N held-out evaluations (every half pass) without a lower held-out public loss; "
+        "the best step's prompt is kept either way. Makes --epochs a ceiling: a longer transfer "
+        "costs only where the public loss still falls. Default: run every step.",
+    )
     lr: float = setting(1e-3, "Adam learning rate.")
     batch_size: int = setting(16, "Public examples per step.")
     max_length: int = setting(128, "Token limit per public input.")
@@ -195,6 +202,8 @@ class TransferConfig:
         for name in ("n_public", "batch_size", "max_length", "top_k"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
+        if self.patience is not None and self.patience <= 0:
+            raise BadInput("patience", f"must be positive, got {self.patience}")
         if self.steps is not None and self.steps < 0:
             raise BadInput("steps", f"must be >= 0, got {self.steps}")
         if not 0.0 < self.heldout_fraction < 0.9:
@@ -573,7 +582,10 @@ def train_transfer(
         pos = 0
 
     bar = progress_bar(total, "transfer", progress and dist.is_main, initial=start - 1)
+    stop = stalled(history, best, cfg.patience)  # a resumed loop that had already stopped
     for step in range(start, total + 1):
+        if stop:
+            break
         if pos + cfg.batch_size > len(order):
             order, pos = train[torch.randperm(len(train), generator=g)], 0
         idx = order[pos : pos + cfg.batch_size]
@@ -590,6 +602,7 @@ def train_transfer(
                 best_emb = p_t.detach().clone()
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(rec)
+        stop = "heldout_loss" in rec and stalled(history, best, cfg.patience)
         metrics.append(rec)
         if ckpt is not None and "heldout_loss" in rec and dist.is_main:
             loop = {"order": order.clone(), "pos": pos, "tokens": tokens, "history": history}
@@ -601,8 +614,17 @@ def train_transfer(
             )
     if bar is not None:
         bar.close()
+    ran = int(history[-1]["step"])
     return TransferResult(
-        best_emb.cpu(), alpha, history, best, time.perf_counter() - t0, cache.seconds, total, tokens
+        best_emb.cpu(),
+        alpha,
+        history,
+        best,
+        time.perf_counter() - t0,
+        cache.seconds,
+        ran,
+        tokens,
+        stopped_early=ran < total,
     )
 
 
@@ -784,6 +806,7 @@ def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: flo
         "n_public": len(pub),
         "public_source": source_id,
         "steps": 0 if res is None else res.steps,
+        "stopped_early": None if res is None else res.stopped_early,
         "best": None if res is None else res.best,
         "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
         "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
@@ -831,6 +854,7 @@ def _training_record(cfg, alpha, alpha_info, source_id, pub, artifact, s_lm, res
     if res is not None:
         training.update(
             steps=res.steps,
+            stopped_early=res.stopped_early,
             best=res.best,
             seconds=round(res.seconds, 3),
             cache_seconds=round(res.cache_seconds, 3),

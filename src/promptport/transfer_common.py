@@ -157,6 +157,16 @@ class TransferResult:
     tokens: int = 0
     # several teacher prompt lengths tried (`n_tokens: auto`): the rule, the choice, every candidate
     selection: dict | None = None
+    stopped_early: bool = False  # `patience` held-out evaluations without a lower loss ended it
+
+
+def stalled(history: list[dict], best: dict, patience: int | None) -> bool:
+    """Early stopping for a transfer: `patience` held-out evaluations since the best one, none lower.
+    Counted from the loop's history, so a resumed loop stops where the uninterrupted one did; the
+    best step's prompt is what the transfer returns either way."""
+    if patience is None:
+        return False
+    return sum(1 for r in history if "heldout_loss" in r and r["step"] > best["step"]) >= patience
 
 
 def fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
