@@ -1210,6 +1210,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         "distilled_beats_non_distilled": _distilled_beats((ablations or {}).get("non_distilled", {})),
         **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),
         **_dp_gaps_by_recipe(tasks, (ablations or {}).get("dp_recipe", {})),
+        **_gain_kept_by_transfer(tasks, (ablations or {}).get("transfer_budget", {})),
     }  # fmt: skip
 
 
@@ -1263,6 +1264,52 @@ def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
             "recipes": out,
             "assumes": "as dp8_gap_points, over each recipe's own cells of the dp_recipe ablation "
             "(POST's per-seed cells of the table); recipes over other tasks or seeds do not compare",
+        }
+    }
+
+
+HELDOUT_PICK = "lowest_heldout_loss"
+
+
+def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
+    """The gain kept with each transfer of the transfer_budget ablation in POST's place (the mean of
+    its cells over its own seeds), and with the provider's pick per (task, seed): among the variants
+    that have every seed of the task, the one whose held-out public loss is lowest."""
+    means: dict[str, dict[str, float]] = {}
+    seeds_of: dict[str, dict[str, list[str]]] = {}
+    for t, variants in cells.items():
+        every = sorted(set().union(*variants.values()), key=int)
+        for name, v in variants.items():
+            means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
+            seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
+        full = [v for v in variants.values() if set(v) == set(every)]
+        if len(full) > 1:
+            pick = [min(full, key=lambda v: v[s].get("heldout_loss", math.inf))[s] for s in every]
+            means.setdefault(HELDOUT_PICK, {})[t] = statistics.fmean(c["accuracy"] for c in pick)
+            seeds_of.setdefault(HELDOUT_PICK, {})[t] = every
+    out = {}
+    for name, by_task in means.items():
+        as_post = {t: {**tasks.get(t, {}), "post": {"mean": a}} for t, a in by_task.items()}
+        tuned = {t: tasks.get(t, {}).get("teacher_tuned", {}).get("mean") for t in by_task}
+        ratios = _gain_ratios(as_post, tuned)
+        if ratios:
+            out[name] = {
+                "value": round(statistics.fmean(ratios.values()), 4),
+                "per_task": {t: round(r, 4) for t, r in ratios.items()},
+                "post": {t: round(a, 4) for t, a in by_task.items()},
+                "seeds": seeds_of[name],
+            }
+    if not out:
+        return {}
+    return {
+        "mean_gain_kept_by_transfer": {
+            "variants": out,
+            "target": 0.5,
+            "assumes": "as mean_gain_kept, with the mean of a transfer_budget variant's cells over "
+            f"its listed seeds in POST's place; {HELDOUT_PICK}: per task and seed, among the "
+            "variants with every seed of the task, the one whose transfer reached the lowest "
+            "held-out public loss (what the provider can see); variants over other seeds do not "
+            "compare",
         }
     }
 

@@ -478,6 +478,33 @@ def test_targets_from_means():
     assert t["distilled_beats_non_distilled"]["of_tasks_with_cells"] == 0
 
 
+def test_gain_kept_of_each_transfer_and_of_the_held_out_loss_pick():
+    """transfer_budget's variants in POST's place, each over its own seeds; the pick takes, per seed,
+    among the variants with every seed of the task, the lowest held-out public loss (not accuracy)."""
+    zs_tuned = {"teacher_zero_shot": {"mean": 0.5}, "teacher_tuned": {"mean": 0.9}}
+    tasks = {"a": dict(zs_tuned), "b": dict(zs_tuned), "c": {"teacher_zero_shot": {"mean": 0.5}}}
+    cells = {
+        "a": {
+            "tool": {"0": {"accuracy": 0.6, "heldout_loss": 0.2}, "1": {"accuracy": 0.7, "heldout_loss": 0.1}},
+            "epochs=3": {"0": {"accuracy": 0.8, "heldout_loss": 0.1}, "1": {"accuracy": 0.5, "heldout_loss": 0.3}},
+            "lr=0.03": {"0": {"accuracy": 0.9, "heldout_loss": 0.0}},  # one seed: not in the pick
+        },
+        "b": {"tool": {"0": {"accuracy": 0.7, "heldout_loss": 0.1}},
+              "epochs=3": {"0": {"accuracy": 0.9, "heldout_loss": 0.2}}},
+        "c": {"tool": {"0": {"accuracy": 0.7, "heldout_loss": 0.1}}},  # no tuned mean: no ratio
+    }  # fmt: skip
+    v = paper.targets(tasks, {"transfer_budget": cells})["mean_gain_kept_by_transfer"]["variants"]
+    assert v["tool"]["per_task"] == {"a": pytest.approx(0.375), "b": pytest.approx(0.5)}
+    assert v["epochs=3"]["per_task"] == {"a": pytest.approx(0.375), "b": pytest.approx(1.0)}
+    assert v["lr=0.03"]["per_task"] == {"a": pytest.approx(1.0)}
+    assert v["lr=0.03"]["seeds"] == {"a": ["0"]} and v["tool"]["seeds"]["a"] == ["0", "1"]
+    # the pick: a seed 0 epochs=3 (0.8), seed 1 tool (0.7) -> 0.75: 0.625; b tool (0.7): 0.5
+    pick = v[paper.HELDOUT_PICK]
+    assert pick["per_task"] == {"a": pytest.approx(0.625), "b": pytest.approx(0.5)}
+    assert pick["value"] == pytest.approx(0.5625) and pick["post"]["a"] == pytest.approx(0.75)
+    assert "mean_gain_kept_by_transfer" not in paper.targets(tasks, {})
+
+
 def test_dp_gap_compares_the_seeds_both_methods_have():
     # POST has three seeds (mean 0.80), DP one: the gap is that seed's (0.82 - 0.81), not 0.80 - 0.81
     tasks = {
