@@ -49,7 +49,8 @@ the optimisation's; and SGD 10 over more passes with 128 or 256 examples expecte
 epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell),
 transfer_budget (the same user prompt transferred at 3x the learning rate, or for 3 passes over the
 public texts: whether the transfer stops before it has copied the prompt's effect; each cell carries
-the held-out public loss the provider can choose by).
+the held-out public loss the provider can choose by), transfer_budget_dp (the seed's DP prompt
+transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
 weights' checksum in student.json), one transfer recipe (transfer.json: the embedded run config's
@@ -103,7 +104,7 @@ ONE_SEED = ("teacher_tuned",)
 ABLATIONS = (
     "non_distilled", "alpha", "paper_setting", "shift_mean", "shift_base", "calibrate",
     "public_data", "prompt_length", "depth", "tune_optimizer", "tune_budget",
-    "teacher_tokens", "dp_recipe", "transfer_budget",
+    "teacher_tokens", "dp_recipe", "transfer_budget", "transfer_budget_dp",
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
@@ -803,16 +804,17 @@ class Grid:
         for variant, compute in variants.items():
             self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
 
-    def transfer_scores(self, task: str, seed: int, tag: str, **over) -> dict:
-        """The teacher's scores with the seed's user prompt transferred as `tag` (`over`: changes to
-        the transfer; none: the table's POST prompt, whose scores are its cell's, not evaluated
-        again), with the transfer's best held-out public loss, its step and the steps it ran (from
-        its metrics.json, where the stage wrote one)."""
-        q = self.post_prompt(task, seed, self.user_prompt(task, seed), tag, **over)
+    def transfer_scores(self, task: str, seed: int, tag: str, dp: bool = False, **over) -> dict:
+        """The teacher's scores with the seed's user prompt (`dp`: its DP prompt) transferred as
+        `tag` (`over`: changes to the transfer; none: the table's POST or POST-with-DP prompt, whose
+        scores are its cell's, not evaluated again), with the transfer's best held-out public loss,
+        its step and the steps it ran (from its metrics.json, where the stage wrote one)."""
+        user = self.dp_prompt(task, seed) if dp else self.user_prompt(task, seed)
+        q = self.post_prompt(task, seed, user, tag, **over)
         if over:
             r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
         else:
-            r = self.table_post(task, seed)
+            r = dict(self.run_cell(task, "post_dp8" if dp else "post", seed))
         m = _read_json_or_none(Path(q).parent / "metrics.json") or {}
         best = m.get("best") or {}
         return {
@@ -1029,6 +1031,17 @@ class Grid:
                 ),
             }
             self.variant_cells(name, task, seed, variants)
+        elif name == "transfer_budget_dp":
+            # the seed's DP prompt through transfer_budget's longer transfer: the DP gap of that
+            # transfer (POST with it minus POST with DP with it), beside the table's
+            passes = st.sizes.transfer_epochs
+            variants = {
+                "tool": lambda: self.transfer_scores(task, seed, "post-dp8", dp=True),
+                f"epochs={3 * passes:g}": lambda: self.transfer_scores(
+                    task, seed, "post-dp8-ep3x", dp=True, epochs=3 * passes
+                ),
+            }
+            self.variant_cells(name, task, seed, variants)
         elif name == "teacher_tokens":
             # the same user prompt and transfer, only the teacher prompt's length changed
             self.cell(
@@ -1211,6 +1224,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         **({"mean_gain_kept_vs_reference": _gain_kept_vs(tasks, reference)} if reference else {}),
         **_dp_gaps_by_recipe(tasks, (ablations or {}).get("dp_recipe", {})),
         **_gain_kept_by_transfer(tasks, (ablations or {}).get("transfer_budget", {})),
+        **_dp_gaps_by_transfer(ablations or {}),
     }  # fmt: skip
 
 
@@ -1312,6 +1326,34 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
             "compare",
         }
     }
+
+
+def _dp_gaps_by_transfer(ablations: dict) -> dict:
+    """The DP gap of each transfer of transfer_budget_dp: POST with that transfer (transfer_budget's
+    variant of the same name) minus POST with DP with it, paired by seed, per task and on average."""
+    post_cells, dp_cells = (ablations.get(k, {}) for k in ("transfer_budget", "transfer_budget_dp"))
+    out = {}
+    for v in sorted({v for variants in dp_cells.values() for v in variants}):
+        per_task, seeds = {}, {}
+        for t, variants in dp_cells.items():
+            post = _accuracies(post_cells.get(t, {}).get(v, {}))
+            dp = _accuracies(variants.get(v, {}))
+            gap = _paired_gap(post, dp)
+            if gap is not None:
+                per_task[t], seeds[t] = gap, sorted(set(post) & set(dp), key=int)
+        if per_task:
+            value = round(statistics.fmean(per_task.values()), 2)
+            out[v] = {"value": value, "per_task": per_task, "seeds": seeds}
+    if not out:
+        return {}
+    return {
+        "dp8_gap_points_by_transfer": {
+            "transfers": out, "target": "<= 2",
+            "assumes": "as dp8_gap_points, both prompts transferred the same way (transfer_budget's "
+            "and transfer_budget_dp's cells of one variant); transfers over other tasks or seeds "
+            "do not compare",
+        }
+    }  # fmt: skip
 
 
 def _distilled_beats(cells: dict) -> dict:

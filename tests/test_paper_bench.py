@@ -179,6 +179,11 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any("{'epochs': 3}" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
     tb = abl["transfer_budget"]["sst2"]["tool"]["0"]["accuracy"]
     assert tb == paper.collect(state)["tasks"]["sst2"]["post"]["per_seed"]["0"]
+    # the DP prompt through the same longer transfer; the tool's variant is the table's post_dp8
+    assert set(abl["transfer_budget_dp"]["sst2"]) == {"tool", "epochs=3"}
+    assert any("{'epochs': 3}" in c[1] and ":tune-dp8-s0:" in c[1] for c in stages.calls)
+    tbd = abl["transfer_budget_dp"]["sst2"]["tool"]["0"]["accuracy"]
+    assert tbd == paper.collect(state)["tasks"]["sst2"]["post_dp8"]["per_seed"]["0"]
     assert set(abl["alpha"]["sst2"]) == {f"alpha={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)} | {
         "alpha=auto"
     }
@@ -503,6 +508,19 @@ def test_gain_kept_of_each_transfer_and_of_the_held_out_loss_pick():
     assert pick["per_task"] == {"a": pytest.approx(0.625), "b": pytest.approx(0.5)}
     assert pick["value"] == pytest.approx(0.5625) and pick["post"]["a"] == pytest.approx(0.75)
     assert "mean_gain_kept_by_transfer" not in paper.targets(tasks, {})
+
+
+def test_dp_gap_of_each_transfer_pairs_the_same_transfers_seeds():
+    post = {"a": {"epochs=3": {"0": {"accuracy": 0.80}, "1": {"accuracy": 0.70}}}}
+    dp = {
+        "a": {"epochs=3": {"0": {"accuracy": 0.77}, "2": {"accuracy": 0.10}}},  # seed 2: no pair
+        "b": {"epochs=3": {"0": {"accuracy": 0.5}}},  # no POST cell of that transfer
+    }
+    abl = {"transfer_budget": post, "transfer_budget_dp": dp}
+    by = paper.targets({}, abl)["dp8_gap_points_by_transfer"]["transfers"]
+    assert by == {"epochs=3": {"value": pytest.approx(3.0), "per_task": {"a": pytest.approx(3.0)},
+                               "seeds": {"a": ["0"]}}}  # fmt: skip
+    assert "dp8_gap_points_by_transfer" not in paper.targets({}, {"transfer_budget": post})
 
 
 def test_dp_gap_compares_the_seeds_both_methods_have():
