@@ -334,6 +334,7 @@ def transfer_generation(
     from promptport.prompt import make_metadata, save_prompt
     from promptport.runtime import versions
     from promptport.transfer_common import (
+        loop_fields,
         method_alpha,
         public_dataset,
         teacher_init,
@@ -393,12 +394,8 @@ def transfer_generation(
         "student": s_lm.info.model_id,
     }
     if res is not None:
-        training.update(
-            steps=res.steps,
-            stopped_early=res.stopped_early,
-            best=res.best,
-            seconds=round(res.seconds, 3),
-        )
+        training.update(steps=res.steps, stopped_early=res.stopped_early, best=res.best)
+        training["seconds"] = round(res.seconds, 3)
     meta = make_metadata(
         model_info=t_lm.info,
         task=the_task,
@@ -420,16 +417,9 @@ def transfer_generation(
         "public_source": source_id,
         "continuation_positions": n_positions,
         "top_k": cfg.top_k,
-        "steps": 0 if res is None else res.steps,
-        "stopped_early": None if res is None else res.stopped_early,
-        "best": None if res is None else res.best,
-        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
-        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
+        **loop_fields(res),
         "continuation_seconds": round(cont_seconds, 3),
-        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
-        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
         "unprompted_cache_shared": False,
-        "tokens": 0 if res is None else res.tokens,
         "wall_seconds": round(wall, 3),
         "config": asdict(cfg),
         "versions": versions(),

@@ -58,6 +58,7 @@ from promptport.runtime import (
 from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
     TransferResult,
+    loop_fields,
     method_alpha,
     public_dataset,
     stalled,
@@ -805,17 +806,10 @@ def _result(cfg, alpha, alpha_info, pub, source_id, res, cache_shared, wall: flo
         "alpha_auto": alpha_info or None,
         "n_public": len(pub),
         "public_source": source_id,
-        "steps": 0 if res is None else res.steps,
-        "stopped_early": None if res is None else res.stopped_early,
-        "best": None if res is None else res.best,
-        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
-        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
-        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
-        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
+        **loop_fields(res),
         "unprompted_cache_shared": cache_shared,
         "teacher_tokens": None if res is None else int(res.embeddings.shape[0]),
         "teacher_tokens_selection": None if res is None else res.selection,
-        "tokens": 0 if res is None else res.tokens,
         "tokens_per_s": None
         if res is None or res.seconds == 0
         else round(res.tokens / res.seconds, 1),

@@ -160,6 +160,20 @@ class TransferResult:
     stopped_early: bool = False  # `patience` held-out evaluations without a lower loss ended it
 
 
+def loop_fields(res: TransferResult | None) -> dict:
+    """What a transfer's metrics.json says of its optimisation (the same keys, empty, for `direct`)."""
+    return {
+        "steps": 0 if res is None else res.steps,
+        "stopped_early": None if res is None else res.stopped_early,
+        "best": None if res is None else res.best,
+        "final_heldout_loss": None if res is None else res.history[-1].get("heldout_loss"),
+        "initial_heldout_loss": None if res is None else res.history[0]["heldout_loss"],
+        "train_seconds": 0.0 if res is None else round(res.seconds, 3),
+        "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
+        "tokens": 0 if res is None else res.tokens,
+    }
+
+
 def stalled(history: list[dict], best: dict, patience: int | None) -> bool:
     """Early stopping for a transfer: `patience` held-out evaluations since the best one, none lower.
     Counted from the loop's history, so a resumed loop stops where the uninterrupted one did; the
