@@ -48,8 +48,9 @@ SGD at lr 0.3 or 3 or Adam at 0.03, the same epsilon, batch and steps: whether a
 the optimisation's; and SGD 10 over more passes with 128 or 256 examples expected per step, the same
 epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell),
 transfer_budget (the same user prompt transferred at 3x the learning rate, or for 3 passes over the
-public texts: whether the transfer stops before it has copied the prompt's effect; each cell carries
-the held-out public loss the provider can choose by), transfer_budget_dp (the seed's DP prompt
+public texts, or for up to 6 stopped by `patience: 2`: whether the transfer stops before it has copied
+the prompt's effect; each cell carries the held-out public loss the provider can choose by and the
+steps run), transfer_budget_dp (the seed's DP prompt
 transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
@@ -1028,6 +1029,10 @@ class Grid:
                 f"lr={3 * lr:g}": lambda: self.transfer_scores(task, seed, "post-lr3x", lr=3 * lr),
                 f"epochs={3 * passes:g}": lambda: self.transfer_scores(
                     task, seed, "post-ep3x", epochs=3 * passes
+                ),
+                # twice as long again, stopped by the tool once a pass brings no lower public loss
+                f"epochs={6 * passes:g},patience=2": lambda: self.transfer_scores(
+                    task, seed, "post-ep6x-p2", epochs=6 * passes, patience=2
                 ),
             }
             self.variant_cells(name, task, seed, variants)

@@ -174,7 +174,10 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any("{'epochs': 4}" in c[1] for c in stages.calls if c[0] == "tune")
     assert any("{'train_limit': 2400}" in c[1] for c in stages.calls if c[0] == "tune")
     # the transfer trained harder from the same user prompt; the tool's variant is the table's post
-    assert set(abl["transfer_budget"]["sst2"]) == {"tool", "lr=0.03", "epochs=3"}
+    assert set(abl["transfer_budget"]["sst2"]) == {
+        "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2"
+    }  # fmt: skip
+    assert any("'epochs': 6, 'patience': 2}" in c[1] for c in stages.calls)
     assert any("'lr': 0.03" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
     assert any("{'epochs': 3}" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
     tb = abl["transfer_budget"]["sst2"]["tool"]["0"]["accuracy"]
@@ -286,11 +289,13 @@ def test_transfer_budget_changes_only_the_transfers_lr_or_passes(monkeypatch, tm
     st.transfer("P", "S", spec, 0, tmp_path)
     st.transfer("P", "S", spec, 0, tmp_path, lr=3 * st.recipe["lr"])
     st.transfer("P", "S", spec, 0, tmp_path, epochs=3 * st.sizes.transfer_epochs)
-    tool, hot, long = seen
+    st.transfer("P", "S", spec, 0, tmp_path, epochs=6 * st.sizes.transfer_epochs, patience=2)
+    tool, hot, long, stopped = seen
     assert (hot.lr, hot.epochs) == (3 * tool.lr, tool.epochs)
     assert (long.lr, long.epochs) == (tool.lr, 3 * tool.epochs)
+    assert (stopped.epochs, stopped.patience, tool.patience) == (6 * tool.epochs, 2, None)
     for k in ("alpha", "space", "init", "n_public", "max_length", "seed", "temperature"):
-        assert getattr(hot, k) == getattr(tool, k) == getattr(long, k), k
+        assert getattr(hot, k) == getattr(tool, k) == getattr(long, k) == getattr(stopped, k), k
 
 
 def test_user_prompts_use_the_run_default_tune_setting(monkeypatch, tmp_path):
