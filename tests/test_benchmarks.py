@@ -452,3 +452,26 @@ def test_teacher_tokens_rule_applies_the_tools_choice_to_a_record(tmp_path):
     assert r["tasks"]["b"]["chosen"] == 50 and not r["tasks"]["b"]["picked_best"]
     assert r["picked_best"] == 1 and r["of_tasks"] == 2
     assert r["mean_accuracy_chosen"] == pytest.approx((0.75 + 0.60) / 2)
+
+
+def test_patience_replay_on_a_known_curve(bench, tmp_path, capsys):
+    """A curve that falls, rises twice, then falls lower: patience 2 stops at the second rise and
+    keeps the earlier best (another prompt than the full run's), patience 3 runs on to the true best."""
+    from benchmarks.patience_replay import main, replay
+
+    losses = [1.0, 0.5, 0.6, 0.7, 0.4, 0.45]
+    hist = [{"step": 10 * i, "heldout_loss": x} for i, x in enumerate(losses)]
+    assert replay(hist, 2) == {"stop": 30, "best_step": 10, "best_loss": 0.5}
+    assert replay(hist, 3) == {"stop": 50, "best_step": 40, "best_loss": 0.4}
+    run = tmp_path / "state" / "art" / "sst2" / "post-ep3x-s0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"initial_heldout_loss": 1.0, "steps": 50}))
+    lines = [{"step": s, "loss": 0.0} for s in range(1, 51)]
+    for h in hist[1:]:
+        lines[h["step"] - 1]["heldout_loss"] = h["heldout_loss"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    main(["--state", str(tmp_path / "state"), "--patience", "2", "3"])
+    res = _result(bench, "patience_replay", capsys)
+    assert res["of_runs"] == 1
+    assert res["summary"]["2"] == {"same_prompt": 0, "steps_saved": 0.4}
+    assert res["summary"]["3"] == {"same_prompt": 1, "steps_saved": 0.0}
