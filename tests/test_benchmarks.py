@@ -475,3 +475,23 @@ def test_patience_replay_on_a_known_curve(bench, tmp_path, capsys):
     assert res["of_runs"] == 1
     assert res["summary"]["2"] == {"same_prompt": 0, "steps_saved": 0.4}
     assert res["summary"]["3"] == {"same_prompt": 1, "steps_saved": 0.0}
+
+
+def test_public_label_pick_sources_and_gain_kept(bench, tmp_path):
+    """The labelled public texts are drawn once from the task family's source (labels parsed from
+    Financial PhraseBank's `text@label` lines), and the gain kept reads the record's own cells."""
+    from benchmarks.public_label_pick import gain_kept, labelled_public
+
+    shared = tmp_path / "shared"
+    (shared / "financial_phrasebank").mkdir(parents=True)
+    lines = [f"sentence {i} , with @ sign .@{y}" for i, y in enumerate(["neutral", "negative"] * 5)]
+    (shared / "financial_phrasebank" / "Sentences_50Agree.txt").write_text("\n".join(lines))
+    spec = labelled_public("tweet_eval", tmp_path / "out", shared, tmp_path, n=4)
+    rows = [json.loads(x) for x in (Path(spec["data"]) / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["label"] in ("neutral", "negative") for r in rows)
+    assert all(r["text"].endswith("with @ sign .") for r in rows)
+    record = tmp_path / "record"
+    for m, a in (("teacher_zero_shot", 0.5), ("teacher_tuned", 0.9)):
+        (record / "cells" / "mpqa" / m).mkdir(parents=True)
+        (record / "cells" / "mpqa" / m / "seed0.json").write_text(json.dumps({"accuracy": a}))
+    assert gain_kept({"mpqa": 0.7}, record) == {"mpqa": 0.5}
