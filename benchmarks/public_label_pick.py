@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "heldout_loss": cell["heldout_loss"],
                 }
                 print(f"{task} seed {seed} {v}: public {public:.4f} test {cell['accuracy']:.4f}")
-            by = seeds[seed]
+            by = dict(seeds[seed])  # the variants' scores, before the picks join them
             seeds[seed]["public_pick"] = max(by, key=lambda v: by[v]["public_accuracy"])
             seeds[seed]["loss_pick"] = min(by, key=lambda v: by[v]["heldout_loss"])
             seeds[seed]["test_best"] = max(by, key=lambda v: by[v]["test_accuracy"])

@@ -495,3 +495,42 @@ def test_public_label_pick_sources_and_gain_kept(bench, tmp_path):
         (record / "cells" / "mpqa" / m).mkdir(parents=True)
         (record / "cells" / "mpqa" / m / "seed0.json").write_text(json.dumps({"accuracy": a}))
     assert gain_kept({"mpqa": 0.7}, record) == {"mpqa": 0.5}
+
+
+def test_public_label_pick_end_to_end_with_scores_known(bench, tmp_path, monkeypatch, capsys):
+    """With the teacher's scores faked: the public pick follows public accuracy, the loss pick the
+    held-out loss, and the summary's gain kept is computed from the picked cells' test accuracy."""
+    import benchmarks.paper as paper
+    from benchmarks.public_label_pick import SOURCES, main
+
+    shared, state, record = tmp_path / "shared", tmp_path / "state", tmp_path / "record"
+    (shared / "rotten_tomatoes").mkdir(parents=True)
+    for f in ("rt-polarity.neg", "rt-polarity.pos"):
+        (shared / "rotten_tomatoes" / f).write_text("a line\nanother line\n")
+    (shared / "financial_phrasebank").mkdir()
+    (shared / "financial_phrasebank" / "Sentences_50Agree.txt").write_text("up .@positive\n")
+    (state / "data" / "imdb").mkdir(parents=True)
+    rows = [json.dumps({"text": f"r{i}", "label": "positive"}) for i in range(3005)]
+    (state / "data" / "imdb" / "train.jsonl").write_text("\n".join(rows))
+    public = {"post": 0.7, "post-ep3x": 0.6}  # the table's transfer wins on public data
+    for task in SOURCES:
+        for m, a in (("teacher_zero_shot", 0.5), ("teacher_tuned", 0.9)):
+            (record / "cells" / task / m).mkdir(parents=True)
+            (record / "cells" / task / m / "seed0.json").write_text(json.dumps({"accuracy": a}))
+        for v, acc, loss in (("tool", 0.6, 0.2), ("epochs=3", 0.7, 0.1)):
+            d = record / "cells" / "ablations" / "transfer_budget" / task / v
+            d.mkdir(parents=True)
+            (d / "seed0.json").write_text(json.dumps({"accuracy": acc, "heldout_loss": loss}))
+
+    def fake_evaluate(self, model, prompt, spec):
+        return {"accuracy": 0.5 if prompt is None else public[Path(prompt).parent.name[:-3]]}
+
+    monkeypatch.setattr(paper.Stages, "evaluate", fake_evaluate)
+    args = ["--state", str(state), "--record", str(record), "--shared", str(shared), "--seeds", "0"]
+    main(args)
+    res = _result(bench, "public_label_pick", capsys)
+    assert res["of_cases"] == 4 and res["public_pick_is_test_best"] == 0
+    assert res["loss_pick_is_test_best"] == 4
+    assert res["summary"]["public_pick"]["mean_gain_kept_over_these_tasks"] == 0.25
+    assert res["summary"]["loss_pick"]["mean_gain_kept_over_these_tasks"] == 0.5
+    assert res["tasks"]["sst2"]["seeds"]["0"]["public_pick"] == "tool"
