@@ -1260,22 +1260,29 @@ def _accuracies(variant: dict) -> dict[str, float]:
     return {s: c["accuracy"] for s, c in variant.items()}
 
 
-def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
-    """The DP gap of each DP recipe in the dp_recipe ablation (the table's own included, as its
-    variant's cells): POST minus that recipe's POST with DP per task, paired by seed, and the mean over
-    the tasks it has. Two recipes compare only over the same (task, seed) cells, listed as `seeds`."""
+def _gaps_by_variant(dp_cells: dict, post_of) -> dict:
+    """For each variant of an ablation's DP cells ({task: {variant: {seed: cell}}}): POST
+    (`post_of(task, variant)` -> {seed: accuracy}) minus its POST with DP, paired by seed, per task,
+    the seeds each is over, and the mean over its tasks."""
     out = {}
-    for v in sorted({v for variants in cells.values() for v in variants}):
+    for v in sorted({v for variants in dp_cells.values() for v in variants}):
         per_task, seeds = {}, {}
-        for t, variants in cells.items():
-            post = tasks.get(t, {}).get("post", {}).get("per_seed", {})
-            dp = _accuracies(variants.get(v, {}))
+        for t, variants in dp_cells.items():
+            post, dp = post_of(t, v), _accuracies(variants.get(v, {}))
             gap = _paired_gap(post, dp)
             if gap is not None:
                 per_task[t], seeds[t] = gap, sorted(set(post) & set(dp), key=int)
         if per_task:
             value = round(statistics.fmean(per_task.values()), 2)
             out[v] = {"value": value, "per_task": per_task, "seeds": seeds}
+    return out
+
+
+def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
+    """The DP gap of each DP recipe in the dp_recipe ablation (the table's own included, as its
+    variant's cells): POST minus that recipe's POST with DP per task, paired by seed, and the mean over
+    the tasks it has. Two recipes compare only over the same (task, seed) cells, listed as `seeds`."""
+    out = _gaps_by_variant(cells, lambda t, v: tasks.get(t, {}).get("post", {}).get("per_seed", {}))
     if not out:
         return {}
     return {
@@ -1337,18 +1344,7 @@ def _dp_gaps_by_transfer(ablations: dict) -> dict:
     """The DP gap of each transfer of transfer_budget_dp: POST with that transfer (transfer_budget's
     variant of the same name) minus POST with DP with it, paired by seed, per task and on average."""
     post_cells, dp_cells = (ablations.get(k, {}) for k in ("transfer_budget", "transfer_budget_dp"))
-    out = {}
-    for v in sorted({v for variants in dp_cells.values() for v in variants}):
-        per_task, seeds = {}, {}
-        for t, variants in dp_cells.items():
-            post = _accuracies(post_cells.get(t, {}).get(v, {}))
-            dp = _accuracies(variants.get(v, {}))
-            gap = _paired_gap(post, dp)
-            if gap is not None:
-                per_task[t], seeds[t] = gap, sorted(set(post) & set(dp), key=int)
-        if per_task:
-            value = round(statistics.fmean(per_task.values()), 2)
-            out[v] = {"value": value, "per_task": per_task, "seeds": seeds}
+    out = _gaps_by_variant(dp_cells, lambda t, v: _accuracies(post_cells.get(t, {}).get(v, {})))
     if not out:
         return {}
     return {

@@ -615,17 +615,9 @@ def train_transfer(
             )
     if bar is not None:
         bar.close()
-    ran = int(history[-1]["step"])
-    return TransferResult(
-        best_emb.cpu(),
-        alpha,
-        history,
-        best,
-        time.perf_counter() - t0,
-        cache.seconds,
-        ran,
-        tokens,
-        stopped_early=ran < total,
+    seconds = time.perf_counter() - t0
+    return TransferResult.of_loop(
+        best_emb, alpha, history, best, seconds, cache.seconds, total, tokens
     )
 
 

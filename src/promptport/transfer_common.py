@@ -159,6 +159,25 @@ class TransferResult:
     selection: dict | None = None
     stopped_early: bool = False  # `patience` held-out evaluations without a lower loss ended it
 
+    @classmethod
+    def of_loop(
+        cls,
+        emb,
+        alpha: float,
+        history: list[dict],
+        best: dict,
+        seconds: float,
+        cache_seconds: float,
+        total: int,
+        tokens: int,
+    ) -> TransferResult:
+        """The result of a loop planned for `total` steps: the steps run are its history's last."""
+        ran = int(history[-1]["step"])
+        return cls(
+            emb.cpu(), alpha, history, best, seconds, cache_seconds, ran, tokens,
+            stopped_early=ran < total,
+        )  # fmt: skip
+
 
 def loop_fields(res: TransferResult | None) -> dict:
     """What a transfer's metrics.json says of its optimisation (the same keys, empty, for `direct`)."""
