@@ -1301,6 +1301,8 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
     """The gain kept with each transfer of the transfer_budget ablation in POST's place (the mean of
     its cells over its own seeds), and with the provider's pick per (task, seed): among the variants
     that have every seed of the task, the one whose held-out public loss is lowest."""
+    from promptport.transfer import lowest_heldout
+
     means: dict[str, dict[str, float]] = {}
     seeds_of: dict[str, dict[str, list[str]]] = {}
     for t, variants in cells.items():
@@ -1308,10 +1310,13 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
         for name, v in variants.items():
             means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
             seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
-        full = [v for v in variants.values() if set(v) == set(every)]
-        if len(full) > 1:
-            pick = [min(full, key=lambda v: v[s].get("heldout_loss", math.inf))[s] for s in every]
-            means.setdefault(HELDOUT_PICK, {})[t] = statistics.fmean(c["accuracy"] for c in pick)
+        full = {n: v for n, v in variants.items() if set(v) == set(every)}
+        if len(full) > 1:  # the tool's rule (`n_tokens: auto` keeps a length by it too)
+            picked = []
+            for s in every:
+                losses = {n: v[s].get("heldout_loss", math.inf) for n, v in full.items()}
+                picked.append(full[lowest_heldout(losses)][s]["accuracy"])
+            means.setdefault(HELDOUT_PICK, {})[t] = statistics.fmean(picked)
             seeds_of.setdefault(HELDOUT_PICK, {})[t] = every
     out = {}
     for name, by_task in means.items():

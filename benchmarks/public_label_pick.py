@@ -82,6 +82,7 @@ def gain_kept(means: dict, record: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     from benchmarks.paper import PROFILES, Stages
+    from promptport.transfer import lowest_heldout
 
     ap = parser(__doc__, suite=None)
     ap.add_argument("--state", type=Path, required=True)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{task} seed {seed} {v}: public {public:.4f} test {cell['accuracy']:.4f}")
             by = dict(seeds[seed])  # the variants' scores, before the picks join them
             seeds[seed]["public_pick"] = max(by, key=lambda v: by[v]["public_accuracy"])
-            seeds[seed]["loss_pick"] = min(by, key=lambda v: by[v]["heldout_loss"])
+            seeds[seed]["loss_pick"] = lowest_heldout({v: by[v]["heldout_loss"] for v in by})
             seeds[seed]["test_best"] = max(by, key=lambda v: by[v]["test_accuracy"])
         tasks[task] = {"zero_shot_public_accuracy": round(zs, 4), "seeds": seeds}
 
