@@ -58,12 +58,13 @@ SOURCES = {"sst2": _imdb, "imdb": _rt, "mpqa": _rt, "tweet_eval": _fpb}
 
 def labelled_public(task: str, out: Path, shared: Path, state: Path, n: int) -> dict:
     """The spec of `task` scored on its labelled public texts (OUT/<task>/test.jsonl, written once)."""
+    from benchmarks.paper import _write_jsonl
+
     d = out / task
     if not (d / "test.jsonl").is_file():
         rows = SOURCES[task](shared, state)
         random.Random(0).shuffle(rows)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
+        _write_jsonl(d / "test.jsonl", rows[:n])  # atomic: a killed run leaves no half file
     return {"task": task, "data": str(d)}
 
 
