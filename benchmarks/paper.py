@@ -818,10 +818,29 @@ class Grid:
             r = dict(self.run_cell(task, "post_dp8" if dp else "post", seed))
         m = _read_json_or_none(Path(q).parent / "metrics.json") or {}
         best = m.get("best") or {}
-        return {
+        out = {
             **r, "heldout_loss": best.get("heldout_loss"), "best_step": best.get("step"),
             "steps": m.get("steps"),
         }  # fmt: skip
+        if m.get("select_data"):  # the labelled public set the kept step was chosen on
+            out["select"] = m["select_data"]
+        return out
+
+    def selected_transfer(self, task: str, seed: int, tag: str, epochs: float) -> dict:
+        """The transfer `tag` (`epochs` passes) keeping the step under which the teacher is most accurate
+        on the task family's labelled public set (`transfer.select_data`; the sources of
+        benchmarks.public_label_pick, never the task's own data, 600 texts). A task with no such set
+        here (ARISE TV) keeps the tool's default, the lowest held-out loss: the plain transfer `tag`,
+        as a provider without labelled data would."""
+        from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
+
+        if task not in SOURCES:
+            return self.transfer_scores(task, seed, tag, epochs=epochs)
+        spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
+        return self.transfer_scores(
+            task, seed, f"{tag}-sel", epochs=epochs,
+            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600,
+        )  # fmt: skip
 
     def dp_recipe_ablation(self, task: str, seed: int) -> None:
         """POST with DP (epsilon 8, the table's batch and steps) from DP prompts tuned with other
@@ -1033,6 +1052,10 @@ class Grid:
                 # twice as long again, stopped by the tool once a pass brings no lower public loss
                 f"epochs={6 * passes:g},patience=2": lambda: self.transfer_scores(
                     task, seed, "post-ep6x-p2", epochs=6 * passes, patience=2
+                ),
+                # 3 passes, the kept step chosen by the teacher's accuracy on labelled public data
+                f"epochs={3 * passes:g},select=public": lambda: self.selected_transfer(
+                    task, seed, "post-ep3x", epochs=3 * passes
                 ),
             }
             self.variant_cells(name, task, seed, variants)

@@ -320,3 +320,23 @@ def test_overlap_check_sees_the_recut_public_pieces(
     cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
     with pytest.raises(BadInput, match="exact duplicates"):
         pipeline._prepare(cfg, progress=False, log=lambda m: None)
+
+
+def test_selection_data_may_not_hold_the_users_examples(
+    tmp_path, tiny_model_dir, student_dir, private_dir, public_file
+):
+    """`transfer.select_data` chooses the kept prompt by accuracy: a selection set holding one of the
+    user's training or test texts is refused before any stage runs; one that holds none passes."""
+    kw = {"transfer": {"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32}}
+    for name, text in (("train", "worst film of the year"), ("test", "the jokes land")):
+        sel = tmp_path / f"sel-{name}.jsonl"
+        rows = [{"sentence": text, "label": 0}] + [
+            {"sentence": f"public review number {i}", "label": i % 2} for i in range(9)
+        ]
+        sel.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        kw["transfer"]["select_data"] = str(sel)
+        cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, **kw)
+        with pytest.raises(BadInput, match="transfer.select_data: 1 selection examples"):
+            pipeline._prepare(cfg, progress=False, log=lambda m: None)
+        sel.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+        pipeline._prepare(cfg, progress=False, log=lambda m: None)

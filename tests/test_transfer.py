@@ -700,3 +700,99 @@ def test_public_texts_recut_to_the_users_length():
     # a length that gives pieces enough is not blamed when n_public itself asks for one
     with pytest.raises(BadInput, match="public_data"):
         public_dataset(get_task("sst2"), docs, 1, 0, chars=8)
+
+
+@pytest.fixture()
+def select_file(tmp_path):
+    """Labelled public examples in the task's format (not the user's data)."""
+    rows = [
+        ("the acting was wonderful", 1),
+        ("a boring film with bad acting", 0),
+        ("great movie", 1),
+        ("terrible and boring", 0),
+    ] * 6
+    f = tmp_path / "select.jsonl"
+    f.write_text("".join(json.dumps({"sentence": t, "label": y}) + "\n" for t, y in rows))
+    return f
+
+
+def test_select_data_keeps_the_most_accurate_step(
+    pair, user_prompt, public_file, select_file, tmp_path, monkeypatch
+):
+    """With `select_data` the kept step is the one with the highest accuracy on the labelled public
+    set, not the lowest held-out loss: a scorer whose accuracy peaks at step 3 must keep step 3 (the
+    prompt of a 3-step run) although the loss falls on; the real scorer's numbers are the teacher's
+    accuracy with and without the kept prompt, recomputed here."""
+    teacher, student = pair
+    common = dict(n_public=60, lr=5e-2, batch_size=8, seed=0, eval_every=1)
+    run = dict(student=student, teacher=teacher, public_data=str(public_file))
+    import promptport.transfer as tr
+    from promptport.transfer_select import Selector
+
+    peaks = iter([0.5, 0.6, 0.7, 0.9, 0.8, 0.85, 0.6, 0.7, 0.5])  # step 0, 1, ... 8
+    with monkeypatch.context() as m:
+        m.setattr(
+            tr,
+            "selector",
+            lambda *a: Selector(lambda p: next(peaks), {"teacher_zero_shot_accuracy": 0.95}),
+        )
+        r = transfer(
+            user_prompt,
+            **run,
+            out=tmp_path / "k",
+            cfg=TransferConfig(**common, steps=8, select_data=str(select_file)),
+        )
+    losses = [
+        json.loads(x)["heldout_loss"]
+        for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert 1 + min(range(8), key=losses.__getitem__) != 3  # the loss would keep another step
+    assert r["best"]["step"] == 3 and r["best"]["select_accuracy"] == 0.9
+    assert r["select_data"]["kept_accuracy"] == 0.9 and r["select_data"]["below_zero_shot"]
+    three = transfer(user_prompt, **run, out=tmp_path / "3", cfg=TransferConfig(**common, steps=3))
+    torch.testing.assert_close(
+        load_prompt(tmp_path / "k" / "prompt").embeddings,
+        load_prompt(tmp_path / "3" / "prompt").embeddings,
+    )
+    assert three["select_data"] is None
+
+    real = transfer(
+        user_prompt,
+        **run,
+        out=tmp_path / "r",
+        cfg=TransferConfig(**common, steps=4, select_data=str(select_file), n_select=20),
+    )
+    from promptport.classify import PromptClassifier, encode
+    from promptport.transfer_select import load_select_data
+
+    task = get_task("sst2")
+    ds = load_select_data(task, str(select_file), 20, 0)
+    assert len(ds) == 20 and real["select_data"]["n"] == 20
+    clf = PromptClassifier(teacher.model, teacher.tokenizer, task, 128)
+    enc = encode(teacher.tokenizer, task, ds, 128)
+
+    def acc(p):
+        return float((clf.predict_logits(enc, p).argmax(-1) == enc.labels).float().mean())
+
+    kept = load_prompt(tmp_path / "r" / "prompt").embeddings
+    assert real["select_data"]["kept_accuracy"] == pytest.approx(acc(kept), abs=1e-4)
+    assert real["select_data"]["teacher_zero_shot_accuracy"] == pytest.approx(acc(None), abs=1e-4)
+    with pytest.raises(BadInput, match="select_data"):
+        transfer(
+            user_prompt,
+            **run,
+            out=tmp_path / "x",
+            cfg=TransferConfig(**common, steps=1, select_data=str(tmp_path / "none.jsonl")),
+        )
+
+
+def test_selection_ties_keep_the_lower_loss_then_the_first():
+    from promptport.transfer import lowest_heldout
+    from promptport.transfer_select import best_of, better
+
+    a = {"step": 2, "heldout_loss": 0.5, "select_accuracy": 0.8}
+    assert better({"step": 4, "heldout_loss": 0.4, "select_accuracy": 0.8}, a)  # same, lower loss
+    assert not better({"step": 4, "heldout_loss": 0.4, "select_accuracy": 0.7}, a)
+    assert not better(dict(a, step=4), a)  # a full tie keeps the earlier step
+    assert best_of({10: a, 1: dict(a, heldout_loss=0.3), 50: dict(a, heldout_loss=0.3)}) == 1
+    assert lowest_heldout({50: 0.2, 10: 0.1, 1: 0.1}) == 10

@@ -169,6 +169,25 @@ class _Run:
     costs: list[dict] = dataclasses.field(default_factory=list)
 
 
+def _check_select_data(cfg: RunConfig, task, transfer_cfg, private_texts: list[str]) -> None:
+    """The provider's labelled selection set may share no text with the user's training or evaluation
+    split: choosing the kept prompt on the user's own examples would leak them and inflate the test."""
+    from promptport.data import load_split
+    from promptport.transfer_select import load_select_data
+
+    sel = load_select_data(task, transfer_cfg.select_data, transfer_cfg.n_select, cfg.seed)
+    sel_texts = [t for v in sel.fields.values() for t in v]
+    held = load_split(task, cfg.private_data, cfg.eval_split, require_labels=False)
+    private = private_texts + [t for v in held.fields.values() for t in v]
+    n = len(_text_hashes(private) & _text_hashes(sel_texts))
+    if n:
+        raise BadInput(
+            "transfer.select_data",
+            f"{n} selection examples are exact duplicates of the user's {cfg.train_split} or "
+            f"{cfg.eval_split} examples; use labelled public data that is not the user's",
+        )
+
+
 def _prepare(cfg: RunConfig, progress: bool, log) -> tuple[_Run, int]:
     """Checked configs, and the private/public overlap check (private data is read here only for it;
     it never goes to a provider-side stage). Returns the run and the number of overlapping texts."""
@@ -208,10 +227,11 @@ def _prepare(cfg: RunConfig, progress: bool, log) -> tuple[_Run, int]:
         from promptport.transfer_common import recut_texts
 
         public_texts += recut_texts(public_texts, transfer_cfg.public_chars)
-    n_overlap = check_overlap(
-        [t for v in private_train.fields.values() for t in v], public_texts, cfg.allow_overlap
-    )
-    del private_train
+    private_texts = [t for v in private_train.fields.values() for t in v]
+    n_overlap = check_overlap(private_texts, public_texts, cfg.allow_overlap)
+    if transfer_cfg.select_data is not None and not task.is_generation:
+        _check_select_data(cfg, task, transfer_cfg, private_texts)
+    del private_train, private_texts
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.model_dump())
     configs = (tune_cfg, transfer_cfg, distill_cfg, dp_cfg)

@@ -157,7 +157,9 @@ class TransferResult:
     tokens: int = 0
     # several teacher prompt lengths tried (`n_tokens: auto`): the rule, the choice, every candidate
     selection: dict | None = None
-    stopped_early: bool = False  # `patience` held-out evaluations without a lower loss ended it
+    stopped_early: bool = False  # `patience` held-out evaluations without a better one ended it
+    # `select_data`: the labelled public set, the teacher's zero-shot and kept accuracy on it
+    select_info: dict | None = None
 
     @classmethod
     def of_loop(
@@ -190,11 +192,12 @@ def loop_fields(res: TransferResult | None) -> dict:
         "train_seconds": 0.0 if res is None else round(res.seconds, 3),
         "cache_seconds": 0.0 if res is None else round(res.cache_seconds, 3),
         "tokens": 0 if res is None else res.tokens,
+        "select_data": None if res is None else res.select_info,
     }
 
 
 def stalled(history: list[dict], best: dict, patience: int | None) -> bool:
-    """Early stopping for a transfer: `patience` held-out evaluations since the best one, none lower.
+    """Early stopping for a transfer: `patience` held-out evaluations since the best one, none better.
     Counted from the loop's history, so a resumed loop stops where the uninterrupted one did; the
     best step's prompt is what the transfer returns either way."""
     if patience is None:
