@@ -15,6 +15,10 @@ labelled public source with its six topics here.
 
     python -m benchmarks.public_label_pick --state runs/paper/cpu-bf16-16k-more \
         --record benchmarks/results/paper/cpu-bf16-16k-more
+
+The tool does this within one transfer, between its steps: `transfer.select_data`
+(`promptport.transfer_select`); `benchmarks.paper`'s `transfer_budget` variant
+`epochs=3,select=public` uses these sources with it.
 """
 
 from __future__ import annotations

@@ -143,6 +143,11 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     monkeypatch.setattr(
         paper, "length_matched_public", lambda spec, sizes: f"/p/{spec['task']}-recut"
     )
+    import benchmarks.public_label_pick as plp
+
+    monkeypatch.setattr(  # the labelled public set the transfer chooses its step on
+        plp, "labelled_public", lambda task, *a: {"task": task, "data": f"/sel/{task}"}
+    )
     stages = FakeStages()
     made: list[int] = []
 
@@ -175,8 +180,21 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any("{'train_limit': 2400}" in c[1] for c in stages.calls if c[0] == "tune")
     # the transfer trained harder from the same user prompt; the tool's variant is the table's post
     assert set(abl["transfer_budget"]["sst2"]) == {
-        "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2"
+        "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", "epochs=3,select=public"
     }  # fmt: skip
+    assert any(
+        "'epochs': 3, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600}" in c[1]
+        and c[1].startswith("transfer:tune-s0:")
+        for c in stages.calls
+    )
+    # a task with no labelled public source keeps the loss's choice: the 3-pass transfer's own
+    monkeypatch.setattr(plp, "SOURCES", {})
+    calls = len(grid.stages.calls)
+    plain = grid.selected_transfer("sst2", 0, "post-ep3x", epochs=3)
+    assert [c[0] for c in grid.stages.calls[calls:]] == [
+        "evaluate"
+    ]  # its prompt, not trained again
+    assert plain["accuracy"] == abl["transfer_budget"]["sst2"]["epochs=3"]["0"]["accuracy"]
     assert any("'epochs': 6, 'patience': 2}" in c[1] for c in stages.calls)
     assert any("'lr': 0.03" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
     assert any("{'epochs': 3}" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)

@@ -175,7 +175,9 @@ def _check_select_data(cfg: RunConfig, task, transfer_cfg, private_texts: list[s
     from promptport.data import load_split
     from promptport.transfer_select import load_select_data
 
-    sel = load_select_data(task, transfer_cfg.select_data, transfer_cfg.n_select, cfg.seed)
+    sel = load_select_data(
+        task, transfer_cfg.select_data, transfer_cfg.n_select, transfer_cfg.seed
+    )  # the examples the transfer will draw
     sel_texts = [t for v in sel.fields.values() for t in v]
     held = load_split(task, cfg.private_data, cfg.eval_split, require_labels=False)
     private = private_texts + [t for v in held.fields.values() for t in v]
