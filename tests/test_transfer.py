@@ -774,6 +774,8 @@ def test_select_data_keeps_the_most_accurate_step(
     def acc(p):
         return float((clf.predict_logits(enc, p).argmax(-1) == enc.labels).float().mean())
 
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["inputs"]["select_data"]["fingerprint"] == ds.meta["fingerprint"]
     kept = load_prompt(tmp_path / "r" / "prompt").embeddings
     assert real["select_data"]["kept_accuracy"] == pytest.approx(acc(kept), abs=1e-4)
     assert real["select_data"]["teacher_zero_shot_accuracy"] == pytest.approx(acc(None), abs=1e-4)

@@ -997,7 +997,10 @@ def transfer(
     if not is_main:
         return result
     write_json(out / "metrics.json", result)
-    write_transfer_manifest(out, cfg, prompt, artifact, source_id, len(pub), s_lm, t_lm, wall)
+    select = None if res is None else res.select_info
+    write_transfer_manifest(
+        out, cfg, prompt, artifact, source_id, len(pub), s_lm, t_lm, wall, select=select
+    )
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifacts are complete
     return result
 

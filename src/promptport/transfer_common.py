@@ -218,20 +218,23 @@ def fingerprint_prompt(prompt, artifact: PromptArtifact) -> dict:
 
 
 def write_transfer_manifest(
-    out, cfg, prompt, artifact, source_id, n_public, s_lm, t_lm, wall, outputs=None
+    out, cfg, prompt, artifact, source_id, n_public, s_lm, t_lm, wall, outputs=None, select=None
 ) -> None:
-    """OUT/manifest.json: the inputs with fingerprints (the prompt artifact and the public source
-    only) and the outputs with sha256."""
+    """OUT/manifest.json: the inputs with fingerprints (the prompt artifact, the public source and,
+    with `select_data`, the labelled public selection set only) and the outputs with sha256."""
+    inputs = {
+        "prompt": fingerprint_prompt(prompt, artifact),
+        "public_data": {"source": source_id, "n_examples": n_public},
+        "student": s_lm.info.to_dict(),
+        "teacher": t_lm.info.to_dict(),
+    }
+    if select:  # (TransferResult.select_info)
+        inputs["select_data"] = {k: select.get(k) for k in ("data", "n", "fingerprint")}
     write_manifest(
         out,
         stage="transfer",
         config=asdict(cfg),
-        inputs={
-            "prompt": fingerprint_prompt(prompt, artifact),
-            "public_data": {"source": source_id, "n_examples": n_public},
-            "student": s_lm.info.to_dict(),
-            "teacher": t_lm.info.to_dict(),
-        },
+        inputs=inputs,
         outputs=outputs
         or [
             out / "prompt" / "prompt.safetensors",
