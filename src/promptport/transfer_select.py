@@ -10,8 +10,9 @@ reviews of the same kind, other polarity sentences): transformers' `metric_for_b
 that is not the user's. A tie keeps the lower held-out transfer loss, then the earlier step.
 
 What it assumes: the labelled public set resembles the user's task. Of another domain it can choose
-worse than the loss (finance news for tweets: 1 of 3 right in benchmarks/README.md); it never judges a
-prompt against the teacher's zero-shot on the user's data, only on its own.
+worse than the loss (finance news for tweets picked the worse of two transfers 2 of 3 times, though
+between one transfer's steps it beat the loss 2 of 3; benchmarks/README.md); it never judges a prompt
+against the teacher's zero-shot on the user's data, only on its own set (`below_zero_shot`).
 """
 
 from __future__ import annotations
