@@ -32,9 +32,14 @@ def _text_hashes(texts) -> set[str]:
     return {hashlib.sha256(normalize_text(t).encode()).hexdigest() for t in texts}
 
 
+def shared_texts(a: list[str], b: list[str]) -> int:
+    """How many distinct texts of `a` are also in `b`, compared whitespace/case-normalised."""
+    return len(_text_hashes(a) & _text_hashes(b))
+
+
 def check_overlap(private_texts: list[str], public_texts: list[str], allow: bool) -> int:
     """Exact duplicates (whitespace/case-normalised) between private and public data are refused."""
-    n = len(_text_hashes(private_texts) & _text_hashes(public_texts))
+    n = shared_texts(private_texts, public_texts)
     if n and not allow:
         raise BadInput(
             "public_data",
@@ -181,7 +186,7 @@ def _check_select_data(cfg: RunConfig, task, transfer_cfg, private_texts: list[s
     sel_texts = [t for v in sel.fields.values() for t in v]
     held = load_split(task, cfg.private_data, cfg.eval_split, require_labels=False)
     private = private_texts + [t for v in held.fields.values() for t in v]
-    n = len(_text_hashes(private) & _text_hashes(sel_texts))
+    n = shared_texts(private, sel_texts)
     if n:
         raise BadInput(
             "transfer.select_data",
