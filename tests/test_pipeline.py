@@ -340,3 +340,49 @@ def test_selection_data_may_not_hold_the_users_examples(
             pipeline._prepare(cfg, progress=False, log=lambda m: None)
         sel.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
         pipeline._prepare(cfg, progress=False, log=lambda m: None)
+
+
+def test_report_says_which_transfer_step_was_kept(
+    tmp_path, tiny_model_dir, student_dir, private_dir, public_file
+):
+    """The report names the rule the transfer kept its prompt by and the kept step, as the transfer's
+    metrics.json has them; with `select_data` also the teacher's accuracy on the selection set with
+    and without the kept prompt (from metrics.json, not recomputed) and its curve in the plot."""
+    from promptport.report import _transfer_rows
+    from promptport.transfer_select import ACCURACY_RULE, LOSS_RULE
+
+    sel = tmp_path / "sel.jsonl"
+    rows = [{"sentence": f"public review number {i}", "label": i % 2} for i in range(10)]
+    sel.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for select in (None, str(sel)):
+        kw = {"transfer": {"n_public": 30, "steps": 4, "eval_every": 1, "batch_size": 4}}
+        kw["transfer"]["max_length"] = 32
+        if select:
+            kw["transfer"]["select_data"] = select
+        kw["run_dir"] = str(tmp_path / f"run-{bool(select)}")
+        cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, public_file, **kw)
+        run_pipeline(cfg, progress=False, log=lambda m: None)
+        run = tmp_path / f"run-{bool(select)}"
+        m = json.loads((run / "transfer" / "metrics.json").read_text())
+        md = (run / "report.md").read_text()
+        assert "## Transfer: which teacher prompt was kept" in md
+        assert f"| kept step | {m['best']['step']} of {m['steps']} |" in md
+        assert f"| rule | {ACCURACY_RULE if select else LOSS_RULE} |" in md
+        assert f"{m['best']['heldout_loss']:.4f} kept" in md
+        if select:
+            s = m["select_data"]
+            assert s["n"] == 10 and f"10 labelled public examples from {select}" in md
+            assert (
+                f"{s['teacher_zero_shot_accuracy']:.4f} without a prompt, "
+                f"{s['kept_accuracy']:.4f} with the kept prompt" in md
+            )
+            logged = [
+                json.loads(ln)
+                for ln in (run / "transfer" / "metrics.jsonl").read_text().splitlines()
+            ]
+            accs = {r["step"]: r["select_accuracy"] for r in logged if "select_accuracy" in r}
+            assert len(accs) == 4 and s["kept_accuracy"] >= max(accs.values())
+            assert m["best"]["step"] == 0 or accs[m["best"]["step"]] == s["kept_accuracy"]
+        else:
+            assert "selection set" not in md
+    assert _transfer_rows({}) == [] and _transfer_rows({"best": None}) == []

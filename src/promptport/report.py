@@ -137,9 +137,24 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
                     "o-",
                     label="held-out public loss",
                 )
+            kept = _transfer_metrics(run_dir).get("best") or {}
+            if "step" in kept:
+                ax.axvline(kept["step"], color="grey", ls="--", lw=0.8, label="kept step")
             ax.set_xlabel("step")
             ax.set_ylabel("transfer loss")
-            ax.legend()
+            picked = [r for r in held if "select_accuracy" in r]
+            if picked:  # the accuracy the kept step was chosen by, on its own axis
+                ax2 = ax.twinx()
+                ax2.plot(
+                    [r["step"] for r in picked],
+                    [r["select_accuracy"] for r in picked],
+                    "s-",
+                    color="tab:green",
+                    label="teacher accuracy, labelled public selection set",
+                )
+                ax2.set_ylabel("selection accuracy")
+                ax2.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper right", fontsize=8)
             plots["transfer_loss"] = _png(fig)
     sweep = run_dir / "sweep-alpha" / "results.json"
     if sweep.is_file():
@@ -280,7 +295,9 @@ def generation_examples(
     return sec
 
 
-def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[str, str]]:
+def _sections(
+    results: dict, transfer: dict | None = None
+) -> list[tuple[str, list[str], list[list]] | tuple[str, str]]:
     sec: list = []
     base = results.get("baselines", {})
     if base and _is_generation(base):
@@ -354,6 +371,9 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
                 ],
             )
         )
+    kept = _transfer_rows(transfer or {})
+    if kept:
+        sec.append(("Transfer: which teacher prompt was kept", ["field", "value"], kept))
     audit = results.get("audit")
     if audit:
         sec.append(
@@ -397,6 +417,54 @@ def _sections(results: dict) -> list[tuple[str, list[str], list[list]] | tuple[s
     return sec
 
 
+def _transfer_metrics(run_dir: Path) -> dict:
+    path = run_dir / "transfer" / "metrics.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _transfer_rows(m: dict) -> list[list]:
+    """How the provider chose the teacher prompt it serves (`m`: transfer/metrics.json): the rule,
+    the kept step against the run's length, and, when the step was chosen on labelled public data,
+    the teacher's accuracy there with and without the prompt (a person checks the choice here)."""
+    best = m.get("best")
+    if not best:
+        return []
+    from promptport.transfer_select import LOSS_RULE
+
+    sel = m.get("select_data")
+    stopped = " (stopped early: patience)" if m.get("stopped_early") else ""
+    rows = [
+        ["rule", sel["rule"] if sel else LOSS_RULE],
+        ["kept step", f"{best['step']} of {m.get('steps')}{stopped}"],
+        [
+            "held-out public transfer loss",
+            f"{m.get('initial_heldout_loss', float('nan')):.4f} at the start, "
+            f"{best['heldout_loss']:.4f} kept, {m.get('final_heldout_loss', float('nan')):.4f} last",
+        ],
+        ["public data", f"{m.get('n_public')} examples from {m.get('public_source')}"],
+    ]
+    if m.get("teacher_tokens") is not None:
+        rows.append(["teacher prompt tokens", m["teacher_tokens"]])
+    choice = m.get("teacher_tokens_selection")
+    if choice:
+        rows.append(["prompt length chosen by", choice["rule"]])
+    if sel:
+        rows += [
+            ["selection set", f"{sel['n']} labelled public examples from {sel['data']}"],
+            [
+                "teacher accuracy on it",
+                f"{sel['teacher_zero_shot_accuracy']:.4f} without a prompt, "
+                f"{sel['kept_accuracy']:.4f} with the kept prompt"
+                + (
+                    " (no better than without: the set may not resemble the task)"
+                    if sel["below_zero_shot"]
+                    else ""
+                ),
+            ],
+        ]
+    return rows
+
+
 def _audit_rows(audit: dict) -> list[list]:
     """The interval and the randomisation test, with what each assumes, as rows a person reads."""
     rows = []
@@ -426,7 +494,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='summary'>{html.escape(results.get('summary', ''))}</p>",
     ]
-    sections = _sections(results)
+    sections = _sections(results, _transfer_metrics(run_dir))
     if _is_generation(results.get("baselines", {})):
         sections[1:1] = generation_examples(run_dir, results["baselines"])
     for s in sections:
