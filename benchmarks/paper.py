@@ -50,7 +50,9 @@ epsilon: whether less noise per step is worth the compute; the table's own recip
 transfer_budget (the same user prompt transferred at 3x the learning rate, or for 3 passes over the
 public texts, or for up to 6 stopped by `patience: 2`: whether the transfer stops before it has copied
 the prompt's effect; each cell carries the held-out public loss the provider can choose by and the
-steps run), transfer_budget_dp (the seed's DP prompt
+steps run; with 3 passes, the step chosen on labelled public data (`select_data`), with the student's
+mean shift kept, dropped or matched, and the one of those three the labelled set prefers:
+`shift_mean=chosen`), transfer_budget_dp (the seed's DP prompt
 transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
@@ -826,7 +828,9 @@ class Grid:
             out["select"] = m["select_data"]
         return out
 
-    def selected_transfer(self, task: str, seed: int, tag: str, epochs: float) -> dict:
+    def selected_transfer(
+        self, task: str, seed: int, tag: str, epochs: float, shift_mean: str = "keep"
+    ) -> dict:
         """The transfer `tag` (`epochs` passes) keeping the step under which the teacher is most accurate
         on the task family's labelled public set (`transfer.select_data`; the sources of
         benchmarks.public_label_pick, never the task's own data, 600 texts). A task with no such set
@@ -837,10 +841,37 @@ class Grid:
         if task not in SOURCES:
             return self.transfer_scores(task, seed, tag, epochs=epochs)
         spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
+        over = {} if shift_mean == "keep" else {"shift_mean": shift_mean}
         return self.transfer_scores(
-            task, seed, f"{tag}-sel", epochs=epochs,
-            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600,
+            task, seed, f"{tag}-sel" + (f"-{shift_mean}" if over else ""), epochs=epochs,
+            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over,
         )  # fmt: skip
+
+    def chosen_shift_mean(self, task: str, seed: int, variant: str) -> dict:
+        """Of the selected transfers with the student's mean shift kept, dropped and matched (the cells
+        `variant` + `,shift_mean=<how>`; kept: `variant` itself), the one whose kept prompt makes the
+        teacher most accurate on the labelled public set (ties: the first of keep, drop, match; the
+        held-out losses of different targets do not compare). What a provider with the labelled set
+        can choose; the cell records which and every candidate's selection accuracy. A task with no
+        labelled set keeps the tool's default (keep)."""
+        from benchmarks.public_label_pick import SOURCES
+
+        def cell(how: str) -> dict:
+            v = variant if how == "keep" else f"{variant},shift_mean={how}"
+            return read_json(self.cell_path("ablations", "transfer_budget", task, v, f"seed{seed}"))
+
+        hows = ("keep", "drop", "match") if task in SOURCES else ("keep",)
+        cells = {how: cell(how) for how in hows}
+        scores = {
+            h: c["select"]["kept_accuracy"] if "select" in c else 0.0 for h, c in cells.items()
+        }
+        chosen = next(h for h in hows if scores[h] == max(scores.values()))
+        return {
+            **{k: v for k, v in cells[chosen].items() if k != "seconds"},
+            "shift_mean": chosen,
+            "select_accuracy_by_shift_mean": scores,
+            "accuracy_by_shift_mean": {h: c["accuracy"] for h, c in cells.items()},
+        }
 
     def dp_recipe_ablation(self, task: str, seed: int) -> None:
         """POST with DP (epsilon 8, the table's batch and steps) from DP prompts tuned with other
@@ -1058,6 +1089,17 @@ class Grid:
                     task, seed, "post-ep3x", epochs=3 * passes
                 ),
             }
+            # the same, the student's mean shift dropped or matched (`transfer.shift_mean`), then the
+            # one of the three the labelled public set prefers
+            from benchmarks.public_label_pick import SOURCES
+
+            sel = f"epochs={3 * passes:g},select=public"
+            if task in SOURCES:
+                for how in ("drop", "match"):
+                    variants[f"{sel},shift_mean={how}"] = lambda how=how: self.selected_transfer(
+                        task, seed, "post-ep3x", epochs=3 * passes, shift_mean=how
+                    )
+            variants[f"{sel},shift_mean=chosen"] = lambda: self.chosen_shift_mean(task, seed, sel)
             self.variant_cells(name, task, seed, variants)
         elif name == "transfer_budget_dp":
             # the seed's DP prompt through transfer_budget's longer transfer: the DP gap of that
@@ -1333,7 +1375,10 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
         for name, v in variants.items():
             means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
             seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
-        full = {n: v for n, v in variants.items() if set(v) == set(every)}
+        # losses compare between transfers of one target: not across `shift_mean` treatments
+        full = {
+            n: v for n, v in variants.items() if set(v) == set(every) and "shift_mean=" not in n
+        }
         if len(full) > 1:  # the tool's rule (`n_tokens: auto` keeps a length by it too)
             picked = []
             for s in every:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from benchmarks import paper
 
+from promptport.fileio import read_json
+
 
 class FakeStages:
     teacher = "T"
@@ -41,6 +43,9 @@ class FakeStages:
             cands = [{"n_tokens": n, "best": {"heldout_loss": 0.1 / n}} for n in (50, 10, 1)]
             sel = {"n_tokens": 1, "candidates": cands}
             (out / "metrics.json").write_text(json.dumps({"teacher_tokens_selection": sel}))
+        if "select_data" in over:  # the kept prompt's accuracy on the selection set, made up
+            kept = {"kept_accuracy": (sum(map(ord, tag)) % 7) / 10, "n": over["n_select"]}
+            (out / "metrics.json").write_text(json.dumps({"select_data": kept}))
         return made
 
     def non_distilled(self, student, out):
@@ -179,9 +184,31 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any("{'epochs': 4}" in c[1] for c in stages.calls if c[0] == "tune")
     assert any("{'train_limit': 2400}" in c[1] for c in stages.calls if c[0] == "tune")
     # the transfer trained harder from the same user prompt; the tool's variant is the table's post
+    sel = "epochs=3,select=public"
     assert set(abl["transfer_budget"]["sst2"]) == {
-        "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", "epochs=3,select=public"
+        "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
+        f"{sel},shift_mean=match", f"{sel},shift_mean=chosen",
     }  # fmt: skip
+    # the chosen cell is the candidate most accurate on the selection set, with its test scores
+    cells = {
+        how: read_json(
+            state / "cells/ablations/transfer_budget/sst2" / (sel + suffix) / "seed0.json"
+        )
+        for how, suffix in (
+            ("keep", ""),
+            ("drop", ",shift_mean=drop"),
+            ("match", ",shift_mean=match"),
+        )
+    }
+    chosen = read_json(
+        state / f"cells/ablations/transfer_budget/sst2/{sel},shift_mean=chosen/seed0.json"
+    )
+    scores = {h: c["select"]["kept_accuracy"] for h, c in cells.items()}
+    assert len(set(scores.values())) > 1  # the fake gives the candidates different scores
+    best = max(scores, key=lambda h: (scores[h], -list(scores).index(h)))
+    assert chosen["shift_mean"] == best and chosen["select_accuracy_by_shift_mean"] == scores
+    assert chosen["accuracy"] == cells[best]["accuracy"]
+    assert any("'shift_mean': 'match'" in c[1] and "'select_data'" in c[1] for c in stages.calls)
     assert any(
         "'epochs': 3, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600}" in c[1]
         and c[1].startswith("transfer:tune-s0:")
@@ -518,7 +545,9 @@ def test_gain_kept_of_each_transfer_and_of_the_held_out_loss_pick():
             "lr=0.03": {"0": {"accuracy": 0.9, "heldout_loss": 0.0}},  # one seed: not in the pick
         },
         "b": {"tool": {"0": {"accuracy": 0.7, "heldout_loss": 0.1}},
-              "epochs=3": {"0": {"accuracy": 0.9, "heldout_loss": 0.2}}},
+              "epochs=3": {"0": {"accuracy": 0.9, "heldout_loss": 0.2}},
+              # another target (the mean shift dropped): its loss does not compare, never picked
+              "epochs=3,shift_mean=drop": {"0": {"accuracy": 0.5, "heldout_loss": 0.01}}},
         "c": {"tool": {"0": {"accuracy": 0.7, "heldout_loss": 0.1}}},  # no tuned mean: no ratio
     }  # fmt: skip
     v = paper.targets(tasks, {"transfer_budget": cells})["mean_gain_kept_by_transfer"]["variants"]
