@@ -385,4 +385,7 @@ def test_report_says_which_transfer_step_was_kept(
             assert m["best"]["step"] == 0 or accs[m["best"]["step"]] == s["kept_accuracy"]
         else:
             assert "selection set" not in md
-    assert _transfer_rows({}) == [] and _transfer_rows({"best": None}) == []
+    assert _transfer_rows({}) == [] and _transfer_rows({"best": None}) == []  # direct: nothing kept
+    # a metrics.json without the last loss (as a resumed loop may leave) still renders
+    rows = dict(_transfer_rows({"best": {"step": 2, "heldout_loss": 0.5}, "steps": 3}))
+    assert rows["held-out public transfer loss"] == "– at the start, 0.5000 kept, – last"

@@ -422,6 +422,10 @@ def _transfer_metrics(run_dir: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def _loss(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
 def _transfer_rows(m: dict) -> list[list]:
     """How the provider chose the teacher prompt it serves (`m`: transfer/metrics.json): the rule,
     the kept step against the run's length, and, when the step was chosen on labelled public data,
@@ -438,8 +442,8 @@ def _transfer_rows(m: dict) -> list[list]:
         ["kept step", f"{best['step']} of {m.get('steps')}{stopped}"],
         [
             "held-out public transfer loss",
-            f"{m.get('initial_heldout_loss', float('nan')):.4f} at the start, "
-            f"{best['heldout_loss']:.4f} kept, {m.get('final_heldout_loss', float('nan')):.4f} last",
+            f"{_loss(m.get('initial_heldout_loss'))} at the start, "
+            f"{_loss(best.get('heldout_loss'))} kept, {_loss(m.get('final_heldout_loss'))} last",
         ],
         ["public data", f"{m.get('n_public')} examples from {m.get('public_source')}"],
     ]
