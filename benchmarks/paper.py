@@ -847,20 +847,18 @@ class Grid:
             select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over,
         )  # fmt: skip
 
-    def chosen_shift_mean(self, task: str, seed: int, variant: str) -> dict:
-        """Of the selected transfers with the student's mean shift kept, dropped and matched (the cells
-        `variant` + `,shift_mean=<how>`; kept: `variant` itself), the one whose kept prompt makes the
-        teacher most accurate on the labelled public set (ties: the first of keep, drop, match; the
-        held-out losses of different targets do not compare). What a provider with the labelled set
-        can choose; the cell records which and every candidate's selection accuracy. A task with no
-        labelled set keeps the tool's default (keep)."""
-        from benchmarks.public_label_pick import SOURCES
+    def chosen_shift_mean(self, task: str, seed: int, variant: str, hows: tuple[str, ...]) -> dict:
+        """Of the selected transfers with the student's mean shift treated each way of `hows` (the
+        cells `variant` + `,shift_mean=<how>`; keep: `variant` itself), the one whose kept prompt makes
+        the teacher most accurate on the labelled public set (ties: the first in `hows`; the held-out
+        losses of different targets do not compare). What a provider with the labelled set can
+        choose; the cell records which and every candidate's selection accuracy. A task with no
+        labelled set has only keep, the tool's default."""
 
         def cell(how: str) -> dict:
             v = variant if how == "keep" else f"{variant},shift_mean={how}"
             return read_json(self.cell_path("ablations", "transfer_budget", task, v, f"seed{seed}"))
 
-        hows = ("keep", "drop", "match") if task in SOURCES else ("keep",)
         cells = {how: cell(how) for how in hows}
         scores = {
             h: c["select"]["kept_accuracy"] if "select" in c else 0.0 for h, c in cells.items()
@@ -1094,12 +1092,14 @@ class Grid:
             from benchmarks.public_label_pick import SOURCES
 
             sel = f"epochs={3 * passes:g},select=public"
-            if task in SOURCES:
-                for how in ("drop", "match"):
-                    variants[f"{sel},shift_mean={how}"] = lambda how=how: self.selected_transfer(
-                        task, seed, "post-ep3x", epochs=3 * passes, shift_mean=how
-                    )
-            variants[f"{sel},shift_mean=chosen"] = lambda: self.chosen_shift_mean(task, seed, sel)
+            hows = ("keep", "drop", "match") if task in SOURCES else ("keep",)
+            for how in hows[1:]:
+                variants[f"{sel},shift_mean={how}"] = lambda how=how: self.selected_transfer(
+                    task, seed, "post-ep3x", epochs=3 * passes, shift_mean=how
+                )
+            variants[f"{sel},shift_mean=chosen"] = lambda: self.chosen_shift_mean(
+                task, seed, sel, hows
+            )
             self.variant_cells(name, task, seed, variants)
         elif name == "transfer_budget_dp":
             # the seed's DP prompt through transfer_budget's longer transfer: the DP gap of that

@@ -77,7 +77,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(run_dir: Path, results: dict) -> dict[str, str]:
+def _plots(run_dir: Path, results: dict, transfer: dict) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +137,7 @@ def _plots(run_dir: Path, results: dict) -> dict[str, str]:
                     "o-",
                     label="held-out public loss",
                 )
-            kept = _transfer_metrics(run_dir).get("best") or {}
+            kept = transfer.get("best") or {}
             if "step" in kept:
                 ax.axvline(kept["step"], color="grey", ls="--", lw=0.8, label="kept step")
             ax.set_xlabel("step")
@@ -491,14 +491,15 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write RUN_DIR/report.md and RUN_DIR/report.html from RUN_DIR/results.json and the stage files."""
     run_dir = Path(run_dir)
     results = read_json(run_dir / "results.json")
-    plots = _plots(run_dir, results)
+    transfer = _transfer_metrics(run_dir)  # read once: the plot's kept step and the section
+    plots = _plots(run_dir, results, transfer)
     title = f"promptport run — {results.get('info', {}).get('task', '')}"
     md = [f"# {title}", "", results.get("summary", ""), ""]
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='summary'>{html.escape(results.get('summary', ''))}</p>",
     ]
-    sections = _sections(results, _transfer_metrics(run_dir))
+    sections = _sections(results, transfer)
     if _is_generation(results.get("baselines", {})):
         sections[1:1] = generation_examples(run_dir, results["baselines"])
     for s in sections:
