@@ -52,7 +52,8 @@ public texts, or for up to 6 stopped by `patience: 2`: whether the transfer stop
 the prompt's effect; each cell carries the held-out public loss the provider can choose by and the
 steps run; with 3 passes, the step chosen on labelled public data (`select_data`), with the student's
 mean shift kept, dropped or matched, and the one of those three the labelled set prefers:
-`shift_mean=chosen`), transfer_budget_dp (the seed's DP prompt
+`shift_mean=chosen`; and up to 6 passes chosen the same way, stopped by `patience: 4` on the
+selection checks), transfer_budget_dp (the seed's DP prompt
 transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
@@ -829,22 +830,31 @@ class Grid:
         return out
 
     def selected_transfer(
-        self, task: str, seed: int, tag: str, epochs: float, shift_mean: str = "keep"
+        self,
+        task: str,
+        seed: int,
+        tag: str,
+        epochs: float,
+        shift_mean: str = "keep",
+        patience: int | None = None,
     ) -> dict:
         """The transfer `tag` (`epochs` passes) keeping the step under which the teacher is most accurate
         on the task family's labelled public set (`transfer.select_data`; the sources of
         benchmarks.public_label_pick, never the task's own data, 600 texts). A task with no such set
         here (ARISE TV) keeps the tool's default, the lowest held-out loss: the plain transfer `tag`,
-        as a provider without labelled data would."""
+        as a provider without labelled data would. `patience`: stop after that many checks with no
+        better step (the checks' selection accuracy; ARISE TV's, the held-out loss)."""
         from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
 
+        stop = {} if patience is None else {"patience": patience}
+        p_tag = "" if patience is None else f"-p{patience}"
         if task not in SOURCES:
-            return self.transfer_scores(task, seed, tag, epochs=epochs)
+            return self.transfer_scores(task, seed, tag + p_tag, epochs=epochs, **stop)
         spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
         over = {} if shift_mean == "keep" else {"shift_mean": shift_mean}
         return self.transfer_scores(
-            task, seed, f"{tag}-sel" + (f"-{shift_mean}" if over else ""), epochs=epochs,
-            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over,
+            task, seed, f"{tag}-sel" + (f"-{shift_mean}" if over else "") + p_tag, epochs=epochs,
+            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over, **stop,
         )  # fmt: skip
 
     def chosen_shift_mean(self, task: str, seed: int, variant: str, hows: tuple[str, ...]) -> dict:
@@ -1085,6 +1095,12 @@ class Grid:
                 # 3 passes, the kept step chosen by the teacher's accuracy on labelled public data
                 f"epochs={3 * passes:g},select=public": lambda: self.selected_transfer(
                     task, seed, "post-ep3x", epochs=3 * passes
+                ),
+                # up to 6 passes, the same choice, stopped once two passes (4 checks) bring no step
+                # more accurate on the labelled set: its first 3 passes are the run above (constant
+                # learning rate, same order), so it checks that run's steps (but its last) and more
+                f"epochs={6 * passes:g},select=public,patience=4": lambda: self.selected_transfer(
+                    task, seed, "post-ep6x", epochs=6 * passes, patience=4
                 ),
             }
             # the same, the student's mean shift dropped or matched (`transfer.shift_mean`), then the

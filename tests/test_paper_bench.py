@@ -187,8 +187,15 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     sel = "epochs=3,select=public"
     assert set(abl["transfer_budget"]["sst2"]) == {
         "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
-        f"{sel},shift_mean=match", f"{sel},shift_mean=chosen",
+        f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
     }  # fmt: skip
+    # the longer selected transfer stops by the tool's patience (on the selection checks)
+    assert any(
+        "'epochs': 6, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600, 'patience': 4}"
+        in c[1]
+        and c[1].startswith("transfer:tune-s0:")
+        for c in stages.calls
+    )
     # the chosen cell is the candidate most accurate on the selection set, with its test scores
     cells = {
         how: read_json(
@@ -222,6 +229,13 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "evaluate"
     ]  # its prompt, not trained again
     assert plain["accuracy"] == abl["transfer_budget"]["sst2"]["epochs=3"]["0"]["accuracy"]
+    # and with patience, the held-out loss's early stop (its own transfer, not the 3-pass one)
+    calls = len(grid.stages.calls)
+    grid.selected_transfer("sst2", 0, "post-ep6x", epochs=6, patience=4)
+    assert any(
+        c[0] == "transfer" and c[1].endswith("{'epochs': 6, 'patience': 4}")
+        for c in grid.stages.calls[calls:]
+    )
     assert any("'epochs': 6, 'patience': 2}" in c[1] for c in stages.calls)
     assert any("'lr': 0.03" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
     assert any("{'epochs': 3}" in c[1] and ":tune-s0:" in c[1] for c in stages.calls)
