@@ -53,7 +53,8 @@ the prompt's effect; each cell carries the held-out public loss the provider can
 steps run; with 3 passes, the step chosen on labelled public data (`select_data`), with the student's
 mean shift kept, dropped or matched, and the one of those three the labelled set prefers:
 `shift_mean=chosen`; and up to 6 passes chosen the same way, stopped by `patience: 4` on the
-selection checks), transfer_budget_dp (the seed's DP prompt
+selection checks; and 3 passes with the rate decaying linearly to 0, `schedule: linear`, kept by
+the loss or by the labelled set), transfer_budget_dp (the seed's DP prompt
 transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
@@ -837,24 +838,27 @@ class Grid:
         epochs: float,
         shift_mean: str = "keep",
         patience: int | None = None,
+        **extra,
     ) -> dict:
         """The transfer `tag` (`epochs` passes) keeping the step under which the teacher is most accurate
         on the task family's labelled public set (`transfer.select_data`; the sources of
         benchmarks.public_label_pick, never the task's own data, 600 texts). A task with no such set
         here (ARISE TV) keeps the tool's default, the lowest held-out loss: the plain transfer `tag`,
         as a provider without labelled data would. `patience`: stop after that many checks with no
-        better step (the checks' selection accuracy; ARISE TV's, the held-out loss)."""
+        better step (the checks' selection accuracy; ARISE TV's, the held-out loss). `extra`: other
+        changes to the transfer (a schedule), which `tag` names."""
         from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
 
         stop = {} if patience is None else {"patience": patience}
         p_tag = "" if patience is None else f"-p{patience}"
         if task not in SOURCES:
-            return self.transfer_scores(task, seed, tag + p_tag, epochs=epochs, **stop)
+            return self.transfer_scores(task, seed, tag + p_tag, epochs=epochs, **stop, **extra)
         spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
         over = {} if shift_mean == "keep" else {"shift_mean": shift_mean}
         return self.transfer_scores(
             task, seed, f"{tag}-sel" + (f"-{shift_mean}" if over else "") + p_tag, epochs=epochs,
             select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over, **stop,
+            **extra,
         )  # fmt: skip
 
     def chosen_shift_mean(self, task: str, seed: int, variant: str, hows: tuple[str, ...]) -> dict:
@@ -1101,6 +1105,16 @@ class Grid:
                 # learning rate, same order), so it checks that run's steps (but its last) and more
                 f"epochs={6 * passes:g},select=public,patience=4": lambda: self.selected_transfer(
                     task, seed, "post-ep6x", epochs=6 * passes, patience=4
+                ),
+                # 3 passes with the rate decaying linearly to 0 (`transfer.schedule`), kept by the
+                # loss and by the labelled set (ARISE TV: both the loss's, one transfer)
+                f"epochs={3 * passes:g},schedule=linear": lambda: self.transfer_scores(
+                    task, seed, "post-ep3x-lin", epochs=3 * passes, schedule="linear"
+                ),
+                f"epochs={3 * passes:g},select=public,schedule=linear": lambda: (
+                    self.selected_transfer(
+                        task, seed, "post-ep3x-lin", epochs=3 * passes, schedule="linear"
+                    )
                 ),
             }
             # the same, the student's mean shift dropped or matched (`transfer.shift_mean`), then the

@@ -159,6 +159,34 @@ def test_patience_only_cuts_the_transfer_short(
         TransferConfig(patience=0).validate()
 
 
+def test_transfer_schedule_sets_each_steps_rate(
+    pair, user_prompt, public_file, tmp_path, monkeypatch
+):
+    """`schedule`: the rate of step k (1-based) of N is lr * (1 - (k - 1) / N) with linear decay,
+    lr throughout by default (constant: the loop as before); the schedule changes the prompt."""
+    teacher, student = pair
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    run = dict(student=student, teacher=teacher, public_data=str(public_file))
+    common = dict(n_public=60, steps=10, lr=5e-2, batch_size=8, seed=0)
+    transfer(user_prompt, **run, out=tmp_path / "c", cfg=TransferConfig(**common))
+    assert rates == [5e-2] * 10
+    rates.clear()
+    cfg = TransferConfig(**common, schedule="linear")
+    transfer(user_prompt, **run, out=tmp_path / "l", cfg=cfg)
+    assert rates == pytest.approx([5e-2 * (1 - k / 10) for k in range(10)])
+    emb = {d: load_prompt(tmp_path / d / "prompt").embeddings for d in ("c", "l")}
+    assert not torch.equal(emb["c"], emb["l"])
+    with pytest.raises(BadInput, match="schedule"):
+        TransferConfig(schedule="step").validate()
+
+
 def test_direct_method_copies_prompt(pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
     transfer(

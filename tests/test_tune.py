@@ -533,13 +533,12 @@ def test_warm_up_ramps_the_rate_then_the_schedule_decays_it():
     """`warmup_steps` (the run default: 25): the first optimizer steps take a linearly growing share of
     lr, reaching all of it at the end of the warm-up, then the linear schedule decays over the rest."""
     from promptport.config import DEFAULT_CONFIG, load_run_config
-    from promptport.tune import TuneConfig, lr_factor
+    from promptport.schedules import lr_factor
 
-    cfg = TuneConfig(warmup_steps=25, schedule="linear")
-    got = [lr_factor(s, 250, cfg) for s in range(250)]
+    got = [lr_factor(s, 250, "linear", 25) for s in range(250)]
     assert got[0] == pytest.approx(1 / 25) and got[12] == pytest.approx(13 / 25)
     assert got[24] == pytest.approx(1.0) and got[25] == pytest.approx(1.0)
     assert got[25 + 112] == pytest.approx(0.5, abs=0.01) and got[-1] < 0.01
     assert all(got[i] < got[i + 1] for i in range(24))  # rises through the warm-up
-    assert lr_factor(0, 250, TuneConfig(warmup_steps=0)) == 1.0  # none: full rate at once
+    assert lr_factor(0, 250, "linear", 0) == 1.0  # none: full rate at once
     assert load_run_config(DEFAULT_CONFIG).tune["warmup_steps"] == 25

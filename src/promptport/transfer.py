@@ -56,6 +56,7 @@ from promptport.runtime import (
     versions,
     with_resolved_precision,
 )
+from promptport.schedules import SCHEDULES, lr_factor
 from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
     TransferResult,
@@ -174,6 +175,13 @@ class TransferConfig:
     )
     n_select: int = setting(500, "Examples drawn (with --seed) from --select-data.")
     lr: float = setting(1e-3, "Adam learning rate.")
+    schedule: str = setting(
+        "constant",
+        "Learning-rate schedule over the steps (--epochs' steps, also with --patience): constant, or "
+        "linear / cosine decay to 0 at the last step, which settles the prompt where a constant rate "
+        "keeps it moving between evaluations.",
+        choices=SCHEDULES,
+    )
     batch_size: int = setting(16, "Public examples per step.")
     max_length: int = setting(128, "Token limit per public input.")
     precision: str = setting(
@@ -234,6 +242,10 @@ class TransferConfig:
             raise BadInput("heldout_fraction", f"must be in (0, 0.9), got {self.heldout_fraction}")
         if self.lr <= 0:
             raise BadInput("lr", f"must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise BadInput(
+                "schedule", f"unknown schedule '{self.schedule}' (choose {', '.join(SCHEDULES)})"
+            )
 
 
 def transfer_loss(
@@ -624,6 +636,8 @@ def train_transfer(
         pos += cfg.batch_size
         opt.zero_grad(set_to_none=True)
         loss, n_tok = _step_loss(teacher, t_enc, cache, p_t, idx, alpha, cfg, dist)
+        for group_ in opt.param_groups:  # a function of the step: a resumed loop needs no state
+            group_["lr"] = cfg.lr * lr_factor(step - 1, total, cfg.schedule)
         opt.step()
         tokens += n_tok + p_t.shape[0] * len(idx)
         rec = {"step": step, "loss": loss}

@@ -54,9 +54,9 @@ from promptport.runtime import (
     check_precision,
     with_resolved_precision,
 )
+from promptport.schedules import SCHEDULES, lr_factor
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "linear", "cosine")
 # Settings of the training loop around the optimisation (validation, early stopping, checkpoints):
 # audit shadows train without validation or checkpoints, so `promptport audit` does not offer them.
 LOOP_ONLY_SETTINGS = ("eval_every", "eval_on_start", "patience", "checkpoint_every")
@@ -368,19 +368,6 @@ def make_optimizer(params, cfg: TuneConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total: int, cfg: TuneConfig) -> float:
-    """Multiplier of the base lr at optimizer step `step` (0-based): linear warm-up, then the schedule."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    span = max(1, total - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    if cfg.schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def check_frozen(model: torch.nn.Module) -> None:
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if trainable:
@@ -441,7 +428,7 @@ class _Run:
         self.start = init_embeddings.detach().to("cpu", torch.float32).clone()
         self.opt = make_optimizer([self.prompt], cfg)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.total, cfg)
+            self.opt, lambda s: lr_factor(s, self.total, cfg.schedule, cfg.warmup_steps)
         )
         self.step = 0
         self.history: list[dict] = []
