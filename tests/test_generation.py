@@ -369,6 +369,19 @@ def test_generation_transfer_end_to_end(peaky, tmp_path, one_thread):
     # a different start is pulled back toward p_s's behaviour
     res2 = train_gen_transfer(g, enc, cache, p_s, cfg, alpha=0.5, init_embeddings=p_s * 0)
     assert res2.history[-1]["heldout_loss"] <= res2.history[0]["heldout_loss"]
+    # the rate schedule applies here too: linear decay, step k of 3 at lr * (1 - (k - 1) / 3)
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    lin = TransferConfig(steps=3, batch_size=2, heldout_fraction=0.2, lr=1e-2, schedule="linear")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", spy)
+        train_gen_transfer(g, enc, cache, p_s, lin, alpha=0.5, init_embeddings=p_s * 0)
+    assert rates == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
 
 
 # ------------------------------------------------------------------------------------------ pipeline
