@@ -227,7 +227,7 @@ def train_gen_transfer(
 ):
     """Adam on p_t against the cached targets; keep the p_t with the lowest held-out public loss."""
     from promptport.fileio import append_jsonl
-    from promptport.schedules import lr_factor
+    from promptport.schedules import set_rate
     from promptport.transfer_common import TransferResult, stalled
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -279,8 +279,7 @@ def train_gen_transfer(
         opt.zero_grad(set_to_none=True)
         loss = sequence_losses(teacher, enc, cache, idx, p_t, alpha, cfg.temperature).mean()
         loss.backward()
-        for group_ in opt.param_groups:
-            group_["lr"] = cfg.lr * lr_factor(step - 1, total, cfg.schedule)
+        set_rate(opt, cfg.lr, step - 1, total, cfg.schedule)
         opt.step()
         tokens += sum(len(enc.input_ids[i]) for i in idx) + p_t.shape[0] * len(idx)
         rec = {"step": step, "loss": float(loss.detach())}

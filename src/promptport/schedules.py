@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from promptport.errors import BadInput
+
 SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -20,3 +22,16 @@ def lr_factor(step: int, total: int, schedule: str, warmup_steps: int = 0) -> fl
     if schedule == "linear":
         return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_schedule(schedule: str) -> None:
+    """A one-line error naming the field for a schedule that is not one of SCHEDULES."""
+    if schedule not in SCHEDULES:
+        raise BadInput("schedule", f"unknown schedule '{schedule}' (choose {', '.join(SCHEDULES)})")
+
+
+def set_rate(opt, lr: float, step: int, total: int, schedule: str) -> None:
+    """Set every parameter group's rate for optimizer step `step` (0-based) of `total`: the loops
+    that checkpoint no scheduler (transfer) set it from the step alone."""
+    for group in opt.param_groups:
+        group["lr"] = lr * lr_factor(step, total, schedule)

@@ -56,7 +56,7 @@ from promptport.runtime import (
     versions,
     with_resolved_precision,
 )
-from promptport.schedules import SCHEDULES, lr_factor
+from promptport.schedules import SCHEDULES, check_schedule, set_rate
 from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
     TransferResult,
@@ -242,10 +242,7 @@ class TransferConfig:
             raise BadInput("heldout_fraction", f"must be in (0, 0.9), got {self.heldout_fraction}")
         if self.lr <= 0:
             raise BadInput("lr", f"must be > 0, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise BadInput(
-                "schedule", f"unknown schedule '{self.schedule}' (choose {', '.join(SCHEDULES)})"
-            )
+        check_schedule(self.schedule)
 
 
 def transfer_loss(
@@ -636,8 +633,7 @@ def train_transfer(
         pos += cfg.batch_size
         opt.zero_grad(set_to_none=True)
         loss, n_tok = _step_loss(teacher, t_enc, cache, p_t, idx, alpha, cfg, dist)
-        for group_ in opt.param_groups:  # a function of the step: a resumed loop needs no state
-            group_["lr"] = cfg.lr * lr_factor(step - 1, total, cfg.schedule)
+        set_rate(opt, cfg.lr, step - 1, total, cfg.schedule)  # from the step: nothing to resume
         opt.step()
         tokens += n_tok + p_t.shape[0] * len(idx)
         rec = {"step": step, "loss": loss}

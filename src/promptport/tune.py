@@ -54,7 +54,7 @@ from promptport.runtime import (
     check_precision,
     with_resolved_precision,
 )
-from promptport.schedules import SCHEDULES, lr_factor
+from promptport.schedules import SCHEDULES, check_schedule, lr_factor
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # Settings of the training loop around the optimisation (validation, early stopping, checkpoints):
@@ -153,10 +153,7 @@ class TuneConfig:
                 "optimizer",
                 f"unknown optimizer '{self.optimizer}' (choose {', '.join(OPTIMIZERS)})",
             )
-        if self.schedule not in SCHEDULES:
-            raise BadInput(
-                "schedule", f"unknown schedule '{self.schedule}' (choose {', '.join(SCHEDULES)})"
-            )
+        check_schedule(self.schedule)
         if n_train <= 0:
             raise BadInput("data", "the training split is empty")
         if self.batch_size > n_train:
