@@ -1116,6 +1116,11 @@ class Grid:
                         task, seed, "post-ep3x-lin", epochs=3 * passes, schedule="linear"
                     )
                 ),
+                # 3 passes, the kept prompt the mean over the last third's steps
+                # (`transfer.average_from`): the same trajectory as epochs=3, not one step of it
+                f"epochs={3 * passes:g},average_from=0.67": lambda: self.transfer_scores(
+                    task, seed, "post-ep3x-avg", epochs=3 * passes, average_from=0.67
+                ),
             }
             # the same, the student's mean shift dropped or matched (`transfer.shift_mean`), then the
             # one of the three the labelled public set prefers

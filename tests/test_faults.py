@@ -469,8 +469,13 @@ def test_tune_killed_at_random_points(world, dp):
         assert ma["privacy"] is None and mb["privacy"] is None
 
 
-def test_transfer_killed_at_random_points(world):
+@pytest.mark.parametrize("average_from", [None, 0.2])
+def test_transfer_killed_at_random_points(world, average_from):
+    """A transfer killed and resumed ends bit-identical, also with the prompt's tail mean (its
+    running mean and count live in the checkpoint)."""
     cfg = dict(n_public=40, steps=12, eval_every=2, batch_size=4, lr=5e-2, max_length=32)
+    if average_from is not None:
+        cfg["average_from"] = average_from
     ref, cut = _jobs(
         world,
         "transfer",
@@ -480,8 +485,10 @@ def test_transfer_killed_at_random_points(world):
         public=world["public"],
         cfg=cfg,
     )
+    tag = "" if average_from is None else "-avg"
+    ref["out"], cut["out"] = ref["out"] + tag, cut["out"] + tag
     _, n = segment(ref)
-    kill_chain(cut, n, 4, _rng("transfer"))
+    kill_chain(cut, n, 4, _rng("transfer" + tag))
     a, b = Path(ref["out"]), Path(cut["out"])
     assert_same_tensors(a / "prompt" / "prompt.safetensors", b / "prompt" / "prompt.safetensors")
     assert _sha(a / "prompt" / "prompt.safetensors") == _sha(b / "prompt" / "prompt.safetensors")

@@ -188,8 +188,13 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert set(abl["transfer_budget"]["sst2"]) == {
         "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
         f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
-        "epochs=3,schedule=linear", f"{sel},schedule=linear",
+        "epochs=3,schedule=linear", f"{sel},schedule=linear", "epochs=3,average_from=0.67",
     }  # fmt: skip
+    # the tail-averaged prompt of the 3-pass transfer
+    assert any(
+        c[1].endswith(":{'epochs': 3, 'average_from': 0.67}") and "tune-s0" in c[1]
+        for c in stages.calls
+    )
     # the decaying rate, kept by the loss and by the labelled set
     assert any(
         c[1].endswith(":{'epochs': 3, 'schedule': 'linear'}") and "tune-s0" in c[1]

@@ -187,6 +187,40 @@ def test_transfer_schedule_sets_each_steps_rate(
         TransferConfig(schedule="step").validate()
 
 
+def test_average_from_keeps_the_tail_mean_of_the_prompt(
+    pair, user_prompt, public_file, tmp_path, monkeypatch
+):
+    """`average_from`: the kept prompt is the mean of the prompt after each step past that share of
+    the run (steps 6-10 of 10 at 0.5), the same trajectory as without it; its held-out loss is the
+    run's best. It refuses a share outside [0, 1) and a step-choosing option beside it."""
+    teacher, student = pair
+    seen: list[torch.Tensor] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        out = step(self, *a, **k)
+        seen.append(self.param_groups[0]["params"][0].detach().clone())
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    run = dict(student=student, teacher=teacher, public_data=str(public_file))
+    common = dict(n_public=60, steps=10, lr=5e-2, batch_size=8, seed=0)
+    plain = transfer(user_prompt, **run, out=tmp_path / "p", cfg=TransferConfig(**common))
+    path, seen[:] = list(seen), []
+    r = transfer(
+        user_prompt, **run, out=tmp_path / "a", cfg=TransferConfig(**common, average_from=0.5)
+    )
+    assert all(torch.equal(x, y) for x, y in zip(path, seen, strict=True))  # same trajectory
+    kept = load_prompt(tmp_path / "a" / "prompt").embeddings
+    torch.testing.assert_close(kept.float(), torch.stack(seen[5:]).mean(0).cpu())
+    assert not torch.allclose(kept.float(), seen[-1].cpu())
+    assert r["best"]["averaged_steps"] == 5 and r["best"]["step"] == 10
+    assert r["best"]["heldout_loss"] != plain["best"]["heldout_loss"]
+    for bad in (dict(average_from=1.0), dict(average_from=0.5, patience=2)):
+        with pytest.raises(BadInput, match="average_from"):
+            TransferConfig(**bad).validate()
+
+
 def test_direct_method_copies_prompt(pair, user_prompt, public_file, tmp_path):
     teacher, student = pair
     transfer(

@@ -174,6 +174,14 @@ class TransferConfig:
         "(benchmarks/README.md). Classification only.",
     )
     n_select: int = setting(500, "Examples drawn (with --seed) from --select-data.")
+    average_from: float | None = setting(
+        None,
+        "Keep the mean of the prompt over the steps after this share of the run (0.67: the last "
+        "third; Polyak-Ruppert tail averaging, the prompt's torch.optim.swa_utils) instead of one "
+        "step's: one step's prompt carries that step's batch noise, which choosing among the checks "
+        "on a few hundred public examples cannot average away. Its held-out loss is recorded. Not "
+        "with --patience or --select-data (they choose a step); classification only.",
+    )
     lr: float = setting(1e-3, "Adam learning rate.")
     schedule: str = setting(
         "constant",
@@ -243,6 +251,14 @@ class TransferConfig:
         if self.lr <= 0:
             raise BadInput("lr", f"must be > 0, got {self.lr}")
         check_schedule(self.schedule)
+        if self.average_from is not None:
+            if not 0.0 <= self.average_from < 1.0:
+                raise BadInput("average_from", f"must be in [0, 1), got {self.average_from}")
+            for other in ("patience", "select_data"):
+                if getattr(self, other) is not None:
+                    raise BadInput(
+                        "average_from", f"keeps a mean of steps, not a step: drop {other}"
+                    )
 
 
 def transfer_loss(
@@ -525,9 +541,11 @@ def _loop_identity(cfg, alpha: float, n: int, total: int, p_s, cache) -> dict:
     }
 
 
-def _loop_state(step: int, p_t, opt, generator, loop: dict, best: dict, best_emb) -> dict:
+def _loop_state(step: int, p_t, opt, generator, loop: dict, best: dict, best_emb, avg) -> dict:
     """The transfer loop's state at `step`, as its checkpoint stores it."""
     return {
+        "avg": avg.mean.cpu().clone(),
+        "avg_n": avg.n,
         "step": step,
         "p_t": p_t.detach().cpu().clone(),
         "optimizer": opt.state_dict(),
@@ -539,6 +557,25 @@ def _loop_state(step: int, p_t, opt, generator, loop: dict, best: dict, best_emb
         "best": json.dumps(best),
         "best_emb": best_emb.cpu().clone(),
     }
+
+
+class TailMean:
+    """The running mean of the prompt over the steps after `first` (`average_from`), kept exactly
+    across a resume (its checkpoint stores the mean and the count)."""
+
+    def __init__(self, p: torch.Tensor, first: int | None) -> None:
+        self.first, self.n = first, 0
+        self.mean = torch.zeros_like(p.detach())
+
+    def add(self, step: int, p: torch.Tensor) -> None:
+        if self.first is not None and step > self.first:
+            self.n += 1
+            self.mean += (p.detach() - self.mean) / self.n
+
+    def restore(self, st: dict) -> None:
+        if "avg" in st:
+            self.mean.copy_(st["avg"].to(self.mean.device))
+            self.n = int(st["avg_n"])
 
 
 def train_transfer(
@@ -585,6 +622,8 @@ def train_transfer(
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * steps_per_epoch)))
     eval_every = cfg.eval_every or max(1, steps_per_epoch // 2)
     dev = teacher.device
+    first = None if cfg.average_from is None else min(int(cfg.average_from * total), total - 1)
+    avg = TailMean(p_t, first)
 
     def evaluation(step: int) -> dict:
         rec = {
@@ -613,6 +652,7 @@ def train_transfer(
         start, tokens = int(st["step"]) + 1, int(st["tokens"])
         history, best = json.loads(st["history"]), json.loads(st["best"])
         best_emb = st["best_emb"].to(dev)
+        avg.restore(st)
     else:
         if metrics.path is not None and metrics.path.exists():
             metrics.reset()
@@ -635,6 +675,7 @@ def train_transfer(
         loss, n_tok = _step_loss(teacher, t_enc, cache, p_t, idx, alpha, cfg, dist)
         set_rate(opt, cfg.lr, step - 1, total, cfg.schedule)  # from the step: nothing to resume
         opt.step()
+        avg.add(step, p_t)
         tokens += n_tok + p_t.shape[0] * len(idx)
         rec = {"step": step, "loss": loss}
         if step % eval_every == 0 or step == total:
@@ -648,7 +689,7 @@ def train_transfer(
         metrics.append(rec)
         if ckpt is not None and "heldout_loss" in rec and dist.is_main:
             loop = {"order": order.clone(), "pos": pos, "tokens": tokens, "history": history}
-            ckpt.save(_loop_state(step, p_t, opt, g, loop, best, best_emb), metrics)
+            ckpt.save(_loop_state(step, p_t, opt, g, loop, best, best_emb, avg), metrics)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(
@@ -656,6 +697,10 @@ def train_transfer(
             )
     if bar is not None:
         bar.close()
+    if avg.n:  # the tail's mean replaces the best step (`average_from`)
+        loss = _heldout_loss(teacher, t_enc, cache, avg.mean, held, alpha, cfg, dist)
+        best = {"step": int(history[-1]["step"]), "heldout_loss": loss, "averaged_steps": avg.n}
+        best_emb = avg.mean.clone()
     seconds = time.perf_counter() - t0
     return TransferResult.of_loop(
         best_emb, alpha, history, best, seconds, cache.seconds, total, tokens
@@ -939,6 +984,8 @@ def transfer(
     the_task = task_from_prompt(artifact, task)
     if the_task.is_generation and cfg.select_data is not None:
         raise BadInput("select_data", "selection by accuracy is for classification tasks")
+    if the_task.is_generation and cfg.average_from is not None:
+        raise BadInput("average_from", "the prompt's tail mean is for classification tasks")
     generated = public_data.startswith("generate:")
     if not the_task.is_generation and not generated:
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
