@@ -559,6 +559,20 @@ def _loop_state(step: int, p_t, opt, generator, loop: dict, best: dict, best_emb
     }
 
 
+def _heldout_split(n: int, fraction: float, g: torch.Generator):
+    """(held-out, training) indices of the n public examples: a seeded share held out."""
+    perm = torch.randperm(n, generator=g)
+    n_held = max(1, int(round(n * fraction)))
+    return perm[:n_held], perm[n_held:]
+
+
+def _checkpoint(checkpoint_dir: Path | None, identity: dict) -> Checkpoint | None:
+    """The transfer loop's checkpoint in `checkpoint_dir` (none without one)."""
+    if checkpoint_dir is None:
+        return None
+    return Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, "transfer", identity)
+
+
 class TailMean:
     """The running mean of the prompt over the steps after `first` (`average_from`), kept exactly
     across a resume (its checkpoint stores the mean and the count)."""
@@ -612,9 +626,7 @@ def train_transfer(
     cache = shift_mean(cache, cfg.shift_mean)
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(t_enc)
-    perm = torch.randperm(n, generator=g)
-    n_held = max(1, int(round(n * cfg.heldout_fraction)))
-    held, train = perm[:n_held], perm[n_held:]
+    held, train = _heldout_split(n, cfg.heldout_fraction, g)
     init = p_s if init_embeddings is None else init_embeddings
     p_t = torch.nn.Parameter(init.detach().clone().float().to(teacher.device))
     opt = torch.optim.Adam([p_t], lr=cfg.lr)
@@ -634,12 +646,7 @@ def train_transfer(
             rec["select_accuracy"] = select.score(p_t)
         return rec
 
-    identity = _loop_identity(cfg, alpha, n, total, p_s, cache)
-    ckpt = (
-        Checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, "transfer", identity)
-        if checkpoint_dir is not None
-        else None
-    )
+    ckpt = _checkpoint(checkpoint_dir, _loop_identity(cfg, alpha, n, total, p_s, cache))
     metrics = MetricsLog(metrics_path)
     t0, tokens, start = time.perf_counter(), 0, 1
     if resume and ckpt is not None and ckpt.exists():
