@@ -44,7 +44,13 @@ class FakeStages:
             sel = {"n_tokens": 1, "candidates": cands}
             (out / "metrics.json").write_text(json.dumps({"teacher_tokens_selection": sel}))
         if "select_data" in over:  # the kept prompt's accuracy on the selection set, made up
-            kept = {"kept_accuracy": (sum(map(ord, tag)) % 7) / 10, "n": over["n_select"]}
+            kept = {
+                "kept_accuracy": (sum(map(ord, tag)) % 7) / 10,
+                "n": over["n_select"],
+                "teacher_zero_shot_accuracy": self.evaluate(self.teacher, None, spec, log=False)[
+                    "accuracy"
+                ],
+            }
             (out / "metrics.json").write_text(json.dumps({"select_data": kept}))
         return made
 
@@ -53,8 +59,9 @@ class FakeStages:
         (out / "student.json").write_text("{}")
         return str(out)
 
-    def evaluate(self, model, prompt, spec):
-        self.calls.append(("evaluate", model, prompt))
+    def evaluate(self, model, prompt, spec, log=True):
+        if log:
+            self.calls.append(("evaluate", model, prompt))
         tag = (
             "" if prompt is None else json.loads((Path(prompt) / "prompt.json").read_text())["tag"]
         )
@@ -189,6 +196,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
         f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
         "epochs=3,schedule=linear", f"{sel},schedule=linear", "epochs=3,average_from=0.67",
+        f"{sel},average=chosen",
     }  # fmt: skip
     # the tail-averaged prompt of the 3-pass transfer
     assert any(
@@ -231,6 +239,14 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert chosen["shift_mean"] == best and chosen["select_accuracy_by_shift_mean"] == scores
     assert chosen["accuracy"] == cells[best]["accuracy"]
     assert any("'shift_mean': 'match'" in c[1] and "'select_data'" in c[1] for c in stages.calls)
+    # the selected step or the tail mean: the one more accurate on the labelled set, scored there
+    avg = read_json(state / f"cells/ablations/transfer_budget/sst2/{sel},average=chosen/seed0.json")
+    tail = stages.evaluate("T", str(state / "art/sst2/post-ep3x-avg-s0/prompt"), None)["accuracy"]
+    assert avg["select_accuracy_by_candidate"] == {
+        "step": cells["keep"]["select"]["kept_accuracy"], "average": tail,
+    }  # fmt: skip
+    kept = "average" if tail > cells["keep"]["select"]["kept_accuracy"] else "step"
+    assert avg["kept"] == kept and avg["accuracy"] == avg["accuracy_by_candidate"][kept]
     assert any(
         "'epochs': 3, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600}" in c[1]
         and c[1].startswith("transfer:tune-s0:")
