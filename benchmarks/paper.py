@@ -591,6 +591,27 @@ class Stages:
         clf, enc, emb = self._scoring(model, prompt, spec)
         return clf.predict_logits(enc, emb, 64), enc.labels
 
+    def select_scores(
+        self, model: str, prompt: str, task: str, select_file: str, n: int, seed: int
+    ) -> tuple[float, float]:
+        """(zero-shot, prompted) accuracy of `model` on labelled public data, scored as a transfer's
+        `select_data` scores its steps (`promptport.transfer_select`: the transfer's precision and
+        batch, the same draw), so that a prompt made elsewhere compares with a selection's."""
+        from promptport.classify import PromptClassifier
+        from promptport.distributed import group
+        from promptport.prompt import load_prompt
+        from promptport.runtime import resolve_precision
+        from promptport.tasks import get_task
+        from promptport.transfer_select import load_select_data, selector
+
+        lm, t = self.model(model), get_task(task)
+        precision = resolve_precision(self.recipe.get("precision", "fp32"), lm.model.device)
+        clf = PromptClassifier(lm.model, lm.tokenizer, t, self.sizes.max_length, precision)
+        batch = 2 * int(self.recipe.get("batch_size", 16))
+        sel = selector(clf, load_select_data(t, select_file, n, seed), batch, group(clf.device))
+        emb = load_prompt(prompt).embeddings.to(clf.device)
+        return sel.info["teacher_zero_shot_accuracy"], round(sel.score(emb), 4)
+
     def evaluate(self, model: str, prompt: str | None, spec: dict) -> dict:
         clf, enc, emb = self._scoring(model, prompt, spec)
         m = clf.evaluate(enc, emb, 64)
@@ -889,9 +910,9 @@ class Grid:
         """Of the selected step (cell `sel`) and the same run's tail mean (cell `avg`, artifact
         `avg_kind`), the one the task's rule prefers: the teacher's accuracy on the labelled public
         set (ties: the step), or where there is none (ARISE TV) the lower held-out public loss.
-        The tail mean's accuracy on the set is scored here (one teacher pass over its 600 texts),
-        beside the teacher's zero-shot there, which must equal the one the selection recorded: the
-        two candidates are then scored alike."""
+        The tail mean's accuracy on the set is scored here as the selection scored the steps
+        (`Stages.select_scores`), beside the teacher's zero-shot there, which must equal the one the
+        selection recorded: the two candidates are then scored alike."""
         from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
 
         def cell(v: str) -> dict:
@@ -903,11 +924,13 @@ class Grid:
             spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
             st, kept = self.stages, cells["step"]["select"]
             q = self.state / "art" / task / f"{avg_kind}-s{seed}" / "prompt"
-            zs = st.evaluate(st.teacher, None, spec)["accuracy"]
-            if round(zs, 4) != kept["teacher_zero_shot_accuracy"]:
+            zs, tail = st.select_scores(
+                st.teacher, str(q), task, str(Path(spec["data"]) / "test.jsonl"), 600, seed
+            )
+            if zs != kept["teacher_zero_shot_accuracy"]:
                 raise RuntimeError(f"{task}: zero-shot {zs} on the set, not the selection's")
-            scores = {"step": kept["kept_accuracy"], "average": st.evaluate(st.teacher, str(q), spec)["accuracy"]}  # fmt: skip
-            chosen = "average" if round(scores["average"], 4) > scores["step"] else "step"
+            scores = {"step": kept["kept_accuracy"], "average": tail}
+            chosen = "average" if tail > scores["step"] else "step"
             out["select_accuracy_by_candidate"] = scores
         else:
             losses = {k: c["heldout_loss"] for k, c in cells.items()}

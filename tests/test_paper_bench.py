@@ -59,6 +59,11 @@ class FakeStages:
         (out / "student.json").write_text("{}")
         return str(out)
 
+    def select_scores(self, model, prompt, task, select_file, n, seed):
+        self.calls.append(("select_scores", model, prompt, select_file, n, seed))
+        zs = self.evaluate(model, None, None, log=False)["accuracy"]
+        return zs, self.evaluate(model, prompt, None, log=False)["accuracy"]
+
     def evaluate(self, model, prompt, spec, log=True):
         if log:
             self.calls.append(("evaluate", model, prompt))
