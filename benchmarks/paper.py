@@ -54,7 +54,9 @@ steps run; with 3 passes, the step chosen on labelled public data (`select_data`
 mean shift kept, dropped or matched, and the one of those three the labelled set prefers:
 `shift_mean=chosen`; and up to 6 passes chosen the same way, stopped by `patience: 4` on the
 selection checks; and 3 passes with the rate decaying linearly to 0, `schedule: linear`, kept by
-the loss or by the labelled set), transfer_budget_dp (the seed's DP prompt
+the loss or by the labelled set; and 3 passes keeping the prompt's mean over the last third of the
+steps, `average_from: 0.67`, and the one of that mean and the selected step the labelled set
+prefers: `average=chosen`), transfer_budget_dp (the seed's DP prompt
 transferred for 3 passes too: the DP gap when both transfers are the longer one).
 
 The shared student and the recipes are part of the state: a state holds cells of one student only (its
