@@ -607,9 +607,8 @@ def train_transfer(
     resume: bool = False,
     select: Selector | None = None,
 ) -> TransferResult:
-    """Optimise p_t against the cached targets; keep the p_t with the lowest held-out public loss, or
-    with `select` the highest accuracy on labelled public data (`promptport.transfer_select`), or
-    with `cfg.average_from` the mean of p_t over the run's last steps (`TailMean`).
+    """Optimise p_t against the cached targets; keep the p_t of the lowest held-out public loss, of the
+    top accuracy on labelled public data (`select`), or its mean over the last steps (average_from).
 
     With `checkpoint_dir` the loop state is saved atomically at every held-out evaluation; `resume`
     continues from it exactly (a crash costs at most `eval_every` steps, never a different result).
