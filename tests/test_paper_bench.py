@@ -1154,3 +1154,26 @@ def test_adopt_dp_recipe_swaps_the_tables_cells_and_artifacts_with_a_variants(tm
         paper.check_recipe(d, new, "dp", legacy=old)  # the table goes on under the new recipe
     with pytest.raises(SystemExit, match="no other recorded DP recipe"):
         paper.adopt_dp_recipe(state, record, name)
+
+
+def test_gain_kept_over_the_same_seeds(tmp_path):
+    """benchmarks.gain_kept_seeds: each variant's gain kept over exactly the seeds asked for; a
+    variant lacking one of them on a task is left out there."""
+    from benchmarks.gain_kept_seeds import by_seeds
+
+    tables = {
+        "tasks": {
+            t: {"teacher_zero_shot": {"mean": 0.5}, "teacher_tuned": {"mean": 0.9}}
+            for t in ("a", "b")
+        }
+    }
+    acc = {("a", "x", "0"): 0.7, ("a", "x", "1"): 0.9, ("a", "x", "2"): 0.5,
+           ("b", "x", "0"): 0.5, ("b", "x", "1"): 0.7, ("a", "y", "0"): 0.9}  # fmt: skip
+    for (t, v, s), a in acc.items():
+        f = tmp_path / "cells/ablations/transfer_budget" / t / v / f"seed{s}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"accuracy": a}))
+    out = by_seeds(tables, tmp_path, ["0", "1"])
+    # x: task a (0.7 + 0.9) / 2 = 0.8 -> 0.75, task b 0.6 -> 0.25; seed 2 of a left out
+    assert out["x"]["per_task"] == {"a": 0.75, "b": 0.25} and out["x"]["value"] == 0.5
+    assert "y" not in out  # seed 1 missing
