@@ -600,17 +600,20 @@ class Stages:
         `select_data` scores its steps (`promptport.transfer_select`: the transfer's precision and
         batch, the same draw), so that a prompt made elsewhere compares with a selection's."""
         from promptport.classify import PromptClassifier
-        from promptport.distributed import group
         from promptport.prompt import load_prompt
-        from promptport.runtime import resolve_precision
+        from promptport.runtime import with_resolved_precision
         from promptport.tasks import get_task
-        from promptport.transfer_select import load_select_data, selector
+        from promptport.transfer import TransferConfig
+        from promptport.transfer_select import transfer_selector
 
         lm, t = self.model(model), get_task(task)
-        precision = resolve_precision(self.recipe.get("precision", "fp32"), lm.model.device)
-        clf = PromptClassifier(lm.model, lm.tokenizer, t, self.sizes.max_length, precision)
-        batch = 2 * int(self.recipe.get("batch_size", 16))
-        sel = selector(clf, load_select_data(t, select_file, n, seed), batch, group(clf.device))
+        cfg = TransferConfig(
+            **{k: v for k, v in self.recipe.items() if k != "public"},
+            max_length=self.sizes.max_length, select_data=select_file, n_select=n, seed=seed,
+        )  # fmt: skip
+        cfg = with_resolved_precision(cfg, lm.model.device)
+        clf = PromptClassifier(lm.model, lm.tokenizer, t, cfg.max_length, cfg.precision)
+        sel = transfer_selector(clf, t, cfg)
         emb = load_prompt(prompt).embeddings.to(clf.device)
         return sel.info["teacher_zero_shot_accuracy"], round(sel.score(emb), 4)
 
@@ -884,6 +887,12 @@ class Grid:
             **extra,
         )  # fmt: skip
 
+    def budget_cell(self, task: str, variant: str, seed: int) -> dict:
+        """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
+        return read_json(
+            self.cell_path("ablations", "transfer_budget", task, variant, f"seed{seed}")
+        )
+
     def chosen_shift_mean(self, task: str, seed: int, variant: str, hows: tuple[str, ...]) -> dict:
         """Of the selected transfers with the student's mean shift treated each way of `hows` (the
         cells `variant` + `,shift_mean=<how>`; keep: `variant` itself), the one whose kept prompt makes
@@ -894,7 +903,7 @@ class Grid:
 
         def cell(how: str) -> dict:
             v = variant if how == "keep" else f"{variant},shift_mean={how}"
-            return read_json(self.cell_path("ablations", "transfer_budget", task, v, f"seed{seed}"))
+            return self.budget_cell(task, v, seed)
 
         cells = {how: cell(how) for how in hows}
         scores = {
@@ -917,10 +926,10 @@ class Grid:
         selection recorded: the two candidates are then scored alike."""
         from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
 
-        def cell(v: str) -> dict:
-            return read_json(self.cell_path("ablations", "transfer_budget", task, v, f"seed{seed}"))
-
-        cells = {"step": cell(sel), "average": cell(avg)}
+        cells = {
+            "step": self.budget_cell(task, sel, seed),
+            "average": self.budget_cell(task, avg, seed),
+        }
         out: dict = {"accuracy_by_candidate": {k: c["accuracy"] for k, c in cells.items()}}
         if task in SOURCES:
             spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)

@@ -795,7 +795,7 @@ def test_select_data_keeps_the_most_accurate_step(
     with monkeypatch.context() as m:
         m.setattr(
             tr,
-            "selector",
+            "transfer_selector",
             lambda *a: Selector(lambda p: next(peaks), {"teacher_zero_shot_accuracy": 0.95}),
         )
         r = transfer(

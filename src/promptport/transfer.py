@@ -75,8 +75,7 @@ from promptport.transfer_select import (
     Selector,
     best_of,
     better,
-    load_select_data,
-    selector,
+    transfer_selector,
 )
 
 METHODS = ("post", "output", "shift", "direct")
@@ -587,9 +586,9 @@ class TailMean:
             self.mean += (p.detach() - self.mean) / self.n
 
     def restore(self, st: dict) -> None:
-        if "avg" in st:
-            self.mean.copy_(st["avg"].to(self.mean.device))
-            self.n = int(st["avg_n"])
+        # every checkpoint this loop resumes has them: one from before the field fails its identity
+        self.mean.copy_(st["avg"].to(self.mean.device))
+        self.n = int(st["avg_n"])
 
 
 def train_transfer(
@@ -807,12 +806,7 @@ def _train_teacher_prompt(
         alpha = float(cfg.alpha)
     lengths = teacher_lengths(cfg.n_tokens, artifact.n_tokens) if cfg.init == "text" else [None]
     starts = {n: teacher_init(cfg, t_lm, artifact, the_task, n) for n in lengths}
-    select = None
-    if cfg.select_data is not None:
-        from promptport.distributed import group
-
-        sel_ds = load_select_data(the_task, cfg.select_data, cfg.n_select, cfg.seed)
-        select = selector(t_clf, sel_ds, cfg.batch_size * 2, group(t_clf.device))
+    select = None if cfg.select_data is None else transfer_selector(t_clf, the_task, cfg)
     train = dict(alpha=alpha, progress=progress, resume=resume, select=select)
     if len(starts) == 1:
         res = train_transfer(

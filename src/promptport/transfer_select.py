@@ -85,6 +85,16 @@ def selector(t_clf: PromptClassifier, ds: TextDataset, batch_size: int, dist) ->
     return Selector(score, info)
 
 
+def transfer_selector(t_clf: PromptClassifier, task: Task, cfg) -> Selector:
+    """The selection a transfer with `cfg` (a TransferConfig: select_data, n_select, seed, batch_size)
+    scores its steps with on `t_clf`, the teacher at the transfer's precision: one definition, so
+    that a prompt scored elsewhere (benchmarks.paper) is scored as the transfer's steps were."""
+    from promptport.distributed import group
+
+    ds = load_select_data(task, cfg.select_data, cfg.n_select, cfg.seed)
+    return selector(t_clf, ds, cfg.batch_size * 2, group(t_clf.device))
+
+
 def selection_key(rec: dict) -> tuple:
     """Larger is better: (selection accuracy, -held-out loss) with selection data, else (-loss,)."""
     if "select_accuracy" in rec:
