@@ -1247,7 +1247,12 @@ class Grid:
             for k in self.depths:
 
                 def at_depth(k=k):  # the student is distilled only for a cell not yet done
-                    return self.variant_scores(task, seed, f"-L{k}", self.depth_student(k))
+                    student = self.depth_student(k)
+                    r = self.variant_scores(task, seed, f"-L{k}", student)
+                    r["student_zero_shot"] = self.stages.evaluate(student, None, self.specs[task])[
+                        "accuracy"
+                    ]
+                    return {**r, "student": student_identity(student)}
 
                 self.cell(
                     self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}"), at_depth
@@ -1777,6 +1782,27 @@ def _student(args, state: Path, log, layers: int | None = None) -> str:
     return str(student_store.put(key, basis, d) / "student")
 
 
+def _depth_students(args, state: Path):
+    """layers -> the depth ablation's student: a `--depth-students` folder (checked to have that
+    many layers), else the shared recipe at that depth (`_student`, distilled on demand)."""
+    from promptport.student import read_student_meta
+
+    given = {}
+    for item in args.depth_students:
+        k, sep, folder = item.partition("=")
+        if not sep or not k.isdigit():
+            raise SystemExit(f"--depth-students: expected LAYERS=FOLDER, got {item!r}")
+        layers = read_student_meta(folder).get("layers") or []
+        if len(layers) != int(k):
+            raise SystemExit(f"--depth-students: {folder} has {len(layers)} layers, not {k}")
+        given[int(k)] = folder
+
+    def student(k: int) -> str:
+        return given[k] if k in given else _student(args, state, print, layers=k)
+
+    return student
+
+
 # What a reader needs to tell two students' recipes apart (the checksum decides identity).
 RECIPE_KEYS = (
     "task_template", "alpha_task", "alpha_label", "corpus", "task_data", "task_examples",
@@ -1910,6 +1936,12 @@ def main(argv=None) -> dict:
         "--depths", nargs="+", type=int, default=[2, 8],
         help="student depths of the depth ablation (the shared student's recipe, distilled on demand)",
     )  # fmt: skip
+    ap.add_argument(
+        "--depth-students", nargs="+", default=[], metavar="LAYERS=FOLDER",
+        help="students of the depth ablation made elsewhere (e.g. 8=runs/general-16k-more-L8/student: "
+        "the shared student's recipe at 8 layers, where --student is not the store's recipe); "
+        "their depth must be their layer count",
+    )  # fmt: skip
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
     ap.add_argument(
@@ -2012,7 +2044,7 @@ def main(argv=None) -> dict:
             check_recipe(d, stages.dp_recipe, "dp", legacy=legacy_dp)
         grid = Grid(
             state, stages, student, specs, record=record,
-            depth_student=lambda k: _student(args, state, print, layers=k), depths=tuple(args.depths),
+            depth_student=_depth_students(args, state), depths=tuple(args.depths),
             variants=tuple(args.variants),
         )  # fmt: skip
         t0 = time.perf_counter()

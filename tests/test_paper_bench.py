@@ -165,6 +165,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     monkeypatch.setattr(  # the labelled public set the transfer chooses its step on
         plp, "labelled_public", lambda task, *a: {"task": task, "data": f"/sel/{task}"}
     )
+    monkeypatch.setattr(paper, "student_identity", lambda s: {"sha256": f"sha-{s}"})
     stages = FakeStages()
     made: list[int] = []
 
@@ -186,6 +187,12 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     # each depth tunes on its own student and transfers from it
     assert any(c[0] == "tune" and ":S2:" in c[1] for c in stages.calls)
     assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
+    # a depth cell names its student and scores it without a prompt too
+    cell = read_json(state / "cells" / "ablations" / "depth" / "sst2" / "layers=8" / "seed0.json")
+    assert cell["student"] == {"sha256": "sha-S8"}
+    assert (
+        cell["student_zero_shot"] == FakeStages().evaluate("S8", None, None, log=False)["accuracy"]
+    )
     abl = paper.collect(state)["ablations"]
     assert set(abl) == set(paper.ABLATIONS)
     # the tuning variants: the tool's cells, Adam at a tenth of the recipe's lr, DP's SGD unnoised
@@ -1177,3 +1184,27 @@ def test_gain_kept_over_the_same_seeds(tmp_path):
     # x: task a (0.7 + 0.9) / 2 = 0.8 -> 0.75, task b 0.6 -> 0.25; seed 2 of a left out
     assert out["x"]["per_task"] == {"a": 0.75, "b": 0.25} and out["x"]["value"] == 0.5
     assert "y" not in out  # seed 1 missing
+
+
+def test_depth_students_given_as_folders_are_checked_for_their_depth(monkeypatch, tmp_path):
+    import argparse
+
+    import promptport.student as student
+
+    layers = {"a": [0, 1, 2, 3, 26, 27, 28, 29], "b": [0, 29]}
+    monkeypatch.setattr(student, "read_student_meta", lambda f: {"layers": layers[f]})
+    distilled: list[int] = []
+    monkeypatch.setattr(
+        paper, "_student", lambda a, s, log, layers: distilled.append(layers) or "D"
+    )
+
+    def args(*given):
+        return argparse.Namespace(depth_students=list(given))
+
+    pick = paper._depth_students(args("8=a"), tmp_path)
+    assert (pick(8), distilled) == ("a", [])  # the given folder, nothing distilled
+    assert (pick(2), distilled) == ("D", [2])  # another depth: the shared recipe, distilled
+    with pytest.raises(SystemExit, match="2 layers, not 8"):
+        paper._depth_students(args("8=b"), tmp_path)
+    with pytest.raises(SystemExit, match="LAYERS=FOLDER"):
+        paper._depth_students(args("a"), tmp_path)
