@@ -568,8 +568,8 @@ def run_cmd(run_config, run_dir, seed, device, with_teacher_tuning):
     """The whole pipeline: distil -> tune [DP] -> transfer -> evaluate -> report, one sub-directory per stage.
 
     Stages already complete (same config and inputs, verified checksums) are reused. With no --config
-    it runs the embedded default offline: SmolLM2-135M teacher, 2-layer student, Rotten Tomatoes
-    snippets as the private task, movie plot summaries as public data.
+    it runs the embedded default offline: SmolLM2-135M teacher, 4-layer student, Rotten Tomatoes
+    snippets as the private task, reviews of other movies (labels discarded) as public data.
 
     \b
     Examples:

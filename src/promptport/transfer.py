@@ -256,7 +256,9 @@ class TransferConfig:
             for other in ("patience", "select_data"):
                 if getattr(self, other) is not None:
                     raise BadInput(
-                        "average_from", f"keeps a mean of steps, not a step: drop {other}"
+                        "average_from",
+                        f"keeps a mean of steps, not one step: drop {other} or set average_from "
+                        "to null (the run's default config sets 0.67)",
                     )
 
 
