@@ -118,11 +118,8 @@ PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
 # The table's own public data: each task's public texts as given, or re-cut to the user's text
 # length (`--table-public length_matched`; recorded in the state's transfer.json as `public`).
 TABLE_PUBLIC = ("given", "length_matched")
-# Transfer fields the profile's Sizes set (not the recipe's). How long the transfer runs and how it
-# ends are the profile's: `transfer_epochs` passes, the loss's step (no tail mean), as every record's
-# table was made; the run's default (3 passes, `average_from` 0.67) is the transfer_budget variant
-# `epochs=3,average_from=0.67` at the full profile.
-SIZED = ("n_public", "epochs", "average_from", "max_length", "seed")
+# Transfer fields the profile's Sizes set (not the recipe's).
+SIZED = ("n_public", "epochs", "max_length", "seed")
 # Tuning fields the profile's Sizes (or the DP setting) set; the rest is the run config's `tune:`.
 TUNE_SIZED = ("epochs", "max_steps", "batch_size", "grad_accum", "eval_every", "max_length", "seed")
 # The dp_recipe ablation's DP tunings (besides the table's own): the optimisation a DP prompt needs
@@ -544,7 +541,7 @@ class Stages:
         cfg = TransferConfig(
             **{
                 **self.recipe, "n_public": z.n_public, "epochs": z.transfer_epochs,
-                "average_from": None, "max_length": z.max_length, "seed": seed, **fields,
+                "max_length": z.max_length, "seed": seed, **fields,
             }
         )  # fmt: skip
         transfer(

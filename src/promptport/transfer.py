@@ -257,8 +257,7 @@ class TransferConfig:
                 if getattr(self, other) is not None:
                     raise BadInput(
                         "average_from",
-                        f"keeps a mean of steps, not one step: drop {other} or set average_from "
-                        "to null (the run's default config sets 0.67)",
+                        f"keeps a mean of steps, not one step: drop {other} or average_from",
                     )
 
 
