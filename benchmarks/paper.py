@@ -1938,9 +1938,9 @@ def main(argv=None) -> dict:
     )  # fmt: skip
     ap.add_argument(
         "--depth-students", nargs="+", default=[], metavar="LAYERS=FOLDER",
-        help="students of the depth ablation made elsewhere (e.g. 8=runs/general-16k-more-L8/student: "
-        "the shared student's recipe at 8 layers, where --student is not the store's recipe); "
-        "their depth must be their layer count",
+        help="the depth ablation's students made elsewhere (e.g. 8=runs/general-16k-L8/student) "
+        "instead of the store's recipe distilled at that depth (which differs from a --student made "
+        "by hand); each must have that many layers, and its cells record its identity",
     )  # fmt: skip
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
     ap.add_argument("--student", default=None, help="a student folder (default: distil one)")
