@@ -20,15 +20,14 @@ from benchmarks.common import finish, parser
 
 def by_seeds(tables: dict, record: Path, seeds: list[str]) -> dict:
     """{variant: {value, per_task, post, seeds}} over exactly `seeds`."""
-    from benchmarks.paper import _gain_kept_by_transfer
+    from benchmarks.paper import _gain_kept_by_transfer, collect
 
-    cells: dict = {}
-    root = record / "cells" / "ablations" / "transfer_budget"
-    for f in sorted(root.glob("*/*/seed*.json")):
-        task, variant, seed = f.parent.parent.name, f.parent.name, f.stem.removeprefix("seed")
-        if seed in seeds:
-            cells.setdefault(task, {}).setdefault(variant, {})[seed] = json.loads(f.read_text())
-    full = {t: {v: c for v, c in vs.items() if set(c) == set(seeds)} for t, vs in cells.items()}
+    # the record's cells as benchmarks.paper collects them for its own figure
+    cells = collect(record)["ablations"].get("transfer_budget", {})
+    full = {
+        t: {v: {s: c[s] for s in seeds} for v, c in vs.items() if set(seeds) <= set(c)}
+        for t, vs in cells.items()
+    }
     out = _gain_kept_by_transfer(tables["tasks"], full)
     return out.get("mean_gain_kept_by_transfer", {}).get("variants", {})
 
