@@ -917,6 +917,32 @@ class Grid:
             "accuracy_by_shift_mean": {h: c["accuracy"] for h, c in cells.items()},
         }
 
+    def chosen_length(self, task: str, seed: int, variants: dict[int, str]) -> dict:
+        """Of the selected transfers at several teacher prompt lengths (`variants`: length -> its
+        transfer_budget cell, in the tool's order), the one the tool's own rule keeps when given
+        those lengths (`transfer.n_tokens: 50,10` with `select_data`; `transfer_select.best_of`):
+        the highest accuracy on the labelled public set, then the lower held-out loss, then the
+        first listed; a task with no labelled set (ARISE TV), the lowest held-out loss. Each
+        candidate is the tool's run at that length (same targets, seed and batch order), so the
+        cell is what the tool would return, without training the candidates again."""
+        from promptport.transfer_select import best_of
+
+        cells = {n: self.budget_cell(task, v, seed) for n, v in variants.items()}
+
+        def key(c: dict) -> dict:
+            rec = {"heldout_loss": c["heldout_loss"]}
+            if "select" in c:
+                rec["select_accuracy"] = c["select"]["kept_accuracy"]
+            return rec
+
+        chosen = best_of({n: key(c) for n, c in cells.items()})
+        return {
+            **{k: v for k, v in cells[chosen].items() if k != "seconds"},
+            "teacher_tokens": chosen,
+            "accuracy_by_length": {str(n): c["accuracy"] for n, c in cells.items()},
+            "selection_by_length": {str(n): key(c) for n, c in cells.items()},
+        }
+
     def chosen_average(self, task: str, seed: int, sel: str, avg: str, avg_kind: str) -> dict:
         """Of the selected step (cell `sel`) and the same run's tail mean (cell `avg`, artifact
         `avg_kind`), the one the task's rule prefers: the teacher's accuracy on the labelled public
@@ -1202,6 +1228,14 @@ class Grid:
             # the selected step or the 3-pass run's tail mean, whichever the labelled set prefers
             variants[f"{sel},average=chosen"] = lambda: self.chosen_average(
                 task, seed, sel, f"epochs={3 * passes:g},average_from=0.67", "post-ep3x-avg"
+            )
+            # the same at a 10-token teacher prompt, then the length the tool's rule keeps of the two
+            n_user = int(st.tune_recipe.get("n_tokens", 50))
+            variants[f"{sel},n_tokens=10"] = lambda: self.selected_transfer(
+                task, seed, "post-ep3x-t10", epochs=3 * passes, n_tokens=10
+            )
+            variants[f"{sel},n_tokens=chosen"] = lambda: self.chosen_length(
+                task, seed, {n_user: sel, 10: f"{sel},n_tokens=10"}
             )
             self.variant_cells(name, task, seed, variants)
         elif name == "transfer_budget_dp":

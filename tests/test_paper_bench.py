@@ -51,7 +51,8 @@ class FakeStages:
                     "accuracy"
                 ],
             }
-            (out / "metrics.json").write_text(json.dumps({"select_data": kept}))
+            best = {"heldout_loss": (sum(map(ord, tag)) % 5) / 10}  # made up too
+            (out / "metrics.json").write_text(json.dumps({"select_data": kept, "best": best}))
         return made
 
     def non_distilled(self, student, out):
@@ -208,7 +209,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
         f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
         "epochs=3,schedule=linear", f"{sel},schedule=linear", "epochs=3,average_from=0.67",
-        f"{sel},average=chosen",
+        f"{sel},average=chosen", f"{sel},n_tokens=10", f"{sel},n_tokens=chosen",
     }  # fmt: skip
     # the tail-averaged prompt of the 3-pass transfer
     assert any(
@@ -264,6 +265,34 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         and c[1].startswith("transfer:tune-s0:")
         for c in stages.calls
     )
+    # the 10-token teacher prompt through the same selection, and the length the tool's rule keeps:
+    # the higher accuracy on the labelled set, then the lower held-out loss, then the user's length
+    assert any(
+        "'select_data': '/sel/sst2/test.jsonl', 'n_select': 600, 'n_tokens': 10}" in c[1]
+        and c[1].startswith("transfer:tune-s0:")
+        for c in stages.calls
+    )
+    by_len = {
+        n: read_json(state / "cells/ablations/transfer_budget/sst2" / v / "seed0.json")
+        for n, v in ((50, sel), (10, f"{sel},n_tokens=10"))
+    }
+    length = read_json(
+        state / f"cells/ablations/transfer_budget/sst2/{sel},n_tokens=chosen/seed0.json"
+    )
+    acc = {n: c["select"]["kept_accuracy"] for n, c in by_len.items()}
+    loss = {n: c["heldout_loss"] for n, c in by_len.items()}
+    want = 10 if (acc[10], -loss[10]) > (acc[50], -loss[50]) else 50
+    assert length["teacher_tokens"] == want and length["accuracy"] == by_len[want]["accuracy"]
+    assert length["accuracy_by_length"] == {str(n): c["accuracy"] for n, c in by_len.items()}
+    g = paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None)
+    for n, c in by_len.items():  # a tie on the set goes to the lower held-out loss
+        c["select"]["kept_accuracy"], c["heldout_loss"] = 0.7, {50: 0.3, 10: 0.2}[n]
+    monkeypatch.setattr(g, "budget_cell", lambda t, v, s: by_len[10 if "n_tokens" in v else 50])
+    assert g.chosen_length("sst2", 0, {50: sel, 10: f"{sel},n_tokens=10"})["teacher_tokens"] == 10
+    for c in by_len.values():  # no labelled set (ARISE TV): the lowest held-out loss alone
+        del c["select"]
+    by_len[50]["heldout_loss"] = 0.1
+    assert g.chosen_length("sst2", 0, {50: sel, 10: f"{sel},n_tokens=10"})["teacher_tokens"] == 50
     # a task with no labelled public source keeps the loss's choice: the 3-pass transfer's own
     monkeypatch.setattr(plp, "SOURCES", {})
     calls = len(grid.stages.calls)
