@@ -72,6 +72,21 @@ def labelled_public(task: str, out: Path, shared: Path, state: Path, n: int) -> 
     return {"task": task, "data": str(d)}
 
 
+def fresh_labelled_public(task: str, out: Path, shared: Path, state: Path, n: int) -> str:
+    """`n` more texts of `labelled_public`'s shuffled source, none of them (nor their text) in its
+    set (OUT/<task>/fresh.jsonl, written once): candidates that set chose among can be compared here
+    without the bias of having been chosen on it."""
+    from benchmarks.paper import _write_jsonl
+
+    f = out / task / "fresh.jsonl"
+    if not f.is_file():
+        rows = SOURCES[task](shared, state)
+        random.Random(0).shuffle(rows)
+        seen = {r["text"] for r in rows[:n]}
+        _write_jsonl(f, [r for r in rows[n:] if r["text"] not in seen][:n])
+    return str(f)
+
+
 def gain_kept(means: dict, record: Path) -> dict:
     """(POST − zero-shot) / (tuned − zero-shot) per task with `means` as POST, from the record's cells."""
     out = {}

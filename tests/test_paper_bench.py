@@ -166,6 +166,9 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     monkeypatch.setattr(  # the labelled public set the transfer chooses its step on
         plp, "labelled_public", lambda task, *a: {"task": task, "data": f"/sel/{task}"}
     )
+    monkeypatch.setattr(  # labelled texts of the same source that the selection never saw
+        plp, "fresh_labelled_public", lambda task, *a: f"/fresh/{task}.jsonl"
+    )
     monkeypatch.setattr(paper, "student_identity", lambda s: {"sha256": f"sha-{s}"})
     stages = FakeStages()
     made: list[int] = []
@@ -209,7 +212,8 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "tool", "lr=0.03", "epochs=3", "epochs=6,patience=2", sel, f"{sel},shift_mean=drop",
         f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
         "epochs=3,schedule=linear", f"{sel},schedule=linear", "epochs=3,average_from=0.67",
-        f"{sel},average=chosen", f"{sel},n_tokens=10", f"{sel},n_tokens=chosen",
+        f"{sel},average=chosen", f"{sel},average=chosen_fresh", f"{sel},n_tokens=10",
+        f"{sel},n_tokens=chosen",
     }  # fmt: skip
     # the tail-averaged prompt of the 3-pass transfer
     assert any(
@@ -265,6 +269,34 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         and c[1].startswith("transfer:tune-s0:")
         for c in stages.calls
     )
+    # the same choice with both candidates scored on the fresh texts, not the selection's own
+    fresh = read_json(
+        state / f"cells/ablations/transfer_budget/sst2/{sel},average=chosen_fresh/seed0.json"
+    )
+    art = state / "art/sst2"
+    on_fresh = {
+        k: stages.evaluate("T", str(art / f"{kind}-s0/prompt"), None, log=False)["accuracy"]
+        for k, kind in (("step", "post-ep3x-sel"), ("average", "post-ep3x-avg"))
+    }
+    assert on_fresh["step"] != on_fresh["average"]  # the fake tells them apart
+    assert fresh["fresh_accuracy_by_candidate"] == on_fresh
+    kept = "average" if on_fresh["average"] > on_fresh["step"] else "step"
+    assert fresh["kept"] == kept and fresh["accuracy"] == fresh["accuracy_by_candidate"][kept]
+    assert {
+        c[3] for c in stages.calls if c[0] == "select_scores" and c[3].startswith("/fresh")
+    } == {"/fresh/sst2.jsonl"}
+    g = paper.Grid(state, FakeStages(), "S", SPECS, log=lambda *_: None)
+    for prefer in ("average", "step"):  # whichever scores higher there is kept
+        monkeypatch.setattr(
+            g.stages, "select_scores",
+            lambda m, q, *a, p={"average": "-avg-", "step": "-sel-"}[prefer]: (
+                0.5, 0.9 if p in q else 0.6,
+            ),
+        )  # fmt: skip
+        c = g.chosen_average_fresh(
+            "sst2", 0, sel, "post-ep3x-sel", "epochs=3,average_from=0.67", "post-ep3x-avg"
+        )
+        assert c["kept"] == prefer, prefer
     # the 10-token teacher prompt through the same selection, and the length the tool's rule keeps:
     # the higher accuracy on the labelled set, then the lower held-out loss, then the user's length
     assert any(
@@ -291,6 +323,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert g.chosen_length("sst2", 0, {50: sel, 10: f"{sel},n_tokens=10"})["teacher_tokens"] == 10
     for c in by_len.values():  # no labelled set (ARISE TV): the lowest held-out loss alone
         del c["select"]
+    assert g.chosen_length("sst2", 0, {50: sel, 10: f"{sel},n_tokens=10"})["teacher_tokens"] == 10
     by_len[50]["heldout_loss"] = 0.1
     assert g.chosen_length("sst2", 0, {50: sel, 10: f"{sel},n_tokens=10"})["teacher_tokens"] == 50
     # a task with no labelled public source keeps the loss's choice: the 3-pass transfer's own
