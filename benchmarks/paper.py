@@ -976,12 +976,15 @@ class Grid:
         return {**{k: v for k, v in cells[chosen].items() if k != "seconds"}, "kept": chosen, **out}
 
     def chosen_average_fresh(
-        self, task: str, seed: int, sel: str, step_kind: str, avg: str, avg_kind: str
-    ) -> dict:
+        self, task: str, seed: int, sel: str, step_kind: str, avg: str, avg_kind: str,
+        remake: dict | None = None,
+    ) -> dict:  # fmt: skip
         """As `chosen_average`, with both candidates scored on 600 labelled public texts the
         selection never saw (`fresh_labelled_public`): the step's accuracy on the selection's own
         set is the best of the steps it was chosen among, biased upwards against the mean's. A task
-        with no set keeps `chosen_average`'s rule (the held-out loss, which chose nothing)."""
+        with no set keeps `chosen_average`'s rule (the held-out loss, which chose nothing). A
+        candidate's prompt missing from this state (its cell made in another sitting) is made again
+        by `remake[candidate]` (its variant's computation; the transfer is deterministic)."""
         from benchmarks.public_label_pick import SHARED, SOURCES, fresh_labelled_public
 
         if task not in SOURCES:
@@ -992,12 +995,12 @@ class Grid:
         }
         f = fresh_labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
         st, art = self.stages, self.state / "art" / task
-        fresh = {
-            k: st.select_scores(
-                st.teacher, str(art / f"{kind}-s{seed}" / "prompt"), task, f, 600, seed
-            )[1]
-            for k, kind in (("step", step_kind), ("average", avg_kind))
-        }
+        fresh = {}
+        for k, kind in (("step", step_kind), ("average", avg_kind)):
+            if not _done(art / f"{kind}-s{seed}") and remake:
+                remake[k]()
+            q = str(art / f"{kind}-s{seed}" / "prompt")
+            fresh[k] = st.select_scores(st.teacher, q, task, f, 600, seed)[1]
         chosen = "average" if fresh["average"] > fresh["step"] else "step"
         return {
             **{k: v for k, v in cells[chosen].items() if k != "seconds"}, "kept": chosen,
@@ -1260,14 +1263,11 @@ class Grid:
                 task, seed, sel, f"epochs={3 * passes:g},average_from=0.67", "post-ep3x-avg"
             )
             # the same choice, both candidates scored on labelled texts the selection never saw
+            avg = f"epochs={3 * passes:g},average_from=0.67"
             variants[f"{sel},average=chosen_fresh"] = lambda: self.chosen_average_fresh(
-                task,
-                seed,
-                sel,
-                "post-ep3x-sel",
-                f"epochs={3 * passes:g},average_from=0.67",
-                "post-ep3x-avg",
-            )
+                task, seed, sel, "post-ep3x-sel", avg, "post-ep3x-avg",
+                remake={"step": variants[sel], "average": variants[avg]},
+            )  # fmt: skip
             # the same at a 10-token teacher prompt, then the length the tool's rule keeps of the two
             n_user = int(st.tune_recipe.get("n_tokens", 50))
             variants[f"{sel},n_tokens=10"] = lambda: self.selected_transfer(

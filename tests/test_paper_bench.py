@@ -297,6 +297,21 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
             "sst2", 0, sel, "post-ep3x-sel", "epochs=3,average_from=0.67", "post-ep3x-avg"
         )
         assert c["kept"] == prefer, prefer
+    # a candidate's prompt made in another sitting (not in this state) is made again first
+    import shutil
+
+    shutil.rmtree(state / "art/sst2/post-ep3x-sel-s0")
+    remade: list[str] = []
+
+    def remake_step():  # what the variant's own computation does: the selected transfer again
+        remade.append("step")
+        grid.selected_transfer("sst2", 0, "post-ep3x", epochs=3)
+
+    g.chosen_average_fresh(
+        "sst2", 0, sel, "post-ep3x-sel", "epochs=3,average_from=0.67", "post-ep3x-avg",
+        remake={"step": remake_step, "average": lambda: remade.append("average")},
+    )  # fmt: skip
+    assert remade == ["step"] and paper._done(state / "art/sst2/post-ep3x-sel-s0")
     # the 10-token teacher prompt through the same selection, and the length the tool's rule keeps:
     # the higher accuracy on the labelled set, then the lower held-out loss, then the user's length
     assert any(
