@@ -1259,11 +1259,11 @@ class Grid:
                 task, seed, sel, hows
             )
             # the selected step or the 3-pass run's tail mean, whichever the labelled set prefers
+            avg = f"epochs={3 * passes:g},average_from=0.67"
             variants[f"{sel},average=chosen"] = lambda: self.chosen_average(
-                task, seed, sel, f"epochs={3 * passes:g},average_from=0.67", "post-ep3x-avg"
+                task, seed, sel, avg, "post-ep3x-avg"
             )
             # the same choice, both candidates scored on labelled texts the selection never saw
-            avg = f"epochs={3 * passes:g},average_from=0.67"
             variants[f"{sel},average=chosen_fresh"] = lambda: self.chosen_average_fresh(
                 task, seed, sel, "post-ep3x-sel", avg, "post-ep3x-avg",
                 remake={"step": variants[sel], "average": variants[avg]},

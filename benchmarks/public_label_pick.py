@@ -60,15 +60,21 @@ def _fpb(shared: Path, state: Path) -> list[dict]:
 SOURCES = {"sst2": _imdb, "imdb": _rt, "mpqa": _rt, "tweet_eval": _fpb}
 
 
+def _shuffled(task: str, shared: Path, state: Path) -> list[dict]:
+    """`task`'s labelled public source in the one order both sets below are cut from."""
+    rows = SOURCES[task](shared, state)
+    random.Random(0).shuffle(rows)
+    return rows
+
+
 def labelled_public(task: str, out: Path, shared: Path, state: Path, n: int) -> dict:
     """The spec of `task` scored on its labelled public texts (OUT/<task>/test.jsonl, written once)."""
     from benchmarks.paper import _write_jsonl
 
     d = out / task
     if not (d / "test.jsonl").is_file():
-        rows = SOURCES[task](shared, state)
-        random.Random(0).shuffle(rows)
-        _write_jsonl(d / "test.jsonl", rows[:n])  # atomic: a killed run leaves no half file
+        # atomic: a killed run leaves no half file
+        _write_jsonl(d / "test.jsonl", _shuffled(task, shared, state)[:n])
     return {"task": task, "data": str(d)}
 
 
@@ -80,8 +86,7 @@ def fresh_labelled_public(task: str, out: Path, shared: Path, state: Path, n: in
 
     f = out / task / "fresh.jsonl"
     if not f.is_file():
-        rows = SOURCES[task](shared, state)
-        random.Random(0).shuffle(rows)
+        rows = _shuffled(task, shared, state)
         seen = {r["text"] for r in rows[:n]}
         _write_jsonl(f, [r for r in rows[n:] if r["text"] not in seen][:n])
     return str(f)

@@ -4,6 +4,7 @@ shape others read. Stage functions are replaced by a fake that writes tiny artif
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -298,8 +299,6 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         )
         assert c["kept"] == prefer, prefer
     # a candidate's prompt made in another sitting (not in this state) is made again first
-    import shutil
-
     shutil.rmtree(state / "art/sst2/post-ep3x-sel-s0")
     remade: list[str] = []
 
