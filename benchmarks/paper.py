@@ -424,24 +424,27 @@ def _public_pool(
     return str(out)
 
 
-def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000) -> str:
+def length_matched_public(spec: dict, sizes: Sizes, cap: int = 5000, cut: str = "sentences") -> str:
     """The `length_matched` public data: the table's own public texts (`same_domain`) cut into
     sentences and packed, in order, into pieces of about the user's text length (the tool's
     `public_chars`, `promptport.transfer_common.recut_texts`), so that only their shape changes:
     IMDB reviews become one or two sentences for SST-2, Rotten Tomatoes one-liners paragraphs for
     IMDB. The length is the median character count of the user's training texts, capped at what
     `max_length` tokens hold (about 4 characters a token): one number a user would disclose, no text
-    of theirs. Pieces equal to a private text are dropped; written once."""
+    of theirs. Pieces equal to a private text are dropped; written once. `cut`: the tool's
+    `public_cut` (phrases: long sentences split into word runs; its own file)."""
     from promptport.transfer_common import recut_texts
 
     data = Path(spec["data"])
     train = _texts(data / "train.jsonl")
     median = statistics.median(len(t) for t in train[: sizes.train_limit])
     target = min(int(median), 4 * sizes.max_length)
-    out = data / f"public-length{target}.jsonl"
+    out = data / (
+        f"public-length{target}.jsonl" if cut == "sentences" else f"public-{cut}{target}.jsonl"
+    )
     if out.is_file():
         return str(out)
-    pieces = recut_texts(_texts(Path(spec["public"])), target)
+    pieces = recut_texts(_texts(Path(spec["public"])), target, cut)
     what = f"public pieces of {target} characters"
     return _public_pool(out, pieces, data, train, sizes, cap, what)
 
@@ -887,6 +890,23 @@ class Grid:
             **extra,
         )  # fmt: skip
 
+    def phrase_cut(self, task: str, seed: int, base: str, base_compute, compute) -> dict:
+        """A transfer_budget cell with the table's public texts cut into phrases
+        (`length_matched_public(..., cut="phrases")`): `compute(public file)`; or, where the phrase
+        cut gives the texts the sentence cut gave (inputs of sentence length or more), the variant
+        `base`'s cell (made by `base_compute` if missing), marked `same_public_as`: the transfer
+        would repeat it."""
+        if self.stages.public != "length_matched":
+            raise SystemExit("public_cut=phrases re-cuts length_matched public data: give "
+                             "--table-public length_matched")  # fmt: skip
+        spec, sizes = self.specs[task], self.stages.sizes
+        pub = length_matched_public(spec, sizes, cut="phrases")
+        if _texts(Path(pub)) != _texts(Path(length_matched_public(spec, sizes))):
+            return compute(pub)
+        path = self.cell_path("ablations", "transfer_budget", task, base, f"seed{seed}")
+        r = read_json(path) if path.is_file() else base_compute()
+        return {**{k: v for k, v in r.items() if k != "seconds"}, "same_public_as": base}
+
     def budget_cell(self, task: str, variant: str, seed: int) -> dict:
         """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
         return read_json(
@@ -1267,6 +1287,18 @@ class Grid:
             variants[f"{sel},average=chosen_fresh"] = lambda: self.chosen_average_fresh(
                 task, seed, sel, "post-ep3x-sel", avg, "post-ep3x-avg",
                 remake={"step": variants[sel], "average": variants[avg]},
+            )  # fmt: skip
+            # the public texts cut into phrases where the user's inputs are phrases
+            # (`transfer.public_cut`); a task whose pieces the phrase cut leaves as they were
+            # shares the sentence cut's cell instead of repeating its transfer
+            variants["public_cut=phrases"] = lambda: self.phrase_cut(
+                task, seed, "tool", variants["tool"],
+                lambda pub: self.transfer_scores(task, seed, "post-phr", public=pub),
+            )  # fmt: skip
+            variants[f"{sel},public_cut=phrases"] = lambda: self.phrase_cut(
+                task, seed, sel, variants[sel], lambda pub: self.selected_transfer(
+                    task, seed, "post-ep3x-phr", epochs=3 * passes, public=pub
+                ),
             )  # fmt: skip
             # the same at a 10-token teacher prompt, then the length the tool's rule keeps of the two
             n_user = int(st.tune_recipe.get("n_tokens", 50))

@@ -16,6 +16,7 @@ from promptport.fileio import read_json
 class FakeStages:
     teacher = "T"
     sizes = paper.PROFILES["quick"]
+    public = "length_matched"
 
     def __init__(self, fail_on: str | None = None):
         self.recipe = {"alpha": 1.0, "lr": 0.01}  # the transfer's
@@ -159,9 +160,16 @@ def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
 def test_ablations_are_cells_too(tmp_path, monkeypatch):
     state = tmp_path / "state"
     monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: f"/p/{spec['task']}-own")
-    monkeypatch.setattr(
-        paper, "length_matched_public", lambda spec, sizes: f"/p/{spec['task']}-recut"
-    )
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+
+    def length_matched(spec, sizes, cut="sentences"):  # the phrase cut changes SST-2 texts only
+        f = pubs / f"{spec['task']}-{cut}.jsonl"
+        other = cut == "phrases" and spec["task"] == "sst2"
+        f.write_text(json.dumps({"text": "a phrase" if other else "a whole sentence."}) + "\n")
+        return str(f)
+
+    monkeypatch.setattr(paper, "length_matched_public", length_matched)
     import benchmarks.public_label_pick as plp
 
     monkeypatch.setattr(  # the labelled public set the transfer chooses its step on
@@ -214,8 +222,22 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         f"{sel},shift_mean=match", f"{sel},shift_mean=chosen", "epochs=6,select=public,patience=4",
         "epochs=3,schedule=linear", f"{sel},schedule=linear", "epochs=3,average_from=0.67",
         f"{sel},average=chosen", f"{sel},average=chosen_fresh", f"{sel},n_tokens=10",
-        f"{sel},n_tokens=chosen",
+        f"{sel},n_tokens=chosen", "public_cut=phrases", f"{sel},public_cut=phrases",
     }  # fmt: skip
+    # the phrase cut's own public file, in the tool's transfer and the selected one
+    phr = str(pubs / "sst2-phrases.jsonl")
+    assert any(c[1].endswith(f"{{'public': '{phr}'}}") and "tune-s0" in c[1] for c in stages.calls)
+    assert any(
+        f"'n_select': 600, 'public': '{phr}'}}" in c[1] and "tune-s0" in c[1] for c in stages.calls
+    )
+    # where the phrase cut leaves the texts as they were, the cell is the sentence cut's, not rerun
+    n_calls = len(grid.stages.calls)
+    same = grid.phrase_cut(
+        "mpqa", 0, "tool", lambda: {"accuracy": 0.7, "seconds": 3},
+        lambda pub: pytest.fail("a transfer the sentence cut already made"),
+    )  # fmt: skip
+    assert same == {"accuracy": 0.7, "same_public_as": "tool"}
+    assert len(grid.stages.calls) == n_calls
     # the tail-averaged prompt of the 3-pass transfer
     assert any(
         c[1].endswith(":{'epochs': 3, 'average_from': 0.67}") and "tune-s0" in c[1]
@@ -405,7 +427,8 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "generated",
     }
     assert any(c[0] == "transfer" and "'/p/sst2-own'" in c[1] for c in stages.calls)
-    assert any(c[0] == "transfer" and "'/p/sst2-recut'" in c[1] for c in stages.calls)
+    recut = str(pubs / "sst2-sentences.jsonl")
+    assert any(c[0] == "transfer" and f"'{recut}'" in c[1] for c in stages.calls)
     n_public = paper.PROFILES["quick"].n_public
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
     # the DP recipes: the table's own (SGD 0.3) is its post_dp8 cell, the others their own tunings

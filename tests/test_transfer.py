@@ -764,6 +764,28 @@ def test_public_texts_recut_to_the_users_length():
         public_dataset(get_task("sst2"), docs, 1, 0, chars=8)
 
 
+def test_public_texts_cut_into_phrases_for_phrase_inputs():
+    """`public_cut: phrases`: a sentence at least twice `public_chars` long becomes runs of whole
+    words (its short tail joined to the last run); shorter sentences are packed as whole sentences,
+    so for inputs of sentence length the two cuts give the same pieces."""
+    from promptport.transfer_common import public_dataset, recut_texts
+
+    long = "a stirring , funny and finally transporting re-imagining of the beast ."
+    docs = [long, "Short one. Another short one."]
+    assert recut_texts(docs, 14, "phrases") == [
+        "a stirring , funny", "and finally transporting", "re-imagining of the beast .",
+        "Short one. Another short one.",
+    ]  # fmt: skip
+    assert recut_texts(docs, 14) == [long, "Short one. Another short one."]
+    assert recut_texts(docs, 40, "phrases") == recut_texts(docs, 40)  # no sentence of 80
+    pub = public_dataset(get_task("sst2"), docs, 10, 0, chars=14, cut="phrases")
+    assert sorted(next(iter(pub.fields.values()))) == sorted(recut_texts(docs, 14, "phrases"))
+    with pytest.raises(BadInput, match="public_cut"):
+        recut_texts(docs, 14, "words")
+    with pytest.raises(BadInput, match="public_cut"):
+        TransferConfig(public_cut="words").validate()
+
+
 @pytest.fixture()
 def select_file(tmp_path):
     """Labelled public examples in the task's format (not the user's data)."""

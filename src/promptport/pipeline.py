@@ -233,7 +233,9 @@ def _prepare(cfg: RunConfig, progress: bool, log) -> tuple[_Run, int]:
     if transfer_cfg.public_chars and not task.is_generation:  # the pieces the transfer will use too
         from promptport.transfer_common import recut_texts
 
-        public_texts += recut_texts(public_texts, transfer_cfg.public_chars)
+        public_texts += recut_texts(
+            public_texts, transfer_cfg.public_chars, transfer_cfg.public_cut
+        )
     private_texts = [t for v in private_train.fields.values() for t in v]
     n_overlap = check_overlap(private_texts, public_texts, cfg.allow_overlap)
     if transfer_cfg.select_data is not None and not task.is_generation:

@@ -59,6 +59,7 @@ from promptport.runtime import (
 from promptport.schedules import SCHEDULES, check_schedule, set_rate
 from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
+    PUBLIC_CUTS,
     TransferResult,
     loop_fields,
     method_alpha,
@@ -149,6 +150,13 @@ class TransferConfig:
         "0.755 -> 0.802 with one-line snippets joined; zero-shot 0.812 / 0.799; "
         "benchmarks/README.md). Default: the texts as they are.",
     )
+    public_cut: str = setting(
+        "sentences",
+        "How --public-chars cuts: runs of whole sentences, or phrases: sentences at least twice "
+        "--public-chars long are first split into runs of whole words, for users whose inputs are "
+        "phrases (MPQA's opinion phrases, 14 characters), which whole sentences do not resemble.",
+        choices=PUBLIC_CUTS,
+    )
     heldout_fraction: float = setting(
         0.1, "Share of the public examples held out to pick the best step.", cli=False
     )
@@ -238,6 +246,10 @@ class TransferConfig:
         teacher_lengths(self.n_tokens, 1)  # one-line error naming n_tokens
         if self.public_chars is not None and self.public_chars <= 0:
             raise BadInput("public_chars", f"must be positive, got {self.public_chars}")
+        if self.public_cut not in PUBLIC_CUTS:
+            raise BadInput(
+                "public_cut", f"must be one of {', '.join(PUBLIC_CUTS)}, got '{self.public_cut}'"
+            )
         for name in ("n_public", "batch_size", "max_length", "top_k", "n_select"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")
@@ -923,7 +935,7 @@ def _generated_public(t_lm, the_task, public_data: str, out, cfg, progress):
         t_lm, the_task, public_data, out / "public", seed=cfg.seed, progress=progress
     )
     texts = load_texts(path)[0]
-    pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed, cfg.public_chars)
+    pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed, cfg.public_chars, cfg.public_cut)
     return pub, f"{public_data} ({path})"
 
 
@@ -991,7 +1003,9 @@ def transfer(
     generated = public_data.startswith("generate:")
     if not the_task.is_generation and not generated:
         texts, source_id = load_texts(public_data, text_column=public_text_column, limit=None)
-        pub = public_dataset(the_task, texts, cfg.n_public, cfg.seed, cfg.public_chars)
+        pub = public_dataset(
+            the_task, texts, cfg.n_public, cfg.seed, cfg.public_chars, cfg.public_cut
+        )
 
     s_lm, t_lm = _load_pair(student, teacher, artifact, cfg, device)
     if the_task.is_generation:

@@ -100,29 +100,62 @@ def user_init(artifact: PromptArtifact, s_lm, task: Task) -> torch.Tensor:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def recut_texts(texts: list[str], chars: int) -> list[str]:
+PUBLIC_CUTS = ("sentences", "phrases")
+
+
+def recut_texts(texts: list[str], chars: int, cut: str = "sentences") -> list[str]:
     """The texts, in order, re-cut into runs of whole sentences of at least `chars` characters: long
     documents become sentence-length pieces, one-liners are joined into paragraphs; a last run
     shorter than `chars` is dropped. Public text shaped like the user's inputs transfers better than
-    the same text in another shape (benchmarks/README.md, public_data `length_matched`)."""
+    the same text in another shape (benchmarks/README.md, public_data `length_matched`).
+
+    cut="phrases": a sentence of at least twice `chars` characters is first split into runs of whole
+    words of at least `chars` characters (its short tail joins the run before), so sentences become
+    phrases where the user's inputs are phrases (MPQA: 14 characters); shorter sentences are packed
+    as above, and for inputs of sentence length or more the two cuts agree."""
+    if cut not in PUBLIC_CUTS:
+        raise BadInput("public_cut", f"must be one of {', '.join(PUBLIC_CUTS)}, got '{cut}'")
     pieces, run = [], ""
     for doc in texts:
         for sentence in _SENTENCE_END.split(" ".join(doc.split())):
-            run = f"{run} {sentence}".strip()
-            if len(run) >= chars:
-                pieces.append(run)
-                run = ""
+            parts = _phrases(sentence, chars) if cut == "phrases" else [sentence]
+            for part in parts:
+                run = f"{run} {part}".strip()
+                if len(run) >= chars:
+                    pieces.append(run)
+                    run = ""
     return pieces
 
 
+def _phrases(sentence: str, chars: int) -> list[str]:
+    """`sentence` as runs of whole words of at least `chars` characters, if it is at least twice as
+    long; the tail shorter than `chars` joins the last run."""
+    if len(sentence) < 2 * chars:
+        return [sentence]
+    runs, run = [], ""
+    for word in sentence.split(" "):
+        run = f"{run} {word}".strip()
+        if len(run) >= chars:
+            runs.append(run)
+            run = ""
+    if run:
+        runs[-1] = f"{runs[-1]} {run}"
+    return runs
+
+
 def public_dataset(
-    task: Task, texts: list[str], n: int, seed: int, chars: int | None = None
+    task: Task,
+    texts: list[str],
+    n: int,
+    seed: int,
+    chars: int | None = None,
+    cut: str = "sentences",
 ) -> TextDataset:
     """Deduplicate, shuffle with the seed, take n; formatted later with the private task's template.
-    `chars`: re-cut the texts first (`recut_texts`)."""
+    `chars`: re-cut the texts first (`recut_texts`, with `cut`)."""
     given = len(texts)
     if chars:
-        texts = recut_texts(texts, chars)
+        texts = recut_texts(texts, chars, cut)
     if len(task.template_fields) != 1:
         raise BadInput(
             "public_data",
