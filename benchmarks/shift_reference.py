@@ -44,6 +44,7 @@ def shift_reference(
     student_zs: torch.Tensor,
     student_p: torch.Tensor,
     labels: torch.Tensor,
+    scales: tuple[float, ...] = SCALES,
 ) -> dict:
     """Accuracies of the reference's combinations; inputs are [N, C] class log-probabilities."""
 
@@ -55,7 +56,7 @@ def shift_reference(
         "teacher_zero_shot": acc(teacher_zs),
         "student_zero_shot": acc(student_zs),
         "student_prompt": acc(student_p),
-        **{f"shift_x{c:g}": acc(teacher_zs + c * shift) for c in SCALES},
+        **{f"shift_x{c:g}": acc(teacher_zs + c * shift) for c in scales},
         "ensemble": acc(teacher_zs + student_p),
         "prior_shift": acc(teacher_zs + shift.mean(0)),
     }

@@ -316,6 +316,26 @@ def test_shift_reference_on_known_log_probs():
     assert r["shift_x1"] <= r["teacher_zero_shot"] and r["prior_shift"] == 0.5
 
 
+def test_shift_reference_grid_scores_on_known_log_probs():
+    """The grid's scores: a prompt that changes nothing leaves every scale at the teacher's zero-shot;
+    one whose change fixes the teacher's errors at scale 1 is undone at 0; a change that only moves
+    every input the same way counts in `prior` and vanishes from `x1_nomean`."""
+    import torch
+    from benchmarks.shift_reference_grid import SCALES, scores
+
+    y = torch.tensor([0, 1, 0, 1])
+    t0 = torch.log(torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55], [0.7, 0.3]]))  # 2 of 4 right
+    s0 = torch.log(torch.full((4, 2), 0.5))
+    same = scores(t0, s0, s0, y)
+    assert {same[f"x{c:g}"] for c in SCALES} == {0.5} and same["prior"] == 0.5
+    fix = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.8, 0.2], [0.2, 0.8]]))
+    r = scores(t0, s0, fix, y)
+    assert r["x0"] == 0.5 and r["x1"] == 1.0 and r["student_prompt"] == 0.75
+    bias = torch.log(torch.tensor([[0.1, 0.9]] * 4))  # all inputs pushed to class 1
+    r = scores(t0, s0, bias, y)
+    assert r["prior"] == r["x1"] == 0.5 and r["x1_nomean"] == same["x1"]
+
+
 def test_shift_reference_from_a_run_directory(tmp_path):
     """`--run-dir` reads the evaluate stage's saved logits: the same figures as `shift_reference` on them, POST
     placed against shift_x1, and a refusal when a needed method or the examples differ."""
