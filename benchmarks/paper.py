@@ -1362,6 +1362,21 @@ class Grid:
                 self.cell(
                     self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}"), at_depth
                 )
+
+                def phrases_at_depth(k=k):  # the same user prompt, public texts cut into phrases
+                    student = self.depth_student(k)
+                    user = self.user_prompt(task, seed, student, f"tune-L{k}")
+                    pub = length_matched_public(self.specs[task], self.stages.sizes, cut="phrases")
+                    q = self.post_prompt(task, seed, user, f"post-L{k}-phr", student, public=pub)
+                    r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
+                    return {**r, "student": student_identity(student)}
+
+                self.cell(
+                    self.cell_path(
+                        "ablations", name, task, f"layers={k},public_cut=phrases", f"seed{seed}"
+                    ),
+                    phrases_at_depth,
+                )
         else:
             raise SystemExit(f"unknown ablation {name}")
 

@@ -196,7 +196,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     for name in paper.ABLATIONS:
         grid2.run_ablation(name, "sst2", 0)
     assert grid2.stages.calls == [] and n > 0
-    assert made == [2, 8]  # a finished depth cell needs no student again
+    assert made == [2, 2, 8, 8]  # each depth variant asks once; a finished cell never again
     # each depth tunes on its own student and transfers from it
     assert any(c[0] == "tune" and ":S2:" in c[1] for c in stages.calls)
     assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
@@ -418,7 +418,14 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         c[0] == "transfer" and c[1].startswith("transfer:tune-cal-s0:") for c in stages.calls
     )
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
-    assert set(abl["depth"]["sst2"]) == {"layers=2", "layers=8"}
+    assert set(abl["depth"]["sst2"]) == {
+        "layers=2", "layers=8", "layers=2,public_cut=phrases", "layers=8,public_cut=phrases",
+    }  # fmt: skip
+    # the phrase cut at a depth: that depth's own user prompt, transferred on the phrase file
+    assert any(
+        c[0] == "transfer" and c[1] == f"transfer:tune-L8-s0:S8:{{'public': '{phr}'}}"
+        for c in stages.calls
+    )
     assert set(abl["public_data"]["sst2"]) == {
         "same_task",
         "same_domain",

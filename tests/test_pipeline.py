@@ -308,8 +308,8 @@ def test_student_store_reuses_a_student_across_runs(
 def test_overlap_check_sees_the_recut_public_pieces(
     tmp_path, tiny_model_dir, student_dir, private_dir
 ):
-    """With `transfer.public_chars` the transfer uses sentence runs of the public texts: a piece equal
-    to a private text is refused even when no whole public text is one (none would be without it)."""
+    """With `transfer.public_chars` the transfer uses sentence runs (or phrases) of the public texts: a
+    piece equal to a private text is refused even when no whole public text is one."""
     doc = tmp_path / "public.txt"
     doc.write_text("A long document begins here, one of several. Worst film of the year\n" * 3)
     kw = {"transfer": {"n_public": 30, "steps": 3, "batch_size": 4, "max_length": 32}}
@@ -317,6 +317,16 @@ def test_overlap_check_sees_the_recut_public_pieces(
     _, n = pipeline._prepare(cfg, progress=False, log=lambda m: None)
     assert n == 0  # whole documents: no private text among them
     kw["transfer"]["public_chars"] = 10
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
+    with pytest.raises(BadInput, match="exact duplicates"):
+        pipeline._prepare(cfg, progress=False, log=lambda m: None)
+    # `public_cut: phrases` cuts a long sentence into word runs: a run equal to a private text is
+    # refused, though the sentence cut of the same text gives none
+    doc.write_text("Worst film of the year and then more words follow it here\n" * 3)
+    kw["transfer"]["public_chars"] = 22
+    cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
+    assert pipeline._prepare(cfg, progress=False, log=lambda m: None)[1] == 0
+    kw["transfer"]["public_cut"] = "phrases"
     cfg = _cfg(tmp_path, tiny_model_dir, student_dir, private_dir, doc, **kw)
     with pytest.raises(BadInput, match="exact duplicates"):
         pipeline._prepare(cfg, progress=False, log=lambda m: None)

@@ -61,6 +61,7 @@ from promptport.tasks import Task, get_task, task_from_dict
 from promptport.transfer_common import (
     PUBLIC_CUTS,
     TransferResult,
+    check_public_cut,
     loop_fields,
     method_alpha,
     public_dataset,
@@ -246,10 +247,7 @@ class TransferConfig:
         teacher_lengths(self.n_tokens, 1)  # one-line error naming n_tokens
         if self.public_chars is not None and self.public_chars <= 0:
             raise BadInput("public_chars", f"must be positive, got {self.public_chars}")
-        if self.public_cut not in PUBLIC_CUTS:
-            raise BadInput(
-                "public_cut", f"must be one of {', '.join(PUBLIC_CUTS)}, got '{self.public_cut}'"
-            )
+        check_public_cut(self.public_cut)
         for name in ("n_public", "batch_size", "max_length", "top_k", "n_select"):
             if getattr(self, name) <= 0:
                 raise BadInput(name, f"must be positive, got {getattr(self, name)}")

@@ -103,6 +103,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 PUBLIC_CUTS = ("sentences", "phrases")
 
 
+def check_public_cut(cut: str) -> None:
+    if cut not in PUBLIC_CUTS:
+        raise BadInput("public_cut", f"must be one of {', '.join(PUBLIC_CUTS)}, got '{cut}'")
+
+
 def recut_texts(texts: list[str], chars: int, cut: str = "sentences") -> list[str]:
     """The texts, in order, re-cut into runs of whole sentences of at least `chars` characters: long
     documents become sentence-length pieces, one-liners are joined into paragraphs; a last run
@@ -113,8 +118,7 @@ def recut_texts(texts: list[str], chars: int, cut: str = "sentences") -> list[st
     words of at least `chars` characters (its short tail joins the run before), so sentences become
     phrases where the user's inputs are phrases (MPQA: 14 characters); shorter sentences are packed
     as above, and for inputs of sentence length or more the two cuts agree."""
-    if cut not in PUBLIC_CUTS:
-        raise BadInput("public_cut", f"must be one of {', '.join(PUBLIC_CUTS)}, got '{cut}'")
+    check_public_cut(cut)
     pieces, run = [], ""
     for doc in texts:
         for sentence in _SENTENCE_END.split(" ".join(doc.split())):
