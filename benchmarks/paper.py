@@ -890,17 +890,22 @@ class Grid:
             **extra,
         )  # fmt: skip
 
+    def phrase_public(self, task: str) -> str:
+        """The table's `length_matched` public texts cut into phrases (the variants that compare the
+        two cuts need the table's own public data to be the sentence cut)."""
+        if self.stages.public != "length_matched":
+            raise SystemExit("public_cut=phrases re-cuts length_matched public data: give "
+                             "--table-public length_matched")  # fmt: skip
+        return length_matched_public(self.specs[task], self.stages.sizes, cut="phrases")
+
     def phrase_cut(self, task: str, seed: int, base: str, base_compute, compute) -> dict:
         """A transfer_budget cell with the table's public texts cut into phrases
         (`length_matched_public(..., cut="phrases")`): `compute(public file)`; or, where the phrase
         cut gives the texts the sentence cut gave (inputs of sentence length or more), the variant
         `base`'s cell (made by `base_compute` if missing), marked `same_public_as`: the transfer
         would repeat it."""
-        if self.stages.public != "length_matched":
-            raise SystemExit("public_cut=phrases re-cuts length_matched public data: give "
-                             "--table-public length_matched")  # fmt: skip
         spec, sizes = self.specs[task], self.stages.sizes
-        pub = length_matched_public(spec, sizes, cut="phrases")
+        pub = self.phrase_public(task)
         if _texts(Path(pub)) != _texts(Path(length_matched_public(spec, sizes))):
             return compute(pub)
         path = self.cell_path("ablations", "transfer_budget", task, base, f"seed{seed}")
@@ -1366,7 +1371,7 @@ class Grid:
                 def phrases_at_depth(k=k):  # the same user prompt, public texts cut into phrases
                     student = self.depth_student(k)
                     user = self.user_prompt(task, seed, student, f"tune-L{k}")
-                    pub = length_matched_public(self.specs[task], self.stages.sizes, cut="phrases")
+                    pub = self.phrase_public(task)
                     q = self.post_prompt(task, seed, user, f"post-L{k}-phr", student, public=pub)
                     r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
                     return {**r, "student": student_identity(student)}
