@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.shift_reference import shift_reference
+
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def scores(t0: torch.Tensor, s0: torch.Tensor, sp: torch.Tensor, y: torch.Tensor) -> dict:
     """`shift_reference`'s combinations at `SCALES`, and the change less its mean (`x1_nomean`);
     inputs are [N, C] class log-probabilities."""
-    from benchmarks.shift_reference import shift_reference
-
     r = shift_reference(t0, s0, sp, y, scales=SCALES)
     sh = sp - s0
     nomean = t0 + sh - sh.mean(0)
@@ -74,17 +74,17 @@ def main(argv=None) -> dict:
                 continue
             t1 = time.time()
 
-            def logp(model: str, prompt: str | None, sp=sp) -> torch.Tensor:
-                return torch.log_softmax(stages.class_logits(model, prompt, sp)[0].double(), -1)
+            def logp(model: str, prompt: str | None, sp=sp) -> tuple[torch.Tensor, torch.Tensor]:
+                logits, labels = stages.class_logits(model, prompt, sp)
+                return torch.log_softmax(logits.double(), -1), torch.as_tensor(labels)
 
-            t0, s0 = logp(args.teacher, None), logp(args.student, None)
-            y = torch.as_tensor(stages.class_logits(args.teacher, None, sp)[1])
-
-            zs = scores(t0, s0, s0, y)["x0"], scores(s0, s0, s0, y)["x0"]  # x0: the first alone
-            r = {"n": len(y), "teacher_zs": zs[0], "student_zs": zs[1], "seeds": {}}
+            (t0, y), (s0, _) = logp(args.teacher, None), logp(args.student, None)
+            zs = shift_reference(t0, s0, s0, y, scales=())  # the zero-shot accuracies
+            r = {"n": len(y), "teacher_zs": zs["teacher_zero_shot"],
+                 "student_zs": zs["student_zero_shot"], "seeds": {}}  # fmt: skip
             for s in args.seeds:
                 prompt = str(state / "art" / task / f"{args.tune_tag}{s}" / "prompt")
-                r["seeds"][str(s)] = scores(t0, s0, logp(args.student, prompt), y)
+                r["seeds"][str(s)] = scores(t0, s0, logp(args.student, prompt)[0], y)
             r["seconds"] = round(time.time() - t1)
             res[key] = r
             write_json(out, res)
