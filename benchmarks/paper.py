@@ -898,19 +898,20 @@ class Grid:
                              "--table-public length_matched")  # fmt: skip
         return length_matched_public(self.specs[task], self.stages.sizes, cut="phrases")
 
-    def phrase_cut(self, task: str, seed: int, base: str, base_compute, compute) -> dict:
-        """A transfer_budget cell with the table's public texts cut into phrases
-        (`length_matched_public(..., cut="phrases")`): `compute(public file)`; or, where the phrase
-        cut gives the texts the sentence cut gave (inputs of sentence length or more), the variant
-        `base`'s cell (made by `base_compute` if missing), marked `same_public_as`: the transfer
-        would repeat it."""
+    def phrase_cut(self, task: str, base: Path, base_compute, compute) -> dict:
+        """A cell with the table's public texts cut into phrases (`phrase_public`):
+        `compute(public file)`; or, where the phrase cut gives the texts the sentence cut gave
+        (inputs of sentence length or more), the sentence cut's cell `base` (made by `base_compute`
+        if missing), marked `same_public_as` with its variant: the transfer would repeat it."""
         spec, sizes = self.specs[task], self.stages.sizes
         pub = self.phrase_public(task)
         if _texts(Path(pub)) != _texts(Path(length_matched_public(spec, sizes))):
             return compute(pub)
-        path = self.cell_path("ablations", "transfer_budget", task, base, f"seed{seed}")
-        r = read_json(path) if path.is_file() else base_compute()
-        return {**{k: v for k, v in r.items() if k != "seconds"}, "same_public_as": base}
+        r = read_json(base) if base.is_file() else base_compute()
+        return {
+            **{k: v for k, v in r.items() if k != "seconds"},
+            "same_public_as": base.parent.name,
+        }
 
     def budget_cell(self, task: str, variant: str, seed: int) -> dict:
         """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
@@ -1293,15 +1294,19 @@ class Grid:
                 task, seed, sel, "post-ep3x-sel", avg, "post-ep3x-avg",
                 remake={"step": variants[sel], "average": variants[avg]},
             )  # fmt: skip
+
             # the public texts cut into phrases where the user's inputs are phrases
             # (`transfer.public_cut`); a task whose pieces the phrase cut leaves as they were
             # shares the sentence cut's cell instead of repeating its transfer
+            def budget(v: str) -> Path:
+                return self.cell_path("ablations", name, task, v, f"seed{seed}")
+
             variants["public_cut=phrases"] = lambda: self.phrase_cut(
-                task, seed, "tool", variants["tool"],
+                task, budget("tool"), variants["tool"],
                 lambda pub: self.transfer_scores(task, seed, "post-phr", public=pub),
             )  # fmt: skip
             variants[f"{sel},public_cut=phrases"] = lambda: self.phrase_cut(
-                task, seed, sel, variants[sel], lambda pub: self.selected_transfer(
+                task, budget(sel), variants[sel], lambda pub: self.selected_transfer(
                     task, seed, "post-ep3x-phr", epochs=3 * passes, public=pub
                 ),
             )  # fmt: skip
@@ -1364,14 +1369,12 @@ class Grid:
                     ]
                     return {**r, "student": student_identity(student)}
 
-                self.cell(
-                    self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}"), at_depth
-                )
+                base = self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}")
+                self.cell(base, at_depth)
 
-                def phrases_at_depth(k=k):  # the same user prompt, public texts cut into phrases
+                def phrases_at_depth(pub: str, k=k):  # the same user prompt, public phrases
                     student = self.depth_student(k)
                     user = self.user_prompt(task, seed, student, f"tune-L{k}")
-                    pub = self.phrase_public(task)
                     q = self.post_prompt(task, seed, user, f"post-L{k}-phr", student, public=pub)
                     r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
                     return {**r, "student": student_identity(student)}
@@ -1380,7 +1383,9 @@ class Grid:
                     self.cell_path(
                         "ablations", name, task, f"layers={k},public_cut=phrases", f"seed{seed}"
                     ),
-                    phrases_at_depth,
+                    lambda base=base, k=k: self.phrase_cut(
+                        task, base, at_depth, lambda pub: phrases_at_depth(pub, k)
+                    ),
                 )
         else:
             raise SystemExit(f"unknown ablation {name}")

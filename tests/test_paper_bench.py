@@ -233,7 +233,8 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     # where the phrase cut leaves the texts as they were, the cell is the sentence cut's, not rerun
     n_calls = len(grid.stages.calls)
     same = grid.phrase_cut(
-        "mpqa", 0, "tool", lambda: {"accuracy": 0.7, "seconds": 3},
+        "mpqa", state / "cells/ablations/transfer_budget/mpqa/tool/seed0.json",
+        lambda: {"accuracy": 0.7, "seconds": 3},
         lambda pub: pytest.fail("a transfer the sentence cut already made"),
     )  # fmt: skip
     assert same == {"accuracy": 0.7, "same_public_as": "tool"}
@@ -426,6 +427,15 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         c[0] == "transfer" and c[1] == f"transfer:tune-L8-s0:S8:{{'public': '{phr}'}}"
         for c in stages.calls
     )
+    # ... and where the phrase cut leaves the texts as they were, the depth's sentence-cut cell
+    grid.run_ablation("depth", "mpqa", 0)
+    depth = state / "cells/ablations/depth/mpqa"
+    shared, plain = (
+        {k: v for k, v in read_json(depth / v / "seed0.json").items() if k != "seconds"}
+        for v in ("layers=8,public_cut=phrases", "layers=8")
+    )
+    assert shared == {**plain, "same_public_as": "layers=8"}
+    assert not any("post-L8-phr" in c[1] or "mpqa-phrases" in c[1] for c in grid.stages.calls)
     assert set(abl["public_data"]["sst2"]) == {
         "same_task",
         "same_domain",
