@@ -838,14 +838,21 @@ class Grid:
         for variant, compute in variants.items():
             self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
 
-    def transfer_scores(self, task: str, seed: int, tag: str, dp: bool = False, **over) -> dict:
-        """The teacher's scores with the seed's user prompt (`dp`: its DP prompt) transferred as
-        `tag` (`over`: changes to the transfer; none: the table's POST or POST-with-DP prompt, whose
-        scores are its cell's, not evaluated again), with the transfer's best held-out public loss,
-        its step and the steps it ran (from its metrics.json, where the stage wrote one)."""
-        user = self.dp_prompt(task, seed) if dp else self.user_prompt(task, seed)
-        q = self.post_prompt(task, seed, user, tag, **over)
-        if over:
+    def transfer_scores(
+        self, task: str, seed: int, tag: str, dp: bool = False, student: str | None = None,
+        user_tag: str = "tune", **over,
+    ) -> dict:  # fmt: skip
+        """The teacher's scores with the seed's user prompt (`dp`: its DP prompt; `student`: the one
+        tuned on that student as `user_tag`, transferred from it) transferred as `tag` (`over`:
+        changes to the transfer; none: the table's POST or POST-with-DP prompt, whose scores are its
+        cell's, not evaluated again), with the transfer's best held-out public loss, its step and
+        the steps it ran (from its metrics.json, where the stage wrote one)."""
+        if student is not None:
+            user = self.user_prompt(task, seed, student, user_tag)
+        else:
+            user = self.dp_prompt(task, seed) if dp else self.user_prompt(task, seed)
+        q = self.post_prompt(task, seed, user, tag, student, **over)
+        if over or student is not None:
             r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
         else:
             r = dict(self.run_cell(task, "post_dp8" if dp else "post", seed))
@@ -875,7 +882,8 @@ class Grid:
         here (ARISE TV) keeps the tool's default, the lowest held-out loss: the plain transfer `tag`,
         as a provider without labelled data would. `patience`: stop after that many checks with no
         better step (the checks' selection accuracy; ARISE TV's, the held-out loss). `extra`: other
-        changes to the transfer (a schedule), which `tag` names."""
+        changes to the transfer (a schedule, a public file), which `tag` names, or the student and
+        its user prompt (`transfer_scores`)."""
         from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
 
         stop = {} if patience is None else {"patience": patience}
@@ -912,6 +920,65 @@ class Grid:
             **{k: v for k, v in r.items() if k != "seconds"},
             "same_public_as": base.parent.name,
         }
+
+    def depth_cells(self, task: str, seed: int, k: int) -> None:
+        """The depth ablation's cells at `k` layers: the user prompt tuned on that student and
+        transferred from it (the table's transfer; on public phrases; selected three-pass, as
+        transfer_budget's, on sentences and on phrases), and the same prompt on the teacher (direct)."""
+        if self.depth_student is None:
+            raise SystemExit("the depth ablation needs students of other depths (depth_student)")
+        spec, st = self.specs[task], self.stages
+
+        def path(variant: str) -> Path:
+            return self.cell_path("ablations", "depth", task, variant, f"seed{seed}")
+
+        made: list[str] = []
+
+        def student() -> str:  # distilled only for a cell not yet done, asked for once
+            if not made:
+                made.append(self.depth_student(k))
+            return made[0]
+
+        def user() -> str:
+            return self.user_prompt(task, seed, student(), f"tune-L{k}")
+
+        def at_depth():
+            r = self.variant_scores(task, seed, f"-L{k}", student())
+            r["student_zero_shot"] = st.evaluate(student(), None, spec)["accuracy"]
+            return {**r, "student": student_identity(student())}
+
+        def phrases(pub: str):  # the same user prompt, public phrases
+            q = self.post_prompt(task, seed, user(), f"post-L{k}-phr", student(), public=pub)
+            return {**st.evaluate(st.teacher, q, spec), "student": student_identity(student())}
+
+        passes = st.sizes.transfer_epochs
+        sel = f"layers={k},epochs={3 * passes:g},select=public"
+
+        def selected(tag: str = f"post-L{k}-ep3x", **over):
+            r = self.selected_transfer(
+                task, seed, tag, epochs=3 * passes, student=student(), user_tag=f"tune-L{k}", **over
+            )
+            return {**r, "student": student_identity(student())}
+
+        self.cell(path(f"layers={k}"), at_depth)
+        self.cell(
+            path(f"layers={k},public_cut=phrases"),
+            lambda: self.phrase_cut(task, path(f"layers={k}"), at_depth, phrases),
+        )
+        self.cell(path(sel), selected)
+        self.cell(
+            path(f"{sel},public_cut=phrases"),
+            lambda: self.phrase_cut(
+                task, path(sel), selected, lambda pub: selected(f"post-L{k}-ep3x-phr", public=pub)
+            ),
+        )
+        self.cell(
+            path(f"layers={k},direct"),
+            lambda: {
+                **st.evaluate(st.teacher, user(), spec),
+                "student": student_identity(student()),
+            },
+        )
 
     def budget_cell(self, task: str, variant: str, seed: int) -> dict:
         """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
@@ -1355,38 +1422,8 @@ class Grid:
 
             self.cell(self.cell_path("ablations", name, task, "auto", f"seed{seed}"), selected)
         elif name == "depth":
-            if self.depth_student is None:
-                raise SystemExit(
-                    "the depth ablation needs students of other depths (depth_student)"
-                )
             for k in self.depths:
-
-                def at_depth(k=k):  # the student is distilled only for a cell not yet done
-                    student = self.depth_student(k)
-                    r = self.variant_scores(task, seed, f"-L{k}", student)
-                    r["student_zero_shot"] = self.stages.evaluate(student, None, self.specs[task])[
-                        "accuracy"
-                    ]
-                    return {**r, "student": student_identity(student)}
-
-                base = self.cell_path("ablations", name, task, f"layers={k}", f"seed{seed}")
-                self.cell(base, at_depth)
-
-                def phrases_at_depth(pub: str, k=k):  # the same user prompt, public phrases
-                    student = self.depth_student(k)
-                    user = self.user_prompt(task, seed, student, f"tune-L{k}")
-                    q = self.post_prompt(task, seed, user, f"post-L{k}-phr", student, public=pub)
-                    r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
-                    return {**r, "student": student_identity(student)}
-
-                self.cell(
-                    self.cell_path(
-                        "ablations", name, task, f"layers={k},public_cut=phrases", f"seed{seed}"
-                    ),
-                    lambda base=base, k=k: self.phrase_cut(
-                        task, base, at_depth, lambda pub: phrases_at_depth(pub, k)
-                    ),
-                )
+                self.depth_cells(task, seed, k)
         else:
             raise SystemExit(f"unknown ablation {name}")
 
@@ -1533,6 +1570,7 @@ def targets(tasks: dict, ablations: dict | None = None, reference: dict | None =
         **_dp_gaps_by_recipe(tasks, (ablations or {}).get("dp_recipe", {})),
         **_gain_kept_by_transfer(tasks, (ablations or {}).get("transfer_budget", {})),
         **_dp_gaps_by_transfer(ablations or {}),
+        **_gain_kept_by_depth(tasks, (ablations or {}).get("depth", {}), reference),
     }  # fmt: skip
 
 
@@ -1649,6 +1687,57 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
             "compare",
         }
     }
+
+
+def _gain_kept_by_depth(tasks: dict, cells: dict, reference: dict | None = None) -> dict:
+    """The gain kept with each transfer of the depth ablation in POST's place (the mean of its cells
+    over its seeds), and on which tasks it beats zero-shot and that depth's direct transfer (its
+    `layers=K,direct` cells, the same seeds). Zero-shot is the record's; the tuned teacher the
+    record's, else the reference's (`tuned_reference`: a probe record with no table of its own)."""
+    ref = (reference or {}).get("teacher_tuned", {})
+    means: dict[str, dict[str, float]] = {}
+    seeds_of: dict[str, dict[str, list[str]]] = {}
+    for t, variants in cells.items():
+        for name, v in variants.items():
+            means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
+            seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
+    out = {}
+    for name, by_task in means.items():
+        if name.endswith(",direct"):
+            continue
+        direct_name = name.split(",")[0] + ",direct"
+        as_post = {t: {**tasks.get(t, {}), "post": {"mean": a}} for t, a in by_task.items()}
+        tuned = {
+            t: tasks.get(t, {}).get("teacher_tuned", {}).get("mean", ref.get(t, {}).get("mean"))
+            for t in by_task
+        }
+        ratios = _gain_ratios(as_post, tuned)
+        zs = {t: tasks.get(t, {}).get("teacher_zero_shot", {}).get("mean") for t in by_task}
+        direct = means.get(direct_name, {})
+        beats = [
+            t for t, a in by_task.items()
+            if zs[t] is not None and t in direct and seeds_of[direct_name][t] == seeds_of[name][t]
+            and a > zs[t] and a > direct[t]
+        ]  # fmt: skip
+        out[name] = {
+            "value": round(statistics.fmean(ratios.values()), 4) if ratios else None,
+            "per_task": {t: round(r, 4) for t, r in ratios.items()},
+            "post": {t: round(a, 4) for t, a in by_task.items()},
+            "seeds": seeds_of[name],
+            "beats_zero_shot_and_direct": beats,
+        }
+    if not out:
+        return {}
+    return {
+        "mean_gain_kept_by_depth": {
+            "variants": out, "target": 0.5,
+            "assumes": "as mean_gain_kept, with the mean of a depth variant's cells over its listed "
+            "seeds in POST's place, the record's teacher_zero_shot, and the record's teacher_tuned "
+            + (f"or, where it has none, {reference['from']}'s" if reference else "")
+            + "; beats_zero_shot_and_direct: the variant's mean above the zero-shot mean and the "
+            "mean of that depth's direct cells over the same seeds",
+        }
+    }  # fmt: skip
 
 
 def _dp_gaps_by_transfer(ablations: dict) -> dict:

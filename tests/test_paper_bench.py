@@ -196,7 +196,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     for name in paper.ABLATIONS:
         grid2.run_ablation(name, "sst2", 0)
     assert grid2.stages.calls == [] and n > 0
-    assert made == [2, 2, 8, 8]  # each depth variant asks once; a finished cell never again
+    assert made == [2, 8]  # each depth asks once per task and seed; a finished cell never again
     # each depth tunes on its own student and transfers from it
     assert any(c[0] == "tune" and ":S2:" in c[1] for c in stages.calls)
     assert any(c[0] == "transfer" and ":S8:" in c[1] for c in stages.calls)
@@ -420,8 +420,19 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     )
     assert "student_prompt" in abl["prompt_length"]["sst2"]["n_tokens=50"]["0"]
     assert set(abl["depth"]["sst2"]) == {
-        "layers=2", "layers=8", "layers=2,public_cut=phrases", "layers=8,public_cut=phrases",
+        f"layers={k}{v}" for k in (2, 8) for v in (
+            "", ",public_cut=phrases", f",{sel}", f",{sel},public_cut=phrases", ",direct"
+        )
     }  # fmt: skip
+    # the selected transfer at a depth: that depth's user prompt, from its student, the step chosen
+    # on the labelled public set, on sentences and on the phrase file
+    sel_over = "{'epochs': 3, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600"
+    for tail in ("}", f", 'public': '{phr}'}}"):
+        assert f"transfer:tune-L8-s0:S8:{sel_over}{tail}" in [c[1] for c in stages.calls]
+    # direct at a depth: that depth's user prompt on the teacher, as it was tuned
+    direct = abl["depth"]["sst2"]["layers=8,direct"]["0"]
+    tuned = state / "art/sst2/tune-L8-s0/prompt"
+    assert direct["accuracy"] == FakeStages().evaluate("T", str(tuned), None, log=False)["accuracy"]
     # the phrase cut at a depth: that depth's own user prompt, transferred on the phrase file
     assert any(
         c[0] == "transfer" and c[1] == f"transfer:tune-L8-s0:S8:{{'public': '{phr}'}}"
@@ -435,7 +446,15 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         for v in ("layers=8,public_cut=phrases", "layers=8")
     )
     assert shared == {**plain, "same_public_as": "layers=8"}
+    shared, plain = (
+        {k: v for k, v in read_json(depth / v / "seed0.json").items() if k != "seconds"}
+        for v in (f"layers=8,{sel},public_cut=phrases", f"layers=8,{sel}")
+    )
+    assert shared == {**plain, "same_public_as": f"layers=8,{sel}"}
     assert not any("post-L8-phr" in c[1] or "mpqa-phrases" in c[1] for c in grid.stages.calls)
+    made_here = {p.name for p in (state / "art/mpqa").iterdir()}
+    assert "post-L8-ep3x-s0" in made_here  # (no labelled source now: the plain three passes)
+    assert not [n for n in made_here if "-phr" in n]  # the sentence transfer, not repeated
     assert set(abl["public_data"]["sst2"]) == {
         "same_task",
         "same_domain",
@@ -1324,3 +1343,36 @@ def test_depth_students_given_as_folders_are_checked_for_their_depth(monkeypatch
         paper._depth_students(args("8=b"), tmp_path)
     with pytest.raises(SystemExit, match="LAYERS=FOLDER"):
         paper._depth_students(args("a"), tmp_path)
+
+
+def test_gain_kept_by_depth_on_hand_made_cells():
+    """Each depth transfer in POST's place: the record's zero-shot, the record's tuned teacher where it
+    has one (else the reference's), and the tasks where it beats zero-shot and its depth's direct."""
+
+    def cells(*accs):
+        return {str(s): {"accuracy": a} for s, a in enumerate(accs)}
+
+    tasks = {
+        "sst2": {"teacher_zero_shot": {"mean": 0.8}},
+        "mpqa": {"teacher_zero_shot": {"mean": 0.5}, "teacher_tuned": {"mean": 0.9}},
+    }
+    ref = {
+        "from": "main.json",
+        "device": "cpu",
+        "teacher_tuned": {"sst2": {"mean": 0.9}, "mpqa": {"mean": 0.7}},
+    }
+    depth = {
+        "sst2": {"layers=8,x": cells(0.85, 0.87), "layers=8,direct": cells(0.7, 0.7)},
+        "mpqa": {"layers=8,x": cells(0.7), "layers=8,direct": cells(0.75)},
+    }
+    out = paper.targets(tasks, {"depth": depth}, ref)["mean_gain_kept_by_depth"]
+    x = out["variants"]["layers=8,x"]
+    # sst2 (0.86 - 0.8) / (0.9 - 0.8) by the reference; mpqa (0.7 - 0.5) / (0.9 - 0.5), its own
+    assert x["per_task"] == {"sst2": pytest.approx(0.6), "mpqa": pytest.approx(0.5)}
+    assert x["value"] == pytest.approx(0.55)
+    assert x["beats_zero_shot_and_direct"] == ["sst2"]  # mpqa: below its direct transfer
+    assert "layers=8,direct" not in out["variants"] and "main.json" in out["assumes"]
+    # a direct transfer over other seeds does not compare; no tuned teacher anywhere: no ratio
+    depth["sst2"]["layers=8,direct"] = cells(0.7)
+    x = paper.targets(tasks, {"depth": depth})["mean_gain_kept_by_depth"]["variants"]["layers=8,x"]
+    assert x["beats_zero_shot_and_direct"] == [] and set(x["per_task"]) == {"mpqa"}
