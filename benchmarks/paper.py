@@ -1732,8 +1732,8 @@ def _gain_kept_by_depth(tasks: dict, cells: dict, reference: dict | None = None)
         "mean_gain_kept_by_depth": {
             "variants": out, "target": 0.5,
             "assumes": "as mean_gain_kept, with the mean of a depth variant's cells over its listed "
-            "seeds in POST's place, the record's teacher_zero_shot, and the record's teacher_tuned "
-            + (f"or, where it has none, {reference['from']}'s" if reference else "")
+            "seeds in POST's place, the record's teacher_zero_shot, and the record's teacher_tuned"
+            + (f" or, where it has none, {reference['from']}'s" if reference else "")
             + "; beats_zero_shot_and_direct: the variant's mean above the zero-shot mean and the "
             "mean of that depth's direct cells over the same seeds",
         }
