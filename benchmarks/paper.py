@@ -1638,19 +1638,29 @@ def _dp_gaps_by_recipe(tasks: dict, cells: dict) -> dict:
 HELDOUT_PICK = "lowest_heldout_loss"
 
 
+def _variant_means(
+    cells: dict,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[str]]]]:
+    """An ablation's cells ({task: {variant: {seed: cell}}}) as {variant: {task: mean accuracy}} and
+    {variant: {task: its seeds}}."""
+    means: dict[str, dict[str, float]] = {}
+    seeds_of: dict[str, dict[str, list[str]]] = {}
+    for t, variants in cells.items():
+        for name, v in variants.items():
+            means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
+            seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
+    return means, seeds_of
+
+
 def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
     """The gain kept with each transfer of the transfer_budget ablation in POST's place (the mean of
     its cells over its own seeds), and with the provider's pick per (task, seed): among the variants
     that have every seed of the task, the one whose held-out public loss is lowest."""
     from promptport.transfer import lowest_heldout
 
-    means: dict[str, dict[str, float]] = {}
-    seeds_of: dict[str, dict[str, list[str]]] = {}
+    means, seeds_of = _variant_means(cells)
     for t, variants in cells.items():
         every = sorted(set().union(*variants.values()), key=int)
-        for name, v in variants.items():
-            means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
-            seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
         # losses compare between transfers of one target: not across `shift_mean` treatments
         full = {
             n: v for n, v in variants.items() if set(v) == set(every) and "shift_mean=" not in n
@@ -1695,12 +1705,7 @@ def _gain_kept_by_depth(tasks: dict, cells: dict, reference: dict | None = None)
     `layers=K,direct` cells, the same seeds). Zero-shot is the record's; the tuned teacher the
     record's, else the reference's (`tuned_reference`: a probe record with no table of its own)."""
     ref = (reference or {}).get("teacher_tuned", {})
-    means: dict[str, dict[str, float]] = {}
-    seeds_of: dict[str, dict[str, list[str]]] = {}
-    for t, variants in cells.items():
-        for name, v in variants.items():
-            means.setdefault(name, {})[t] = statistics.fmean(c["accuracy"] for c in v.values())
-            seeds_of.setdefault(name, {})[t] = sorted(v, key=int)
+    means, seeds_of = _variant_means(cells)
     out = {}
     for name, by_task in means.items():
         if name.endswith(",direct"):
