@@ -947,9 +947,13 @@ class Grid:
             r["student_zero_shot"] = st.evaluate(student(), None, spec)["accuracy"]
             return {**r, "student": student_identity(student())}
 
+        def on_teacher(prompt: str) -> dict:  # the teacher's scores, the cell naming its student
+            return {**st.evaluate(st.teacher, prompt, spec), "student": student_identity(student())}
+
         def phrases(pub: str):  # the same user prompt, public phrases
-            q = self.post_prompt(task, seed, user(), f"post-L{k}-phr", student(), public=pub)
-            return {**st.evaluate(st.teacher, q, spec), "student": student_identity(student())}
+            return on_teacher(
+                self.post_prompt(task, seed, user(), f"post-L{k}-phr", student(), public=pub)
+            )
 
         passes = st.sizes.transfer_epochs
         sel = f"layers={k},epochs={3 * passes:g},select=public"
@@ -972,13 +976,7 @@ class Grid:
                 task, path(sel), selected, lambda pub: selected(f"post-L{k}-ep3x-phr", public=pub)
             ),
         )
-        self.cell(
-            path(f"layers={k},direct"),
-            lambda: {
-                **st.evaluate(st.teacher, user(), spec),
-                "student": student_identity(student()),
-            },
-        )
+        self.cell(path(f"layers={k},direct"), lambda: on_teacher(user()))
 
     def budget_cell(self, task: str, variant: str, seed: int) -> dict:
         """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
@@ -1652,6 +1650,22 @@ def _variant_means(
     return means, seeds_of
 
 
+def _kept_in_posts_place(
+    tasks: dict, by_task: dict[str, float], tuned: dict, seeds: dict[str, list[str]]
+) -> dict:
+    """An ablation variant's gain kept with its mean accuracies `by_task` in POST's place (`tuned`:
+    task -> teacher_tuned mean or None): the mean ratio (None where no task has one), per task, the
+    means and the seeds they are over."""
+    as_post = {t: {**tasks.get(t, {}), "post": {"mean": a}} for t, a in by_task.items()}
+    ratios = _gain_ratios(as_post, tuned)
+    return {
+        "value": round(statistics.fmean(ratios.values()), 4) if ratios else None,
+        "per_task": {t: round(r, 4) for t, r in ratios.items()},
+        "post": {t: round(a, 4) for t, a in by_task.items()},
+        "seeds": seeds,
+    }
+
+
 def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
     """The gain kept with each transfer of the transfer_budget ablation in POST's place (the mean of
     its cells over its own seeds), and with the provider's pick per (task, seed): among the variants
@@ -1674,16 +1688,10 @@ def _gain_kept_by_transfer(tasks: dict, cells: dict) -> dict:
             seeds_of.setdefault(HELDOUT_PICK, {})[t] = every
     out = {}
     for name, by_task in means.items():
-        as_post = {t: {**tasks.get(t, {}), "post": {"mean": a}} for t, a in by_task.items()}
         tuned = {t: tasks.get(t, {}).get("teacher_tuned", {}).get("mean") for t in by_task}
-        ratios = _gain_ratios(as_post, tuned)
-        if ratios:
-            out[name] = {
-                "value": round(statistics.fmean(ratios.values()), 4),
-                "per_task": {t: round(r, 4) for t, r in ratios.items()},
-                "post": {t: round(a, 4) for t, a in by_task.items()},
-                "seeds": seeds_of[name],
-            }
+        entry = _kept_in_posts_place(tasks, by_task, tuned, seeds_of[name])
+        if entry["value"] is not None:
+            out[name] = entry
     if not out:
         return {}
     return {
@@ -1711,12 +1719,10 @@ def _gain_kept_by_depth(tasks: dict, cells: dict, reference: dict | None = None)
         if name.endswith(",direct"):
             continue
         direct_name = name.split(",")[0] + ",direct"
-        as_post = {t: {**tasks.get(t, {}), "post": {"mean": a}} for t, a in by_task.items()}
         tuned = {
             t: tasks.get(t, {}).get("teacher_tuned", {}).get("mean", ref.get(t, {}).get("mean"))
             for t in by_task
         }
-        ratios = _gain_ratios(as_post, tuned)
         zs = {t: tasks.get(t, {}).get("teacher_zero_shot", {}).get("mean") for t in by_task}
         direct = means.get(direct_name, {})
         beats = [
@@ -1725,10 +1731,7 @@ def _gain_kept_by_depth(tasks: dict, cells: dict, reference: dict | None = None)
             and a > zs[t] and a > direct[t]
         ]  # fmt: skip
         out[name] = {
-            "value": round(statistics.fmean(ratios.values()), 4) if ratios else None,
-            "per_task": {t: round(r, 4) for t, r in ratios.items()},
-            "post": {t: round(a, 4) for t, a in by_task.items()},
-            "seeds": seeds_of[name],
+            **_kept_in_posts_place(tasks, by_task, tuned, seeds_of[name]),
             "beats_zero_shot_and_direct": beats,
         }
     if not out:
