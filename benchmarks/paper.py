@@ -64,6 +64,12 @@ weights' checksum in student.json), one transfer recipe (transfer.json: the embe
 `transfer:` section), one tuning recipe (tune.json: its `tune:` section) and one DP tuning recipe
 (dp.json: the optimiser and learning rate DP tuning uses instead, SGD at the profile's dp_lr unless
 `--dp-set` changes it), in STATE and in RECORD, and paper_tables.json names all four.
+`--table-public` (the texts as given, length-matched, or that cut into phrases) and `--table-transfer`
+(the tool's one pass, or `epochs=3,select=public`: three passes keeping the step chosen on a labelled
+public set of the task's kind) set the table's own transfers (POST, POST with DP, the non-distilled
+student's) and are part of transfer.json. A record whose student is another record's depth-ablation
+student (`--import-depth-cells RECORD`: same weights, sizes, device and recipes, checked) takes that
+record's depth cells as its table's, each marked `imported_from`, instead of making them again.
 
 Output: benchmarks/results/paper_tables.json with `tasks.<task>.<method>.{mean, std, per_seed}` and
 `ablations.<name>`, and the markdown table between the PAPER-TABLE markers of benchmarks/README.md.
@@ -115,9 +121,15 @@ ABLATIONS = (
 )  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
-# The table's own public data: each task's public texts as given, or re-cut to the user's text
-# length (`--table-public length_matched`; recorded in the state's transfer.json as `public`).
-TABLE_PUBLIC = ("given", "length_matched")
+# The table's own public data: each task's public texts as given, re-cut to the user's text length
+# (`--table-public length_matched`), or that cut into phrases (`phrases`, the tool's
+# `--public-cut phrases`); recorded in the state's transfer.json as `public`.
+TABLE_PUBLIC = ("given", "length_matched", "phrases")
+# The table's own transfer (POST, POST with DP, the non-distilled student's): the tool's one pass, or
+# three passes keeping the step under which the teacher is most accurate on a labelled public set of
+# the task's kind (`Grid.selection`; transfer_budget's variant of that name); recorded in the state's
+# transfer.json as `table_transfer` where it is not the tool's.
+TABLE_TRANSFER = ("tool", "epochs=3,select=public")
 # Transfer fields the profile's Sizes set (not the recipe's).
 SIZED = ("n_public", "epochs", "max_length", "seed")
 # Tuning fields the profile's Sizes (or the DP setting) set; the rest is the run config's `tune:`.
@@ -473,11 +485,17 @@ class Stages:
     def __init__(
         self, teacher: str, sizes: Sizes, progress: bool = False, recipe: dict | None = None,
         tune: dict | None = None, device: str = "cpu", public: str = "given", dp: dict | None = None,
+        table_transfer: str = "tool",
     ):  # fmt: skip
         self.teacher, self.sizes, self.progress, self.device = teacher, sizes, progress, device
         if public not in TABLE_PUBLIC:
             raise SystemExit(f"table public data: choose {' or '.join(TABLE_PUBLIC)}, not {public}")
+        if table_transfer not in TABLE_TRANSFER:
+            raise SystemExit(
+                f"table transfer: choose {' or '.join(TABLE_TRANSFER)}, not {table_transfer}"
+            )
         self.public = public  # the public texts of the table's own transfers (POST, POST with DP)
+        self.table_transfer = table_transfer  # and how they keep their step
         self.recipe = transfer_recipe() if recipe is None else recipe
         self.tune_recipe = tune_recipe() if tune is None else tune
         self.dp_recipe = dp_recipe(sizes) if dp is None else dp
@@ -558,9 +576,12 @@ class Stages:
     def table_public(self, spec: dict) -> str:
         """The public data of the table's own transfers: the task's public texts as given, or the
         same texts re-cut to the user's text length (`length_matched_public`, the tool's
-        `--public-chars`); an ablation that names its own public data overrides it."""
+        `--public-chars`), or that cut into phrases; an ablation that names its own public data
+        overrides it."""
         if self.public == "length_matched":
             return length_matched_public(spec, self.sizes)
+        if self.public == "phrases":
+            return length_matched_public(spec, self.sizes, cut="phrases")
         return spec["public"]
 
     def _classifier(self, model: str, spec: dict):
@@ -884,19 +905,38 @@ class Grid:
         better step (the checks' selection accuracy; ARISE TV's, the held-out loss). `extra`: other
         changes to the transfer (a schedule, a public file), which `tag` names, or the student and
         its user prompt (`transfer_scores`)."""
-        from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
-
         stop = {} if patience is None else {"patience": patience}
         p_tag = "" if patience is None else f"-p{patience}"
-        if task not in SOURCES:
+        select = self.selection(task)
+        if not select:
             return self.transfer_scores(task, seed, tag + p_tag, epochs=epochs, **stop, **extra)
-        spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
         over = {} if shift_mean == "keep" else {"shift_mean": shift_mean}
         return self.transfer_scores(
             task, seed, f"{tag}-sel" + (f"-{shift_mean}" if over else "") + p_tag, epochs=epochs,
-            select_data=str(Path(spec["data"]) / "test.jsonl"), n_select=600, **over, **stop,
-            **extra,
+            **select, **over, **stop, **extra,
         )  # fmt: skip
+
+    def selection(self, task: str) -> dict:
+        """The transfer fields that keep the step chosen on the task family's labelled public set
+        (the sources of benchmarks.public_label_pick, never the task's own data, 600 texts); none for
+        a task with no such set here (ARISE TV), which keeps the lowest held-out loss."""
+        from benchmarks.public_label_pick import SHARED, SOURCES, labelled_public
+
+        if task not in SOURCES:
+            return {}
+        spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
+        return {"select_data": str(Path(spec["data"]) / "test.jsonl"), "n_select": 600}
+
+    def table_transfer(self, task: str, seed: int, user: str, tag: str, student=None) -> str:
+        """The table's transfer of the prompt `user` (POST, POST with DP, the non-distilled
+        student's) as artifact `tag`: the tool's, or (`--table-transfer epochs=3,select=public`)
+        three times its passes keeping the step `selection` chooses, as selected_transfer does."""
+        if self.stages.table_transfer == "tool":
+            return self.post_prompt(task, seed, user, tag, student)
+        epochs = 3 * self.stages.sizes.transfer_epochs
+        return self.post_prompt(
+            task, seed, user, tag, student, epochs=epochs, **self.selection(task)
+        )
 
     def phrase_public(self, task: str) -> str:
         """The table's `length_matched` public texts cut into phrases (the variants that compare the
@@ -1148,10 +1188,10 @@ class Grid:
             if method == "direct":
                 return st.evaluate(teacher, self.user_prompt(task, seed), spec)
             if method == "post":
-                p = self.post_prompt(task, seed, self.user_prompt(task, seed), "post")
+                p = self.table_transfer(task, seed, self.user_prompt(task, seed), "post")
                 return st.evaluate(teacher, p, spec)
             if method == "post_dp8":
-                p = self.post_prompt(task, seed, self.dp_prompt(task, seed), "post-dp8")
+                p = self.table_transfer(task, seed, self.dp_prompt(task, seed), "post-dp8")
                 return st.evaluate(teacher, p, spec)
             if method == "teacher_tuned":
                 p = self.artifact(
@@ -1166,17 +1206,21 @@ class Grid:
         spec, st, teacher = self.specs[task], self.stages, self.stages.teacher
         user = lambda: self.user_prompt(task, seed)  # noqa: E731
         if name == "non_distilled":
+            # the table's POST cell against the same layers cut from the teacher with no training:
+            # the user's prompt tuned on that cut and moved by the table's transfer
             nd = self.state / "non-distilled-student"
-            for variant, student in (("distilled", self.student), ("non_distilled", str(nd))):
-                tag = "" if variant == "distilled" else "-nd"
 
-                def post(student=student, tag=tag):
-                    if student == str(nd) and not (nd / "student.json").is_file():
-                        st.non_distilled(self.student, nd)  # cut only when its cell is made
-                    _, q = self.tuned_and_transferred(task, seed, tag, student)
-                    return st.evaluate(teacher, q, spec)
+            def non_distilled():
+                if not (nd / "student.json").is_file():
+                    st.non_distilled(self.student, nd)  # cut only when its cell is made
+                p = self.user_prompt(task, seed, str(nd), "tune-nd")
+                q = self.table_transfer(task, seed, p, "post-nd", str(nd))
+                return st.evaluate(teacher, q, spec)
 
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), post)
+            self.variant_cells(
+                name, task, seed,
+                {"distilled": lambda: self.table_post(task, seed), "non_distilled": non_distilled},
+            )  # fmt: skip
         elif name == "alpha":
             for a in (0.0, 0.25, 0.5, 0.75, 1.0, "auto"):
                 tag = a if a == "auto" else f"{a:g}"
@@ -1804,7 +1848,14 @@ def markdown(tables: dict) -> str:
     rec = tables.get("transfer_recipe")
     how = (
         " POST (and post_dp8) in the tool's transfer setting: "
-        + ", ".join(f"{k} {v}" for k, v in rec.items() if k != "method")
+        + ", ".join(f"{k} {v}" for k, v in rec.items() if k not in ("method", "table_transfer"))
+        + (
+            f"; {rec['table_transfer']}: three times the passes, keeping the step under which the "
+            "teacher is most accurate on a labelled public set of the task's kind (ARISE TV, which "
+            "has none here: the lowest held-out public loss)"
+            if rec.get("table_transfer")
+            else ""
+        )
         + "."
         if rec
         else ""
@@ -2097,6 +2148,82 @@ def check_recipe(state: Path, recipe: dict, kind: str = "transfer", legacy: dict
     write_json(f, recipe)
 
 
+def table_recipe(stages) -> dict:
+    """What the state's transfer.json records of the table's transfer: the recipe, and the public
+    data and step choice where they are not the defaults (so records from before those options keep
+    their recipe)."""
+    public = {} if stages.public == "given" else {"public": stages.public}
+    how = getattr(stages, "table_transfer", "tool")
+    return {**stages.recipe, **public, **({} if how == "tool" else {"table_transfer": how})}
+
+
+def depth_variant(recipe: dict, layers: int, passes: float) -> str:
+    """The depth ablation's variant at `layers` whose transfer is the table recipe `recipe` (over a
+    `length_matched` probe record's): the tool's or the selected three-pass one, on sentences or
+    phrases."""
+    if recipe.get("public") not in ("length_matched", "phrases"):
+        raise SystemExit("depth cells transfer on length_matched public data (or its phrases)")
+    v = f"layers={layers}"
+    if recipe.get("table_transfer"):
+        v += f",epochs={3 * passes:g},select=public"
+    return v + (",public_cut=phrases" if recipe["public"] == "phrases" else "")
+
+
+def import_depth_cells(record: Path, source: Path, stages, ident: dict, log=print) -> list[str]:
+    """Fill `record`'s table from `source`'s depth ablation at this student's depth: cells made by
+    that very student (its weights' checksum in each cell), with the same sizes, device, tuning and
+    transfer recipe (the source's table recipe plus the depth variant's changes), are this record's
+    cells -- teacher and student zero-shot, student + prompt, direct, POST -- and are not made
+    twice. Each keeps its source in `imported_from`; a cell this record has is left as it is."""
+    k = len(ident.get("layers") or [])
+    mine, theirs = table_recipe(stages), read_json(source / "transfer.json")
+    base = {key: v for key, v in mine.items() if key not in ("public", "table_transfer")}
+    checks = {
+        "sizes": (read_json(source / "sizes.json"), asdict(stages.sizes)),
+        "device": (read_json(source / "device.json"), read_json(record / "device.json")),
+        "tune recipe": (read_json(source / "tune.json"), stages.tune_recipe),
+        "transfer recipe": (theirs, {**base, "public": "length_matched"}),
+    }
+    for what, (a, b) in checks.items():
+        if a != b:
+            raise SystemExit(f"--import-depth-cells: {source} has another {what} ({a} != {b})")
+    post_variant = depth_variant(mine, k, stages.sizes.transfer_epochs)
+    root = source / "cells"
+    made: list[str] = []
+
+    def put(task: str, method: str, seed: str, cell: dict, src: Path) -> None:
+        out = record / "cells" / task / method / f"seed{seed}.json"
+        if out.is_file():
+            return
+        write_json(out, {**cell, "imported_from": str(src)})
+        made.append(str(out.relative_to(record)))
+
+    for task in TASKS:
+        for src in sorted((root / task / "teacher_zero_shot").glob("seed*.json")):
+            put(task, "teacher_zero_shot", src.stem.removeprefix("seed"), read_json(src), src)
+        depth = root / "ablations" / "depth" / task
+        for src in sorted((depth / f"layers={k}").glob("seed*.json")):
+            seed, at = src.stem.removeprefix("seed"), read_json(src)
+            cells = {f"layers={k}": at}
+            for v in (f"layers={k},direct", post_variant):
+                f = depth / v / src.name
+                cells[v] = read_json(f) if f.is_file() else None
+            for v, c in cells.items():
+                if c is not None and (c.get("student") or {}).get("sha256") != ident["sha256"]:
+                    raise SystemExit(
+                        f"--import-depth-cells: {depth / v / src.name} is another student's "
+                        f"({(c.get('student') or {}).get('sha256')}, not {ident['sha256']})"
+                    )
+            put(task, "student_zero_shot", seed, {"accuracy": at["student_zero_shot"]}, src)
+            put(task, "student_prompt", seed,
+                {"accuracy": at["student_prompt"], "prompt_drift": at.get("prompt_drift")}, src)  # fmt: skip
+            for method, v in (("direct", f"layers={k},direct"), ("post", post_variant)):
+                if cells[v] is not None:
+                    put(task, method, seed, cells[v], depth / v / src.name)
+    log(f"[paper] imported {len(made)} cells from {source}")
+    return made
+
+
 def check_device(record: Path, device: str) -> None:
     """One device and one arithmetic per record: GPU and CPU numerics differ (the same recipe and seed
     give other weights and prompts), and so do bf16 and fp32 (`precision: auto` resolves to bf16 on a
@@ -2207,6 +2334,18 @@ def main(argv=None) -> dict:
         "tool's --public-chars): a state and record hold one, so this starts new ones",
     )  # fmt: skip
     ap.add_argument(
+        "--table-transfer", default="tool", choices=TABLE_TRANSFER,
+        help="how the table's POST, POST with DP and non-distilled transfers keep their step: the "
+        "tool's one pass, or three passes keeping the step chosen on a labelled public set of the "
+        "task's kind (where one exists): a state and record hold one, so this starts new ones",
+    )  # fmt: skip
+    ap.add_argument(
+        "--import-depth-cells", default=None, metavar="RECORD",
+        help="fill this record's table from another record's depth ablation at this student's depth "
+        "(the same student, sizes, device and recipes, checked): its zero-shot, student, direct and "
+        "POST cells (the variant this record's transfer is), each marked imported_from",
+    )  # fmt: skip
+    ap.add_argument(
         "--tuned-reference", default=None, metavar="PAPER_TABLES_JSON",
         help="another record's tables whose teacher_tuned cells this record's gain kept is also "
         "measured against (same sizes and tune recipe; kept in RECORD/tuned_reference.json)",
@@ -2257,18 +2396,17 @@ def main(argv=None) -> dict:
         recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
         stages = Stages(
             args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public,
-            dp=dp_recipe(sizes, args.dp_set),
+            dp=dp_recipe(sizes, args.dp_set), table_transfer=args.table_transfer,
         )  # fmt: skip
-        # the table's public data is part of its transfer recipe (left out when as given, so that
-        # records from before the option keep their recipe)
-        public = {} if args.table_public == "given" else {"public": args.table_public}
         ident = student_identity(student)
         legacy_dp = dp_recipe(sizes)  # what DP cells made before dp.json was kept used
         for d in folders:
             check_student(d, ident)
-            check_recipe(d, {**stages.recipe, **public})
+            check_recipe(d, table_recipe(stages))
             check_recipe(d, stages.tune_recipe, "tune")
             check_recipe(d, stages.dp_recipe, "dp", legacy=legacy_dp)
+        if args.import_depth_cells:
+            import_depth_cells(record, Path(args.import_depth_cells), stages, ident)
         grid = Grid(
             state, stages, student, specs, record=record,
             depth_student=_depth_students(args, state), depths=tuple(args.depths),

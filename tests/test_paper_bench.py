@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from benchmarks import paper
@@ -17,6 +18,7 @@ class FakeStages:
     teacher = "T"
     sizes = paper.PROFILES["quick"]
     public = "length_matched"
+    table_transfer = "tool"
 
     def __init__(self, fail_on: str | None = None):
         self.recipe = {"alpha": 1.0, "lr": 0.01}  # the transfer's
@@ -1189,18 +1191,131 @@ def test_the_tables_own_transfers_can_use_length_matched_public_data(monkeypatch
     spec = {"task": "sst2", "data": str(data), "public": str(data / "public.jsonl")}
     seen: list = []
     monkeypatch.setattr(tr, "transfer", lambda *a, public_data, **k: seen.append(public_data))
-    for public in ("given", "length_matched"):
+    for public in ("given", "length_matched", "phrases"):
         st = paper.Stages("T", sizes, public=public)
         monkeypatch.setattr(st, "model", lambda spec: spec)
         st.transfer("P", "S", spec, 0, tmp_path / public)
         st.transfer("P", "S", spec, 0, tmp_path / public, public="/own")
-    given, given_own, matched, matched_own = seen
-    assert given == spec["public"] and given_own == matched_own == "/own"
+    given, given_own, matched, matched_own, phrases, phrases_own = seen
+    assert given == spec["public"] and given_own == matched_own == phrases_own == "/own"
     assert matched == paper.length_matched_public(spec, sizes) != spec["public"]
     pieces = [json.loads(x)["text"] for x in Path(matched).read_text().splitlines()]
     assert pieces[:2] == ["Aaaa bbbb cc.", "Dddd eeee ff!"]
+    # `phrases`: the same re-cut public texts cut into phrases (the tool's --public-cut phrases)
+    assert phrases == paper.length_matched_public(spec, sizes, cut="phrases") != matched
     with pytest.raises(SystemExit, match="length_matched"):
         paper.Stages("T", sizes, public="recut")
+    with pytest.raises(SystemExit, match="table transfer"):
+        paper.Stages("T", sizes, table_transfer="epochs=3")
+
+
+def test_the_tables_selected_transfer_moves_post_dp_and_the_non_distilled_prompt(
+    tmp_path, monkeypatch
+):
+    """`--table-transfer epochs=3,select=public`: the table's POST, POST with DP and the
+    non-distilled student's transfer all run three times the profile's passes and keep the step
+    chosen on the labelled public set of the task's kind -- the same transfer call as the depth
+    ablation's selected cell (what importing its cells rests on); a task with no labelled set keeps
+    the lowest held-out loss; the distilled cell of non_distilled is the table's POST cell."""
+    import benchmarks.public_label_pick as plp
+
+    monkeypatch.setattr(plp, "labelled_public", lambda task, *a: {"data": f"/sel/{task}"})
+    specs = {**SPECS, "arisetv": {"task": "arisetv", "data": "/d/a", "public": "/p/a"}}
+    stages = FakeStages()
+    stages.table_transfer = "epochs=3,select=public"
+    grid = paper.Grid(tmp_path, stages, "S", specs, log=lambda *_: None)
+    for task in specs:
+        for method in ("post", "post_dp8"):
+            grid.run_cell(task, method, 0)
+        grid.run_ablation("non_distilled", task, 0)
+    transfers = [c[1] for c in stages.calls if c[0] == "transfer"]
+    sel = "{'epochs': 3, 'select_data': '/sel/sst2/test.jsonl', 'n_select': 600}"
+    nd = str(tmp_path / "non-distilled-student")
+    assert f"transfer:tune-s0:S:{sel}" in transfers
+    assert f"transfer:tune-dp8-s0:S:{sel}" in transfers
+    assert f"transfer:tune-nd-s0:{nd}:{sel}" in transfers
+    assert "transfer:tune-s0:S:{'epochs': 3}" in transfers  # arisetv: no labelled set
+    assert len(transfers) == 9  # three a task: the distilled cell made no transfer of its own
+    nd_cells = tmp_path / "cells/ablations/non_distilled/sst2"
+    post = read_json(tmp_path / "cells/sst2/post/seed0.json")
+    assert read_json(nd_cells / "distilled/seed0.json")["accuracy"] == post["accuracy"]
+    # the depth ablation's selected transfer from the same student and prompt is the same call
+    depth = paper.Grid(
+        tmp_path / "d", FakeStages(), "X", specs, log=lambda *_: None,
+        depth_student=lambda k: "S", depths=(8,),
+    )  # fmt: skip
+    depth.selected_transfer("sst2", 0, "post-L8-ep3x", epochs=3, student="S", user_tag="tune")
+    assert depth.stages.calls[-2][1] == f"transfer:tune-s0:S:{sel}"
+    # the tool's table transfer is unchanged: one pass, no selection
+    tool = FakeStages()
+    paper.Grid(tmp_path / "t", tool, "S", specs, log=lambda *_: None).run_cell("sst2", "post", 0)
+    assert [c[1] for c in tool.calls if c[0] == "transfer"] == ["transfer:tune-s0:S:{}"]
+
+
+def test_import_depth_cells_fills_the_table_of_the_same_student(tmp_path):
+    """A record whose student is another record's depth-ablation student takes that record's cells
+    for its table -- the POST cell of the variant its transfer recipe is -- marked imported_from,
+    only where student, sizes, device and recipes are the same."""
+    sizes = paper.PROFILES["quick"]
+    src, rec = tmp_path / "probe", tmp_path / "l8"
+    base = {"method": "post", "alpha": 1.0}
+    for d in (src, rec):
+        d.mkdir()
+        (d / "device.json").write_text(json.dumps({"device": "cpu", "precision": "bf16"}))
+    for name, data in (("sizes", vars(sizes)), ("tune", {"lr": 0.1}),
+                       ("transfer", {**base, "public": "length_matched"})):  # fmt: skip
+        (src / f"{name}.json").write_text(json.dumps(data))
+    sel = "layers=8,epochs=3,select=public,public_cut=phrases"
+    acc = {"layers=8": 0.1, "layers=8,direct": 0.2, "layers=8,public_cut=phrases": 0.3, sel: 0.4}
+
+    def cell(task, variant, seed, sha="abc"):
+        f = src / "cells/ablations/depth" / task / variant / f"seed{seed}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"student_zero_shot": 0.05, "student_prompt": 0.15} if variant == "layers=8" else {}
+        f.write_text(json.dumps({"accuracy": acc[variant] + seed / 100, "student": {"sha256": sha},
+                                 **extra}))  # fmt: skip
+
+    for seed in (0, 1):
+        for v in acc:
+            cell("sst2", v, seed)
+    zs = src / "cells/sst2/teacher_zero_shot/seed0.json"
+    zs.parent.mkdir(parents=True)
+    zs.write_text(json.dumps({"accuracy": 0.6}))
+
+    St = SimpleNamespace(  # the stages' recipes, as main sets them
+        recipe=base, public="phrases", table_transfer="epochs=3,select=public",
+        tune_recipe={"lr": 0.1}, sizes=sizes,
+    )  # fmt: skip
+    ident = {"sha256": "abc", "layers": list(range(8))}
+    own = rec / "cells/sst2/direct/seed1.json"
+    own.parent.mkdir(parents=True)
+    own.write_text(json.dumps({"accuracy": 0.99}))  # a cell the record has stays its own
+    made = paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None)
+    assert len(made) == 1 + 2 * 4 - 1
+    table = paper.collect(rec)["tasks"]["sst2"]
+    assert table["post"]["per_seed"] == {"0": 0.4, "1": 0.41}
+    assert table["direct"]["per_seed"] == {"0": 0.2, "1": 0.99}
+    assert table["student_prompt"]["mean"] == 0.15 and table["teacher_zero_shot"]["mean"] == 0.6
+    assert read_json(rec / "cells/sst2/post/seed0.json")["imported_from"].endswith(
+        f"{sel}/seed0.json"
+    )
+    assert paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None) == []
+    # the sentence cut's one-pass transfer is another variant: another POST
+    St.public, St.table_transfer = "length_matched", "tool"
+    assert paper.depth_variant(paper.table_recipe(St), 8, 1) == "layers=8"
+    St.public = "phrases"
+    assert paper.depth_variant(paper.table_recipe(St), 8, 1) == "layers=8,public_cut=phrases"
+    # refused: another student's cell, another tuning recipe, another transfer recipe
+    cell("sst2", "layers=8,direct", 2, sha="zzz")
+    cell("sst2", "layers=8", 2)
+    with pytest.raises(SystemExit, match="another student"):
+        paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None)
+    St.tune_recipe = {"lr": 0.3}
+    with pytest.raises(SystemExit, match="tune recipe"):
+        paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None)
+    St.tune_recipe, St.recipe = {"lr": 0.1}, {**base, "alpha": 0.5}
+    with pytest.raises(SystemExit, match="transfer recipe"):
+        paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None)
 
 
 def test_a_cpu_record_holds_cells_of_one_arithmetic(monkeypatch, tmp_path):
