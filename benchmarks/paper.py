@@ -773,6 +773,10 @@ class Grid:
     def cell_path(self, *parts) -> Path:
         return self.record.joinpath("cells", *map(str, parts[:-1]), f"{parts[-1]}.json")
 
+    def ablation_path(self, name: str, task: str, variant: str, seed: int) -> Path:
+        """An ablation's cell: RECORD/cells/ablations/<name>/<task>/<variant>/seed<seed>.json."""
+        return self.cell_path("ablations", name, task, variant, f"seed{seed}")
+
     def artifact(self, kind: str, task: str, seed: int, make) -> str:
         """A prompt artifact (tuned or transferred), made once: STATE/art/<task>/<kind>-s<seed>/."""
         d = self.state / "art" / task / f"{kind}-s{seed}"
@@ -857,7 +861,7 @@ class Grid:
     def variant_cells(self, name: str, task: str, seed: int, variants: dict) -> None:
         """An ablation's cells, one per {variant: compute} (made where missing, in order)."""
         for variant, compute in variants.items():
-            self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+            self.cell(self.ablation_path(name, task, variant, seed), compute)
 
     def transfer_scores(
         self, task: str, seed: int, tag: str, dp: bool = False, student: str | None = None,
@@ -970,7 +974,7 @@ class Grid:
         spec, st = self.specs[task], self.stages
 
         def path(variant: str) -> Path:
-            return self.cell_path("ablations", "depth", task, variant, f"seed{seed}")
+            return self.ablation_path("depth", task, variant, seed)
 
         made: list[str] = []
 
@@ -1020,9 +1024,7 @@ class Grid:
 
     def budget_cell(self, task: str, variant: str, seed: int) -> dict:
         """A finished cell of the transfer_budget ablation (what the `chosen` variants choose from)."""
-        return read_json(
-            self.cell_path("ablations", "transfer_budget", task, variant, f"seed{seed}")
-        )
+        return read_json(self.ablation_path("transfer_budget", task, variant, seed))
 
     def chosen_shift_mean(self, task: str, seed: int, variant: str, hows: tuple[str, ...]) -> dict:
         """Of the selected transfers with the student's mean shift treated each way of `hows` (the
@@ -1167,7 +1169,7 @@ class Grid:
         for recipe in list(DP_VARIANTS) + ([] if own in DP_VARIANTS else [own]):
             name = dp_variant_name(recipe)
             compute = table if recipe == own else variant(recipe, name)
-            self.cell(self.cell_path("ablations", "dp_recipe", task, name, f"seed{seed}"), compute)
+            self.cell(self.ablation_path("dp_recipe", task, name, seed), compute)
 
     # -- cells
     def run_cell(self, task: str, method: str, seed: int) -> dict:
@@ -1225,18 +1227,18 @@ class Grid:
             for a in (0.0, 0.25, 0.5, 0.75, 1.0, "auto"):
                 tag = a if a == "auto" else f"{a:g}"
                 self.cell(
-                    self.cell_path("ablations", name, task, f"alpha={tag}", f"seed{seed}"),
+                    self.ablation_path(name, task, f"alpha={tag}", seed),
                     lambda a=a, tag=tag: st.evaluate(
                         teacher, self.post_prompt(task, seed, user(), f"post-a{tag}", alpha=a), spec
                     ),
                 )
         elif name == "paper_setting":
             self.cell(
-                self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
+                self.ablation_path(name, task, "tool", seed),
                 lambda: self.table_post(task, seed),
             )
             self.cell(
-                self.cell_path("ablations", name, task, "paper", f"seed{seed}"),
+                self.ablation_path(name, task, "paper", seed),
                 lambda: st.evaluate(
                     teacher,
                     self.post_prompt(task, seed, user(), "post-paper", **PAPER_TRANSFER),
@@ -1246,12 +1248,12 @@ class Grid:
         elif name == "shift_mean":
             # the student's mean prompt shift kept (the tool's POST cell), dropped or matched
             self.cell(
-                self.cell_path("ablations", name, task, "keep", f"seed{seed}"),
+                self.ablation_path(name, task, "keep", seed),
                 lambda: self.table_post(task, seed),
             )
             for how in ("drop", "match"):
                 self.cell(
-                    self.cell_path("ablations", name, task, how, f"seed{seed}"),
+                    self.ablation_path(name, task, how, seed),
                     lambda how=how: st.evaluate(
                         teacher,
                         self.post_prompt(task, seed, user(), f"post-shift-{how}", shift_mean=how),
@@ -1273,7 +1275,7 @@ class Grid:
                 ("unprompted_dp8", lambda: dict(self.run_cell(task, "post_dp8", seed))),
                 ("init_dp8", init(dp, "post-dp8-base-init")),
             ):
-                self.cell(self.cell_path("ablations", name, task, variant, f"seed{seed}"), compute)
+                self.cell(self.ablation_path(name, task, variant, seed), compute)
         elif name == "calibrate":
             # the user's prompt tuned against the student's raw class scores (the tool's cells) or
             # against them calibrated on the training inputs (`tune.calibrate`), and its POST transfer
@@ -1297,7 +1299,7 @@ class Grid:
             }
             for variant, src in srcs.items():
                 self.cell(
-                    self.cell_path("ablations", name, task, variant, f"seed{seed}"),
+                    self.ablation_path(name, task, variant, seed),
                     lambda v=variant, src=src: st.evaluate(
                         teacher,
                         self.post_prompt(task, seed, user(), f"post-{v}", public=src()),
@@ -1307,7 +1309,7 @@ class Grid:
         elif name == "prompt_length":
             for n in (10, 50, 100):
                 self.cell(
-                    self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"),
+                    self.ablation_path(name, task, f"n_tokens={n}", seed),
                     lambda n=n: self.variant_scores(task, seed, f"-n{n}", n_tokens=n),
                 )
         elif name == "tune_optimizer":
@@ -1408,7 +1410,7 @@ class Grid:
             # (`transfer.public_cut`); a task whose pieces the phrase cut leaves as they were
             # shares the sentence cut's cell instead of repeating its transfer
             def budget(v: str) -> Path:
-                return self.cell_path("ablations", name, task, v, f"seed{seed}")
+                return self.ablation_path(name, task, v, seed)
 
             variants["public_cut=phrases"] = lambda: self.phrase_cut(
                 task, budget("tool"), variants["tool"],
@@ -1442,12 +1444,12 @@ class Grid:
         elif name == "teacher_tokens":
             # the same user prompt and transfer, only the teacher prompt's length changed
             self.cell(
-                self.cell_path("ablations", name, task, "tool", f"seed{seed}"),
+                self.ablation_path(name, task, "tool", seed),
                 lambda: self.table_post(task, seed),
             )
             for n in (1, 10):
                 self.cell(
-                    self.cell_path("ablations", name, task, f"n_tokens={n}", f"seed{seed}"),
+                    self.ablation_path(name, task, f"n_tokens={n}", seed),
                     lambda n=n: st.evaluate(
                         teacher,
                         self.post_prompt(task, seed, user(), f"post-t{n}", n_tokens=n),
@@ -1462,7 +1464,7 @@ class Grid:
                 r = st.evaluate(teacher, q, spec)
                 return {**r, "teacher_tokens": sel["n_tokens"], "heldout_loss": losses}
 
-            self.cell(self.cell_path("ablations", name, task, "auto", f"seed{seed}"), selected)
+            self.cell(self.ablation_path(name, task, "auto", seed), selected)
         elif name == "depth":
             for k in self.depths:
                 self.depth_cells(task, seed, k)
