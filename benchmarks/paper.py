@@ -743,6 +743,21 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
     return new
 
 
+def transfer_facts(prompt: str) -> dict:
+    """A transferred prompt's best held-out public loss, its step and the steps run, and the labelled
+    public set its step was chosen on (from the stage's metrics.json, where it wrote one)."""
+    m = _read_json_or_none(Path(prompt).parent / "metrics.json") or {}
+    best = m.get("best") or {}
+    out = {
+        "heldout_loss": best.get("heldout_loss"),
+        "best_step": best.get("step"),
+        "steps": m.get("steps"),
+    }
+    if m.get("select_data"):  # the labelled public set the kept step was chosen on
+        out["select"] = m["select_data"]
+    return out
+
+
 def _done(path: Path) -> bool:
     return (path / "prompt.json").is_file() or (path / "prompt" / "prompt.json").is_file()
 
@@ -881,15 +896,7 @@ class Grid:
             r = self.stages.evaluate(self.stages.teacher, q, self.specs[task])
         else:
             r = dict(self.run_cell(task, "post_dp8" if dp else "post", seed))
-        m = _read_json_or_none(Path(q).parent / "metrics.json") or {}
-        best = m.get("best") or {}
-        out = {
-            **r, "heldout_loss": best.get("heldout_loss"), "best_step": best.get("step"),
-            "steps": m.get("steps"),
-        }  # fmt: skip
-        if m.get("select_data"):  # the labelled public set the kept step was chosen on
-            out["select"] = m["select_data"]
-        return out
+        return {**r, **transfer_facts(q)}
 
     def selected_transfer(
         self,
@@ -1189,12 +1196,15 @@ class Grid:
                 return st.evaluate(self.student, self.user_prompt(task, seed), spec)
             if method == "direct":
                 return st.evaluate(teacher, self.user_prompt(task, seed), spec)
-            if method == "post":
-                p = self.table_transfer(task, seed, self.user_prompt(task, seed), "post")
-                return st.evaluate(teacher, p, spec)
-            if method == "post_dp8":
-                p = self.table_transfer(task, seed, self.dp_prompt(task, seed), "post-dp8")
-                return st.evaluate(teacher, p, spec)
+            if method in ("post", "post_dp8"):
+                user = (
+                    self.user_prompt(task, seed) if method == "post" else self.dp_prompt(task, seed)
+                )
+                p = self.table_transfer(
+                    task, seed, user, "post" if method == "post" else "post-dp8"
+                )
+                facts = {} if st.table_transfer == "tool" else transfer_facts(p)  # its kept step
+                return {**st.evaluate(teacher, p, spec), **facts}
             if method == "teacher_tuned":
                 p = self.artifact(
                     "teacher-tune", task, seed, lambda d: st.tune(teacher, spec, seed, d, None)

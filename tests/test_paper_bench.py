@@ -1239,6 +1239,7 @@ def test_the_tables_selected_transfer_moves_post_dp_and_the_non_distilled_prompt
     nd_cells = tmp_path / "cells/ablations/non_distilled/sst2"
     post = read_json(tmp_path / "cells/sst2/post/seed0.json")
     assert read_json(nd_cells / "distilled/seed0.json")["accuracy"] == post["accuracy"]
+    assert post["select"]["n"] == 600 and "heldout_loss" in post  # the cell says what it kept
     # the depth ablation's selected transfer from the same student and prompt is the same call
     depth = paper.Grid(
         tmp_path / "d", FakeStages(), "X", specs, log=lambda *_: None,
