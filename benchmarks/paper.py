@@ -2205,8 +2205,8 @@ def import_depth_cells(record: Path, source: Path, stages, ident: dict, log=prin
 
     def put(task: str, method: str, seed: str, cell: dict, src: Path) -> None:
         out = record / "cells" / task / method / f"seed{seed}.json"
-        if out.is_file():
-            return
+        if out.is_file() or (method in SEED_FREE and any(out.parent.glob("seed*.json"))):
+            return  # a cell the record has; a seed-free cell is one cell
         write_json(out, {**cell, "imported_from": str(src)})
         made.append(str(out.relative_to(record)))
 

@@ -1292,11 +1292,12 @@ def test_import_depth_cells_fills_the_table_of_the_same_student(tmp_path):
     own.parent.mkdir(parents=True)
     own.write_text(json.dumps({"accuracy": 0.99}))  # a cell the record has stays its own
     made = paper.import_depth_cells(rec, src, St, ident, log=lambda *_: None)
-    assert len(made) == 1 + 2 * 4 - 1
+    assert len(made) == 1 + 1 + 2 * 3 - 1  # student zero-shot is seed-free: one cell
     table = paper.collect(rec)["tasks"]["sst2"]
     assert table["post"]["per_seed"] == {"0": 0.4, "1": 0.41}
     assert table["direct"]["per_seed"] == {"0": 0.2, "1": 0.99}
     assert table["student_prompt"]["mean"] == 0.15 and table["teacher_zero_shot"]["mean"] == 0.6
+    assert table["student_zero_shot"]["per_seed"] == {"0": 0.05}
     assert read_json(rec / "cells/sst2/post/seed0.json")["imported_from"].endswith(
         f"{sel}/seed0.json"
     )
