@@ -2342,8 +2342,9 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--table-public", default="given", choices=TABLE_PUBLIC,
         help="the public data of the table's POST and POST with DP: each task's public texts as "
-        "given, or length_matched (re-cut to the median length of the user's training texts, the "
-        "tool's --public-chars): a state and record hold one, so this starts new ones",
+        "given, length_matched (re-cut to the median length of the user's training texts, the "
+        "tool's --public-chars) or phrases (that cut into phrases, the tool's --public-cut "
+        "phrases): a state and record hold one, so this starts new ones",
     )  # fmt: skip
     ap.add_argument(
         "--table-transfer", default="tool", choices=TABLE_TRANSFER,
