@@ -1007,7 +1007,7 @@ class Grid:
             )
 
         passes = st.sizes.transfer_epochs
-        sel = f"layers={k},epochs={3 * passes:g},select=public"
+        one, sel = (depth_variant_name(k, passes, selected=s) for s in (False, True))
 
         def selected(tag: str = f"post-L{k}-ep3x", **over):
             r = self.selected_transfer(
@@ -1015,14 +1015,14 @@ class Grid:
             )
             return {**r, "student": student_identity(student())}
 
-        self.cell(path(f"layers={k}"), at_depth)
+        self.cell(path(one), at_depth)
         self.cell(
-            path(f"layers={k},public_cut=phrases"),
-            lambda: self.phrase_cut(task, path(f"layers={k}"), at_depth, phrases),
+            path(depth_variant_name(k, passes, phrases=True)),
+            lambda: self.phrase_cut(task, path(one), at_depth, phrases),
         )
         self.cell(path(sel), selected)
         self.cell(
-            path(f"{sel},public_cut=phrases"),
+            path(depth_variant_name(k, passes, selected=True, phrases=True)),
             lambda: self.phrase_cut(
                 task, path(sel), selected, lambda pub: selected(f"post-L{k}-ep3x-phr", public=pub)
             ),
@@ -2165,7 +2165,7 @@ def table_recipe(stages) -> dict:
     data and step choice where they are not the defaults (so records from before those options keep
     their recipe)."""
     public = {} if stages.public == "given" else {"public": stages.public}
-    how = getattr(stages, "table_transfer", "tool")
+    how = stages.table_transfer
     return {**stages.recipe, **public, **({} if how == "tool" else {"table_transfer": how})}
 
 
@@ -2175,10 +2175,16 @@ def depth_variant(recipe: dict, layers: int, passes: float) -> str:
     phrases."""
     if recipe.get("public") not in ("length_matched", "phrases"):
         raise SystemExit("depth cells transfer on length_matched public data (or its phrases)")
-    v = f"layers={layers}"
-    if recipe.get("table_transfer"):
-        v += f",epochs={3 * passes:g},select=public"
-    return v + (",public_cut=phrases" if recipe["public"] == "phrases" else "")
+    return depth_variant_name(
+        layers, passes, selected="table_transfer" in recipe, phrases=recipe["public"] == "phrases"
+    )
+
+
+def depth_variant_name(layers: int, passes: float, selected=False, phrases=False) -> str:
+    """The name of a depth ablation cell's transfer variant (`Grid.depth_cells` makes them, an import
+    reads them): the table's one pass or the selected three-pass transfer, on sentences or phrases."""
+    v = f"layers={layers}" + (f",epochs={3 * passes:g},select=public" if selected else "")
+    return v + (",public_cut=phrases" if phrases else "")
 
 
 def import_depth_cells(record: Path, source: Path, stages, ident: dict, log=print) -> list[str]:
