@@ -20,7 +20,7 @@ from benchmarks.common import finish, parser
 
 def by_seeds(tables: dict, record: Path, seeds: list[str]) -> dict:
     """{variant: {value, per_task, post, seeds}} over exactly `seeds`."""
-    from benchmarks.paper import _gain_kept_by_transfer, collect
+    from benchmarks.paper.aggregate import _gain_kept_by_transfer, collect
 
     # the record's cells as benchmarks.paper collects them for its own figure
     cells = collect(record)["ablations"].get("transfer_budget", {})

@@ -69,7 +69,7 @@ def _shuffled(task: str, shared: Path, state: Path) -> list[dict]:
 
 def labelled_public(task: str, out: Path, shared: Path, state: Path, n: int) -> dict:
     """The spec of `task` scored on its labelled public texts (OUT/<task>/test.jsonl, written once)."""
-    from benchmarks.paper import _write_jsonl
+    from benchmarks.paper.tasks import _write_jsonl
 
     d = out / task
     if not (d / "test.jsonl").is_file():
@@ -82,7 +82,7 @@ def fresh_labelled_public(task: str, out: Path, shared: Path, state: Path, n: in
     """`n` more texts of `labelled_public`'s shuffled source, none of them (nor their text) in its
     set (OUT/<task>/fresh.jsonl, written once): candidates that set chose among can be compared here
     without the bias of having been chosen on it."""
-    from benchmarks.paper import _write_jsonl
+    from benchmarks.paper.tasks import _write_jsonl
 
     f = out / task / "fresh.jsonl"
     if not f.is_file():

@@ -161,7 +161,9 @@ def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):
 
 def test_ablations_are_cells_too(tmp_path, monkeypatch):
     state = tmp_path / "state"
-    monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: f"/p/{spec['task']}-own")
+    monkeypatch.setattr(
+        paper.tasks, "same_task_public", lambda spec, sizes: f"/p/{spec['task']}-own"
+    )
     pubs = tmp_path / "pub"
     pubs.mkdir()
 
@@ -171,7 +173,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         f.write_text(json.dumps({"text": "a phrase" if other else "a whole sentence."}) + "\n")
         return str(f)
 
-    monkeypatch.setattr(paper, "length_matched_public", length_matched)
+    monkeypatch.setattr(paper.tasks, "length_matched_public", length_matched)
     import benchmarks.public_label_pick as plp
 
     monkeypatch.setattr(  # the labelled public set the transfer chooses its step on
@@ -180,7 +182,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     monkeypatch.setattr(  # labelled texts of the same source that the selection never saw
         plp, "fresh_labelled_public", lambda task, *a: f"/fresh/{task}.jsonl"
     )
-    monkeypatch.setattr(paper, "student_identity", lambda s: {"sha256": f"sha-{s}"})
+    monkeypatch.setattr(paper.students, "student_identity", lambda s: {"sha256": f"sha-{s}"})
     stages = FakeStages()
     made: list[int] = []
 
@@ -335,7 +337,7 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
         "sst2", 0, sel, "post-ep3x-sel", "epochs=3,average_from=0.67", "post-ep3x-avg",
         remake={"step": remake_step, "average": lambda: remade.append("average")},
     )  # fmt: skip
-    assert remade == ["step"] and paper._done(state / "art/sst2/post-ep3x-sel-s0")
+    assert remade == ["step"] and paper.cell_done(state / "art/sst2/post-ep3x-sel-s0")
     # the 10-token teacher prompt through the same selection, and the length the tool's rule keeps:
     # the higher accuracy on the labelled set, then the lower held-out loss, then the user's length
     assert any(
@@ -593,11 +595,11 @@ def test_the_shared_student_is_the_general_one_by_default():
     from promptport.config import DEFAULT_CONFIG
 
     args = argparse.Namespace(student=None, distill_config=str(paper.GENERAL_STUDENT))
-    general = paper._recipe(args)
+    general = paper.student_recipe(args)
     assert general.task_template == "general" and general.layers == 4
     assert "embedded:headlines" in general.task_data
     args.distill_config = str(DEFAULT_CONFIG)
-    assert paper._recipe(args).task_template == "rt_snippets"
+    assert paper.student_recipe(args).task_template == "rt_snippets"
 
 
 def test_the_larger_general_student_differs_only_in_task_examples():
@@ -607,10 +609,10 @@ def test_the_larger_general_student_differs_only_in_task_examples():
     import argparse
     import dataclasses
 
-    base = paper._recipe(
+    base = paper.student_recipe(
         argparse.Namespace(student=None, distill_config=str(paper.GENERAL_STUDENT))
     )
-    big = paper._recipe(
+    big = paper.student_recipe(
         argparse.Namespace(
             student=None,
             distill_config=str(paper.GENERAL_STUDENT.with_name("general-student-16k.yaml")),
@@ -1047,8 +1049,8 @@ def test_length_matched_public_data_recuts_the_same_texts_to_the_users_length(tm
 def test_variants_make_only_the_ablation_cells_asked_for(tmp_path, monkeypatch):
     """`--variants same_task`: one new cell of an ablation without the others' transfers; a later run
     without the filter makes the rest, and method cells are never filtered."""
-    monkeypatch.setattr(paper, "same_task_public", lambda spec, sizes: "/p/own")
-    monkeypatch.setattr(paper, "length_matched_public", lambda spec, sizes: "/p/recut")
+    monkeypatch.setattr(paper.tasks, "same_task_public", lambda spec, sizes: "/p/own")
+    monkeypatch.setattr(paper.tasks, "length_matched_public", lambda spec, sizes: "/p/recut")
     state, stages = tmp_path / "state", FakeStages()
     grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None, variants=("same_task",))
     grid.run_ablation("public_data", "sst2", 0)
@@ -1447,19 +1449,19 @@ def test_depth_students_given_as_folders_are_checked_for_their_depth(monkeypatch
     monkeypatch.setattr(student, "read_student_meta", lambda f: {"layers": layers[f]})
     distilled: list[int] = []
     monkeypatch.setattr(
-        paper, "_student", lambda a, s, log, layers: distilled.append(layers) or "D"
+        paper.students, "shared_student", lambda a, s, log, layers: distilled.append(layers) or "D"
     )
 
     def args(*given):
         return argparse.Namespace(depth_students=list(given))
 
-    pick = paper._depth_students(args("8=a"), tmp_path)
+    pick = paper.depth_student_of(args("8=a"), tmp_path)
     assert (pick(8), distilled) == ("a", [])  # the given folder, nothing distilled
     assert (pick(2), distilled) == ("D", [2])  # another depth: the shared recipe, distilled
     with pytest.raises(SystemExit, match="2 layers, not 8"):
-        paper._depth_students(args("8=b"), tmp_path)
+        paper.depth_student_of(args("8=b"), tmp_path)
     with pytest.raises(SystemExit, match="LAYERS=FOLDER"):
-        paper._depth_students(args("a"), tmp_path)
+        paper.depth_student_of(args("a"), tmp_path)
 
 
 def test_gain_kept_by_depth_on_hand_made_cells():

@@ -1,0 +1,189 @@
+"""The record's outputs: paper_tables JSON and the markdown table in benchmarks/README.md."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks.common import RESULTS
+from benchmarks.paper.aggregate import collect, mean_std, targets
+from benchmarks.paper.recipes import METHODS, TASKS, Sizes, profile_dp_recipe, read_json_or_none
+from promptport.fileio import write_json, write_text
+
+README = Path(__file__).parents[1] / "README.md"
+BEGIN, END = "<!-- PAPER-TABLE:BEGIN -->", "<!-- PAPER-TABLE:END -->"
+
+
+def markdown(tables: dict) -> str:
+    tasks = tables["tasks"]
+    head = "| method | " + " | ".join(TASKS) + " |\n|---|" + "---|" * len(TASKS) + "\n"
+    rows = []
+    for method in METHODS:
+        cells = []
+        for t in TASKS:
+            r = tasks.get(t, {}).get(method)
+            cells.append("–" if r is None else _fmt_cell(r["mean"], r["std"], len(r["per_seed"])))
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    z = tables["sizes"]
+    st = tables.get("student") or {}
+    recipe = (st.get("recipe") or {}).get("task_template") or "?"
+    who = (
+        f" One shared student: {len(st.get('layers') or [])} layers {st.get('layers')}, "
+        f"{'distilled' if st.get('distilled', True) else 'not distilled'}, task recipe `{recipe}`."
+        if st
+        else ""
+    )
+    rec = tables.get("transfer_recipe")
+    how = (
+        " POST (and post_dp8) in the tool's transfer setting: "
+        + ", ".join(f"{k} {v}" for k, v in rec.items() if k not in ("method", "table_transfer"))
+        + (
+            f"; {rec['table_transfer']}: three times the passes, keeping the step under which the "
+            "teacher is most accurate on a labelled public set of the task's kind (ARISE TV, which "
+            "has none here: the lowest held-out public loss)"
+            if rec.get("table_transfer")
+            else ""
+        )
+        + "."
+        if rec
+        else ""
+    )
+    dp = tables.get("dp_recipe") or profile_dp_recipe(z["dp_lr"])
+    how += (
+        " post_dp8's user prompt: DP-SGD at ε 8, "
+        + ", ".join(f"{k} {v}" for k, v in dp.items())
+        + "."
+    )
+    arith = f" ({tables['precision']})" if tables.get("precision") else ""
+    note = (
+        f"\nProfile `{tables['profile']}`: train {z['train_limit']}, validation {z['val_limit']}, "
+        f"test {z['eval_limit']} examples, {z['n_public']} public texts, "
+        f"{(tables.get('tune_recipe') or {}).get('n_tokens', '?')} prompt tokens. "
+        "Accuracy on each task's test split, mean ± std over seeds (number of seeds); – = not run yet."
+        f"{who}{how} "
+        f"Device: {tables.get('device', 'cpu')}{arith}. {_commands(tables)} Generated from "
+        f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
+    )
+    return head + "\n".join(rows) + "\n" + note + ablations_markdown(tables)
+
+
+def _fmt_cell(mean: float, std: float, n: int) -> str:
+    """A cell of the README tables: mean ± std (number of seeds); one seed has no std."""
+    return f"{mean:.3f} ± {std:.3f} ({n})" if n > 1 else f"{mean:.3f} (1)"
+
+
+def _fmt_seeds(vals: list[float]) -> str:
+    """The cell of per-seed values, or – when none."""
+    return _fmt_cell(*mean_std(vals), len(vals)) if vals else "–"
+
+
+def ablations_markdown(tables: dict) -> str:
+    """One table per ablation: its variants' accuracy per task, mean ± std over the seeds each cell
+    has (number of seeds), under the teacher's zero-shot and the table's POST over the same seeds, so
+    that a variant is read against the prompt it changes and not against other seeds' luck."""
+
+    def per_seed(t: str, method: str) -> dict:
+        return (tables["tasks"].get(t, {}).get(method) or {}).get("per_seed", {})
+
+    out = []
+    for name, by_task in sorted((tables.get("ablations") or {}).items()):
+        tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
+        variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
+        post_same_seeds = []
+        for t in tasks:
+            post = per_seed(t, "post")
+            seeds = sorted({s for cells in by_task[t].values() for s in cells})
+            post_same_seeds.append([post[s] for s in seeds if s in post])
+        rows = {
+            "teacher_zero_shot": [
+                list(per_seed(t, "teacher_zero_shot").values())[:1] for t in tasks
+            ],
+            "post (the table's, same seeds)": post_same_seeds,
+        }
+        for v in variants:
+            rows[v] = [
+                [c["accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())] for t in tasks
+            ]
+        lines = [f"| {name} | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {k} | {' | '.join(map(_fmt_seeds, v))} |" for k, v in rows.items()]
+        out.append("\n".join(lines))
+    if not out:
+        return ""
+    return (
+        "\nAblations (accuracy on the test split, mean ± std over seeds (number); – = not run):\n\n"
+        + "\n\n".join(out)
+        + "\n"
+    )
+
+
+def markers(name: str = "") -> tuple[str, str]:
+    """The README block of a table: the main one, or a named one (`--name`: another record)."""
+    if not name:
+        return BEGIN, END
+    tag = "PAPER-TABLE-" + name.upper()
+    return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
+
+
+def _commands(tables: dict) -> str:
+    cmds = tables.get("commands") or [tables["command"]]
+    if len(cmds) == 1:
+        return f"Command: `{cmds[0]}`."
+    return (
+        "Commands, in the order they filled the record: " + "; ".join(f"`{c}`" for c in cmds) + "."
+    )
+
+
+def write_readme_table(text: str, readme: Path = README, name: str = "") -> None:
+    begin, end = markers(name)
+    body = readme.read_text() if readme.is_file() else ""
+    block = f"{begin}\n{text}{end}"
+    if begin in body and end in body:
+        body = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+    else:
+        title = "Paper table" + (f" ({name})" if name else "")
+        body = (
+            body.rstrip("\n") + f"\n\n## {title} (`python -m benchmarks.paper`)\n\n" + block + "\n"
+        )
+    write_text(readme, body)
+
+
+def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
+                  results: Path = RESULTS, readme: Path = README, name: str = "") -> dict:  # fmt: skip
+    """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
+    `record`."""
+    tables = collect(record)
+    tables_file = f"paper_tables_{name}.json" if name else "paper_tables.json"
+    # a record fills over several commands (tasks, then ablations): keep every one that added to it
+    before = read_json_or_none(results / tables_file) or {}
+    if before.get("record_dir") != str(record):
+        before = {}  # another record's tables: its commands did not fill this one
+    commands = before.get("commands") or ([before["command"]] if "command" in before else [])
+    device = read_json_or_none(record / "device.json") or {}
+    out = {
+        "benchmark": "paper",
+        "profile": profile,
+        "sizes": asdict(sizes),
+        "command": command,
+        "commands": [c for c in commands if c != command] + [command],
+        "record_dir": str(record),
+        "student": read_json_or_none(record / "student.json"),
+        "transfer_recipe": read_json_or_none(record / "transfer.json"),
+        "tune_recipe": read_json_or_none(record / "tune.json"),
+        # absent: a record from before it was kept, whose DP cells used SGD at sizes.dp_lr
+        "dp_recipe": read_json_or_none(record / "dp.json"),
+        "device": device.get("device", "cpu"),
+        # the arithmetic `precision: auto` resolved to (absent in records from before it was kept)
+        "precision": device.get("precision"),
+        **tables,
+        "targets": targets(
+            tables["tasks"],
+            tables.get("ablations"),
+            read_json_or_none(record / "tuned_reference.json"),
+        ),
+        **(extra or {}),
+    }
+    out["tables_file"] = tables_file
+    write_json(results / out["tables_file"], out)
+    write_readme_table(markdown(out), readme, name)
+    return out
