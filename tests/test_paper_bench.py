@@ -1495,3 +1495,14 @@ def test_gain_kept_by_depth_on_hand_made_cells():
     depth["sst2"]["layers=8,direct"] = cells(0.7)
     x = paper.targets(tasks, {"depth": depth})["mean_gain_kept_by_depth"]["variants"]["layers=8,x"]
     assert x["beats_zero_shot_and_direct"] == [] and set(x["per_task"]) == {"mpqa"}
+
+
+def test_every_listed_ablation_has_one_function_that_makes_its_cells():
+    """`--ablations` offers recipes.ABLATIONS; each must be a function of ablations.RUNNERS (a name in
+    one place only would be an option that fails at run time, or a function no option reaches)."""
+    from benchmarks.paper.ablations import RUNNERS
+
+    assert set(RUNNERS) == set(paper.ABLATIONS)
+    grid = paper.Grid(Path("/nonexistent"), FakeStages(), "S", {}, log=lambda *_: None)
+    with pytest.raises(SystemExit, match="unknown ablation nope"):
+        grid.run_ablation("nope", "sst2", 0)

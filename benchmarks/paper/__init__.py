@@ -83,10 +83,11 @@ Private tasks and their public data (provider side; never a private text, checke
     mpqa        MPQA phrases (split 80/10/10 by text hash)  public: SST-5 sentences
 """
 
-# The package's modules, in the order a cell flows through them: recipes (sizes, recipes) -> tasks (the
-# private tasks' files and their public data) -> stages (tune, transfer, evaluate) -> grid (the resumable
-# cells) -> aggregate (cells into tasks, ablations and targets) -> tables (JSON and README) ; students and record (the shared student
-# and what a record checks) ; cli (`python -m benchmarks.paper`).
+# The package's modules, in the order a cell flows through them: recipes (sizes, recipes) -> tasks
+# (the private tasks' files and their public data) -> stages (tune, transfer, evaluate) -> grid (the
+# resumable cells) and ablations (one function each) -> aggregate (cells into tasks, ablations and
+# targets) -> tables (JSON and README); beside them students and record (the shared student and what a
+# record checks), and cli (`python -m benchmarks.paper`).
 from benchmarks.paper import students, tasks
 from benchmarks.paper.aggregate import HELDOUT_PICK, collect, targets, tuned_reference
 from benchmarks.paper.cli import main
