@@ -46,7 +46,8 @@ from benchmarks.paper.tasks import prepare_task
 from promptport.fileio import read_json, write_json
 
 
-def main(argv=None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """The options (their help is the package docstring and each option's own)."""
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.paper",
         description=sys.modules["benchmarks.paper"].__doc__,
@@ -140,7 +141,13 @@ def main(argv=None) -> dict:
         help="a second table (another record: e.g. a GPU run): paper_tables_NAME.json and its own "
         "README block",
     )  # fmt: skip
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> dict:
+    """Check the record against this run's student and recipes, then make the cells asked for, in
+    order, until the budget is spent; the JSON and README table are rebuilt after each cell."""
+    args = parser().parse_args(argv)
     profile = "quick" if args.quick else "full"
     sizes = PROFILES[profile]
     state = Path(args.state or f"runs/paper/{profile}")
