@@ -471,6 +471,17 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert any(c[0] == "transfer" and f"'{recut}'" in c[1] for c in stages.calls)
     n_public = paper.PROFILES["quick"].n_public
     assert any(c[0] == "transfer" and f"'generate:{n_public}'" in c[1] for c in stages.calls)
+    # the one-setting ablations keep their artifacts' names (a state made before goes on from them)
+    # and transfer the prompt they name: the user's, or for init_dp8 the seed's DP prompt
+    sst2_art = {p.name for p in (state / "art/sst2").iterdir()}
+    for tag in (
+        "post-a0.5", "post-aauto", "post-paper", "post-shift-drop", "post-shift-match",
+        "post-base-init", "post-dp8-base-init", "post-same_task", "post-generated", "post-t1",
+        "post-t10", "post-tauto",
+    ):  # fmt: skip
+        assert f"{tag}-s0" in sst2_art, tag
+    init = [c[1] for c in stages.calls if c[0] == "transfer" and "'shift_base': 'init'" in c[1]]
+    assert sorted(c.split(":")[1] for c in init) == ["tune-dp8-s0", "tune-s0"]
     # the DP recipes: the table's own (SGD 0.3) is its post_dp8 cell, the others their own tunings
     dp = abl["dp_recipe"]["sst2"]
     assert set(dp) == {

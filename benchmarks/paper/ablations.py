@@ -35,94 +35,51 @@ def run_non_distilled(g: Grid, task: str, seed: int) -> None:
 
 def run_alpha(g: Grid, task: str, seed: int) -> None:
     """POST with the transfer's alpha (the weight of the prompt-change term) from 0 to 1, and `auto`."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
     for a in (0.0, 0.25, 0.5, 0.75, 1.0, "auto"):
         tag = a if a == "auto" else f"{a:g}"
         g.cell(
             g.ablation_path("alpha", task, f"alpha={tag}", seed),
-            lambda a=a, tag=tag: st.evaluate(
-                teacher, g.post_prompt(task, seed, user(), f"post-a{tag}", alpha=a), spec
-            ),
+            lambda a=a, tag=tag: g.post_scores(task, seed, f"post-a{tag}", alpha=a),
         )
 
 
 def run_paper_setting(g: Grid, task: str, seed: int) -> None:
     """The table's POST against the paper's transfer setting (alpha 0.5 over the full vocabulary
     from a copy of the user's prompt, lr 1e-3)."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
-    g.cell(
-        g.ablation_path("paper_setting", task, "tool", seed),
-        lambda: g.table_post(task, seed),
-    )
-    g.cell(
-        g.ablation_path("paper_setting", task, "paper", seed),
-        lambda: st.evaluate(
-            teacher,
-            g.post_prompt(task, seed, user(), "post-paper", **PAPER_TRANSFER),
-            spec,
-        ),
-    )
+    g.variant_cells(
+        "paper_setting", task, seed,
+        {
+            "tool": lambda: g.table_post(task, seed),
+            "paper": lambda: g.post_scores(task, seed, "post-paper", **PAPER_TRANSFER),
+        },
+    )  # fmt: skip
 
 
 def run_shift_mean(g: Grid, task: str, seed: int) -> None:
     """The student's mean prompt shift kept (the tool's POST cell), dropped or matched."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
-    g.cell(
-        g.ablation_path("shift_mean", task, "keep", seed),
-        lambda: g.table_post(task, seed),
-    )
+    g.cell(g.ablation_path("shift_mean", task, "keep", seed), lambda: g.table_post(task, seed))
     for how in ("drop", "match"):
         g.cell(
             g.ablation_path("shift_mean", task, how, seed),
-            lambda how=how: st.evaluate(
-                teacher,
-                g.post_prompt(task, seed, user(), f"post-shift-{how}", shift_mean=how),
-                spec,
-            ),
+            lambda how=how: g.post_scores(task, seed, f"post-shift-{how}", shift_mean=how),
         )
 
 
 def run_shift_base(g: Grid, task: str, seed: int) -> None:
     """The shift measured against the unprompted student (the tool's POST cell) or the user's
     starting prompt, from the user's prompt, then from the DP-SGD one (epsilon 8)."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
-    def init(source, tag):
-        return lambda: st.evaluate(
-            teacher, g.post_prompt(task, seed, source(), tag, shift_base="init"), spec
-        )
-
     dp = lambda: g.dp_prompt(task, seed)  # noqa: E731
-    for variant, compute in (
-        ("unprompted", lambda: g.table_post(task, seed)),
-        ("init", init(user, "post-base-init")),
-        ("unprompted_dp8", lambda: dict(g.run_cell(task, "post_dp8", seed))),
-        ("init_dp8", init(dp, "post-dp8-base-init")),
-    ):
-        g.cell(g.ablation_path("shift_base", task, variant, seed), compute)
+    g.variant_cells(
+        "shift_base", task, seed,
+        {
+            "unprompted": lambda: g.table_post(task, seed),
+            "init": lambda: g.post_scores(task, seed, "post-base-init", shift_base="init"),
+            "unprompted_dp8": lambda: dict(g.run_cell(task, "post_dp8", seed)),
+            "init_dp8": lambda: g.post_scores(
+                task, seed, "post-dp8-base-init", prompt=dp, shift_base="init"
+            ),
+        },
+    )  # fmt: skip
 
 
 def run_calibrate(g: Grid, task: str, seed: int) -> None:
@@ -138,13 +95,7 @@ def run_calibrate(g: Grid, task: str, seed: int) -> None:
 def run_public_data(g: Grid, task: str, seed: int) -> None:
     """POST with public data of the same task (its training texts, labels dropped), the same
     domain (as given, or re-cut to the user's length), another domain, or written by the teacher."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
+    spec, st = g.specs[task], g.stages
     cross = {"arisetv": "sst2"}.get(task, "arisetv")
     srcs = {  # made only when their cell runs
         "same_task": lambda: tasks.same_task_public(spec, st.sizes),
@@ -158,11 +109,7 @@ def run_public_data(g: Grid, task: str, seed: int) -> None:
     for variant, src in srcs.items():
         g.cell(
             g.ablation_path("public_data", task, variant, seed),
-            lambda v=variant, src=src: st.evaluate(
-                teacher,
-                g.post_prompt(task, seed, user(), f"post-{v}", public=src()),
-                spec,
-            ),
+            lambda v=variant, src=src: g.post_scores(task, seed, f"post-{v}", public=src()),
         )
 
 
@@ -339,32 +286,18 @@ def run_transfer_budget_dp(g: Grid, task: str, seed: int) -> None:
 
 def run_teacher_tokens(g: Grid, task: str, seed: int) -> None:
     """The same user prompt and transfer, only the teacher prompt's length changed."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
-
-    def user() -> str:
-        return g.user_prompt(task, seed)
-
-    g.cell(
-        g.ablation_path("teacher_tokens", task, "tool", seed),
-        lambda: g.table_post(task, seed),
-    )
+    g.cell(g.ablation_path("teacher_tokens", task, "tool", seed), lambda: g.table_post(task, seed))
     for n in (1, 10):
         g.cell(
             g.ablation_path("teacher_tokens", task, f"n_tokens={n}", seed),
-            lambda n=n: st.evaluate(
-                teacher,
-                g.post_prompt(task, seed, user(), f"post-t{n}", n_tokens=n),
-                spec,
-            ),
+            lambda n=n: g.post_scores(task, seed, f"post-t{n}", n_tokens=n),
         )
 
     def selected():  # the tool chooses between the three by held-out public loss
-        q = g.post_prompt(task, seed, user(), "post-tauto", n_tokens="auto")
+        q = g.post_prompt(task, seed, g.user_prompt(task, seed), "post-tauto", n_tokens="auto")
         sel = read_json(Path(q).parent / "metrics.json")["teacher_tokens_selection"]
         losses = {str(c["n_tokens"]): c["best"]["heldout_loss"] for c in sel["candidates"]}
-        r = st.evaluate(teacher, q, spec)
+        r = g.stages.evaluate(g.stages.teacher, q, g.specs[task])
         return {**r, "teacher_tokens": sel["n_tokens"], "heldout_loss": losses}
 
     g.cell(g.ablation_path("teacher_tokens", task, "auto", seed), selected)

@@ -224,6 +224,13 @@ class Grid:
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
         return {**r, **recorded_drift(p)}
 
+    def post_scores(self, task: str, seed: int, tag: str, prompt=None, **over) -> dict:
+        """The teacher's scores with a prompt (`prompt()`, else the seed's user prompt) transferred as
+        `tag`, `over` changing the transfer: the cells of the ablations that change one setting."""
+        user = self.user_prompt(task, seed) if prompt is None else prompt()
+        q = self.post_prompt(task, seed, user, tag, **over)
+        return self.stages.evaluate(self.stages.teacher, q, self.specs[task])
+
     def table_post(self, task: str, seed: int) -> dict:
         """The table's own POST cell: the tool's variant in ablations that change the transfer."""
         return dict(self.run_cell(task, "post", seed))
