@@ -91,7 +91,7 @@ Private tasks and their public data (provider side; never a private text, checke
 from benchmarks.paper import students, tasks
 from benchmarks.paper.aggregate import HELDOUT_PICK, collect, targets, tuned_reference
 from benchmarks.paper.cli import main
-from benchmarks.paper.grid import Grid, adopt_dp_recipe, cell_done, depth_variant, dp_variant_name
+from benchmarks.paper.grid import Grid, cell_done, depth_variant, dp_variant_name
 from benchmarks.paper.recipes import (
     ABLATIONS,
     CHECKS_PER_EPOCH,
@@ -106,21 +106,22 @@ from benchmarks.paper.recipes import (
     Sizes,
     dp_recipe,
     recipe_changes,
-)  # fmt: skip
+)
 from benchmarks.paper.record import (
+    adopt_dp_recipe,
     check_device,
     check_recipe,
     check_student,
     import_depth_cells,
     table_recipe,
-)  # fmt: skip
+)
 from benchmarks.paper.stages import Stages
 from benchmarks.paper.students import (
     depth_student_of,
     shared_student,
     student_identity,
     student_recipe,
-)  # fmt: skip
+)
 from benchmarks.paper.tables import BEGIN, README, ablations_markdown, write_outputs
 from benchmarks.paper.tasks import length_matched_public, prepare_task, same_task_public
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS, load_average
 from benchmarks.paper import students
 from benchmarks.paper.aggregate import tuned_reference
-from benchmarks.paper.grid import Grid, adopt_dp_recipe
+from benchmarks.paper.grid import Grid
 from benchmarks.paper.recipes import (
     ABLATIONS,
     DP_FIELDS,
@@ -33,6 +33,7 @@ from benchmarks.paper.recipes import (
     tune_recipe,
 )
 from benchmarks.paper.record import (
+    adopt_dp_recipe,
     check_device,
     check_recipe,
     check_student,

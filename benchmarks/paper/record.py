@@ -1,13 +1,75 @@
-"""What a record and its state hold: the student's identity, the recipes, the device; checked on every run."""
+"""What a record and its state hold (the student's identity, the recipes, the device), checked on
+every run; cells imported from another record; a DP recipe adopted in place of the table's."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.paper.grid import cell_done, depth_variant
-from benchmarks.paper.recipes import SEED_FREE, TASKS
+from benchmarks.paper.grid import cell_done, depth_variant, dp_user_side, dp_variant_name
+from benchmarks.paper.recipes import DP_VARIANTS, SEED_FREE, TASKS
 from promptport.fileio import read_json, write_json
+
+
+def _task_seed(cell: Path) -> tuple[str, str]:
+    """The task and seed of a cell file .../<task>/<method or variant>/seed<S>.json."""
+    return cell.parent.parent.name, cell.stem.removeprefix("seed")
+
+
+def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
+    """Make the dp_recipe ablation's variant NAME the table's DP recipe, keeping the old one as a
+    variant: each post_dp8 cell (and its state artifacts tune-dp8-sS, post-dp8-sS) becomes the old
+    recipe's ablation cell (tune-dp8@OLD-sS, ...), each of NAME's cells and artifacts the table's, and
+    dp.json names NAME's recipe. Seeds NAME has no cell for are left for the table's next run to make
+    under the new recipe. The cells are the same computation either way (the table's DP tuning is the
+    variant's tuning with the recipe as the table's), so nothing is remade. Every rename is checked
+    before the first is made, so a refused move leaves the state as it was."""
+    new = next((r for r in DP_VARIANTS if dp_variant_name(r) == name), None)
+    if new is None:
+        names = ", ".join(dp_variant_name(r) for r in DP_VARIANTS)
+        raise SystemExit(f"--adopt-dp-recipe {name}: not a dp_recipe variant ({names})")
+    old = read_json(state / "dp.json") if (state / "dp.json").is_file() else None
+    if old is None or old == new:
+        raise SystemExit(f"{state} has no other recorded DP recipe (dp.json) to replace")
+    was = dp_variant_name(old)
+    abl = record / "cells" / "ablations" / "dp_recipe"
+    adopted = sorted(abl.glob(f"*/{name}/seed*.json"))
+    # every artifact of the old recipe goes (with or without a cell), then the variant's come
+    renames = [
+        (d, d.with_name(f"{m[1]}@{was}-s{m[2]}"))
+        for d in sorted((state / "art").glob("*/*-dp8-s*"))
+        if (m := re.fullmatch(r"(tune-dp8|post-dp8)-s(\d+)", d.name))
+    ]
+    freed = {src for src, _ in renames}
+    for cell in adopted:
+        task, seed = _task_seed(cell)
+        art = state / "art" / task
+        renames += [
+            (art / f"{k}@{name}-s{seed}", art / f"{k}-s{seed}") for k in ("tune-dp8", "post-dp8")
+        ]
+    for src, dst in renames:
+        if src.is_dir() and dst.exists() and dst not in freed:
+            raise SystemExit(f"{dst} exists: the DP recipes' artifacts would mix; nothing moved")
+    for src, dst in renames:
+        if src.is_dir():
+            src.rename(dst)
+    moved = 0
+    for cell in sorted((record / "cells").glob("*/post_dp8/seed*.json")):
+        task, seed = _task_seed(cell)
+        kept = abl / task / was / cell.name
+        if not kept.is_file():  # the ablation's copy of the table's cell, with the user's side
+            prompt = state / "art" / task / f"tune-dp8@{was}-s{seed}" / "prompt"
+            write_json(kept, {**read_json(cell), **dp_user_side(str(prompt))})
+        cell.unlink()
+        moved += 1
+    for cell in adopted:
+        write_json(record / "cells" / _task_seed(cell)[0] / "post_dp8" / cell.name, read_json(cell))
+    for d in dict.fromkeys([state, record]):
+        write_json(d / "dp.json", new)
+    log(f"[paper] DP recipe {was} -> {name}: {moved} cells kept as {was}, {len(adopted)} adopted")
+    return new
+
 
 # The artifacts each recipe makes (STATE/art/<task>/<kind>-s<seed>/).
 RECIPE_ARTIFACTS = {
