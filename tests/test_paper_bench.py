@@ -1517,3 +1517,53 @@ def test_every_listed_ablation_has_one_function_that_makes_its_cells():
     grid = paper.Grid(Path("/nonexistent"), FakeStages(), "S", {}, log=lambda *_: None)
     with pytest.raises(SystemExit, match="unknown ablation nope"):
         grid.run_ablation("nope", "sst2", 0)
+
+
+def test_records_overview_reads_each_records_own_targets(tmp_path):
+    """One row per paper_tables*.json: the student, the transfer, the seeds of POST and the four checks
+    as the record's own targets give them (own gain kept, else the reference's, named); a file of
+    another benchmark is skipped; the README block is rewritten between its markers only."""
+    from benchmarks.paper.tables import RECORDS, records_overview, write_records_overview
+
+    def tables(layers, post_seeds, goals, **more):
+        tasks = {t: {"post": {"per_seed": {str(s): 0.5 for s in range(n)}}} for t, n in post_seeds}
+        return {"benchmark": "paper", "student": {"layers": list(range(layers)), "distilled": True},
+                "tasks": tasks, "targets": goals, **more}  # fmt: skip
+
+    count = lambda k, n: {"tasks": ["t"] * k, "of_tasks_with_cells": n}  # noqa: E731
+    (tmp_path / "paper_tables.json").write_text(json.dumps(tables(
+        4, [("a", 3), ("b", 2)],
+        {"post_beats_zero_shot_and_direct": count(4, 5), "mean_gain_kept": {"value": 0.3166},
+         "dp8_gap_points": {"value": 1.756, "seeds_per_task": {"a": 3, "b": 2}},
+         "distilled_beats_non_distilled": count(0, 0)},
+        device="cpu", precision="bf16",
+    )))  # fmt: skip
+    (tmp_path / "paper_tables_x.json").write_text(json.dumps(tables(
+        8, [("a", 3)],
+        {"mean_gain_kept": {"value": None},
+         "mean_gain_kept_vs_reference": {"value": 0.5868, "assumes": "of results/paper_tables_r.json"},
+         "distilled_beats_non_distilled": count(5, 5)},
+        transfer_recipe={"public": "phrases", "table_transfer": "epochs=3,select=public"},
+    )))  # fmt: skip
+    (tmp_path / "paper_tables_junk.json").write_text(json.dumps({"benchmark": "other"}))
+    rows = records_overview(tmp_path).splitlines()
+    assert len(rows) == 4  # header, rule, two records
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows[2:]]
+    assert cells[0] == [
+        "`paper_tables.json`", "4 layers", "cpu (bf16)", "given, tool", "2–3", "4 of 5", "0.317",
+        "1.76 (2–3)", "–",
+    ]  # fmt: skip
+    assert cells[1] == [
+        "`paper_tables_x.json`", "8 layers", "–", "phrases, epochs=3,select=public", "3", "–",
+        "0.587 (teacher tuning of paper_tables_r.json)", "–", "5 of 5",
+    ]  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{RECORDS[0]}\nold rows\n{RECORDS[1]}\nafter\n")
+    write_records_overview(tmp_path, readme)
+    text = readme.read_text()
+    assert "old rows" not in text and "`paper_tables_x.json`" in text
+    assert text.startswith("before\n") and text.endswith(f"{RECORDS[1]}\nafter\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    write_records_overview(tmp_path, plain)
+    assert plain.read_text() == "no markers\n"

@@ -148,6 +148,84 @@ def write_readme_table(text: str, readme: Path = README, name: str = "") -> None
     write_text(readme, body)
 
 
+RECORDS = "<!-- PAPER-RECORDS:BEGIN -->", "<!-- PAPER-RECORDS:END -->"
+
+
+def _seeds(counts: list[int]) -> str:
+    return (
+        "–"
+        if not counts
+        else f"{min(counts)}"
+        if min(counts) == max(counts)
+        else (f"{min(counts)}–{max(counts)}")
+    )
+
+
+def _of(target: dict | None) -> str:
+    """ "k of n" of a count target (the tasks where it holds, of the tasks with cells)."""
+    if not target or not target.get("of_tasks_with_cells"):
+        return "–"
+    return f"{len(target['tasks'])} of {target['of_tasks_with_cells']}"
+
+
+def records_overview(results: Path = RESULTS) -> str:
+    """One row per paper_tables*.json under `results`: which student and transfer each record used and
+    where it stands on issue 14's four checks, so a reader finds the record that answers a check
+    without opening every JSON. Each figure is the record's own `targets` entry, not recomputed."""
+    rows = [
+        "| record | student | device | public data, table transfer | seeds of POST | POST > zero-shot"
+        " and direct (≥ 4 of 5) | gain kept (≥ 0.5) | DP gap, points (≤ 2; seeds) | distilled >"
+        " non-distilled (≥ 4 of 5) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in sorted(results.glob("paper_tables*.json")):
+        t = read_json_or_none(f) or {}
+        if t.get("benchmark") != "paper":
+            continue
+        student = t.get("student") or {}
+        layers = len(student.get("layers") or [])
+        who = f"{layers} layers" + ("" if student.get("distilled", True) else ", cut only")
+        device = t.get("device") or "–"
+        device += f" ({t['precision']})" if t.get("precision") else ""
+        recipe = t.get("transfer_recipe") or {}
+        transfer = f"{recipe.get('public', 'given')}, {recipe.get('table_transfer', 'tool')}"
+        seeds = _seeds(
+            [len(m["post"]["per_seed"]) for m in t.get("tasks", {}).values() if "post" in m]
+        )
+        goals = t.get("targets") or {}
+        own, ref = goals.get("mean_gain_kept") or {}, goals.get("mean_gain_kept_vs_reference") or {}
+        if own.get("value") is not None:
+            kept = f"{own['value']:.3f}"
+        elif ref.get("value") is not None:
+            other = re.search(r"paper_tables\w*\.json", ref.get("assumes", ""))
+            kept = (
+                f"{ref['value']:.3f} (teacher tuning of {other[0] if other else 'another record'})"
+            )
+        else:
+            kept = "–"
+        dp = goals.get("dp8_gap_points") or {}
+        gap = "–" if dp.get("value") is None else f"{dp['value']:.2f}"
+        if dp.get("seeds_per_task"):
+            gap += f" ({_seeds(list(dp['seeds_per_task'].values()))})"
+        rows.append(
+            f"| `{f.name}` | {who} | {device} | {transfer} | {seeds} | "
+            f"{_of(goals.get('post_beats_zero_shot_and_direct'))} | {kept} | {gap} | "
+            f"{_of(goals.get('distilled_beats_non_distilled'))} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def write_records_overview(results: Path = RESULTS, readme: Path = README) -> None:
+    """The overview between the PAPER-RECORDS markers of `readme` (left alone where it has none)."""
+    begin, end = RECORDS
+    body = readme.read_text() if readme.is_file() else ""
+    if begin not in body or end not in body:
+        return
+    block = f"{begin}\n{records_overview(results)}{end}"
+    body = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+    write_text(readme, body)
+
+
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
                   results: Path = RESULTS, readme: Path = README, name: str = "") -> dict:  # fmt: skip
     """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
@@ -186,4 +264,5 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
     out["tables_file"] = tables_file
     write_json(results / out["tables_file"], out)
     write_readme_table(markdown(out), readme, name)
+    write_records_overview(results, readme)
     return out
