@@ -1509,11 +1509,13 @@ def test_gain_kept_by_depth_on_hand_made_cells():
 
 
 def test_every_listed_ablation_has_one_function_that_makes_its_cells():
-    """`--ablations` offers recipes.ABLATIONS; each must be a function of ablations.RUNNERS (a name in
-    one place only would be an option that fails at run time, or a function no option reaches)."""
+    """`--ablations` offers exactly the ablations of ablations.RUNNERS, in its order (a name in one
+    place only would be an option that fails at run time, or a function no option reaches)."""
     from benchmarks.paper.ablations import RUNNERS
+    from benchmarks.paper.cli import parser
 
-    assert set(RUNNERS) == set(paper.ABLATIONS)
+    option = next(a for a in parser()._actions if a.dest == "ablations")
+    assert tuple(option.choices) == tuple(RUNNERS) == paper.ABLATIONS
     grid = paper.Grid(Path("/nonexistent"), FakeStages(), "S", {}, log=lambda *_: None)
     with pytest.raises(SystemExit, match="unknown ablation nope"):
         grid.run_ablation("nope", "sst2", 0)

@@ -89,11 +89,11 @@ Private tasks and their public data (provider side; never a private text, checke
 # targets) -> tables (JSON and README); beside them students and record (the shared student and what a
 # record checks), and cli (`python -m benchmarks.paper`).
 from benchmarks.paper import students, tasks
+from benchmarks.paper.ablations import ABLATIONS
 from benchmarks.paper.aggregate import HELDOUT_PICK, collect, targets, tuned_reference
 from benchmarks.paper.cli import main
 from benchmarks.paper.grid import Grid, cell_done, depth_variant, dp_variant_name
 from benchmarks.paper.recipes import (
-    ABLATIONS,
     CHECKS_PER_EPOCH,
     DP_VARIANTS,
     GENERAL_STUDENT,

@@ -309,7 +309,7 @@ def run_depth(g: Grid, task: str, seed: int) -> None:
         g.depth_cells(task, seed, k)
 
 
-# name -> the function that makes its cells (`--ablations NAME`; recipes.ABLATIONS lists them)
+# name -> the function that makes its cells, in the order `--ablations` lists and a run makes them
 RUNNERS = {
     "non_distilled": run_non_distilled,
     "alpha": run_alpha,
@@ -319,11 +319,12 @@ RUNNERS = {
     "calibrate": run_calibrate,
     "public_data": run_public_data,
     "prompt_length": run_prompt_length,
+    "depth": run_depth,
     "tune_optimizer": run_tune_optimizer,
-    "dp_recipe": run_dp_recipe,
     "tune_budget": run_tune_budget,
+    "teacher_tokens": run_teacher_tokens,
+    "dp_recipe": run_dp_recipe,
     "transfer_budget": run_transfer_budget,
     "transfer_budget_dp": run_transfer_budget_dp,
-    "teacher_tokens": run_teacher_tokens,
-    "depth": run_depth,
 }
+ABLATIONS = tuple(RUNNERS)

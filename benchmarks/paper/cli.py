@@ -13,10 +13,10 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, load_average
 from benchmarks.paper import students
+from benchmarks.paper.ablations import ABLATIONS
 from benchmarks.paper.aggregate import tuned_reference
 from benchmarks.paper.grid import Grid
 from benchmarks.paper.recipes import (
-    ABLATIONS,
     DP_FIELDS,
     GENERAL_STUDENT,
     METHODS,

@@ -21,11 +21,6 @@ METHODS = (
 )
 SEED_FREE = ("teacher_zero_shot", "student_zero_shot")
 ONE_SEED = ("teacher_tuned",)
-ABLATIONS = (
-    "non_distilled", "alpha", "paper_setting", "shift_mean", "shift_base", "calibrate",
-    "public_data", "prompt_length", "depth", "tune_optimizer", "tune_budget",
-    "teacher_tokens", "dp_recipe", "transfer_budget", "transfer_budget_dp",
-)  # fmt: skip
 # The paper's transfer setting (TransferConfig's own defaults), kept as an ablation against the tool's.
 PAPER_TRANSFER = {"alpha": 0.5, "space": "vocab", "init": "copy", "lr": 1e-3}
 # The table's own public data: each task's public texts as given, re-cut to the user's text length
