@@ -19,8 +19,7 @@ def dp_variant_name(recipe: dict) -> str:
 
 def tune_metrics(prompt: str) -> dict:
     """The metrics.json of the tuning run that made `prompt` ({} where there is none)."""
-    f = Path(prompt).parent / "metrics.json"
-    return read_json(f) if f.is_file() else {}
+    return read_json_or_none(Path(prompt).parent / "metrics.json") or {}
 
 
 def recorded_drift(prompt: str, metrics: dict | None = None) -> dict:

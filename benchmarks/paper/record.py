@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.paper.grid import cell_done, depth_variant, dp_user_side, dp_variant_name
-from benchmarks.paper.recipes import DP_VARIANTS, SEED_FREE, TASKS
+from benchmarks.paper.recipes import DP_VARIANTS, SEED_FREE, TASKS, read_json_or_none
 from promptport.fileio import read_json, write_json
 
 
@@ -29,7 +29,7 @@ def adopt_dp_recipe(state: Path, record: Path, name: str, log=print) -> dict:
     if new is None:
         names = ", ".join(dp_variant_name(r) for r in DP_VARIANTS)
         raise SystemExit(f"--adopt-dp-recipe {name}: not a dp_recipe variant ({names})")
-    old = read_json(state / "dp.json") if (state / "dp.json").is_file() else None
+    old = read_json_or_none(state / "dp.json")
     if old is None or old == new:
         raise SystemExit(f"{state} has no other recorded DP recipe (dp.json) to replace")
     was = dp_variant_name(old)
@@ -153,8 +153,7 @@ def import_depth_cells(record: Path, source: Path, stages, ident: dict, log=prin
             seed, at = src.stem.removeprefix("seed"), read_json(src)
             cells = {f"layers={k}": at}
             for v in (f"layers={k},direct", post_variant):
-                f = depth / v / src.name
-                cells[v] = read_json(f) if f.is_file() else None
+                cells[v] = read_json_or_none(depth / v / src.name)
             for v, c in cells.items():
                 if c is not None and (c.get("student") or {}).get("sha256") != ident["sha256"]:
                     raise SystemExit(
@@ -184,7 +183,7 @@ def check_device(record: Path, device: str) -> None:
     kind = torch.device(device).type
     precision = resolve_precision("auto", device)
     f = record / "device.json"
-    had = read_json(f) if f.is_file() else {}
+    had = read_json_or_none(f) or {}
     if had.get("device") is None and any((record / "cells").rglob("*.json")):
         had["device"] = "cpu"
     if had.get("device") not in (None, kind):

@@ -134,14 +134,24 @@ def _commands(tables: dict) -> str:
     )
 
 
+def _has_block(body: str, begin: str, end: str) -> bool:
+    return begin in body and end in body
+
+
+def _replace_block(body: str, begin: str, end: str, text: str) -> str:
+    """`body` with `text` between its `begin` and `end` markers (which it has: `_has_block`)."""
+    block = f"{begin}\n{text}{end}"
+    return re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
+
+
 def write_readme_table(text: str, readme: Path = README, name: str = "") -> None:
     begin, end = markers(name)
     body = readme.read_text() if readme.is_file() else ""
-    block = f"{begin}\n{text}{end}"
-    if begin in body and end in body:
-        body = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-    else:
+    if _has_block(body, begin, end):
+        body = _replace_block(body, begin, end, text)
+    else:  # a new record: its own section at the end
         title = "Paper table" + (f" ({name})" if name else "")
+        block = f"{begin}\n{text}{end}"
         body = (
             body.rstrip("\n") + f"\n\n## {title} (`python -m benchmarks.paper`)\n\n" + block + "\n"
         )
@@ -217,13 +227,9 @@ def records_overview(results: Path = RESULTS) -> str:
 
 def write_records_overview(results: Path = RESULTS, readme: Path = README) -> None:
     """The overview between the PAPER-RECORDS markers of `readme` (left alone where it has none)."""
-    begin, end = RECORDS
     body = readme.read_text() if readme.is_file() else ""
-    if begin not in body or end not in body:
-        return
-    block = f"{begin}\n{records_overview(results)}{end}"
-    body = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-    write_text(readme, body)
+    if _has_block(body, *RECORDS):  # the overview is read from every record only where it goes
+        write_text(readme, _replace_block(body, *RECORDS, records_overview(results)))
 
 
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
