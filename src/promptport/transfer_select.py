@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from promptport.classify import PromptClassifier
-from promptport.data import TextDataset, content_fingerprint, load_split
+from promptport.data import TextDataset, content_fingerprint, load_embedded_labelled, load_split
 from promptport.errors import BadInput
 from promptport.tasks import Task
 
@@ -43,12 +43,16 @@ ACCURACY_RULE = (
 
 def load_select_data(task: Task, source: str, n: int, seed: int) -> TextDataset:
     """`n` labelled examples of `source` drawn with `seed`: a file gives all its rows to draw from,
-    a folder or a hub id its train split (a provider's labelled set is its training data)."""
-    split = "all" if Path(source).expanduser().is_file() else "train"
-    try:
-        ds = load_split(task, source, split)
-    except BadInput as e:  # name the setting that pointed at it, not --data
-        raise BadInput("select_data", str(e)) from None
+    a folder or a hub id its train split (a provider's labelled set is its training data), and
+    `embedded:rt_reviews` the public movies' critic reviews with their labels (offline)."""
+    if source.startswith("embedded:"):  # a labelled public set that ships with the tool
+        ds = load_embedded_labelled(task, source.split(":", 1)[1])
+    else:
+        split = "all" if Path(source).expanduser().is_file() else "train"
+        try:
+            ds = load_split(task, source, split)
+        except BadInput as e:  # name the setting that pointed at it, not --data
+            raise BadInput("select_data", str(e)) from None
     order = np.random.default_rng(seed).permutation(len(ds))[:n]
     out = ds.select(sorted(int(i) for i in order))
     out.meta = {**ds.meta, "fingerprint": content_fingerprint(out), "of": len(ds), "seed": seed}
