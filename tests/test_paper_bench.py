@@ -210,8 +210,11 @@ def test_ablations_are_cells_too(tmp_path, monkeypatch):
     assert (
         cell["student_zero_shot"] == FakeStages().evaluate("S8", None, None, log=False)["accuracy"]
     )
-    abl = paper.collect(state)["ablations"]
-    assert set(abl) == set(paper.ABLATIONS)
+    made_cells = paper.collect(state)
+    abl = made_cells["ablations"]
+    # every ablation made its cells; dp_recipe_user (no transfer, no test) as dp_recipe's user side
+    assert set(abl) | {"dp_recipe_user"} == set(paper.ABLATIONS)
+    assert set(made_cells["user_side"]) == {"dp_recipe"}
     # the tuning variants: the tool's cells, Adam at a tenth of the recipe's lr, DP's SGD unnoised
     assert set(abl["tune_optimizer"]["sst2"]) == {"adam", "adam_lr=0.01", "sgd"}
     assert any("'lr': 0.01}" in c[1] for c in stages.calls if c[0] == "tune")
@@ -1569,3 +1572,66 @@ def test_records_overview_reads_each_records_own_targets(tmp_path):
     plain.write_text("no markers\n")
     write_records_overview(tmp_path, plain)
     assert plain.read_text() == "no markers\n"
+
+
+class ValidatingStages(FakeStages):
+    """FakeStages whose tunings leave a metrics.json with a best validation accuracy (made up, from
+    the recipe: more steps' worth of batch validates higher) and DP facts, as the tool's tune does."""
+
+    def tune(self, model, spec, seed, out, dp, **over):
+        made = super().tune(model, spec, seed, out, dp, **over)
+        val = 0.6 + 0.01 * seed + (0.05 if over.get("grad_accum") else 0.0) + len(over) / 100
+        metrics = {"best": {"val_accuracy": round(val, 4)}, "wall_seconds": 1.0}
+        if dp:
+            metrics["privacy"] = {"steps": 7, "noise_multiplier": 0.6}
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics))
+        return made
+
+
+def test_dp_recipes_on_the_users_side_tune_once_and_compare_by_validation(tmp_path):
+    """dp_recipe_user makes each DP recipe's prompt and its validation accuracy on the student, with
+    no transfer and no test evaluation; dp_recipe later transfers the same prompts (no tuning again);
+    the record compares each recipe with the table's own over the (task, seed) cells both have."""
+    state = tmp_path / "state"
+    stages = ValidatingStages()
+    grid = paper.Grid(state, stages, "S", SPECS, log=lambda *_: None)
+    for task, seed in (("sst2", 0), ("sst2", 1), ("mpqa", 0)):
+        grid.run_ablation("dp_recipe_user", task, seed)
+    assert {c[0] for c in stages.calls} == {"tune"}  # the user's side only
+    assert len(stages.calls) == 3 * len(paper.DP_VARIANTS)  # one tuning per recipe and cell
+    user = paper.collect(state)["user_side"]["dp_recipe"]
+    names = [paper.dp_variant_name(r) for r in paper.DP_VARIANTS]
+    assert set(user["sst2"]) == set(names) and set(user["sst2"][names[0]]) == {"0", "1"}
+    big = "sgd_lr=10,epochs=8,grad_accum=16"
+    assert user["sst2"][big]["1"] == {
+        "user_val_accuracy": pytest.approx(0.6 + 0.01 + 0.05 + 0.04), "dp_steps": 7,
+        "noise_multiplier": 0.6, "user_tune_seconds": 1.0,
+    }  # fmt: skip
+    # the same prompts transferred by dp_recipe: transfers and evaluations, no tuning
+    n = len(stages.calls)
+    grid.run_ablation("dp_recipe", "sst2", 0)
+    assert not [c for c in stages.calls[n:] if c[0] == "tune"]
+    assert any(c[1].startswith(f"transfer:tune-dp8@{big}-s0:") for c in stages.calls[n:])
+    # against the table's own recipe (sgd_lr=0.3: its tuning has no overrides, 0.6 + seed / 100)
+    (state / "dp.json").write_text(json.dumps(stages.dp_recipe))
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n")
+    out = paper.write_outputs(state, "quick", paper.PROFILES["quick"], "cmd", results=tmp_path,
+                              readme=readme)  # fmt: skip
+    choice = out["dp_recipe_user_choice"]
+    assert choice["own"] == "sgd_lr=0.3" and set(choice["recipes"]) == set(names) - {"sgd_lr=0.3"}
+    r = choice["recipes"][big]
+    assert r["cells"] == 3 and r["difference_points"] == pytest.approx(9.0)  # +0.05, 4 fields
+    assert r["per_task_points"] == {"sst2": pytest.approx(9.0), "mpqa": pytest.approx(9.0)}
+    assert choice["recipes"]["sgd_lr=3"]["difference_points"] == pytest.approx(2.0)
+    assert "not covered by that epsilon" in choice["assumes"]
+    body = readme.read_text()
+    assert "| dp_recipe (user side) | sst2 | mpqa |" in body
+    assert f"| {big} | 0.695 ± 0.007 (2) | 0.690 (1) |" in body
+    # a variant asked for alone is the only one made
+    later = ValidatingStages()
+    only = paper.Grid(state, later, "S", SPECS, log=lambda *_: None, variants=(big,))
+    only.run_ablation("dp_recipe_user", "mpqa", 1)
+    assert [c[1] for c in later.calls] == [f"tune:S:mpqa:1:8.0:{paper.DP_VARIANTS[-1]}"]
+    assert (state / f"cells/user_side/dp_recipe/mpqa/{big}/seed1.json").is_file()
+    assert not (state / "cells/user_side/dp_recipe/mpqa/sgd_lr=0.3/seed1.json").exists()

@@ -47,6 +47,10 @@ distilled on demand and kept in the student store), dp_recipe (POST with DP from
 SGD at lr 0.3 or 3 or Adam at 0.03, the same epsilon, batch and steps: whether a DP gap is the noise's or
 the optimisation's; and SGD 10 over more passes with 128 or 256 examples expected per step, the same
 epsilon: whether less noise per step is worth the compute; the table's own recipe is its post_dp8 cell),
+dp_recipe_user (the same recipes' DP prompts on the user's side only: tuned, scored by their best
+validation accuracy on the student, never transferred or tested; how a user chooses a recipe, for the
+tunings' cost alone; a later dp_recipe cell transfers the same prompts; the record's
+`dp_recipe_user_choice` compares each with the table's own recipe over the cells both have),
 transfer_budget (the same user prompt transferred at 3x the learning rate, or for 3 passes over the
 public texts, or for up to 6 stopped by `patience: 2`: whether the transfer stops before it has copied
 the prompt's effect; each cell carries the held-out public loss the provider can choose by and the

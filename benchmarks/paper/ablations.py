@@ -135,6 +135,25 @@ def run_tune_optimizer(g: Grid, task: str, seed: int) -> None:
     g.variant_cells("tune_optimizer", task, seed, variants)
 
 
+def dp_recipes(own: dict) -> list[tuple[str, dict]]:
+    """The dp_recipe ablation's recipes as (variant name, recipe): DP_VARIANTS, then the table's own
+    recipe `own` where it is none of them."""
+    return [
+        (dp_variant_name(r), r) for r in list(DP_VARIANTS) + ([] if own in DP_VARIANTS else [own])
+    ]
+
+
+def dp_tuned(g: Grid, task: str, seed: int, name: str, recipe: dict) -> str:
+    """The seed's DP prompt (epsilon 8) tuned with DP recipe `recipe` (variant `name`): the table's
+    own recipe is the table's DP prompt, another its artifact tune-dp8@<name>."""
+    if recipe == dict(g.stages.dp_recipe):
+        return g.dp_prompt(task, seed)
+    st, spec = g.stages, g.specs[task]
+    return g.artifact(
+        f"tune-dp8@{name}", task, seed, lambda d: st.tune(g.student, spec, seed, d, 8.0, **recipe)
+    )
+
+
 def run_dp_recipe(g: Grid, task: str, seed: int) -> None:
     """POST with DP (epsilon 8, the table's batch and steps) from DP prompts tuned with other
     optimisations, each transferred by the table's POST: whether a DP gap is the noise's or the
@@ -150,20 +169,29 @@ def run_dp_recipe(g: Grid, task: str, seed: int) -> None:
 
     def variant(recipe: dict, name: str):
         def compute():
-            p = g.artifact(
-                f"tune-dp8@{name}", task, seed,
-                lambda d: st.tune(g.student, spec, seed, d, 8.0, **recipe),
-            )  # fmt: skip
+            p = dp_tuned(g, task, seed, name, recipe)
             q = g.post_prompt(task, seed, p, f"post-dp8@{name}")
             return {**st.evaluate(st.teacher, q, spec), **dp_user_side(p)}
 
         return compute
 
     own = dict(st.dp_recipe)
-    for recipe in list(DP_VARIANTS) + ([] if own in DP_VARIANTS else [own]):
-        name = dp_variant_name(recipe)
+    for name, recipe in dp_recipes(own):
         compute = table if recipe == own else variant(recipe, name)
         g.cell(g.ablation_path("dp_recipe", task, name, seed), compute)
+
+
+def run_dp_recipe_user(g: Grid, task: str, seed: int) -> None:
+    """The dp_recipe ablation's DP prompts on the user's side only: each recipe's prompt tuned on the
+    student (the same artifacts dp_recipe transfers, so a later dp_recipe cell only transfers) and
+    its best validation accuracy on the user's own split. That is how a user chooses a DP recipe:
+    before, and without, any transfer or test split; it costs the tunings alone. Cells:
+    RECORD/cells/user_side/dp_recipe/<task>/<variant>/seed<seed>.json (no test accuracy)."""
+    for name, recipe in dp_recipes(dict(g.stages.dp_recipe)):
+        g.cell(
+            g.cell_path("user_side", "dp_recipe", task, name, f"seed{seed}"),
+            lambda name=name, recipe=recipe: dp_user_side(dp_tuned(g, task, seed, name, recipe)),
+        )
 
 
 def run_tune_budget(g: Grid, task: str, seed: int) -> None:
@@ -324,6 +352,7 @@ RUNNERS = {
     "tune_budget": run_tune_budget,
     "teacher_tokens": run_teacher_tokens,
     "dp_recipe": run_dp_recipe,
+    "dp_recipe_user": run_dp_recipe_user,
     "transfer_budget": run_transfer_budget,
     "transfer_budget_dp": run_transfer_budget_dp,
 }

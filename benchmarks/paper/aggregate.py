@@ -42,7 +42,79 @@ def collect(state: Path) -> dict:
             for k, v in r.items()
             if k in COLLECTED and isinstance(v, (int, float))  # teacher_tokens' losses: per length
         }
-    return {"tasks": tasks, "ablations": ablations}
+    user_side = collect_user_side(state)
+    return {
+        "tasks": tasks,
+        "ablations": ablations,
+        **({"user_side": user_side} if user_side else {}),
+    }
+
+
+# what a user-side cell contributes (the user's own view of a tuning: no test accuracy)
+USER_SIDE = (
+    "user_val_accuracy",
+    "dp_steps",
+    "noise_multiplier",
+    "user_tune_seconds",
+    "prompt_drift",
+)
+
+
+def collect_user_side(state: Path) -> dict:
+    """The user-side cells (RECORD/cells/user_side/<name>/<task>/<variant>/seed<s>.json) as
+    {name: {task: {variant: {seed: {field: value}}}}}."""
+    out: dict = {}
+    root = state / "cells" / "user_side"
+    for p in sorted(root.rglob("seed*.json")) if root.is_dir() else []:
+        name, task, variant = p.relative_to(root).parts[:3]
+        r = read_json(p)
+        slot = out.setdefault(name, {}).setdefault(task, {}).setdefault(variant, {})
+        slot[p.stem.removeprefix("seed")] = {
+            k: round(v, 4) for k, v in r.items() if k in USER_SIDE and isinstance(v, (int, float))
+        }
+    return out
+
+
+def dp_recipe_user_choice(cells: dict, own: str) -> dict:
+    """Each DP recipe of the user-side cells ({task: {variant: {seed: cell}}}) against the table's
+    own recipe `own`, over the (task, seed) cells both have: the mean best validation accuracy of
+    their DP prompts on the student and the difference in points (per task and overall). The user's
+    choice is the recipe with the highest mean; recipes over other cells do not compare."""
+
+    def acc(t: str, v: str) -> dict[str, float]:
+        return {
+            s: c["user_val_accuracy"]
+            for s, c in cells.get(t, {}).get(v, {}).items()
+            if c.get("user_val_accuracy") is not None
+        }
+
+    names = sorted({v for variants in cells.values() for v in variants} - {own})
+    recipes = {}
+    for v in names:
+        pairs = [(t, s) for t in cells for s in set(acc(t, v)) & set(acc(t, own))]
+        if not pairs:
+            continue
+        mine = statistics.fmean(acc(t, v)[s] for t, s in pairs)
+        theirs = statistics.fmean(acc(t, own)[s] for t, s in pairs)
+        per_task = {
+            t: round(
+                100 * statistics.fmean(acc(t, v)[s] - acc(t, own)[s] for tt, s in pairs if tt == t),
+                2,
+            )
+            for t in dict.fromkeys(t for t, _ in pairs)
+        }
+        recipes[v] = {
+            "cells": len(pairs), "mean_user_val_accuracy": round(mine, 4),
+            "own_mean_user_val_accuracy": round(theirs, 4),
+            "difference_points": round(100 * (mine - theirs), 2), "per_task_points": per_task,
+        }  # fmt: skip
+    return {
+        "own": own,
+        "recipes": recipes,
+        "assumes": "the best validation accuracy of each DP prompt on the student, on the user's "
+        "validation split (what a user sees before any transfer); each tuning is (8, delta)-DP, "
+        "but choosing among recipes by private validation data is not covered by that epsilon",
+    }
 
 
 # what an ablation cell contributes to paper_tables.json (the cell files keep the rest)

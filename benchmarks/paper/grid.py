@@ -106,9 +106,10 @@ class Grid:
         return str(d / "prompt")
 
     def cell(self, path: Path, compute) -> dict | None:
-        ablation_variant = (
-            path.parent.name if "ablations" in path.relative_to(self.record).parts else None
-        )
+        """The cell at `path`, computed (and written) where missing; an ablation's (or a user-side)
+        cell of a variant other than `variants` is left for a later run (None)."""
+        parts = path.relative_to(self.record).parts
+        ablation_variant = path.parent.name if {"ablations", "user_side"} & set(parts) else None
         if ablation_variant:
             self.seen_variants.add(ablation_variant)
         if path.is_file():
@@ -120,7 +121,10 @@ class Grid:
         r["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(path, r)
         self.ran.append(str(path.relative_to(self.record)))
-        self.log(f"  {path.relative_to(self.record)}: {r['accuracy']:.4f}")
+        score = r.get("accuracy", r.get("user_val_accuracy"))  # a user-side cell: validation
+        self.log(
+            f"  {path.relative_to(self.record)}: " + ("–" if score is None else f"{score:.4f}")
+        )
         return r
 
     # -- artifacts

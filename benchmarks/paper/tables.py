@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.common import RESULTS
-from benchmarks.paper.aggregate import collect, mean_std, targets
+from benchmarks.paper.aggregate import collect, dp_recipe_user_choice, mean_std, targets
+from benchmarks.paper.grid import dp_variant_name
 from benchmarks.paper.recipes import METHODS, TASKS, Sizes, profile_dp_recipe, read_json_or_none
 from promptport.fileio import write_json, write_text
 
@@ -65,7 +66,40 @@ def markdown(tables: dict) -> str:
         f"Device: {tables.get('device', 'cpu')}{arith}. {_commands(tables)} Generated from "
         f"benchmarks/results/{tables.get('tables_file', 'paper_tables.json')}.\n"
     )
-    return head + "\n".join(rows) + "\n" + note + ablations_markdown(tables)
+    return (
+        head
+        + "\n".join(rows)
+        + "\n"
+        + note
+        + ablations_markdown(tables)
+        + user_side_markdown(tables)
+    )
+
+
+def user_side_markdown(tables: dict) -> str:
+    """One table per user-side block: each variant's best validation accuracy of the user's prompt on
+    the student, mean ± std over seeds (number), per task."""
+    out = []
+    for name, by_task in sorted((tables.get("user_side") or {}).items()):
+        tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
+        variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
+        lines = [f"| {name} (user side) | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
+        for v in variants:
+            vals = [
+                [c["user_val_accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())
+                 if c.get("user_val_accuracy") is not None]
+                for t in tasks
+            ]  # fmt: skip
+            lines.append(f"| {v} | {' | '.join(map(_fmt_seeds, vals))} |")
+        out.append("\n".join(lines))
+    if not out:
+        return ""
+    return (
+        "\nOn the user's side (the user's prompt's best accuracy on the user's validation split, "
+        "on the student; no transfer, no test split; mean ± std over seeds (number)):\n\n"
+        + "\n\n".join(out)
+        + "\n"
+    )
 
 
 def _fmt_cell(mean: float, std: float, n: int) -> str:
@@ -232,6 +266,14 @@ def write_records_overview(results: Path = RESULTS, readme: Path = README) -> No
         write_text(readme, _replace_block(body, *RECORDS, records_overview(results)))
 
 
+def _user_choice(tables: dict, dp: dict | None) -> dict:
+    """`dp_recipe_user_choice` where the record has user-side DP cells and its own DP recipe."""
+    cells = (tables.get("user_side") or {}).get("dp_recipe")
+    if not cells or not dp:
+        return {}
+    return {"dp_recipe_user_choice": dp_recipe_user_choice(cells, dp_variant_name(dp))}
+
+
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
                   results: Path = RESULTS, readme: Path = README, name: str = "") -> dict:  # fmt: skip
     """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
@@ -265,6 +307,7 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
             tables.get("ablations"),
             read_json_or_none(record / "tuned_reference.json"),
         ),
+        **_user_choice(tables, read_json_or_none(record / "dp.json")),
         **(extra or {}),
     }
     out["tables_file"] = tables_file
