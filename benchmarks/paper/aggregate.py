@@ -53,6 +53,7 @@ def collect(state: Path) -> dict:
 # what a user-side cell contributes (the user's own view of a tuning: no test accuracy)
 USER_SIDE = (
     "user_val_accuracy",
+    "user_val_macro_f1",  # a prompt that learned one class can validate near the majority's share
     "dp_steps",
     "noise_multiplier",
     "user_tune_seconds",

@@ -37,6 +37,7 @@ def dp_user_side(prompt: str) -> dict:
     privacy = m.get("privacy") or {}
     return {
         "user_val_accuracy": (m.get("best") or {}).get("val_accuracy"),
+        "user_val_macro_f1": (m.get("best") or {}).get("val_macro_f1"),
         "dp_steps": privacy.get("steps"),
         "noise_multiplier": privacy.get("noise_multiplier"),
         "user_tune_seconds": m.get("wall_seconds"),
