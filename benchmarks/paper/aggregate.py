@@ -31,17 +31,7 @@ def collect(state: Path) -> dict:
                 "std": round(std, 4),
                 "per_seed": {k: round(v, 4) for k, v in per_seed.items()},
             }
-    ablations: dict = {}
-    root = state / "cells" / "ablations"
-    for p in sorted(root.rglob("seed*.json")) if root.is_dir() else []:
-        name, task, variant = p.relative_to(root).parts[:3]
-        r = read_json(p)
-        slot = ablations.setdefault(name, {}).setdefault(task, {}).setdefault(variant, {})
-        slot[p.stem.removeprefix("seed")] = {
-            k: round(v, 4)
-            for k, v in r.items()
-            if k in COLLECTED and isinstance(v, (int, float))  # teacher_tokens' losses: per length
-        }
+    ablations = _variant_cells(state / "cells" / "ablations", COLLECTED)
     user_side = collect_user_side(state)
     return {
         "tasks": tasks,
@@ -61,19 +51,24 @@ USER_SIDE = (
 )
 
 
-def collect_user_side(state: Path) -> dict:
-    """The user-side cells (RECORD/cells/user_side/<name>/<task>/<variant>/seed<s>.json) as
-    {name: {task: {variant: {seed: {field: value}}}}}."""
+def _variant_cells(root: Path, fields: tuple[str, ...]) -> dict:
+    """The cells ROOT/<name>/<task>/<variant>/seed<s>.json as {name: {task: {variant: {seed:
+    {field: value}}}}}, keeping the numeric `fields` (teacher_tokens' losses per length are not)."""
     out: dict = {}
-    root = state / "cells" / "user_side"
     for p in sorted(root.rglob("seed*.json")) if root.is_dir() else []:
         name, task, variant = p.relative_to(root).parts[:3]
-        r = read_json(p)
         slot = out.setdefault(name, {}).setdefault(task, {}).setdefault(variant, {})
         slot[p.stem.removeprefix("seed")] = {
-            k: round(v, 4) for k, v in r.items() if k in USER_SIDE and isinstance(v, (int, float))
+            k: round(v, 4)
+            for k, v in read_json(p).items()
+            if k in fields and isinstance(v, (int, float))
         }
     return out
+
+
+def collect_user_side(state: Path) -> dict:
+    """The user-side cells (RECORD/cells/user_side/<name>/<task>/<variant>/seed<s>.json)."""
+    return _variant_cells(state / "cells" / "user_side", USER_SIDE)
 
 
 def dp_recipe_user_choice(cells: dict, own: str) -> dict:
