@@ -362,7 +362,8 @@ EMBEDDED_TEXT = {
 
 # The same public reviews with their fresh/rotten labels: a labelled set the provider holds, for
 # choosing the transfer's kept step (`transfer.select_data: embedded:rt_reviews`), never a private
-# snippet (their movies are disjoint from the private task's).
+# snippet (their movies are disjoint from the private task's). Its draw may share texts with the
+# transfer's own draw of public reviews: the labels only rank the steps, they are never trained on.
 EMBEDDED_LABELLED = {"rt_reviews": _is_public_review}
 
 
