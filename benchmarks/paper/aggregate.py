@@ -77,32 +77,34 @@ def dp_recipe_user_choice(cells: dict, own: str) -> dict:
     their DP prompts on the student and the difference in points (per task and overall). The user's
     choice is the recipe with the highest mean; recipes over other cells do not compare."""
 
-    def acc(t: str, v: str) -> dict[str, float]:
+    def acc(v: str) -> dict[str, dict[str, float]]:  # {task: {seed: validation accuracy}}
         return {
-            s: c["user_val_accuracy"]
-            for s, c in cells.get(t, {}).get(v, {}).items()
-            if c.get("user_val_accuracy") is not None
+            t: {
+                s: c["user_val_accuracy"]
+                for s, c in variants.get(v, {}).items()
+                if c.get("user_val_accuracy") is not None
+            }
+            for t, variants in cells.items()
         }
 
-    names = sorted({v for variants in cells.values() for v in variants} - {own})
+    theirs = acc(own)
     recipes = {}
-    for v in names:
-        pairs = [(t, s) for t in cells for s in set(acc(t, v)) & set(acc(t, own))]
+    for v in sorted({v for variants in cells.values() for v in variants} - {own}):
+        mine = acc(v)
+        shared = {t: sorted(set(mine[t]) & set(theirs[t])) for t in cells}  # seeds both have
+        pairs = [(t, s) for t, seeds in shared.items() for s in seeds]
         if not pairs:
             continue
-        mine = statistics.fmean(acc(t, v)[s] for t, s in pairs)
-        theirs = statistics.fmean(acc(t, own)[s] for t, s in pairs)
-        per_task = {
-            t: round(
-                100 * statistics.fmean(acc(t, v)[s] - acc(t, own)[s] for tt, s in pairs if tt == t),
-                2,
-            )
-            for t in dict.fromkeys(t for t, _ in pairs)
-        }
+        m = statistics.fmean(mine[t][s] for t, s in pairs)
+        o = statistics.fmean(theirs[t][s] for t, s in pairs)
         recipes[v] = {
-            "cells": len(pairs), "mean_user_val_accuracy": round(mine, 4),
-            "own_mean_user_val_accuracy": round(theirs, 4),
-            "difference_points": round(100 * (mine - theirs), 2), "per_task_points": per_task,
+            "cells": len(pairs), "mean_user_val_accuracy": round(m, 4),
+            "own_mean_user_val_accuracy": round(o, 4),
+            "difference_points": round(100 * (m - o), 2),
+            "per_task_points": {
+                t: round(100 * statistics.fmean(mine[t][s] - theirs[t][s] for s in seeds), 2)
+                for t, seeds in shared.items() if seeds
+            },
         }  # fmt: skip
     return {
         "own": own,

@@ -81,24 +81,23 @@ def user_side_markdown(tables: dict) -> str:
     the student, mean ± std over seeds (number), per task."""
     out = []
     for name, by_task in sorted((tables.get("user_side") or {}).items()):
-        tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
-        variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
-        lines = [f"| {name} (user side) | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
-        for v in variants:
-            vals = [
-                [c["user_val_accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())
-                 if c.get("user_val_accuracy") is not None]
+        tasks, variants = _tasks_and_variants(by_task)
+        rows = {
+            v: [
+                [
+                    c["user_val_accuracy"]
+                    for _, c in sorted(by_task[t].get(v, {}).items())
+                    if c.get("user_val_accuracy") is not None
+                ]
                 for t in tasks
-            ]  # fmt: skip
-            lines.append(f"| {v} | {' | '.join(map(_fmt_seeds, vals))} |")
-        out.append("\n".join(lines))
-    if not out:
-        return ""
-    return (
-        "\nOn the user's side (the user's prompt's best accuracy on the user's validation split, "
-        "on the student; no transfer, no test split; mean ± std over seeds (number)):\n\n"
-        + "\n\n".join(out)
-        + "\n"
+            ]
+            for v in variants
+        }
+        out.append(_seeds_table(f"{name} (user side)", tasks, rows))
+    return _tables_block(
+        "On the user's side (the user's prompt's best accuracy on the user's validation split, on "
+        "the student; no transfer, no test split; mean ± std over seeds (number))",
+        out,
     )
 
 
@@ -122,8 +121,7 @@ def ablations_markdown(tables: dict) -> str:
 
     out = []
     for name, by_task in sorted((tables.get("ablations") or {}).items()):
-        tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
-        variants = list(dict.fromkeys(v for t in tasks for v in by_task[t]))
+        tasks, variants = _tasks_and_variants(by_task)
         post_same_seeds = []
         for t in tasks:
             post = per_seed(t, "post")
@@ -139,16 +137,28 @@ def ablations_markdown(tables: dict) -> str:
             rows[v] = [
                 [c["accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())] for t in tasks
             ]
-        lines = [f"| {name} | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
-        lines += [f"| {k} | {' | '.join(map(_fmt_seeds, v))} |" for k, v in rows.items()]
-        out.append("\n".join(lines))
-    if not out:
-        return ""
-    return (
-        "\nAblations (accuracy on the test split, mean ± std over seeds (number); – = not run):\n\n"
-        + "\n\n".join(out)
-        + "\n"
+        out.append(_seeds_table(name, tasks, rows))
+    return _tables_block(
+        "Ablations (accuracy on the test split, mean ± std over seeds (number); – = not run)", out
     )
+
+
+def _tasks_and_variants(by_task: dict) -> tuple[list[str], list[str]]:
+    """A block's tasks (the table's order, then any other) and its variants in first-seen order."""
+    tasks = [t for t in TASKS if t in by_task] + sorted(set(by_task) - set(TASKS))
+    return tasks, list(dict.fromkeys(v for t in tasks for v in by_task[t]))
+
+
+def _seeds_table(title: str, tasks: list[str], rows: dict[str, list[list[float]]]) -> str:
+    """A markdown table: one row per {label: per task, its per-seed values}, one column per task."""
+    lines = [f"| {title} | {' | '.join(tasks)} |", "|---|" + "---|" * len(tasks)]
+    lines += [f"| {k} | {' | '.join(map(_fmt_seeds, v))} |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def _tables_block(intro: str, tables: list[str]) -> str:
+    """`intro` and the tables under it, or nothing where there is no table."""
+    return f"\n{intro}:\n\n" + "\n\n".join(tables) + "\n" if tables else ""
 
 
 def markers(name: str = "") -> tuple[str, str]:

@@ -367,12 +367,13 @@ EMBEDDED_TEXT = {
 EMBEDDED_LABELLED = {"rt_reviews": _is_public_review}
 
 
-def load_embedded_labelled(task: Task, name: str, setting: str = "select_data") -> TextDataset:
+def load_embedded_labelled(task: Task, name: str) -> TextDataset:
     """Every row of the labelled embedded public source `name`, labels mapped to `task`'s classes
-    (a task without a class for one of its labels is refused, naming `setting`)."""
+    (a task without a class for one of its labels is refused). Read as `select_data`, the only
+    setting that takes it, so errors name that setting."""
     if name not in EMBEDDED_LABELLED:
         known = ", ".join(f"embedded:{k}" for k in EMBEDDED_LABELLED)
-        raise BadInput(setting, f"no labelled embedded source '{name}' (known: {known})")
+        raise BadInput("select_data", f"no labelled embedded source '{name}' (known: {known})")
     keep = EMBEDDED_LABELLED[name]
     texts: list[str] = []
     labels: list[int] = []
@@ -382,7 +383,7 @@ def load_embedded_labelled(task: Task, name: str, setting: str = "select_data") 
         label = task.class_index(r["category"])
         if label is None:
             raise BadInput(
-                setting,
+                "select_data",
                 f"embedded:{name} is labelled {r['category']!r}, not a class of task '{task.name}'",
             )
         texts.append(r["text"].strip())
