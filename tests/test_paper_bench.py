@@ -134,7 +134,10 @@ def test_cells_resume_skip_and_json_shape(tmp_path):
     # a record filled by several commands names each, once, in order; the latest is `command`
     again = paper.write_outputs(state, "quick", sizes, "cmd2", results=tmp_path, readme=readme)
     assert again["commands"] == ["cmd", "cmd2"] and again["command"] == "cmd2"
-    assert "`cmd`; `cmd2`" in readme.read_text()
+    body = readme.read_text()
+    assert "The 2 commands that filled the record are listed under the table." in body
+    assert "<summary>The 2 commands, in the order they filled the record</summary>" in body
+    assert "```bash\ncmd\ncmd2\n```" in body  # one a line, in order, each once
     other = paper.write_outputs(
         tmp_path / "other", "quick", sizes, "c3", results=tmp_path, readme=readme
     )

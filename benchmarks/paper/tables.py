@@ -71,6 +71,7 @@ def markdown(tables: dict) -> str:
         + "\n".join(rows)
         + "\n"
         + note
+        + _commands_block(tables)
         + ablations_markdown(tables)
         + user_side_markdown(tables)
     )
@@ -173,8 +174,19 @@ def _commands(tables: dict) -> str:
     cmds = tables.get("commands") or [tables["command"]]
     if len(cmds) == 1:
         return f"Command: `{cmds[0]}`."
+    return f"The {len(cmds)} commands that filled the record are listed under the table."
+
+
+def _commands_block(tables: dict) -> str:
+    """A record filled by several commands lists them one a line, in order, folded away (a record
+    may hold dozens: inline they buried the table's own note)."""
+    cmds = tables.get("commands") or [tables["command"]]
+    if len(cmds) == 1:
+        return ""
+    listing = "\n".join(cmds)
     return (
-        "Commands, in the order they filled the record: " + "; ".join(f"`{c}`" for c in cmds) + "."
+        f"\n<details><summary>The {len(cmds)} commands, in the order they filled the record"
+        f"</summary>\n\n```bash\n{listing}\n```\n\n</details>\n"
     )
 
 
