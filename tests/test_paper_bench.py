@@ -1194,6 +1194,13 @@ def test_ablation_tables_in_the_readme_read_each_variant_against_the_same_seeds_
     assert "| same_task | 0.850 ± 0.014 (2) | – |" in md
     assert "| generated | – | 0.500 (1) |" in md
     assert paper.ablations_markdown({"tasks": {}}) == ""
+    # `tool` is the cells' name for the table's transfer: said where that is not the tool's default
+    tables["ablations"]["public_data"]["sst2"]["tool"] = {"0": {"accuracy": 0.7}}
+    assert "| tool | 0.700 (1) | – |" in paper.ablations_markdown(tables)
+    tables["transfer_recipe"] = {"lr": 0.01, "table_transfer": "epochs=3,select=public"}
+    md = paper.ablations_markdown(tables)
+    assert "| tool (here the table's POST: epochs=3,select=public) | 0.700 (1) | – |" in md
+    assert "| tool |" not in md
 
 
 def test_the_tables_own_transfers_can_use_length_matched_public_data(monkeypatch, tmp_path):

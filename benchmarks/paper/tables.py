@@ -112,6 +112,13 @@ def _fmt_seeds(vals: list[float]) -> str:
     return _fmt_cell(*mean_std(vals), len(vals)) if vals else "–"
 
 
+def _variant_label(variant: str, tables: dict) -> str:
+    """A variant's row label: `tool` (the cells' name for the table's own transfer) says which
+    transfer that is where the table's POST is not the tool's default (`--table-transfer`)."""
+    how = (tables.get("transfer_recipe") or {}).get("table_transfer")
+    return f"tool (here the table's POST: {how})" if variant == "tool" and how else variant
+
+
 def ablations_markdown(tables: dict) -> str:
     """One table per ablation: its variants' accuracy per task, mean ± std over the seeds each cell
     has (number of seeds), under the teacher's zero-shot and the table's POST over the same seeds, so
@@ -135,7 +142,7 @@ def ablations_markdown(tables: dict) -> str:
             "post (the table's, same seeds)": post_same_seeds,
         }
         for v in variants:
-            rows[v] = [
+            rows[_variant_label(v, tables)] = [
                 [c["accuracy"] for _, c in sorted(by_task[t].get(v, {}).items())] for t in tasks
             ]
         out.append(_seeds_table(name, tasks, rows))
