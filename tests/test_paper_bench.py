@@ -1266,6 +1266,16 @@ def test_the_tables_selected_transfer_moves_post_dp_and_the_non_distilled_prompt
     post = read_json(tmp_path / "cells/sst2/post/seed0.json")
     assert read_json(nd_cells / "distilled/seed0.json")["accuracy"] == post["accuracy"]
     assert post["select"]["n"] == 600 and "heldout_loss" in post  # the cell says what it kept
+    assert read_json(nd_cells / "non_distilled/seed0.json")["select"]["n"] == 600
+    # a DP recipe's prompt moves by the same transfer as post_dp8's (its cell says what it kept)
+    v = "sgd_lr=10,epochs=8,grad_accum=16"
+    paper.Grid(
+        tmp_path, stages, "S", specs, log=lambda *_: None, variants=(v,)
+    ).run_ablation("dp_recipe", "sst2", 0)  # fmt: skip
+    moved = [c[1] for c in stages.calls if c[0] == "transfer"][9:]
+    assert moved == [f"transfer:tune-dp8@{v}-s0:S:{sel}"]
+    dp_cell = read_json(tmp_path / "cells/ablations/dp_recipe/sst2" / v / "seed0.json")
+    assert dp_cell["select"]["n"] == 600 and "user_val_accuracy" in dp_cell
     # the depth ablation's selected transfer from the same student and prompt is the same call
     depth = paper.Grid(
         tmp_path / "d", FakeStages(), "X", specs, log=lambda *_: None,

@@ -15,17 +15,13 @@ from promptport.fileio import read_json
 def run_non_distilled(g: Grid, task: str, seed: int) -> None:
     """The table's POST cell against the same layers cut from the teacher with no training: the
     user's prompt tuned on that cut and moved by the table's transfer."""
-    spec = g.specs[task]
-    st = g.stages
-    teacher = g.stages.teacher
     nd = g.state / "non-distilled-student"
 
     def non_distilled():
         if not (nd / "student.json").is_file():
-            st.non_distilled(g.student, nd)  # cut only when its cell is made
+            g.stages.non_distilled(g.student, nd)  # cut only when its cell is made
         p = g.user_prompt(task, seed, str(nd), "tune-nd")
-        q = g.table_transfer(task, seed, p, "post-nd", str(nd))
-        return st.evaluate(teacher, q, spec)
+        return g.table_transfer_scores(task, seed, p, "post-nd", str(nd))
 
     g.variant_cells(
         "non_distilled", task, seed,
@@ -159,7 +155,7 @@ def run_dp_recipe(g: Grid, task: str, seed: int) -> None:
     optimisations, each transferred by the table's POST: whether a DP gap is the noise's or the
     learning rate's. Cells carry the DP prompt's best validation accuracy on the student (the user's
     own split: how a user would choose) and how far it moved; the table's own recipe is its cell."""
-    st, spec = g.stages, g.specs[task]
+    st = g.stages
 
     def table():
         return {
@@ -170,8 +166,9 @@ def run_dp_recipe(g: Grid, task: str, seed: int) -> None:
     def variant(recipe: dict, name: str):
         def compute():
             p = dp_tuned(g, task, seed, name, recipe)
-            q = g.post_prompt(task, seed, p, f"post-dp8@{name}")
-            return {**st.evaluate(st.teacher, q, spec), **dp_user_side(p)}
+            # the table's transfer, as post_dp8's (a selected record's too: same passes and rule)
+            scores = g.table_transfer_scores(task, seed, p, f"post-dp8@{name}")
+            return {**scores, **dp_user_side(p)}
 
         return compute
 

@@ -262,6 +262,15 @@ class Grid:
             task, seed, user, tag, student, epochs=epochs, **self.selection(task)
         )
 
+    def table_transfer_scores(
+        self, task: str, seed: int, user: str, tag: str, student=None
+    ) -> dict:
+        """The teacher's test scores with `table_transfer`'s prompt, and (a selected transfer) the
+        step it kept and what that step was chosen on."""
+        p = self.table_transfer(task, seed, user, tag, student)
+        facts = {} if self.stages.table_transfer == "tool" else transfer_facts(p)
+        return {**self.stages.evaluate(self.stages.teacher, p, self.specs[task]), **facts}
+
     def phrase_public(self, task: str) -> str:
         """The table's `length_matched` public texts cut into phrases (the variants that compare the
         two cuts need the table's own public data to be the sentence cut)."""
@@ -486,11 +495,9 @@ class Grid:
                 user = (
                     self.user_prompt(task, seed) if method == "post" else self.dp_prompt(task, seed)
                 )
-                p = self.table_transfer(
+                return self.table_transfer_scores(
                     task, seed, user, "post" if method == "post" else "post-dp8"
                 )
-                facts = {} if st.table_transfer == "tool" else transfer_facts(p)  # its kept step
-                return {**st.evaluate(teacher, p, spec), **facts}
             if method == "teacher_tuned":
                 p = self.artifact(
                     "teacher-tune", task, seed, lambda d: st.tune(teacher, spec, seed, d, None)
