@@ -177,8 +177,13 @@ def markers(name: str = "") -> tuple[str, str]:
     return f"<!-- {tag}:BEGIN -->", f"<!-- {tag}:END -->"
 
 
+def _record_commands(tables: dict) -> list[str]:
+    """The commands that filled the record, in order (older records kept only the last one)."""
+    return tables.get("commands") or [tables["command"]]
+
+
 def _commands(tables: dict) -> str:
-    cmds = tables.get("commands") or [tables["command"]]
+    cmds = _record_commands(tables)
     if len(cmds) == 1:
         return f"Command: `{cmds[0]}`."
     return f"The {len(cmds)} commands that filled the record are listed under the table."
@@ -187,7 +192,7 @@ def _commands(tables: dict) -> str:
 def _commands_block(tables: dict) -> str:
     """A record filled by several commands lists them one a line, in order, folded away (a record
     may hold dozens: inline they buried the table's own note)."""
-    cmds = tables.get("commands") or [tables["command"]]
+    cmds = _record_commands(tables)
     if len(cmds) == 1:
         return ""
     listing = "\n".join(cmds)
