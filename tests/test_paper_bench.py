@@ -142,6 +142,17 @@ def test_cells_resume_skip_and_json_shape(tmp_path):
         tmp_path / "other", "quick", sizes, "c3", results=tmp_path, readme=readme
     )
     assert other["commands"] == ["c3"]  # another record starts its own list
+    # the records' overview also goes to the project README (`overviews`), between its markers only
+    from benchmarks.paper.tables import RECORDS
+
+    top = tmp_path / "TOP.md"
+    top.write_text(f"intro\n{RECORDS[0]}\nstale\n{RECORDS[1]}\n")
+    paper.write_outputs(
+        state, "quick", sizes, "c4", results=tmp_path, readme=readme, overviews=(top,)
+    )
+    text = top.read_text()
+    assert text.startswith("intro\n") and "stale" not in text and "`paper_tables.json`" in text
+    assert paper.BEGIN not in text  # the overview, not the record's table
 
 
 def test_a_kill_mid_grid_loses_only_the_stage_in_flight(tmp_path):

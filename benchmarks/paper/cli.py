@@ -42,7 +42,7 @@ from benchmarks.paper.record import (
 )
 from benchmarks.paper.stages import Stages
 from benchmarks.paper.students import depth_student_of, shared_student
-from benchmarks.paper.tables import write_outputs
+from benchmarks.paper.tables import TOP_README, write_outputs
 from benchmarks.paper.tasks import prepare_task
 from promptport.fileio import read_json, write_json
 
@@ -166,6 +166,7 @@ def main(argv=None) -> dict:
         write_json(record / "tuned_reference.json", ref)
     command = "python -m benchmarks.paper " + " ".join(argv if argv is not None else sys.argv[1:])
     load_start = load_average()
+    docs = (TOP_README,)  # the project README's overview of the records, kept with this one
     if args.adopt_dp_recipe:
         adopt_dp_recipe(state, record, args.adopt_dp_recipe)
     if not args.table_only and not args.adopt_dp_recipe:
@@ -212,13 +213,13 @@ def main(argv=None) -> dict:
                 print("[paper] budget spent; rerun to continue")
                 break
             grid.run_cell(t, m, s)
-            write_outputs(record, profile, sizes, command, name=args.name)
+            write_outputs(record, profile, sizes, command, name=args.name, overviews=docs)
         for name in args.ablations:
             for t in args.ablation_tasks:
                 if time.perf_counter() > deadline:
                     break
                 grid.run_ablation(name, t, args.seeds[0])
-                write_outputs(record, profile, sizes, command, name=args.name)
+                write_outputs(record, profile, sizes, command, name=args.name, overviews=docs)
         unknown = sorted(set(args.variants) - grid.seen_variants)
         if unknown and args.ablations and time.perf_counter() <= deadline:
             print(
@@ -230,6 +231,7 @@ def main(argv=None) -> dict:
     out = write_outputs(
         record, profile, sizes, command,
         extra={"load_average_start": load_start, "load_average_end": load_average()}, name=args.name,
+        overviews=docs,
     )  # fmt: skip
     print(json.dumps(out["targets"]))
     return out

@@ -13,6 +13,9 @@ from benchmarks.paper.recipes import METHODS, TASKS, Sizes, profile_dp_recipe, r
 from promptport.fileio import write_json, write_text
 
 README = Path(__file__).parents[1] / "README.md"
+# the project's README, which shows the records' overview (not the tables) to a reader who never
+# opens benchmarks/README.md
+TOP_README = Path(__file__).parents[2] / "README.md"
 BEGIN, END = "<!-- PAPER-TABLE:BEGIN -->", "<!-- PAPER-TABLE:END -->"
 
 
@@ -309,9 +312,10 @@ def _user_choice(tables: dict, dp: dict | None) -> dict:
 
 
 def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra: dict | None = None,
-                  results: Path = RESULTS, readme: Path = README, name: str = "") -> dict:  # fmt: skip
+                  results: Path = RESULTS, readme: Path = README, name: str = "",
+                  overviews: tuple[Path, ...] = ()) -> dict:  # fmt: skip
     """paper_tables.json (paper_tables_<name>.json) and the README table from the cells under
-    `record`."""
+    `record`; the records' overview in `readme` and in each of `overviews` (where it has markers)."""
     tables = collect(record)
     tables_file = f"paper_tables_{name}.json" if name else "paper_tables.json"
     # a record fills over several commands (tasks, then ablations): keep every one that added to it
@@ -347,5 +351,6 @@ def write_outputs(record: Path, profile: str, sizes: Sizes, command: str, extra:
     out["tables_file"] = tables_file
     write_json(results / out["tables_file"], out)
     write_readme_table(markdown(out), readme, name)
-    write_records_overview(results, readme)
+    for doc in dict.fromkeys((readme, *overviews)):
+        write_records_overview(results, doc)
     return out
