@@ -56,7 +56,9 @@ class FakeStages:
                 ],
             }
             best = {"heldout_loss": (sum(map(ord, tag)) % 5) / 10}  # made up too
-            (out / "metrics.json").write_text(json.dumps({"select_data": kept, "best": best}))
+            m = out / "metrics.json"  # beside the length choice, as the tool's metrics.json has it
+            had = json.loads(m.read_text()) if m.is_file() else {}
+            m.write_text(json.dumps({**had, "select_data": kept, "best": best}))
         return made
 
     def non_distilled(self, student, out):
@@ -1298,6 +1300,21 @@ def test_the_tables_selected_transfer_moves_post_dp_and_the_non_distilled_prompt
     tool = FakeStages()
     paper.Grid(tmp_path / "t", tool, "S", specs, log=lambda *_: None).run_cell("sst2", "post", 0)
     assert [c[1] for c in tool.calls if c[0] == "transfer"] == ["transfer:tune-s0:S:{}"]
+    # the ablations that change one setting (of the transfer or of the user's tuning) move their
+    # variants by the table's transfer with that setting changed, as their `tool` row (the table's
+    # POST) was moved; the tool's own record keeps its one-pass transfer for them
+    for record, st in ((tmp_path / "abl", FakeStages()), (tmp_path / "abl-tool", FakeStages())):
+        st.table_transfer = "epochs=3,select=public" if record.name == "abl" else "tool"
+        g = paper.Grid(record, st, "S", specs, log=lambda *_: None)
+        for name in ("alpha", "shift_base", "prompt_length", "calibrate", "teacher_tokens"):
+            g.run_ablation(name, "sst2", 0)
+        moved = [c[1] for c in st.calls if c[0] == "transfer"]
+        assert len(moved) >= 8 and any("'n_tokens': 'auto'" in c for c in moved)
+        assert any(c.startswith("transfer:tune-n") for c in moved)  # a tuning variant's prompt
+        assert any("'alpha'" in c for c in moved) and any("'shift_base'" in c for c in moved)
+        want = sel[1:-1] if st.table_transfer != "tool" else None
+        for call in moved:
+            assert (want in call) if want else ("epochs" not in call and "select" not in call), call
 
 
 def test_import_depth_cells_fills_the_table_of_the_same_student(tmp_path):

@@ -319,7 +319,8 @@ def run_teacher_tokens(g: Grid, task: str, seed: int) -> None:
         )
 
     def selected():  # the tool chooses between the three by held-out public loss
-        q = g.post_prompt(task, seed, g.user_prompt(task, seed), "post-tauto", n_tokens="auto")
+        user = g.user_prompt(task, seed)
+        q = g.post_prompt(task, seed, user, "post-tauto", n_tokens="auto", **g.table_over(task))
         sel = read_json(Path(q).parent / "metrics.json")["teacher_tokens_selection"]
         losses = {str(c["n_tokens"]): c["best"]["heldout_loss"] for c in sel["candidates"]}
         r = g.stages.evaluate(g.stages.teacher, q, g.specs[task])

@@ -150,29 +150,34 @@ class Grid:
         )
 
     def tuned_and_transferred(
-        self, task: str, seed: int, suffix: str, student: str | None = None, **tune_over
-    ) -> tuple[str, str]:
+        self, task: str, seed: int, suffix: str, student: str | None = None,
+        tool_transfer: bool = False, **tune_over,
+    ) -> tuple[str, str]:  # fmt: skip
         """(user prompt, POST prompt) of a variant: tuned on `student` (default the shared one) with
-        `tune_over`, transferred from it; artifacts tune<suffix> and post<suffix>."""
+        `tune_over`, moved from it by the table's transfer (`tool_transfer`: the tool's, one pass);
+        artifacts tune<suffix> and post<suffix>."""
         p = self.user_prompt(task, seed, student, "tune" + suffix, **tune_over)
-        return p, self.post_prompt(task, seed, p, "post" + suffix, student)
+        over = {} if tool_transfer else self.table_over(task)
+        return p, self.post_prompt(task, seed, p, "post" + suffix, student, **over)
 
     def variant_scores(
-        self, task: str, seed: int, suffix: str, student: str | None = None, **tune_over
-    ) -> dict:
+        self, task: str, seed: int, suffix: str, student: str | None = None,
+        tool_transfer: bool = False, **tune_over,
+    ) -> dict:  # fmt: skip
         """The teacher's scores with a variant's POST prompt (`tuned_and_transferred`), and the
         variant's user prompt's accuracy on its own student as `student_prompt`."""
         st, spec = self.stages, self.specs[task]
-        p, q = self.tuned_and_transferred(task, seed, suffix, student, **tune_over)
+        p, q = self.tuned_and_transferred(task, seed, suffix, student, tool_transfer, **tune_over)
         r = st.evaluate(st.teacher, q, spec)
         r["student_prompt"] = st.evaluate(student or self.student, p, spec)["accuracy"]
         return {**r, **recorded_drift(p)}
 
     def post_scores(self, task: str, seed: int, tag: str, prompt=None, **over) -> dict:
         """The teacher's scores with a prompt (`prompt()`, else the seed's user prompt) transferred as
-        `tag`, `over` changing the transfer: the cells of the ablations that change one setting."""
+        `tag` by the table's transfer with `over` changed: the cells of the ablations that change one
+        setting, so that each differs from the table's POST (their `tool` row) in that setting only."""
         user = self.user_prompt(task, seed) if prompt is None else prompt()
-        q = self.post_prompt(task, seed, user, tag, **over)
+        q = self.post_prompt(task, seed, user, tag, **{**self.table_over(task), **over})
         return self.stages.evaluate(self.stages.teacher, q, self.specs[task])
 
     def table_post(self, task: str, seed: int) -> dict:
@@ -251,16 +256,18 @@ class Grid:
         spec = labelled_public(task, self.state / "labelled-public", SHARED, self.state, 600)
         return {"select_data": str(Path(spec["data"]) / "test.jsonl"), "n_select": 600}
 
-    def table_transfer(self, task: str, seed: int, user: str, tag: str, student=None) -> str:
-        """The table's transfer of the prompt `user` (POST, POST with DP, the non-distilled
-        student's) as artifact `tag`: the tool's, or (`--table-transfer epochs=3,select=public`)
-        three times its passes keeping the step `selection` chooses, as selected_transfer does."""
+    def table_over(self, task: str) -> dict:
+        """The transfer fields of the table's transfer: none for the tool's; three times its passes
+        keeping the step `selection` chooses (`--table-transfer epochs=3,select=public`), as
+        selected_transfer does."""
         if self.stages.table_transfer == "tool":
-            return self.post_prompt(task, seed, user, tag, student)
-        epochs = 3 * self.stages.sizes.transfer_epochs
-        return self.post_prompt(
-            task, seed, user, tag, student, epochs=epochs, **self.selection(task)
-        )
+            return {}
+        return {"epochs": 3 * self.stages.sizes.transfer_epochs, **self.selection(task)}
+
+    def table_transfer(self, task: str, seed: int, user: str, tag: str, student=None) -> str:
+        """The table's transfer (`table_over`) of the prompt `user` (POST, POST with DP, the
+        non-distilled student's) as artifact `tag`."""
+        return self.post_prompt(task, seed, user, tag, student, **self.table_over(task))
 
     def table_transfer_scores(
         self, task: str, seed: int, user: str, tag: str, student=None
@@ -296,7 +303,7 @@ class Grid:
 
     def depth_cells(self, task: str, seed: int, k: int) -> None:
         """The depth ablation's cells at `k` layers: the user prompt tuned on that student and
-        transferred from it (the table's transfer; on public phrases; selected three-pass, as
+        transferred from it (the tool's one-pass transfer; on public phrases; selected three-pass, as
         transfer_budget's, on sentences and on phrases), and the same prompt on the teacher (direct)."""
         if self.depth_student is None:
             raise SystemExit("the depth ablation needs students of other depths (depth_student)")
@@ -316,7 +323,7 @@ class Grid:
             return self.user_prompt(task, seed, student(), f"tune-L{k}")
 
         def at_depth():
-            r = self.variant_scores(task, seed, f"-L{k}", student())
+            r = self.variant_scores(task, seed, f"-L{k}", student(), tool_transfer=True)
             r["student_zero_shot"] = st.evaluate(student(), None, spec)["accuracy"]
             return {**r, "student": students.student_identity(student())}
 
