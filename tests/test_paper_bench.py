@@ -1622,6 +1622,45 @@ def test_records_overview_reads_each_records_own_targets(tmp_path):
     assert plain.read_text() == "no markers\n"
 
 
+def test_the_readme_headline_compares_the_records_it_names(tmp_path):
+    """A PAPER-HEADLINE block names records by --name; it is rebuilt from them: per task the
+    teacher's zero-shot, each record's direct / POST / POST with DP means (the higher POST in bold)
+    and the first record's teacher tuning; a name with no record says so; text outside is kept."""
+    from benchmarks.paper.tables import write_records_overview
+
+    def rec(post, direct, dp, more=None, layers=4, how=None):
+        tasks = {t: {"post": {"mean": post, "per_seed": {"0": post, "1": post}},
+                     "direct": {"mean": direct, "per_seed": {"0": direct}},
+                     "post_dp8": {"mean": dp, "per_seed": {"0": dp}}, **(more or {})}
+                 for t in ("sst2", "mpqa")}  # fmt: skip
+        return {"benchmark": "paper", "student": {"layers": list(range(layers))}, "tasks": tasks,
+                "transfer_recipe": {"public": "phrases", "table_transfer": how}}  # fmt: skip
+
+    zs = {"teacher_zero_shot": {"mean": 0.5, "per_seed": {"0": 0.5}},
+          "teacher_tuned": {"mean": 0.9, "per_seed": {"0": 0.9}}}  # fmt: skip
+    (tmp_path / "paper_tables_a.json").write_text(json.dumps(rec(0.7, 0.6, 0.65, zs)))
+    (tmp_path / "paper_tables_b.json").write_text(json.dumps(rec(0.8, 0.55, 0.75, None, 8, "x=1")))
+    readme = tmp_path / "README.md"
+    begin, end = "<!-- PAPER-HEADLINE:BEGIN a,b,gone -->", "<!-- PAPER-HEADLINE:END -->"
+    readme.write_text(f"intro\n{begin}\nstale\n{end}\noutro\n")
+    write_records_overview(tmp_path, readme)
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{begin}\n") and text.endswith(f"{end}\noutro\n")
+    assert "stale" not in text
+    assert "4 layers, the tool's transfer, public phrases (2 seeds)" in text
+    assert (
+        "8 layers, transfer x=1, public phrases (2 seeds)" in text and "`gone`: no record" in text
+    )
+    assert "prompt tuning on the teacher (`a`, 1 seed)" in text
+    assert (
+        "| SST-2 | 0.500 | 0.600 / 0.700 / 0.650 | 0.550 / **0.800** / 0.750 | – | 0.900 |" in text
+    )
+    assert "| MPQA | 0.500 |" in text and "| IMDB | – | – / – / – |" in text
+    again = text
+    write_records_overview(tmp_path, readme)
+    assert readme.read_text() == again  # rebuilt the same, idempotent
+
+
 class ValidatingStages(FakeStages):
     """FakeStages whose tunings leave a metrics.json with a best validation accuracy (made up, from
     the recipe: more steps' worth of batch validates higher) and DP facts, as the tool's tune does."""

@@ -297,10 +297,84 @@ def records_overview(results: Path = RESULTS) -> str:
 
 
 def write_records_overview(results: Path = RESULTS, readme: Path = README) -> None:
-    """The overview between the PAPER-RECORDS markers of `readme` (left alone where it has none)."""
+    """The overview between the PAPER-RECORDS markers of `readme` (left alone where it has none), and
+    each PAPER-HEADLINE block's comparison of the records it names (`headline`)."""
     body = readme.read_text() if readme.is_file() else ""
-    if _has_block(body, *RECORDS):  # the overview is read from every record only where it goes
-        write_text(readme, _replace_block(body, *RECORDS, records_overview(results)))
+    new = body
+    if _has_block(new, *RECORDS):  # the overview is read from every record only where it goes
+        new = _replace_block(new, *RECORDS, records_overview(results))
+    new = HEADLINE.sub(lambda m: m[1] + headline(results, m[2].split(",")) + m[3], new)
+    if new != body:
+        write_text(readme, new)
+
+
+# <!-- PAPER-HEADLINE:BEGIN name1,name2 --> ... <!-- PAPER-HEADLINE:END -->: records by their --name
+HEADLINE = re.compile(
+    r"(<!-- PAPER-HEADLINE:BEGIN ([\w,]+) -->\n).*?(<!-- PAPER-HEADLINE:END -->)", flags=re.S
+)
+TASK_TITLES = {
+    "sst2": "SST-2", "imdb": "IMDB", "tweet_eval": "TweetEval", "arisetv": "ARISE TV", "mpqa": "MPQA",
+}  # fmt: skip
+
+
+def headline(results: Path, names: list[str]) -> str:
+    """Per task, the teacher's zero-shot, each named record's direct transfer / POST / POST with DP
+    (means over the record's seeds; the higher POST in bold) and prompt tuning on the teacher (the
+    first record that has it): the few numbers a reader of the project README looks for, rebuilt
+    from the records so that they cannot go stale. A name with no record is said so, not skipped."""
+    recs = {n: read_json_or_none(results / f"paper_tables_{n}.json") or {} for n in names}
+
+    def mean(t: dict, task: str, method: str) -> float | None:
+        r = (t.get("tasks") or {}).get(task, {}).get(method)
+        return None if r is None else r["mean"]
+
+    def first(method: str) -> tuple[str, dict] | tuple[None, None]:
+        return next(((n, t) for n, t in recs.items() if t.get("tasks") and any(
+            mean(t, task, method) is not None for task in TASKS)), (None, None))  # fmt: skip
+
+    head = ["task", "teacher zero-shot"]
+    for n, t in recs.items():
+        if t.get("benchmark") != "paper":
+            head.append(f"`{n}`: no record")
+            continue
+        layers = len((t.get("student") or {}).get("layers") or [])
+        recipe = t.get("transfer_recipe") or {}
+        how = recipe.get("table_transfer") or "tool"
+        transfer = "the tool's transfer" if how == "tool" else f"transfer {how}"
+        seeds = _seeds([len(m["post"]["per_seed"]) for m in t["tasks"].values() if "post" in m])
+        head.append(
+            f"{layers} layers, {transfer}, public {recipe.get('public', 'given')} ({seeds} seeds): "
+            "direct / POST / POST, DP ε 8"
+        )
+    tuned_name, tuned = first("teacher_tuned")
+    if tuned:
+        n_tuned = _seeds([len(m["teacher_tuned"]["per_seed"]) for m in tuned["tasks"].values()
+                          if "teacher_tuned" in m])  # fmt: skip
+        head.append(f"prompt tuning on the teacher (`{tuned_name}`, {n_tuned} seed)")
+    else:
+        head.append("prompt tuning on the teacher")
+    rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    zs_name, zs = first("teacher_zero_shot")
+    for task in TASKS:
+        posts = [mean(t, task, "post") for t in recs.values()]
+        best = max((p for p in posts if p is not None), default=None)
+        cells = [TASK_TITLES.get(task, task), fmt(zs and mean(zs, task, "teacher_zero_shot"))]
+        for t, post in zip(recs.values(), posts):
+            if t.get("benchmark") != "paper":
+                cells.append("–")
+                continue
+            p = fmt(post) if post is None or post != best or len(recs) == 1 else f"**{post:.3f}**"
+            cells.append(f"{fmt(mean(t, task, 'direct'))} / {p} / {fmt(mean(t, task, 'post_dp8'))}")
+        cells.append(fmt(tuned and mean(tuned, task, "teacher_tuned")))
+        rows.append("| " + " | ".join(cells) + " |")
+    files = ", ".join(f"`benchmarks/results/paper_tables_{n}.json`" for n in recs)
+    rows.append(
+        f"\nTest accuracy, means over each record's seeds; generated from {files} by `python -m "
+        "benchmarks.paper` (each record's per-seed values, spread and commands: "
+        "`benchmarks/README.md`)."
+    )
+    return "\n".join(rows) + "\n"
 
 
 def _user_choice(tables: dict, dp: dict | None) -> dict:
