@@ -158,6 +158,21 @@ def test_console_script_help_and_exit_code():
     assert r.returncode == 2 and r.stderr.startswith("error: limit") and "Traceback" not in r.stderr
 
 
+def test_transfer_help_names_every_embedded_public_source():
+    """--public-data's help lists what the loader accepts (the offline default's rt_reviews too), and
+    the example uses in-domain public text, not the movie plots the offline default left behind."""
+    from click.testing import CliRunner
+
+    from promptport.cli import app
+    from promptport.corpus import EMBEDDED_TEXTS
+
+    out = " ".join(
+        CliRunner().invoke(app, ["transfer", "--help"], terminal_width=200).output.split()
+    )
+    assert all(f"embedded:{n}" in out for n in EMBEDDED_TEXTS) and "rt_reviews" in EMBEDDED_TEXTS
+    assert "--public-data embedded:rt_reviews --out runs/transfer" in out
+
+
 def test_export_peft_cli(tiny_lm, tmp_path, capsys):
     from promptport.prompt import init_prompt_embeddings, make_metadata, save_prompt
     from promptport.tasks import get_task

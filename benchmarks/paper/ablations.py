@@ -318,7 +318,7 @@ def run_teacher_tokens(g: Grid, task: str, seed: int) -> None:
             lambda n=n: g.post_scores(task, seed, f"post-t{n}", n_tokens=n),
         )
 
-    def selected():  # the tool chooses between the three by held-out public loss
+    def selected():  # the tool chooses between the three (held-out loss; selection accuracy if set)
         user = g.user_prompt(task, seed)
         q = g.post_prompt(task, seed, user, "post-tauto", n_tokens="auto", **g.table_over(task))
         sel = read_json(Path(q).parent / "metrics.json")["teacher_tokens_selection"]

@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 
+from promptport.corpus import EMBEDDED_TEXTS
 from promptport.distill import DistillConfig
 from promptport.errors import BadInput, PromptportError, unknown_key
 from promptport.fileio import read_yaml_mapping
@@ -437,8 +438,11 @@ def tasks_cmd():
 @click.option(
     "--public-data",
     required=True,
-    help="Public text only: embedded:rt_plots | embedded:headlines | embedded:speeches, a file or folder "
-    "(labels ignored), or a hub data set id.",
+    help="Public text only: "
+    + " | ".join(f"embedded:{n}" for n in EMBEDDED_TEXTS)
+    + " (rt_reviews: "
+    "the critic reviews of the movies kept out of the embedded private task, the offline default's), "
+    "a file or folder (labels ignored), or a hub data set id.",
 )
 @click.option("--public-text-column", default=None, help="Text column of the public data files.")
 @click.option(
@@ -474,7 +478,7 @@ def transfer_cmd(**opts):
     \b
     Example:
       promptport transfer --prompt runs/tune/prompt --student runs/distill/student \\
-          --teacher smollm2-135m-instruct --public-data embedded:rt_plots --out runs/transfer
+          --teacher smollm2-135m-instruct --public-data embedded:rt_reviews --out runs/transfer
       promptport transfer --prompt alice/prompt --prompt bob/prompt ...   (several users, one job)
       promptport transfer ... --init text --n-tokens auto   (a teacher prompt of the user's length,
                                  10 or 1 tokens: the one with the lowest held-out public loss kept)
