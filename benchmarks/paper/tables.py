@@ -355,18 +355,21 @@ def headline(results: Path, names: list[str]) -> str:
         head.append("prompt tuning on the teacher")
     rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    zs_name, zs = first("teacher_zero_shot")
+    _, zs = first("teacher_zero_shot")
     for task in TASKS:
         posts = [mean(t, task, "post") for t in recs.values()]
         best = max((p for p in posts if p is not None), default=None)
-        cells = [TASK_TITLES.get(task, task), fmt(zs and mean(zs, task, "teacher_zero_shot"))]
+        cells = [
+            TASK_TITLES.get(task, task),
+            fmt(mean(zs, task, "teacher_zero_shot") if zs else None),
+        ]
         for t, post in zip(recs.values(), posts):
             if t.get("benchmark") != "paper":
                 cells.append("–")
                 continue
             p = fmt(post) if post is None or post != best or len(recs) == 1 else f"**{post:.3f}**"
             cells.append(f"{fmt(mean(t, task, 'direct'))} / {p} / {fmt(mean(t, task, 'post_dp8'))}")
-        cells.append(fmt(tuned and mean(tuned, task, "teacher_tuned")))
+        cells.append(fmt(mean(tuned, task, "teacher_tuned") if tuned else None))
         rows.append("| " + " | ".join(cells) + " |")
     files = ", ".join(f"`benchmarks/results/paper_tables_{n}.json`" for n in recs)
     rows.append(
