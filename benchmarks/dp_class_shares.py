@@ -17,19 +17,19 @@ from promptport.fileio import write_json
 
 
 def class_shares(logits, labels) -> dict:
-    """Accuracy, prediction counts, label counts and per-class recall from [N, C] scores."""
+    """Accuracy, prediction counts, label counts and per-class recall from [N, C] scores (read off
+    the tool's own classification metrics: its confusion matrix and predicted class counts)."""
     import numpy as np
 
-    pred, y = logits.argmax(-1).numpy(), np.asarray(labels)
-    c = logits.shape[1]
-    recall = [
-        round(float((pred[y == k] == k).mean()), 3) if (y == k).any() else None for k in range(c)
-    ]
+    from promptport.classify import classification_metrics
+
+    m = classification_metrics(np.asarray(labels), logits.argmax(-1).numpy(), logits.shape[1])
+    cm = m["confusion_matrix"]  # rows: true class, columns: predicted class
     return {
-        "accuracy": round(float((pred == y).mean()), 4),
-        "pred_counts": np.bincount(pred, minlength=c).tolist(),
-        "label_counts": np.bincount(y, minlength=c).tolist(),
-        "recall": recall,
+        "accuracy": round(m["accuracy"], 4),
+        "pred_counts": m["predicted_class_counts"],
+        "label_counts": [sum(row) for row in cm],
+        "recall": [round(row[k] / sum(row), 3) if sum(row) else None for k, row in enumerate(cm)],
     }
 
 
@@ -37,8 +37,8 @@ def main(argv=None) -> dict:
     import torch
 
     from benchmarks.paper.cli import parser as paper_parser
-    from benchmarks.paper.recipes import PROFILES, dp_recipe, recipe_changes, transfer_recipe
-    from benchmarks.paper.stages import Stages
+    from benchmarks.paper.cli import table_stages
+    from benchmarks.paper.recipes import PROFILES
     from benchmarks.paper.tasks import prepare_task
     from promptport.tasks import get_task
 
@@ -54,16 +54,11 @@ def main(argv=None) -> dict:
     pa = paper_parser().parse_args(
         ["--table-public", args.table_public, "--table-transfer", args.table_transfer]
     )
-    sizes = PROFILES["full"]
-    st = Stages(
-        pa.teacher, sizes, device=pa.device, recipe={**transfer_recipe(), **recipe_changes(pa.transfer_set)},
-        public=pa.table_public, dp=dp_recipe(sizes, pa.dp_set), table_transfer=pa.table_transfer,
-    )  # fmt: skip
+    st = table_stages(pa, PROFILES["full"])
     spec = prepare_task(args.task, state / "data")
     prompts: dict[str, str | None] = {"teacher_zero_shot": None}
-    for d in sorted(
-        (state / "art" / args.task).glob("post-dp8*")
-    ):  # the table's and each variant's
+    # the table's POST-with-DP prompts and each DP recipe variant's
+    for d in sorted((state / "art" / args.task).glob("post-dp8*")):
         prompts[d.name] = str(d / "prompt")
     classes = list(get_task(args.task).classes)
     out = {"task": args.task, "state": str(state), "classes": classes, "prompts": {}}

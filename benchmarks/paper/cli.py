@@ -145,6 +145,16 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def table_stages(args, sizes) -> Stages:
+    """The stages a record's options (`parser()`'s) describe: teacher, transfer and DP recipes, the
+    table's public data and transfer; also for analyses that score a record's prompts again."""
+    recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
+    return Stages(
+        args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public,
+        dp=dp_recipe(sizes, args.dp_set), table_transfer=args.table_transfer,
+    )  # fmt: skip
+
+
 def main(argv=None) -> dict:
     """Check the record against this run's student and recipes, then make the cells asked for, in
     order, until the budget is spent; the JSON and README table are rebuilt after each cell."""
@@ -180,11 +190,7 @@ def main(argv=None) -> dict:
         check_device(record, str(resolve_device(args.device)))
         specs = {t: prepare_task(t, state / "data") for t in TASKS}
         student = shared_student(args, state, print)
-        recipe = {**transfer_recipe(), **recipe_changes(args.transfer_set)}
-        stages = Stages(
-            args.teacher, sizes, device=args.device, recipe=recipe, public=args.table_public,
-            dp=dp_recipe(sizes, args.dp_set), table_transfer=args.table_transfer,
-        )  # fmt: skip
+        stages = table_stages(args, sizes)
         ident = students.student_identity(student)
         legacy_dp = dp_recipe(sizes)  # what DP cells made before dp.json was kept used
         for d in folders:
